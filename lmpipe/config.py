@@ -1,0 +1,184 @@
+"""Typed parameters: every knob of an experiment, validated before any compute starts.
+
+`params.yaml` has one section per stage. `load_params` reads it, applies command-line overrides
+(`teacher.train.steps=100`), and validates the whole tree, so a typo or a wrong type in any section
+fails the first stage that runs, with the key named, instead of surfacing mid-pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Bad parameters: the message names the file, the key and what was expected."""
+
+
+class Section(BaseModel):
+    # strict: YAML already yields typed values, so "3" for an int is a mistake, not a conversion.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class WorldParams(Section):
+    """The synthetic people world written by `prepare`."""
+
+    seed: int = 0
+    people: int = Field(1000, ge=1, description="people whose facts appear in training documents")
+    heldout_people: int = Field(200, ge=0, description="people that exist only in the database")
+    bios_per_person: int = Field(1, ge=0)
+    qa_dialogs: bool = True
+    tool_dialogs: bool = True
+
+
+class TokenizeParams(Section):
+    """Byte-level tokenization and the train/val split written by `tokenize`."""
+
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
+    loss_on: Literal["assistant", "all"] = "assistant"
+    seed: int = 0
+
+
+class ModelParams(Section):
+    """A Llama-style decoder built from a transformers config (no pretrained weights)."""
+
+    d_model: int = Field(64, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    n_kv_heads: int | None = None
+    d_ff: int | None = Field(None, description="MLP width; default 4 * d_model")
+    max_seq_len: int = Field(256, ge=16)
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelParams":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({kv})")
+        return self
+
+
+class TrainParams(Section):
+    """One training run: optimizer, schedule and batching."""
+
+    seed: int = 0
+    steps: int = Field(1700, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    log_every: int = Field(25, ge=1)
+    eval_every: int = Field(250, ge=1, description="validation loss every N steps and at the end")
+    threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+
+
+class ModelRunParams(Section):
+    """A model trained from scratch by the `train` stage."""
+
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+
+
+class TeacherCacheParams(Section):
+    top_k: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class DistillParams(Section):
+    """Forward-KL distillation of the student architecture from the teacher cache."""
+
+    temperature: float = Field(1.0, gt=0.0)
+    kd_weight: float = Field(0.5, ge=0.0, le=1.0, description="loss = w*KD + (1-w)*CE")
+    train: TrainParams = TrainParams()
+
+
+class QuantizeParams(Section):
+    method: Literal["ternary"] = "ternary"
+    skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"])
+
+
+class EvalParams(Section):
+    seed: int = 0
+    trained_people: int = Field(200, ge=1, description="trained people sampled for recall/tool eval")
+    heldout_people: int = Field(200, ge=0)
+    batch_size: int = Field(256, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+
+
+class Params(Section):
+    world: WorldParams = WorldParams()
+    tokenize: TokenizeParams = TokenizeParams()
+    teacher: ModelRunParams = ModelRunParams()
+    student: ModelRunParams = ModelRunParams()
+    teacher_cache: TeacherCacheParams = TeacherCacheParams()
+    distill: DistillParams = DistillParams()
+    quantize: QuantizeParams = QuantizeParams()
+    eval: EvalParams = EvalParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        from lmpipe.tokenizer import VOCAB_SIZE
+
+        if self.teacher_cache.top_k > VOCAB_SIZE:
+            raise ValueError(
+                f"teacher_cache.top_k = {self.teacher_cache.top_k} exceeds the vocabulary size "
+                f"({VOCAB_SIZE}); expected 1 <= top_k <= {VOCAB_SIZE}"
+            )
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: '{key}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML scalars (`3`, `1e-3`, `true`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    return f"{source}: {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate_params(tree: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        lines = [_describe(e, source) for e in exc.errors()]
+        raise ConfigError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate a params file. Raises ConfigError naming the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
+    return validate_params(apply_overrides(tree, overrides or []), source=str(path))

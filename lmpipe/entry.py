@@ -1,0 +1,24 @@
+"""What every stage entry shares: load validated params, and turn bad input into a clear exit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+from lmpipe.config import ConfigError, Params, load_params
+from lmpipe.paths import PARAMS
+
+
+def stage(fn: Callable[[Params, list[str]], None]) -> Callable[[], None]:
+    """Wrap a stage body: params.yaml is validated whole before it runs; input errors exit 2."""
+
+    @functools.wraps(fn)
+    def main() -> None:
+        try:
+            fn(load_params(PARAMS), sys.argv[1:])
+        except (ConfigError, FileNotFoundError) as exc:
+            print(f"lmpipe {fn.__name__}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return main

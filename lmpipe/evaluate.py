@@ -1,0 +1,122 @@
+"""Evaluation of saved models on the people world: loss, recall without the tool, accuracy with it.
+
+Recall asks a trained person's attribute with no tool available: the answer must come from the
+weights. Tool accuracy offers the database: the model must write a valid query, and the evaluator
+runs it, inserts the reply and lets the model finish. On held-out people, who never appear in
+training text, only tool use can succeed. Answers are scored by exact match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from lmpipe import protocol
+from lmpipe.config import EvalParams, Params
+from lmpipe.generate import Exchange, answer_questions
+from lmpipe.model import count_parameters, load_model
+from lmpipe.runlog import RunLog
+from lmpipe.tokens import TokenSplit
+from lmpipe.tooldb import PeopleDB
+from lmpipe.train import evaluate_loss
+
+
+def sample_people(db: PeopleDB, split: str, count: int, seed: int) -> list[dict[str, str]]:
+    people = db.people(split)
+    return random.Random(f"{seed}-{split}").sample(people, min(count, len(people)))
+
+
+def questions_for(people: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(attribute, name, expected answer) for every attribute of every person."""
+    return [(a, p["name"], p[a]) for p in people for a in protocol.ATTRIBUTES]
+
+
+def accuracy_records(metric: str, split: str, questions: list[tuple[str, str, str]],
+                     exchanges: list[Exchange]) -> list[dict[str, Any]]:
+    """Exact-match accuracy overall and per attribute, as eval records."""
+    hits: dict[str | None, list[int]] = defaultdict(list)
+    for (attribute, _, expected), ex in zip(questions, exchanges):
+        correct = int(ex.answer.strip() == expected)
+        hits[None].append(correct)
+        hits[attribute].append(correct)
+    return [{"metric": metric, "split": split, "attribute": attr,
+             "value": sum(v) / len(v), "n": len(v)} for attr, v in hits.items()]
+
+
+def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
+                   trained: list[dict[str, str]], heldout: list[dict[str, str]]
+                   ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
+    """All eval records for one model, plus the transcripts they were scored on."""
+    model, tokenizer = load_model(model_dir)
+    val_loss = evaluate_loss(model, val_split, tokenizer.pad_token_id)
+    records = [
+        {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None},
+        {"metric": "val_ppl", "split": "val", "attribute": None, "value": math.exp(val_loss), "n": None},
+        {"metric": "parameters", "split": "model", "attribute": None,
+         "value": float(count_parameters(model)), "n": None},
+    ]
+    transcripts = {}
+    generation = {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size}
+    for metric, split, people, tool in [("recall", "trained", trained, None),
+                                        ("tool_accuracy", "trained", trained, db),
+                                        ("tool_accuracy", "heldout", heldout, db)]:
+        if not people:
+            continue
+        questions = questions_for(people)
+        exchanges = answer_questions(model, tokenizer, [(a, n) for a, n, _ in questions], tool,
+                                     **generation)
+        records += accuracy_records(metric, split, questions, exchanges)
+        if tool is not None:
+            valid = sum(ex.db_reply is not None and not ex.db_reply.startswith("ERROR")
+                        for ex in exchanges)
+            records.append({"metric": "tool_call_rate", "split": split, "attribute": None,
+                            "value": valid / len(exchanges), "n": len(exchanges)})
+        transcripts[f"{metric}/{split}"] = exchanges
+    return records, transcripts
+
+
+def headline(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The overall figures of one model, keyed `metric` or `metric_split` (for DVC metrics)."""
+    out = {}
+    for r in records:
+        if r["attribute"] is None:
+            key = r["metric"] if r["split"] in ("val", "model") else f"{r['metric']}_{r['split']}"
+            out[key] = round(r["value"], 6)
+    return out
+
+
+def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, params: Params,
+                 out: Path, metrics_path: Path) -> dict[str, dict[str, float]]:
+    """Evaluate every model on the same questions; write the eval run folder and DVC metrics."""
+    for name, folder in models.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: model '{name}' not found (run its stage first)")
+    val_split = TokenSplit.open(tokens_dir, "val")
+    resolved = {"run": {"stage": "eval", "name": "eval"}, **params.model_dump(mode="json")}
+    table: dict[str, dict[str, float]] = {}
+    with PeopleDB(db_path) as db, RunLog(out, "eval", "eval", resolved) as run:
+        ep = params.eval
+        trained = sample_people(db, "train", ep.trained_people, ep.seed)
+        heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed)
+        (out / "transcripts").mkdir(exist_ok=True)
+        with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
+            for name, folder in tqdm(models.items(), desc="eval", unit="model"):
+                records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout)
+                for r in records:
+                    evals.write(json.dumps({"model": name, **r}) + "\n")
+                with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:
+                    for task, exchanges in transcripts.items():
+                        for ex in exchanges:
+                            f.write(json.dumps({"task": task, **asdict(ex)}) + "\n")
+                table[name] = headline(records)
+        run.finish(models=list(models), trained_people=len(trained), heldout_people=len(heldout))
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(table, indent=2) + "\n")
+    return table

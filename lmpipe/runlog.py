@@ -1,0 +1,122 @@
+"""Run folders: the on-disk record every training-like stage leaves behind.
+
+A run folder holds `params.json` (the resolved parameters), `env.json` (where and with what it
+ran), `metrics.jsonl` (one JSON object per logged step) and `summary.json` (final figures and
+status). Metric records go to the file, never to stdout, so console logging stays free-form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lmpipe
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The commit and dirty flag of the repository around `cwd`, or nulls outside a git tree."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+        )
+        return {"git_commit": commit, "git_dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def environment_record(device: str) -> dict[str, Any]:
+    """Versions, host and device: enough to tell two runs' environments apart."""
+    import torch
+    import transformers
+
+    return {
+        "lmpipe_version": lmpipe.__version__,
+        **git_state(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class RunLog:
+    """Writes one run folder. Use as a context manager so the summary records success or failure."""
+
+    def __init__(self, folder: str | Path, stage: str, name: str, params: dict[str, Any],
+                 device: str = "cpu") -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stage = stage
+        self.name = name
+        self.started = _utc_now()
+        self._t0 = time.perf_counter()
+        self._write_json("params.json", params)
+        self.env = environment_record(device)
+        self.env["started_at"] = self.started
+        self._write_json("env.json", self.env)
+        self._metrics = open(self.folder / "metrics.jsonl", "w", encoding="utf-8")
+        self.summary: dict[str, Any] = {}
+
+    def _write_json(self, filename: str, payload: dict[str, Any]) -> None:
+        tmp = self.folder / f".{filename}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.replace(self.folder / filename)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one metrics record (must contain `step`); flushed so a crash loses nothing."""
+        self._metrics.write(json.dumps(record, default=float) + "\n")
+        self._metrics.flush()
+
+    def finish(self, status: str = "completed", **summary: Any) -> None:
+        self.summary.update(summary)
+        ended = _utc_now()
+        self.env["ended_at"] = ended
+        self._write_json("env.json", self.env)
+        self._write_json("summary.json", {
+            "stage": self.stage,
+            "name": self.name,
+            "status": status,
+            "started_at": self.started,
+            "ended_at": ended,
+            "wall_time_s": round(time.perf_counter() - self._t0, 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            **self.summary,
+        })
+        self._metrics.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._metrics.closed:
+            self.finish("completed" if exc is None else "failed",
+                        **({} if exc is None else {"error": f"{exc_type.__name__}: {exc}"}))

@@ -1,0 +1,58 @@
+"""Whole training runs: build the model, open the run folder, train, save model and tokenizer.
+
+`train` and `distill` differ only in their objective and where the model's params come from;
+everything else (run folder, logging, saving) is this one code path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lmpipe.config import ModelParams, Params, TrainParams
+from lmpipe.distill import kd_objective
+from lmpipe.model import build_model, count_parameters, save_model
+from lmpipe.runlog import RunLog
+from lmpipe.teacher_cache import TeacherCache, file_sha256
+from lmpipe.tokenizer import load_tokenizer
+from lmpipe.tokens import TokenSplit
+from lmpipe.train import Objective, cross_entropy_objective, train
+
+
+def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
+         tokens_dir: Path, tokenizer_dir: Path, out: Path, objective: Objective) -> dict:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    train_split = TokenSplit.open(tokens_dir, "train")
+    val_split = TokenSplit.open(tokens_dir, "val")
+    model = build_model(model_params, tp.seed)
+    resolved = {"run": {"stage": stage, "name": name}, **params.model_dump(mode="json")}
+    with RunLog(out, stage, name, resolved, device="cpu") as run:
+        n_params = count_parameters(model)
+        print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of {tp.batch_size} documents")
+        summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
+                        objective=objective, desc=f"{stage} {name}")
+        save_model(model, tokenizer, out / "model")
+        run.finish(params_count=n_params, **summary)
+    return summary
+
+
+def train_from_scratch(name: str, params: Params, tokens_dir: Path, tokenizer_dir: Path,
+                       out: Path) -> dict:
+    section = getattr(params, name)
+    return _run("train", name, params, section.model, section.train, tokens_dir, tokenizer_dir,
+                out, cross_entropy_objective)
+
+
+def distill_from_cache(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
+                       out: Path) -> dict:
+    """Train the student architecture against the teacher cache (`distill` section)."""
+    cache = TeacherCache.open(cache_dir, expect={
+        "tokenizer_sha256": file_sha256(Path(tokenizer_dir) / "tokenizer.json")})
+    if cache.manifest["positions"] != TokenSplit.open(tokens_dir, "train").n_tokens:
+        raise ValueError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
+                         "the train split has a different count; rebuild the cache")
+    d = params.distill
+    return _run("distill", "distilled", params, params.student.model, d.train, tokens_dir,
+                tokenizer_dir, out, kd_objective(cache, d.temperature, d.kd_weight))

@@ -1,0 +1,86 @@
+"""Packed token arrays: the `tokenize` stage's output and every trainer's input.
+
+A split is three files: `<split>.tokens.bin` (token ids, uint16 memmap), `<split>.mask.bin` (1 where
+a token is a training target, uint8 memmap) and `<split>.docs.npy` (one `[start, end)` row per
+document). Documents stay whole so a batch never starts mid-dialog.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmpipe.tokenizer import loss_mask
+
+TOKEN_DTYPE = np.uint16
+
+
+@dataclass
+class TokenSplit:
+    tokens: np.ndarray
+    mask: np.ndarray
+    docs: np.ndarray  # (n_docs, 2) int64 [start, end)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def lengths(self) -> np.ndarray:
+        return self.docs[:, 1] - self.docs[:, 0]
+
+    @classmethod
+    def open(cls, folder: str | Path, split: str) -> "TokenSplit":
+        folder = Path(folder)
+        paths = [folder / f"{split}.{part}" for part in ("tokens.bin", "mask.bin", "docs.npy")]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing token file (run the tokenize stage first)")
+        return cls(
+            tokens=np.memmap(paths[0], dtype=TOKEN_DTYPE, mode="r"),
+            mask=np.memmap(paths[1], dtype=np.uint8, mode="r"),
+            docs=np.load(paths[2]),
+        )
+
+
+def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of document indices into (train, val); val holds at least one document."""
+    order = list(range(n_docs))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(n_docs * val_fraction)) if n_docs > 1 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def write_split(folder: Path, split: str, encoded: list[list[int]], loss_on: str) -> dict[str, int]:
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    docs = np.stack([ends - lengths, ends], axis=1)
+    flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64, count=int(lengths.sum()))
+    if flat.size and flat.max() > np.iinfo(TOKEN_DTYPE).max:
+        raise ValueError(f"token id {flat.max()} does not fit in {TOKEN_DTYPE.__name__}")
+    mask = np.concatenate([loss_mask(np.asarray(ids), loss_on) for ids in encoded]) if encoded \
+        else np.zeros(0, np.uint8)
+    flat.astype(TOKEN_DTYPE).tofile(folder / f"{split}.tokens.bin")
+    mask.astype(np.uint8).tofile(folder / f"{split}.mask.bin")
+    np.save(folder / f"{split}.docs.npy", docs)
+    return {"documents": len(encoded), "tokens": int(flat.size), "target_tokens": int(mask.sum())}
+
+
+def tokenize_documents(texts: list[str], tokenizer, out_dir: str | Path, val_fraction: float,
+                       loss_on: str, seed: int) -> dict[str, dict[str, int]]:
+    """Encode documents, split them and write both splits plus `meta.json`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    train_idx, val_idx = split_documents(len(encoded), val_fraction, seed)
+    stats = {
+        "train": write_split(out, "train", [encoded[i] for i in train_idx], loss_on),
+        "val": write_split(out, "val", [encoded[i] for i in val_idx], loss_on),
+    }
+    meta = {"vocab_size": len(tokenizer), "dtype": np.dtype(TOKEN_DTYPE).name, "loss_on": loss_on,
+            "splits": stats}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return stats

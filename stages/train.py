@@ -1,0 +1,17 @@
+"""DVC stage `train@<name>`: train a model from scratch (`teacher` or `student` section)."""
+
+from lmpipe.entry import stage
+from lmpipe.paths import TOKENIZER, TOKENS, run_dir
+from lmpipe.runs import train_from_scratch
+
+
+@stage
+def train(params, argv):
+    if len(argv) != 1 or argv[0] not in ("teacher", "student"):
+        raise SystemExit("usage: stages/train.py teacher|student")
+    name = argv[0]
+    train_from_scratch(name, params, TOKENS, TOKENIZER, run_dir(name))
+
+
+if __name__ == "__main__":
+    train()

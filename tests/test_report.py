@@ -1,0 +1,116 @@
+"""The HTML report: built from a hand-written run database, checked for content and offline use."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lmpipe.report import CURVES_SQL, MAX_POINTS_PER_CURVE, render_report
+from lmpipe.store import index_runs, query
+
+MODELS = ["teacher", "student", "distilled", "quantized"]
+
+
+def write_json(path: Path, payload: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def summary(stage: str, name: str, hour: int) -> dict:
+    return {"stage": stage, "name": name, "status": "completed",
+            "started_at": f"2026-11-23T{hour:02d}:00:00+00:00",
+            "ended_at": f"2026-11-23T{hour:02d}:20:00+00:00", "wall_time_s": 1234.5,
+            "peak_rss_mb": 700.0}
+
+
+def eval_lines(values: dict[tuple[str, str, str], float]) -> str:
+    rows = [{"model": m, "metric": metric, "split": split, "attribute": None, "value": v, "n": 64}
+            for (m, metric, split), v in values.items()]
+    rows.append({"model": "teacher", "metric": "recall", "split": "trained",
+                 "attribute": "birth_city", "value": 0.3333, "n": 16})
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for hour, name in enumerate(["teacher", "student", "distill"], start=8):
+        write_json(root / name / "summary.json", summary("train", name, hour))
+        lines = [json.dumps({"step": s, "loss": 5.0 - s / 100, **({"val_loss": 4.5} if s % 50 == 0 else {})})
+                 for s in range(1, 201)]
+        (root / name / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 201, "lo')
+    # An older eval run whose numbers must not be shown, and the latest one.
+    write_json(root / "eval_old" / "summary.json", summary("eval", "eval", 11))
+    (root / "eval_old" / "evals.jsonl").write_text(
+        eval_lines({(m, "recall", "trained"): 0.1111 for m in MODELS}))
+    write_json(root / "eval" / "summary.json", summary("eval", "eval", 12))
+    values = {}
+    for i, model in enumerate(MODELS):
+        values[(model, "recall", "trained")] = 0.8125 - i / 10
+        values[(model, "tool_accuracy", "trained")] = 0.9688 - i / 100
+        values[(model, "tool_accuracy", "heldout")] = 0.9375 - i / 100
+        values[(model, "val_ppl", "val")] = 12.345 + i
+    (root / "eval" / "evals.jsonl").write_text(eval_lines(values))
+    db_path = tmp_path / "runs.duckdb"
+    index_runs(root, db_path)
+    return db_path
+
+
+def test_report_is_self_contained_and_shows_the_numbers(db: Path, tmp_path: Path) -> None:
+    out = render_report(db, tmp_path / "report")
+    assert out == tmp_path / "report" / "index.html"
+    page = out.read_text(encoding="utf-8")
+
+    assert "<title>lmpipe report</title>" in page
+    assert "window.vegaEmbed=" in page                       # the bundle is inlined ...
+    assert re.search(r"<script[^>]*\bsrc=", page) is None    # ... and nothing is fetched
+    assert "https://cdn" not in page
+    assert page.count('vegaEmbed("#') == 2                    # curves and eval comparison
+    assert page.count('<p class="howto">') == 2
+
+    for model in MODELS:
+        assert f"<td>{model}</td>" in page
+    assert "<td>0.8125</td>" in page                          # recall, trained (teacher)
+    assert "<td>0.9375</td>" in page                          # tool accuracy, held-out (teacher)
+    assert "<td>13.35</td>" in page                           # val_ppl of the student
+    assert "0.1111" not in page                               # the older eval run is not shown
+    assert "0.3333" not in page                               # per-attribute rows are not shown
+    assert "<th>tool_accuracy / heldout</th>" in page
+    for run_id in ["teacher", "student", "distill", "eval_old", "eval"]:
+        assert f"<td>{run_id}</td>" in page                  # runs table
+    assert "20m 34.5s" in page                                # wall time, readable
+
+
+def test_curves_are_thinned_but_keep_both_ends(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_json(root / "long" / "summary.json", summary("train", "long", 8))
+    steps = 5 * MAX_POINTS_PER_CURVE + 7
+    (root / "long" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 + 1 / s}) + "\n" for s in range(1, steps + 1)))
+    index_runs(root, tmp_path / "runs.duckdb")
+    curve = query(tmp_path / "runs.duckdb", CURVES_SQL)
+    assert set(curve["metric"]) == {"loss"}
+    assert len(curve) <= MAX_POINTS_PER_CURVE + 1
+    assert curve["step"].min() == 1 and curve["step"].max() == steps
+
+
+def test_report_without_evals_still_shows_curves(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_json(root / "teacher" / "summary.json", summary("train", "teacher", 8))
+    (root / "teacher" / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n')
+    index_runs(root, tmp_path / "runs.duckdb")
+    page = render_report(tmp_path / "runs.duckdb", tmp_path / "report").read_text()
+    assert page.count('vegaEmbed("#') == 1 and "No eval run yet" in page
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_empty_database_says_no_runs(tmp_path: Path, indexed: bool) -> None:
+    db_path = tmp_path / "runs.duckdb"
+    if indexed:
+        index_runs(tmp_path / "runs", db_path)   # tables exist but are empty
+    page = render_report(db_path, tmp_path / "report").read_text()
+    assert "No runs yet" in page and "<title>lmpipe report</title>" in page
+    assert "vegaEmbed" not in page
