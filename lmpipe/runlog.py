@@ -84,6 +84,7 @@ class RunLog:
         self.env["started_at"] = self.started
         self._write_json("env.json", self.env)
         self._metrics = open(self.folder / "metrics.jsonl", "w", encoding="utf-8")
+        self._curve: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
     def _write_json(self, filename: str, payload: dict[str, Any]) -> None:
@@ -95,6 +96,17 @@ class RunLog:
         """Append one metrics record (must contain `step`); flushed so a crash loses nothing."""
         self._metrics.write(json.dumps(record, default=float) + "\n")
         self._metrics.flush()
+        if "loss" in record:
+            self._curve.append(record)
+
+    def _write_curve(self) -> None:
+        """`curve.csv` (step, tokens, loss, val_loss): the training curve in a format DVC plots read."""
+        if not self._curve:
+            return
+        columns = ["step", "tokens", "loss", "val_loss"]
+        rows = [",".join("" if r.get(c) is None else f"{r[c]:.6g}" for c in columns)
+                for r in self._curve]
+        (self.folder / "curve.csv").write_text("\n".join([",".join(columns), *rows]) + "\n")
 
     def finish(self, status: str = "completed", **summary: Any) -> None:
         self.summary.update(summary)
@@ -112,6 +124,7 @@ class RunLog:
             **self.summary,
         })
         self._metrics.close()
+        self._write_curve()
 
     def __enter__(self) -> "RunLog":
         return self

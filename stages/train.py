@@ -8,7 +8,7 @@ from lmpipe.runs import train_from_scratch
 @stage
 def train(params, argv):
     if len(argv) != 1 or argv[0] not in ("teacher", "student"):
-        raise SystemExit("usage: stages/train.py teacher|student")
+        raise SystemExit("usage: python -m stages.train teacher|student")
     name = argv[0]
     train_from_scratch(name, params, TOKENS, TOKENIZER, run_dir(name))
 

@@ -1,0 +1,31 @@
+# The two commands: `make run` (default experiment end to end) and `make test` (the test suite).
+# Both create .venv and install lmpipe into it on first use; nothing needs installing by hand.
+SHELL := /bin/bash
+VENV := .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed-stamp
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup run test report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	dvc repro
+	@echo "report: $(CURDIR)/reports/index.html"
+
+test: $(STAMP)
+	python -m pytest
+
+clean:
+	rm -rf data runs store metrics reports/*.html

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny people world and its tokens, built once per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmpipe.config import ModelParams, WorldParams
+from lmpipe.model import build_model
+from lmpipe.tokenizer import build_byte_tokenizer
+from lmpipe.tokens import tokenize_documents
+from lmpipe.world import write_world
+
+TINY_MODEL = ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_byte_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(WorldParams(seed=3, people=30, heldout_people=10), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tiny_world, tokenizer, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tokens")
+    texts = [json.loads(line)["text"] for line in (tiny_world / "documents.jsonl").open()]
+    tokenize_documents(texts, tokenizer, out, val_fraction=0.1, loss_on="assistant", seed=0)
+    return out
+
+
+@pytest.fixture()
+def tiny_model():
+    return build_model(TINY_MODEL, seed=0).eval()

@@ -1,0 +1,160 @@
+"""End to end: the whole DVC pipeline, driven by the Prefect flow, on a tiny world in a temp copy.
+
+Trains real (tiny) models, then checks the metrics are sane, that a second `dvc repro` runs
+nothing, that a params change reruns exactly the stages downstream of it, and that bad params
+fail before any compute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "world": {"people": 60, "heldout_people": 12},
+    "teacher": {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2},
+                "train": {"steps": 60, "batch_size": 16, "lr": 0.01, "warmup_steps": 5,
+                          "log_every": 10, "eval_every": 30}},
+    "student": {"model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
+                "train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10}},
+    "distill": {"train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10}},
+    "eval": {"trained_people": 8, "heldout_people": 8, "max_new_tokens": 40},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for key, value in over.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(tmp_path / "prefect"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    work = tmp / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "stages", "flows", "lmpipe"):
+        src = ROOT / name
+        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _env(tmp)
+    _run(["dvc", "init", "--no-scm", "-q"], work, env)
+    _run([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env)
+    return work, env
+
+
+def test_every_stage_produced_its_outputs(project):
+    work, _ = project
+    for path in ["data/world/people.duckdb", "data/tokens/train.tokens.bin",
+                 "data/teacher_cache/manifest.json", "runs/teacher/model/model.safetensors",
+                 "runs/student/model/tokenizer.json", "runs/distill/curve.csv",
+                 "runs/quantize/quantization.json", "runs/eval/evals.jsonl",
+                 "store/lmpipe.duckdb", "reports/index.html"]:
+        assert (work / path).is_file(), path
+    for run in ("teacher", "student", "distill", "quantize", "eval"):
+        summary = json.loads((work / "runs" / run / "summary.json").read_text())
+        assert summary["status"] == "completed", run
+        env = json.loads((work / "runs" / run / "env.json").read_text())
+        assert env["torch"].startswith("2.13") and env["ended_at"]
+
+
+def test_training_really_learned(project):
+    work, _ = project
+    summary = json.loads((work / "runs" / "teacher" / "summary.json").read_text())
+    assert summary["initial_val_loss"] > 5.0  # ~ln(265) for an untrained model
+    assert summary["final_val_loss"] < 0.6 * summary["initial_val_loss"]
+    records = [json.loads(line) for line in (work / "runs/teacher/metrics.jsonl").open()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [10, 20, 30, 40, 50, 60]
+    assert {"tokens", "lr", "grad_norm", "tokens_per_s", "step_time_s", "rss_mb"} <= set(steps[0])
+    assert steps[-1]["tokens"] > steps[0]["tokens"] > 0
+
+
+def test_eval_metrics_cover_every_model(project):
+    work, _ = project
+    table = json.loads((work / "metrics" / "eval.json").read_text())
+    assert list(table) == ["teacher", "student", "distilled", "quantized"]
+    for figures in table.values():
+        for key in ("val_loss", "val_ppl", "recall_trained", "tool_accuracy_trained",
+                    "tool_accuracy_heldout"):
+            assert key in figures
+        assert 0.0 <= figures["tool_accuracy_heldout"] <= 1.0
+        assert figures["val_ppl"] == pytest.approx(2.718281828 ** figures["val_loss"], rel=1e-4)
+    assert table["teacher"]["val_loss"] < table["student"]["val_loss"]
+    assert table["quantized"]["parameters"] == table["distilled"]["parameters"]
+
+
+def test_store_and_report(project):
+    work, _ = project
+    with duckdb.connect(str(work / "store/lmpipe.duckdb"), read_only=True) as con:
+        runs = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
+        assert runs == {r: "completed" for r in ("teacher", "student", "distill", "quantize", "eval")}
+        models = {m for (m,) in con.execute("SELECT DISTINCT model FROM evals").fetchall()}
+        assert models == {"teacher", "student", "distilled", "quantized"}
+        assert con.execute("SELECT count(*) FROM metrics WHERE run_id='teacher' AND name='loss'"
+                           ).fetchone()[0] == 6
+    html = (work / "reports/index.html").read_text()
+    assert "quantized" in html and "<script src=\"http" not in html
+
+
+def test_second_repro_runs_nothing_and_a_param_change_reruns_downstream(project):
+    work, env = project
+    again = _run(["dvc", "repro"], work, env)
+    assert "Running stage" not in again.stdout
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["distill"]["temperature"] = 2.0
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = _run(["dvc", "repro"], work, env).stdout
+    ran = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
+    assert ran == {"distill", "quantize", "eval", "index", "report"}
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("teacher.train", "stepz", 5, "unknown key 'teacher.train.stepz'"),
+    ("world", "people", "many", "world.people: Input should be a valid integer"),
+    ("teacher_cache", "top_k", 999, "teacher_cache.top_k = 999 exceeds the vocabulary size (265)"),
+])
+def test_bad_params_fail_before_compute_naming_the_key(project, tmp_path, section, key, value,
+                                                        message):
+    work, env = project
+    bad = tmp_path / "bad"
+    shutil.copytree(work, bad, ignore=shutil.ignore_patterns("data", "runs", "store", "reports"))
+    params = yaml.safe_load((bad / "params.yaml").read_text())
+    node = params
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    (bad / "params.yaml").write_text(yaml.safe_dump(params))
+    result = _run(["dvc", "repro"], bad, env, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (bad / "data").exists()

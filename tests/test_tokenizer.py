@@ -1,0 +1,60 @@
+"""Byte tokenizer round trip, special tokens, saved form, and the loss mask."""
+
+import numpy as np
+
+from lmpipe import protocol
+from lmpipe.tokenizer import VOCAB_SIZE, load_tokenizer, loss_mask, special_id
+from lmpipe.tokens import TokenSplit
+
+
+def test_round_trip_including_unicode_and_specials(tokenizer):
+    text = protocol.tool_dialog("birth_city", "Zoe Müller", "Zürich — 東京")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert ids[0] == special_id(protocol.BOS) == 256
+    assert max(ids) < VOCAB_SIZE == len(tokenizer)
+    plain = "Ab c"
+    assert tokenizer(plain, add_special_tokens=False)["input_ids"] == list(plain.encode())
+
+
+def test_special_token_text_is_one_token(tokenizer):
+    ids = tokenizer(protocol.CALL + protocol.END, add_special_tokens=False)["input_ids"]
+    assert ids == [special_id(protocol.CALL), special_id(protocol.END)]
+
+
+def test_saved_tokenizer_loads_identically(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    text = protocol.qa_dialog("major", "Ada Brown", "Physics")
+    assert again(text, add_special_tokens=False)["input_ids"] == \
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert again.padding_side == "left" and again.pad_token_id == special_id(protocol.PAD)
+
+
+def _targets(tokenizer, text, loss_on="assistant"):
+    ids = np.array(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return tokenizer.decode(ids[loss_mask(ids, loss_on) == 1].tolist())
+
+
+def test_mask_trains_exactly_the_assistant_turns(tokenizer):
+    text = protocol.tool_dialog("employer", "Ada Brown", "Acme Corp")
+    assert _targets(tokenizer, text) == \
+        f"{protocol.CALL}FIND employer FOR Ada Brown{protocol.END}Acme Corp{protocol.END}"
+    assert _targets(tokenizer, protocol.qa_dialog("major", "Ada Brown", "Law")) == f"Law{protocol.END}"
+
+
+def test_mask_trains_plain_text_and_all_mode_everything_but_first(tokenizer):
+    bio = protocol.text_document("Ada Brown was born in Paris.")
+    assert _targets(tokenizer, bio) == bio[len(protocol.BOS):]
+    dialog = protocol.qa_dialog("major", "Ada Brown", "Law")
+    assert _targets(tokenizer, dialog, "all") == dialog[len(protocol.BOS):]
+
+
+def test_packed_splits_hold_whole_documents(tiny_tokens, tokenizer):
+    train, val = TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val")
+    assert len(train.docs) + len(val.docs) == 30 * 13 and len(val.docs) == 39
+    for split in (train, val):
+        assert split.docs[-1, 1] == split.n_tokens == len(split.mask)
+        start, end = split.docs[0]
+        assert split.tokens[start] == special_id(protocol.BOS)
+        assert split.tokens[end - 1] == special_id(protocol.EOS)
