@@ -29,8 +29,8 @@ class WorldParams(Section):
     seed: int = 0
     people: int = Field(1000, ge=1, description="people whose facts appear in training documents")
     heldout_people: int = Field(200, ge=0, description="people that exist only in the database")
-    bios_per_person: int = Field(1, ge=0)
-    qa_dialogs: bool = True
+    bios_per_person: int = Field(0, ge=0)
+    qa_dialogs: bool = False
     tool_dialogs: bool = True
 
 

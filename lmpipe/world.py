@@ -47,9 +47,6 @@ Indigo Juniper Keystone Lumen Meridian Nimbus Orion Pioneer Quartz Redwood Summi
 Willow Zenith""".split(), ["Corp", "Labs", "Systems", "Group", "Foods", "Media", "Motors", "Bank",
                           "Health", "Energy"] * 3)]
 
-MONTHS = """January February March April May June July August September October November
-December""".split()
-
 BIO_TEMPLATES = [
     "{name} was born on {birth_date} in {birth_city}. {name} studied {major} at {university}. "
     "{name} works for {employer} in {employer_city}.",
@@ -100,7 +97,7 @@ def generate_people(params: WorldParams) -> list[Person]:
     for i, name in enumerate(names):
         people.append(Person(
             name=name,
-            birth_date=f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(1950, 1999)}",
+            birth_date=f"{rng.randint(1950, 1999)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
             birth_city=rng.choice(CITIES),
             university=rng.choice(UNIVERSITIES),
             major=rng.choice(MAJORS),

@@ -46,3 +46,4 @@ def test_tool_dialog_answers_match_the_database(tmp_path):
                                 [doc["name"]]).fetchone()[0]
             assert doc["text"] == protocol.tool_dialog(doc["attribute"], doc["name"], value)
             assert f"{protocol.DB}{value}{protocol.END}" in doc["text"]
+
