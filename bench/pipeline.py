@@ -41,11 +41,13 @@ def main() -> None:
                DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
     subprocess.run(["dvc", "init", "--no-scm", "-q", "-f"], cwd=work, env=env, check=True)
     timings = {}
+    log = open(work / "bench.log", "w")
+    print(f"workspace {work} (stage output in bench.log)")
     total0 = time.perf_counter()
     for stage in stage_order(work):
         t0 = time.perf_counter()
         subprocess.run(["dvc", "repro", "--single-item", stage], cwd=work, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=log, stderr=subprocess.STDOUT)
         timings[stage] = time.perf_counter() - t0
         print(f"{stage:>15}: {timings[stage]:7.1f} s", flush=True)
     total = time.perf_counter() - total0

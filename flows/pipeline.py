@@ -28,7 +28,7 @@ def stage_order(workdir: Path) -> list[str]:
 
     with Repo(str(workdir)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))]
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")

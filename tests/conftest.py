@@ -24,7 +24,8 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("world")
-    write_world(WorldParams(seed=3, people=30, heldout_people=10), out)
+    write_world(WorldParams(seed=3, people=30, heldout_people=10, bios_per_person=1,
+                            qa_dialogs=True), out)
     return out
 
 

@@ -138,13 +138,15 @@ def test_second_repro_runs_nothing_and_a_param_change_reruns_downstream(project)
     assert ran == {"distill", "quantize", "eval", "index", "report"}
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("teacher.train", "stepz", 5, "unknown key 'teacher.train.stepz'"),
-    ("world", "people", "many", "world.people: Input should be a valid integer"),
-    ("teacher_cache", "top_k", 999, "teacher_cache.top_k = 999 exceeds the vocabulary size (265)"),
+@pytest.mark.parametrize("section, key, value, message, not_written", [
+    ("teacher.train", "stepz", 5, "unknown key 'teacher.train.stepz'", "runs/teacher"),
+    ("world", "people", "many", "world.people: Input should be a valid integer", "data/world"),
+    ("teacher_cache", "top_k", 999, "teacher_cache.top_k = 999 exceeds the vocabulary size (265)",
+     "data/teacher_cache"),
 ])
 def test_bad_params_fail_before_compute_naming_the_key(project, tmp_path, section, key, value,
-                                                        message):
+                                                        message, not_written):
+    """The first stage whose inputs changed refuses to start (DVC restores unchanged ones)."""
     work, env = project
     bad = tmp_path / "bad"
     shutil.copytree(work, bad, ignore=shutil.ignore_patterns("data", "runs", "store", "reports"))
@@ -157,4 +159,4 @@ def test_bad_params_fail_before_compute_naming_the_key(project, tmp_path, sectio
     result = _run(["dvc", "repro"], bad, env, check=False)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
-    assert not (bad / "data").exists()
+    assert not (bad / not_written).exists()

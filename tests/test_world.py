@@ -25,7 +25,7 @@ def test_names_are_unique_and_splits_sized():
 
 
 def test_documents_cover_trained_people_only(tmp_path):
-    params = WorldParams(seed=1, people=40, heldout_people=10)
+    params = WorldParams(seed=1, people=40, heldout_people=10, bios_per_person=1, qa_dialogs=True)
     stats = write_world(params, tmp_path)
     docs = [json.loads(line) for line in (tmp_path / "documents.jsonl").open()]
     assert stats["documents"] == len(docs) == 40 * (1 + 6 + 6)
