@@ -101,7 +101,8 @@ def curves_chart(curves: pd.DataFrame) -> alt.TopLevelMixin:
             .mark_line(point=metric == "val_loss")
             .encode(
                 x=alt.X("step:Q", title="step"),
-                y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+                # log scale: losses fall by orders of magnitude on memorization-style tasks
+                y=alt.Y("value:Q", title=f"{metric} (log scale)", scale=alt.Scale(type="log")),
                 color=alt.Color("run_id:N", title="run"),
                 opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
                 tooltip=["run_id:N", "step:Q", alt.Tooltip("value:Q", format=".4f")],
@@ -221,7 +222,8 @@ def render_report(db_path: Path, out_dir: Path) -> Path:
             charts += 1
             body.append('<p class="howto">Loss against optimizer step, one colour per run; the '
                         "right panel (when present) is the validation loss. Lower is better. Click a "
-                        "run in the legend to highlight it; hover a line for exact values.</p>")
+                        "run in the legend to highlight it; hover a line for exact values. The y axis is "
+                        "logarithmic.</p>")
 
         body.append("<h2>Evaluation</h2>")
         eval_run, overall = data["eval_run"], data["overall"]

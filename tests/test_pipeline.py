@@ -160,3 +160,15 @@ def test_bad_params_fail_before_compute_naming_the_key(project, tmp_path, sectio
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (bad / not_written).exists()
+
+
+def test_missing_input_file_is_named(tmp_path):
+    for name in ("stages", "lmpipe", "params.yaml"):
+        src = ROOT / name
+        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, tmp_path / name))
+    result = _run([sys.executable, "-m", "stages.tokenize"], tmp_path, _env(tmp_path), check=False)
+    assert result.returncode == 2
+    assert "data/world/documents.jsonl: missing input (run the prepare stage first)" in result.stderr
+    result = _run([sys.executable, "-m", "stages.teacher_cache"], tmp_path, _env(tmp_path), check=False)
+    assert result.returncode == 2 and "runs/teacher/model: not a model directory" in result.stderr
