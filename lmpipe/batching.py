@@ -7,7 +7,6 @@ from the step number alone means a resumed run sees exactly the batches it would
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -41,9 +40,14 @@ class LengthGroupedBatches:
             raise ValueError(f"a document has {self.lengths.max()} tokens, more than the model's "
                              f"max_seq_len ({max_len}); raise model.max_seq_len")
         self.batches_per_epoch = -(-len(self.lengths) // batch_size)
+        self._cached: tuple[int, list[np.ndarray]] | None = None
 
-    @lru_cache(maxsize=2)
     def _epoch(self, epoch: int) -> list[np.ndarray]:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._order_epoch(epoch))
+        return self._cached[1]
+
+    def _order_epoch(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.lengths))
         window = self.batch_size * GROUP

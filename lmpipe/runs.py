@@ -6,10 +6,7 @@ everything else (run folder, logging, saving) is this one code path.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
 
 from lmpipe.config import ModelParams, Params, TrainParams
 from lmpipe.distill import kd_objective
