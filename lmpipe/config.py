@@ -52,7 +52,14 @@ class ModelParams(Section):
     d_ff: int | None = Field(None, description="MLP width; default 4 * d_model")
     max_seq_len: int = Field(256, ge=16)
     rope_theta: float = 10000.0
+    rope_scaling: Literal["none", "linear", "dynamic", "yarn"] = Field(
+        "none", description="RoPE scaling to run past the trained context (context extension)")
+    rope_factor: float = Field(1.0, ge=1.0, description="context extension factor for rope_scaling")
     tie_embeddings: bool = True
+    init: Literal["hf", "gpt2_scaled", "small", "mitchell"] = Field(
+        "hf", description="hf: transformers' default normal(0.02); gpt2_scaled: normal(0.02) with "
+        "residual projections scaled by 1/sqrt(2*layers); small: normal(sqrt(2/(5*d))); "
+        "mitchell: normal(1/sqrt(fan_in)), residual projections scaled by 1/sqrt(2*(layer+1))")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelParams":
@@ -65,21 +72,44 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    """One training run: optimizer, schedule and batching."""
+    """One training run: optimizer, schedule, batching, checkpoints and performance switches."""
 
     seed: int = 0
     steps: int = Field(1700, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="documents (or windows) per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    optimizer: Literal["adamw", "sgd", "adafactor", "lion"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = 0.9
-    beta2: float = 0.95
+    weight_decay: float = Field(0.1, ge=0.0, description="on linear-layer matrices only")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW/Lion beta1, SGD momentum")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    loss_on: Literal["mask", "all"] = Field(
+        "mask", description="mask: the tokenize stage's loss mask; all: every token (pretraining)")
+    attention: Literal["causal", "prefix_lm"] = Field(
+        "causal", description="prefix_lm: tokens the model did not write attend to each other "
+        "bidirectionally within their span; written (target) tokens stay causal")
+    sampling: Literal["documents", "windows"] = Field(
+        "documents", description="documents: whole documents grouped by length; windows: random "
+        "block_size windows of the token stream (nanoGPT-style pretraining)")
+    block_size: int = Field(256, ge=8, description="window length for sampling: windows")
     log_every: int = Field(25, ge=1)
     eval_every: int = Field(250, ge=1, description="validation loss every N steps and at the end")
+    eval_batches: int = Field(0, ge=0, description="validation batches per eval; 0 = whole split")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype on GPU; CPU always trains in fp32")
+    compile: bool = False
+    grad_checkpointing: bool = False
+    profile_steps: list[int] = Field(
+        default_factory=list, description="[start, end): write a torch.profiler trace for these steps")
+    wandb: Literal["off", "online", "offline"] = "off"
 
 
 class ModelRunParams(Section):

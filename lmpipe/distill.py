@@ -15,28 +15,33 @@ import torch
 
 from lmpipe.batching import Batch
 from lmpipe.teacher_cache import TeacherCache
-from lmpipe.train import masked_cross_entropy
+from lmpipe.losses import masked_cross_entropy
 
 
 def forward_kl_topk(student_logits: torch.Tensor, teacher_ids: torch.Tensor,
-                    teacher_logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean forward KL(teacher_topk || student) per position, scaled by T^2. Shapes (n, V), (n, k)."""
+                    teacher_logprobs: torch.Tensor, temperature: float,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Forward KL(teacher_topk || student) per position (mean or sum over positions), scaled by
+    T^2. Shapes (n, V), (n, k)."""
     teacher = torch.log_softmax(teacher_logprobs.float() / temperature, dim=-1)
     student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
-    return (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+    per_position = (teacher.exp() * (teacher - student)).sum(-1) * temperature**2
+    return per_position.mean() if reduction == "mean" else per_position.sum()
 
 
 def kd_objective(cache: TeacherCache, temperature: float, kd_weight: float):
     """A training objective for `lmpipe.train.train` that reads teacher signals from `cache`."""
 
     def objective(model: torch.nn.Module, batch: Batch):
-        logits = model(input_ids=batch.input_ids).logits
+        """Sums over target positions (the loop normalizes by the global target count)."""
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         ce = masked_cross_entropy(logits, batch)
         targets = batch.target_mask > 0
-        where = batch.positions[:, :-1][targets].numpy()
-        teacher_ids = torch.from_numpy(cache.ids[where].astype("int64"))
-        teacher_logprobs = torch.from_numpy(cache.logprobs[where].astype("float32"))
-        kd = forward_kl_topk(logits[:, :-1][targets], teacher_ids, teacher_logprobs, temperature)
+        where = batch.positions[:, :-1][targets].cpu().numpy()
+        teacher_ids = torch.from_numpy(cache.ids[where].astype("int64")).to(logits.device)
+        teacher_logprobs = torch.from_numpy(cache.logprobs[where].astype("float32")).to(logits.device)
+        kd = forward_kl_topk(logits[:, :-1][targets], teacher_ids, teacher_logprobs, temperature,
+                             reduction="sum")
         loss = kd_weight * kd + (1.0 - kd_weight) * ce
         return loss, {"kd_loss": kd.detach(), "ce_loss": ce.detach()}
 

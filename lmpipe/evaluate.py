@@ -25,7 +25,8 @@ from lmpipe.model import count_parameters, load_model
 from lmpipe.runlog import RunLog
 from lmpipe.tokens import TokenSplit
 from lmpipe.tooldb import PeopleDB
-from lmpipe.train import evaluate_loss
+from lmpipe.batching import LengthGroupedBatches
+from lmpipe.losses import evaluate_loss
 
 
 def sample_people(db: PeopleDB, split: str, count: int, seed: int) -> list[dict[str, str]]:
@@ -55,7 +56,7 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
                    ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
     """All eval records for one model, plus the transcripts they were scored on."""
     model, tokenizer = load_model(model_dir)
-    val_loss = evaluate_loss(model, val_split, tokenizer.pad_token_id)
+    val_loss = evaluate_loss(model, LengthGroupedBatches(val_split, 64, 0, tokenizer.pad_token_id))
     records = [
         {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None},
         {"metric": "val_ppl", "split": "val", "attribute": None, "value": math.exp(val_loss), "n": None},

@@ -83,7 +83,9 @@ class RunLog:
         self.env = environment_record(device)
         self.env["started_at"] = self.started
         self._write_json("env.json", self.env)
-        self._metrics = open(self.folder / "metrics.jsonl", "w", encoding="utf-8")
+        # append: a resumed run keeps what it logged before; `rewind` drops what came after
+        # the checkpoint it resumed from.
+        self._metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
         self._curve: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
@@ -91,6 +93,22 @@ class RunLog:
         tmp = self.folder / f".{filename}.tmp"
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
         tmp.replace(self.folder / filename)
+
+    def rewind(self, step: int) -> None:
+        """Keep only the records logged at or before `step` (0 = start the metrics afresh)."""
+        path = self.folder / "metrics.jsonl"
+        self._metrics.close()
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines() if step > 0 else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill that made us resume
+            if record.get("step", 0) <= step:
+                kept.append(record)
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        self._curve = [r for r in kept if "loss" in r]
+        self._metrics = open(path, "a", encoding="utf-8")
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one metrics record (must contain `step`); flushed so a crash loses nothing."""

@@ -6,32 +6,44 @@ everything else (run folder, logging, saving) is this one code path.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from lmpipe.config import ModelParams, Params, TrainParams
 from lmpipe.distill import kd_objective
+from lmpipe.distributed import init_distributed, shutdown
+from lmpipe.losses import cross_entropy_objective
 from lmpipe.model import build_model, count_parameters, save_model
 from lmpipe.runlog import RunLog
 from lmpipe.teacher_cache import TeacherCache, file_sha256
 from lmpipe.tokenizer import load_tokenizer
 from lmpipe.tokens import TokenSplit
-from lmpipe.train import Objective, cross_entropy_objective, train
+from lmpipe.train import Objective, train
 
 
 def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
-         tokens_dir: Path, tokenizer_dir: Path, out: Path, objective: Objective) -> dict:
+         tokens_dir: Path, tokenizer_dir: Path, out: Path, objective: Objective,
+         section: dict) -> dict:
+    """`section`: the parameters that define this run; a checkpoint resumes only if they match."""
     tokenizer = load_tokenizer(tokenizer_dir)
     train_split = TokenSplit.open(tokens_dir, "train")
     val_split = TokenSplit.open(tokens_dir, "val")
     model = build_model(model_params, tp.seed)
+    dist = init_distributed()
     resolved = {"run": {"stage": stage, "name": name}, **params.model_dump(mode="json")}
-    with RunLog(out, stage, name, resolved, device="cpu") as run:
+    # Only rank 0 writes the run folder; the other data-parallel processes just train.
+    run = RunLog(out, stage, name, resolved) if dist.is_main else None
+    with run or contextlib.nullcontext():
         n_params = count_parameters(model)
-        print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of {tp.batch_size} documents")
+        if dist.is_main:
+            print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of "
+                  f"{tp.batch_size * tp.grad_accum} {tp.sampling} on {dist.world} process(es)")
         summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
-                        objective=objective, desc=f"{stage} {name}")
-        save_model(model, tokenizer, out / "model")
-        run.finish(params_count=n_params, **summary)
+                        objective=objective, desc=f"{stage} {name}", run_params=section)
+        if run is not None:
+            save_model(model, tokenizer, out / "model")
+            run.finish(params_count=n_params, **summary)
+    shutdown(dist)
     return summary
 
 
@@ -39,7 +51,7 @@ def train_from_scratch(name: str, params: Params, tokens_dir: Path, tokenizer_di
                        out: Path) -> dict:
     section = getattr(params, name)
     return _run("train", name, params, section.model, section.train, tokens_dir, tokenizer_dir,
-                out, cross_entropy_objective)
+                out, cross_entropy_objective, section.model_dump(mode="json"))
 
 
 def distill_from_cache(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
@@ -52,4 +64,7 @@ def distill_from_cache(params: Params, tokens_dir: Path, tokenizer_dir: Path, ca
                          "the train split has a different count; rebuild the cache")
     d = params.distill
     return _run("distill", "distilled", params, params.student.model, d.train, tokens_dir,
-                tokenizer_dir, out, kd_objective(cache, d.temperature, d.kd_weight))
+                tokenizer_dir, out, kd_objective(cache, d.temperature, d.kd_weight),
+                {"distill": d.model_dump(mode="json"),
+                 "model": params.student.model.model_dump(mode="json"),
+                 "cache": cache.manifest})

@@ -1,21 +1,29 @@
 """The training loop shared by the `train` and `distill` stages.
 
 One loop, a pluggable objective: `train` minimises cross-entropy on target tokens, `distill` adds a
-KL term against the teacher cache. Everything the loop logs goes to the run folder's metrics.jsonl.
+KL term against the teacher cache. The loop resumes from the run's last checkpoint, runs data-
+parallel under `torchrun`, accumulates gradients, and logs every `log_every` steps to the run
+folder's metrics.jsonl: loss, lr, grad norm, tokens/s, time per phase, MFU and memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from lmpipe.batching import Batch, LengthGroupedBatches
+from lmpipe import profiler
+from lmpipe.batching import Batch, make_batches
+from lmpipe.checkpoint import (TrainerState, fingerprint, latest_checkpoint, load_checkpoint,
+                               remove_checkpoints, save_checkpoint)
 from lmpipe.config import TrainParams
+from lmpipe.distributed import Dist, init_distributed, resolve_device
+from lmpipe.losses import cross_entropy_objective, evaluate_loss
+from lmpipe.optim import build_optimizer
 from lmpipe.runlog import RunLog
 from lmpipe.schedule import lr_at
 from lmpipe.tokens import TokenSplit
@@ -23,116 +31,206 @@ from lmpipe.tokens import TokenSplit
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def masked_cross_entropy(logits: torch.Tensor, batch: Batch, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of next-token predictions on target positions only."""
-    per_token = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-        batch.input_ids[:, 1:].reshape(-1),
-        reduction="none",
-    ).view_as(batch.target_mask)
-    total = (per_token * batch.target_mask).sum()
-    return total / batch.target_mask.sum().clamp(min=1) if reduction == "mean" else total
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def cross_entropy_objective(model: torch.nn.Module, batch: Batch):
-    logits = model(input_ids=batch.input_ids).logits
-    return masked_cross_entropy(logits, batch), {}
+def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batch]:
+    """This process's micro-batches of the global batch of `step`.
+
+    The global batch (batch_size * grad_accum rows) is the same whatever the number of processes
+    and accumulation steps: process r takes rows r, r + world, ...; micro-batch i of those takes
+    every grad_accum-th row from i. So DDP and accumulation reproduce one big batch exactly.
+    """
+    mine = batches(step)
+    if dist.enabled:
+        mine = mine.rows(slice(dist.rank, None, dist.world))
+    if tp.grad_accum == 1:
+        return [mine]
+    return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
 
 
-def make_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices of linear layers, not on norms or embeddings."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_matrix = param.dim() >= 2 and "embed" not in name and "lm_head" not in name
-        (decay if is_matrix else no_decay).append(param)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tp.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=tp.lr, betas=(tp.beta1, tp.beta2),
-    )
+class Trainer:
+    """Owns the model, optimizer and run folder of one training run."""
 
+    def __init__(self, model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit,
+                 tp: TrainParams, run: RunLog | None, pad_id: int,
+                 objective: Objective = cross_entropy_objective, desc: str = "train",
+                 run_params: dict[str, Any] | None = None) -> None:
+        if tp.threads:
+            torch.set_num_threads(tp.threads)
+        self.tp, self.run, self.desc, self.objective = tp, run, desc, objective
+        self.dist = init_distributed()
+        self.device = resolve_device(tp.device, self.dist)
+        self.model = model.to(self.device)
+        if tp.grad_checkpointing:
+            model.gradient_checkpointing_enable()
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        self.batches = make_batches(train_split, tp.sampling, tp.batch_size * tp.grad_accum,
+                                    tp.block_size, tp.seed, pad_id, max_len, tp.loss_on,
+                                    tp.attention)
+        self.val_batches = make_batches(val_split, tp.sampling, tp.batch_size, tp.block_size,
+                                        tp.seed, pad_id, max_len, tp.loss_on, tp.attention)
+        self.optimizer = build_optimizer(model, tp)
+        self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
+        self.run_params = run_params or {}
+        self.step, self.tokens_seen = 0, 0
+        self.initial_val = float("nan")
+        self.wrapped = model
+        if self.dist.enabled:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(self.wrapped) if tp.compile else self.wrapped
 
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, split: TokenSplit, pad_id: int,
-                  batch_size: int = 64) -> float:
-    """Mean cross-entropy per target token over a whole split."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in LengthGroupedBatches(split, batch_size, 0, pad_id).sequential(batch_size):
-        logits = model(input_ids=batch.input_ids).logits
-        total += masked_cross_entropy(logits, batch, reduction="sum").item()
-        count += batch.n_targets
-    model.train(was_training)
-    return total / max(count, 1)
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self):
+        return None if self.run is None else self.run.folder / "checkpoints"
 
+    def resume(self) -> bool:
+        """Continue from this run's newest matching checkpoint; False when starting fresh."""
+        path = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir,
+                                                                           self.fingerprint)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.optimizer)
+        self.step, self.tokens_seen = state.step, state.tokens_seen
+        self.initial_val = state.initial_val_loss
+        return True
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
-    except OSError:
-        from lmpipe.runlog import peak_rss_mb
-        return peak_rss_mb()
+    def save(self) -> None:
+        if self.dist.is_main and self.checkpoint_dir is not None:
+            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
+                            TrainerState(self.step, self.tokens_seen, self.fingerprint,
+                                         self.initial_val),
+                            self.run_params, self.tp.keep_checkpoints)
+        self.dist.barrier()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def validation_loss(self) -> tuple[float, dict[str, float]]:
+        """Validation loss, and the process memory before/during/after the eval round."""
+        with profiler.eval_round() as memory:
+            loss = evaluate_loss(self.model, self.val_batches, self.tp.batch_size,
+                                 self.tp.eval_batches)
+        return loss, memory
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self, step: int) -> tuple:
+        """One optimizer step over the global batch; returns the sums the log window needs."""
+        tp, timer = self.tp, self.timer
+        with timer.phase("data"):
+            micro = [b.to(self.device) for b in _micro_batches(self.batches, tp, step, self.dist)]
+            # one all-reduce for both counts: targets normalize the loss, tokens feed tokens/s
+            counts = self.dist.all_sum(torch.tensor(
+                [float(sum(b.target_mask.sum() for b in micro)), float(sum(b.n_tokens for b in micro))],
+                device=self.device))
+            global_targets, n_tokens = counts[0].clamp(min=1), int(counts[1])
+        lr = lr_at(step, tp.lr, tp.warmup_steps, tp.steps, tp.min_lr_ratio, shape=tp.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        extras: dict[str, torch.Tensor] = {}
+        with timer.phase("forward_backward"):
+            for i, batch in enumerate(micro):
+                sync = not self.dist.enabled or i == len(micro) - 1
+                with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), \
+                        _autocast(self.device, tp.precision):
+                    loss_sum, parts = self.objective(self.forward, batch)
+                # DDP averages gradients over processes; scaling by world / global targets makes
+                # the result the gradient of the global per-target mean.
+                (loss_sum * (self.dist.world / global_targets)).backward()
+                total += loss_sum.detach()
+                for key, value in parts.items():
+                    extras[key] = extras.get(key, 0) + value.detach()
+        with timer.phase("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), tp.grad_clip if tp.grad_clip > 0 else math.inf)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return total, global_targets, extras, n_tokens, lr, grad_norm
+
+    def fit(self) -> dict[str, float]:
+        tp = self.tp
+        resumed = self.resume()
+        if self.run is not None and self.dist.is_main:
+            self.run.rewind(self.step)
+            if not resumed:
+                remove_checkpoints(self.checkpoint_dir)
+        self.timer = profiler.PhaseTimer()
+        seq_len = (tp.block_size if tp.sampling == "windows"
+                   else int(self.batches.lengths.mean()))
+        flops_token = profiler.flops_per_token(self.model.config, seq_len)
+        peak = profiler.measure_matmul_peak(device=self.device)
+        trace = profiler.maybe_trace(tp.profile_steps,
+                                     self.run.folder if self.run is not None else ".")
+        self.model.train()
+        if not resumed:
+            self.initial_val, _ = self.validation_loss()
+            self._log({"step": 0, "tokens": 0, "val_loss": self.initial_val,
+                       "flops_per_token": flops_token, "peak_flops": peak})
+        # Everything allocated so far lives for the whole run: keep it out of every later
+        # collection (a full gc.collect() over a loaded transformers costs ~0.3 s here).
+        gc.freeze()
+        val_loss = self.initial_val
+        window = {"loss": torch.zeros((), device=self.device), "targets": torch.zeros((), device=self.device),
+                  "tokens": 0, "steps": 0, "extras": {}}
+        progress = tqdm(range(self.step, tp.steps), desc=self.desc, unit="step", mininterval=2.0,
+                        disable=None if self.dist.is_main else True, initial=self.step,
+                        total=tp.steps)
+        record: dict[str, Any] = {}
+        for step in progress:
+            trace.step(step)
+            total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
+            self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
+            window["loss"] += self.dist.all_sum(total)
+            window["targets"] += targets
+            window["tokens"] += n_tokens
+            window["steps"] += 1
+            for key, value in extras.items():
+                window["extras"][key] = window["extras"].get(key, 0) + self.dist.all_sum(value)
+            last = self.step == tp.steps
+            if self.step % tp.log_every == 0 or last:
+                with self.timer.phase("logging"):
+                    phases = self.timer.pop()
+                    busy = sum(phases.values())
+                    tokens_per_s = window["tokens"] / max(busy, 1e-9)
+                    record = {
+                        "step": self.step, "tokens": self.tokens_seen,
+                        "loss": (window["loss"] / window["targets"]).item(),
+                        "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens_per_s": tokens_per_s, "step_time_s": busy / window["steps"],
+                        **{k: v / window["steps"] for k, v in phases.items()},
+                        "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
+                        **profiler.memory_record(self.device),
+                        **{k: (v / window["targets"]).item() for k, v in window["extras"].items()},
+                    }
+                if self.step % tp.eval_every == 0 or last:
+                    with self.timer.phase("eval"):
+                        val_loss, memory = self.validation_loss()
+                    record.update(val_loss=val_loss, **memory)
+                self._log(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}")
+                window = {"loss": torch.zeros((), device=self.device),
+                          "targets": torch.zeros((), device=self.device),
+                          "tokens": 0, "steps": 0, "extras": {}}
+            if (tp.checkpoint_every and self.step % tp.checkpoint_every == 0) or last:
+                self.save()
+        trace.close()
+        gc.unfreeze()
+        return {"initial_val_loss": self.initial_val, "final_val_loss": val_loss,
+                "final_train_loss": record.get("loss", float("nan")),
+                "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
+                "world_size": self.dist.world}
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run is not None and self.dist.is_main:
+            self.run.log(record)
 
 
 def train(model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit, tp: TrainParams,
-          run: RunLog, pad_id: int, objective: Objective = cross_entropy_objective,
-          desc: str = "train") -> dict[str, float]:
-    """Run `tp.steps` optimizer steps; return the summary figures (also logged to `run`)."""
-    if tp.threads:
-        torch.set_num_threads(tp.threads)
-    torch.manual_seed(tp.seed)
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    batches = LengthGroupedBatches(train_split, tp.batch_size, tp.seed, pad_id, max_len)
-    optimizer = make_optimizer(model, tp)
-    model.train()
-    initial_val = evaluate_loss(model, val_split, pad_id)
-    run.log({"step": 0, "tokens": 0, "val_loss": initial_val})
-    tokens_seen, window_loss, window_steps, window_tokens, window_time = 0, 0.0, 0, 0, 0.0
-    window_extras: dict[str, float] = {}
-    val_loss = initial_val
-    progress = tqdm(range(tp.steps), desc=desc, unit="step", mininterval=2.0)
-    for step in progress:
-        t0 = time.perf_counter()
-        lr = lr_at(step, tp.lr, tp.warmup_steps, tp.steps, tp.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = batches(step)
-        loss, extras = objective(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), tp.grad_clip if tp.grad_clip > 0 else math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        n_tokens = int((batch.positions >= 0).sum())
-        tokens_seen += n_tokens
-        window_loss += loss.item()
-        window_steps += 1
-        window_tokens += n_tokens
-        window_time += time.perf_counter() - t0
-        for key, value in extras.items():
-            window_extras[key] = window_extras.get(key, 0.0) + float(value)
-        last = step + 1 == tp.steps
-        if (step + 1) % tp.log_every == 0 or last:
-            record = {
-                "step": step + 1, "tokens": tokens_seen, "loss": window_loss / window_steps,
-                "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": window_tokens / window_time, "step_time_s": window_time / window_steps,
-                "rss_mb": _rss_mb(),
-                **{k: v / window_steps for k, v in window_extras.items()},
-            }
-            if (step + 1) % tp.eval_every == 0 or last:
-                val_loss = evaluate_loss(model, val_split, pad_id)
-                record["val_loss"] = val_loss
-            run.log(record)
-            progress.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}")
-            window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
-            window_extras = {}
-    return {"initial_val_loss": initial_val, "final_val_loss": val_loss,
-            "final_train_loss": record["loss"], "tokens_seen": tokens_seen, "steps": tp.steps}
+          run: RunLog | None, pad_id: int, objective: Objective = cross_entropy_objective,
+          desc: str = "train", run_params: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train for `tp.steps` optimizer steps (resuming if a matching checkpoint exists)."""
+    return Trainer(model, train_split, val_split, tp, run, pad_id, objective, desc, run_params).fit()

@@ -1,0 +1,104 @@
+"""Training checkpoints: atomic, pruned to the last K, and enough to resume bit-for-bit.
+
+A checkpoint is a folder `checkpoints/step_00001200/` holding the model (`save_pretrained`,
+safetensors), `optimizer.pt`, `rng.pt` (torch CPU/CUDA generator states), `trainer_state.json`
+(step, tokens seen, the fingerprint of the parameters that produced it) and `params.json`. It is
+written to a hidden temporary folder and renamed into place, so a kill mid-write leaves either
+the previous checkpoint or the new one, never half of one. Batches are a pure function of the
+step, so the step is also the data-loader position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+PREFIX = "step_"
+
+
+def fingerprint(params: dict[str, Any]) -> str:
+    """A hash of the parameters that define a run: a checkpoint resumes only the same run."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainerState:
+    step: int
+    tokens_seen: int
+    fingerprint: str
+    initial_val_loss: float = float("nan")
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: TrainerState, params: dict[str, Any], keep: int) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{PREFIX}{state.step:08d}"
+    tmp = folder / f".tmp-{PREFIX}{state.step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=2) + "\n")
+    (tmp / "params.json").write_text(json.dumps(params, indent=2, default=str) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)  # atomic on one filesystem: the checkpoint appears whole or not at all
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted write excluded)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer_state.json").is_file())
+
+
+def latest_checkpoint(folder: Path, expect_fingerprint: str) -> Path | None:
+    """The newest checkpoint written by a run with these exact parameters, if any."""
+    for path in reversed(list_checkpoints(folder)):
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state.get("fingerprint") == expect_fingerprint:
+            return path
+    return None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> TrainerState:
+    """Restore model weights, optimizer state and RNG states in place; return the trainer state."""
+    path = Path(path)
+    weights = load_file(path / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}  # saved once when tied
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model "
+                         f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Delete every checkpoint (and leftover temporary folder): a fresh run must not mix in
+    checkpoints that other parameters produced."""
+    folder = Path(folder)
+    if folder.is_dir():
+        shutil.rmtree(folder)

@@ -1,0 +1,68 @@
+"""Data parallelism: the process group `torchrun` sets up, and the device each process uses.
+
+Launched plainly, a run is one process (rank 0 of 1) and nothing here does anything. Launched
+with `torchrun --nproc_per_node N`, each process joins a process group (gloo on CPU, nccl on CUDA),
+takes its share of every global batch, and DDP averages gradients. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over all processes (identity when alone)."""
+        if self.enabled:
+            value = value.clone()
+            torch_dist.all_reduce(value, op=torch_dist.ReduceOp.SUM)
+        return value
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+
+def resolve_device(name: str, dist: Dist) -> torch.device:
+    """`auto` picks this process's GPU when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def init_distributed() -> Dist:
+    """Join the process group described by torchrun's environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch_dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch_dist.init_process_group(backend=backend)
+    return Dist(rank=torch_dist.get_rank(), world=world,
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown(dist: Dist) -> None:
+    if dist.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

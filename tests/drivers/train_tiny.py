@@ -1,0 +1,55 @@
+"""Test driver: train a tiny model on a token folder, optionally SIGKILL itself mid-run.
+
+usage: python train_tiny.py TOKENS_DIR RUN_DIR STEPS [--kill-at N] [--set key=value ...]
+Run it under `torchrun` for data parallelism; it writes RUN_DIR/summary.json like a stage does.
+"""
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+from lmpipe.config import ModelParams, TrainParams
+from lmpipe.distributed import init_distributed
+from lmpipe.losses import cross_entropy_objective
+from lmpipe.model import build_model
+from lmpipe.runlog import RunLog
+from lmpipe.tokenizer import special_id
+from lmpipe.tokens import TokenSplit
+from lmpipe.train import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("tokens")
+    parser.add_argument("run")
+    parser.add_argument("steps", type=int)
+    parser.add_argument("--kill-at", type=int, default=0, help="SIGKILL on this objective call")
+    parser.add_argument("--set", nargs="*", default=[])
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    tp = TrainParams(steps=args.steps, batch_size=int(overrides.get("batch_size", 8)),
+                     grad_accum=int(overrides.get("grad_accum", 1)), warmup_steps=3, lr=3e-3,
+                     log_every=5, eval_every=10, checkpoint_every=int(overrides.get("checkpoint_every", 0)),
+                     threads=1)
+    model = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=0)
+    calls = 0
+
+    def objective(m, batch):
+        nonlocal calls
+        calls += 1
+        if args.kill_at and calls == args.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return cross_entropy_objective(m, batch)
+
+    dist = init_distributed()
+    run = RunLog(Path(args.run), "train", "tiny", {"tp": tp.model_dump()}) if dist.is_main else None
+    summary = train(model, TokenSplit.open(args.tokens, "train"), TokenSplit.open(args.tokens, "val"),
+                    tp, run, special_id("<|pad|>"), objective=objective, desc="tiny",
+                    run_params=tp.model_dump(mode="json"))
+    if run is not None:
+        run.finish(**summary)
+
+
+if __name__ == "__main__":
+    main()
