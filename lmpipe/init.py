@@ -47,7 +47,7 @@ def initialize_(model: nn.Module, scheme: str, seed: int) -> None:
         return
     config = model.config
     n_layers, d_model = config.num_hidden_layers, config.hidden_size
-    gen = None
+    gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def draw(weight: torch.Tensor, std: float, truncate: bool) -> None:
         # Draw on CPU from the seeded generator, then copy: identical on every device.

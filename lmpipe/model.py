@@ -9,6 +9,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 
 from lmpipe import protocol
 from lmpipe.config import ModelParams
+from lmpipe.context import rope_parameters
+from lmpipe.init import initialize_
 from lmpipe.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
 
 
@@ -21,7 +23,7 @@ def llama_config(params: ModelParams, vocab_size: int = VOCAB_SIZE) -> LlamaConf
         num_attention_heads=params.n_heads,
         num_key_value_heads=params.n_kv_heads or params.n_heads,
         max_position_embeddings=params.max_seq_len,
-        rope_parameters={"rope_type": "default", "rope_theta": params.rope_theta},
+        rope_parameters=rope_parameters(params),
         tie_word_embeddings=params.tie_embeddings,
         bos_token_id=special_id(protocol.BOS),
         eos_token_id=special_id(protocol.EOS),
@@ -33,6 +35,7 @@ def build_model(params: ModelParams, seed: int) -> LlamaForCausalLM:
     """A freshly initialized model; the seed fixes the initial weights."""
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(params))
+    initialize_(model, params.init, seed)
     model.generation_config = GenerationConfig(
         eos_token_id=[special_id(protocol.END), special_id(protocol.EOS)],
         pad_token_id=special_id(protocol.PAD),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmpipe.config import ModelParams, WorldParams
 from lmpipe.model import build_model
@@ -14,6 +15,10 @@ from lmpipe.tokens import tokenize_documents
 from lmpipe.world import write_world
 
 TINY_MODEL = ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256)
+
+# Tiny models run fastest on one thread, and a second thread only fights the other process
+# on a 2-core CI machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

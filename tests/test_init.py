@@ -75,6 +75,16 @@ def test_mitchell_is_truncated_at_three_std():
     assert o.abs().max().item() <= 3 / math.sqrt(D) / math.sqrt(2 * LAYERS) + 1e-6
 
 
+@torch.no_grad()
+def test_reinitializing_resets_norms_and_biases():
+    model = build_model(MID.model_copy(update={"n_layers": 1}), seed=0)
+    model.model.norm.weight.fill_(2.0)
+    q = model.model.layers[0].self_attn.q_proj
+    q.bias = torch.nn.Parameter(torch.ones(q.out_features))
+    initialize_(model, "small", seed=0)
+    assert torch.equal(model.model.norm.weight, torch.ones(D))
+    assert torch.equal(q.bias, torch.zeros(q.out_features))
+
 def test_untied_head_is_initialized_as_a_linear_layer():
     model = _model("mitchell", tie_embeddings=False)
     assert model.lm_head.weight is not model.model.embed_tokens.weight
