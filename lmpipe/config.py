@@ -75,6 +75,9 @@ class TrainParams(Section):
     """One training run: optimizer, schedule, batching, checkpoints and performance switches."""
 
     seed: int = 0
+    init_from: str | None = Field(
+        None, description="start from this saved model directory instead of a fresh init; with "
+        "a larger model.max_seq_len and model.rope_scaling, this continues it at a longer context")
     steps: int = Field(1700, ge=1)
     batch_size: int = Field(32, ge=1, description="documents (or windows) per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
@@ -110,6 +113,15 @@ class TrainParams(Section):
     profile_steps: list[int] = Field(
         default_factory=list, description="[start, end): write a torch.profiler trace for these steps")
     wandb: Literal["off", "online", "offline"] = "off"
+    wandb_project: str = "lmpipe"
+
+    @model_validator(mode="after")
+    def _profile_window(self) -> "TrainParams":
+        if self.profile_steps and (len(self.profile_steps) != 2
+                                   or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
+            raise ValueError(f"profile_steps must be [] or [start, end) with 0 <= start < end, "
+                             f"got {self.profile_steps}")
+        return self
 
 
 class ModelRunParams(Section):

@@ -9,16 +9,38 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from lmpipe.config import ModelParams, Params, TrainParams
+import torch
+
+from lmpipe.config import ConfigError, ModelParams, Params, TrainParams
+from lmpipe.context import extend_context
 from lmpipe.distill import kd_objective
 from lmpipe.distributed import init_distributed, shutdown
 from lmpipe.losses import cross_entropy_objective
-from lmpipe.model import build_model, count_parameters, save_model
+from lmpipe.model import build_model, count_parameters, load_model, save_model
 from lmpipe.runlog import RunLog
 from lmpipe.teacher_cache import TeacherCache, file_sha256
 from lmpipe.tokenizer import load_tokenizer
 from lmpipe.tokens import TokenSplit
 from lmpipe.train import Objective, train
+
+
+def start_model(model_params: ModelParams, tp: TrainParams) -> torch.nn.Module:
+    """A fresh model, or the saved one `tp.init_from` names, stretched to `model_params`'s
+    context with its RoPE scaling when that is longer than the saved model's."""
+    if tp.init_from is None:
+        return build_model(model_params, tp.seed)
+    model, _ = load_model(tp.init_from)
+    for key, mine in (("hidden_size", model_params.d_model),
+                      ("num_hidden_layers", model_params.n_layers),
+                      ("num_attention_heads", model_params.n_heads)):
+        if getattr(model.config, key) != mine:
+            raise ConfigError(f"train.init_from = {tp.init_from}: its {key} is "
+                              f"{getattr(model.config, key)}, the model section says {mine}")
+    if model_params.max_seq_len != model.config.max_position_embeddings or \
+            model_params.rope_scaling != "none":
+        model = extend_context(model, model_params.max_seq_len, model_params.rope_scaling,
+                               model_params.rope_factor)
+    return model.train()
 
 
 def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
@@ -28,7 +50,7 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
     tokenizer = load_tokenizer(tokenizer_dir)
     train_split = TokenSplit.open(tokens_dir, "train")
     val_split = TokenSplit.open(tokens_dir, "val")
-    model = build_model(model_params, tp.seed)
+    model = start_model(model_params, tp)
     dist = init_distributed()
     resolved = {"run": {"stage": stage, "name": name}, **params.model_dump(mode="json")}
     # Only rank 0 writes the run folder; the other data-parallel processes just train.

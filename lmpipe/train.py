@@ -27,6 +27,7 @@ from lmpipe.optim import build_optimizer
 from lmpipe.runlog import RunLog
 from lmpipe.schedule import lr_at
 from lmpipe.tokens import TokenSplit
+from lmpipe.tracking import make_tracker
 
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -66,7 +67,7 @@ class Trainer:
         self.device = resolve_device(tp.device, self.dist)
         self.model = model.to(self.device)
         if tp.grad_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         max_len = getattr(model.config, "max_position_embeddings", None)
         self.batches = make_batches(train_split, tp.sampling, tp.batch_size * tp.grad_accum,
                                     tp.block_size, tp.seed, pad_id, max_len, tp.loss_on,
@@ -83,6 +84,9 @@ class Trainer:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(self.wrapped) if tp.compile else self.wrapped
+        self.tracker = make_tracker(tp.wandb, tp.wandb_project, desc,
+                                    run.folder if run is not None and self.dist.is_main else None,
+                                    self.run_params)
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
@@ -219,6 +223,8 @@ class Trainer:
                 self.save()
         trace.close()
         gc.unfreeze()
+        if self.tracker is not None:
+            self.tracker.close()
         return {"initial_val_loss": self.initial_val, "final_val_loss": val_loss,
                 "final_train_loss": record.get("loss", float("nan")),
                 "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
@@ -227,6 +233,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.run is not None and self.dist.is_main:
             self.run.log(record)
+        if self.tracker is not None:
+            self.tracker.log(record)
 
 
 def train(model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit, tp: TrainParams,

@@ -1,0 +1,65 @@
+"""The prefix-LM mask: bidirectional inside given spans, causal for written tokens, no leaks."""
+
+import torch
+
+from lmpipe.batching import LengthGroupedBatches
+from lmpipe.config import TrainParams
+from lmpipe.losses import evaluate_loss
+from lmpipe.masks import prefix_lm_mask
+from lmpipe.model import build_model
+from lmpipe.runlog import RunLog
+from lmpipe.tokens import TokenSplit
+from lmpipe.train import train
+from tests.conftest import TINY_MODEL
+
+
+def test_mask_on_a_hand_made_sequence():
+    # tokens: g g w w g g w  (g = given, w = written by the model) + 1 padding position
+    written = torch.tensor([[0, 0, 1, 1, 0, 0, 1, 0]], dtype=torch.bool)
+    target_mask = written[:, 1:].float()
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, -1]])
+    allowed = prefix_lm_mask(target_mask, positions)[0, 0]
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    expected = causal.clone()
+    expected[0, 1] = True  # first span {0, 1} is bidirectional
+    expected[4, 5] = True  # second span {4, 5} too
+    expected[:, 7] = False  # nobody attends to padding
+    expected[7, 7] = True  # ...but the padding row keeps itself (no empty softmax rows)
+    assert torch.equal(allowed, expected)
+
+
+def test_no_prediction_sees_its_target(tiny_tokens, tokenizer):
+    split = TokenSplit.open(tiny_tokens, "train")
+    batch = LengthGroupedBatches(split, 6, 0, tokenizer.pad_token_id, attention="prefix_lm")(0)
+    allowed = batch.attention_mask[:, 0]
+    # position t predicts token t+1: where t+1 is a target, t must not see t+1 or anything later
+    for row in range(allowed.shape[0]):
+        for t in torch.nonzero(batch.target_mask[row]).flatten().tolist():
+            assert not allowed[row, t, t + 1:].any()
+
+
+def test_prefix_lm_trains_and_changes_the_function(tiny_tokens, tokenizer, tmp_path):
+    # two layers: with one, every loss position's attention is the same under both masks (the
+    # last given token of a span sees exactly its causal past), so the loss could not change
+    model = build_model(TINY_MODEL.model_copy(update={"n_layers": 2}), 0)
+    split = TokenSplit.open(tiny_tokens, "val")
+    causal = evaluate_loss(model, LengthGroupedBatches(split, 8, 0, tokenizer.pad_token_id))
+    prefix = evaluate_loss(model, LengthGroupedBatches(split, 8, 0, tokenizer.pad_token_id,
+                                                       attention="prefix_lm"))
+    assert causal != prefix  # the mask reaches the attention layers
+    tp = TrainParams(steps=60, batch_size=8, lr=1e-2, warmup_steps=5, log_every=20,
+                     eval_every=60, attention="prefix_lm")
+    with RunLog(tmp_path, "train", "prefix", {}) as run:
+        summary = train(model, TokenSplit.open(tiny_tokens, "train"), split, tp, run,
+                        tokenizer.pad_token_id)
+    assert summary["final_val_loss"] < 0.8 * summary["initial_val_loss"]
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_tokens, tokenizer):
+    results = []
+    for checkpointing in (False, True):
+        tp = TrainParams(steps=6, batch_size=8, warmup_steps=2, log_every=3, eval_every=6,
+                         grad_checkpointing=checkpointing)
+        results.append(train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+                             TokenSplit.open(tiny_tokens, "val"), tp, None, tokenizer.pad_token_id))
+    assert abs(results[0]["final_val_loss"] - results[1]["final_val_loss"]) < 1e-5
