@@ -75,6 +75,9 @@ class Trainer:
         self.val_batches = make_batches(val_split, tp.sampling, tp.batch_size, tp.block_size,
                                         tp.seed, pad_id, max_len, tp.loss_on, tp.attention)
         self.optimizer = build_optimizer(model, tp)
+        # fp16 autocast needs loss scaling against gradient underflow; a no-op otherwise
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.device.type == "cuda" and tp.precision == "fp16")
         self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
         self.run_params = run_params or {}
         self.step, self.tokens_seen = 0, 0
@@ -144,14 +147,16 @@ class Trainer:
                     loss_sum, parts = self.objective(self.forward, batch)
                 # DDP averages gradients over processes; scaling by world / global targets makes
                 # the result the gradient of the global per-target mean.
-                (loss_sum * (self.dist.world / global_targets)).backward()
+                self.scaler.scale(loss_sum * (self.dist.world / global_targets)).backward()
                 total += loss_sum.detach()
                 for key, value in parts.items():
                     extras[key] = extras.get(key, 0) + value.detach()
         with timer.phase("optimizer"):
+            self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(), tp.grad_clip if tp.grad_clip > 0 else math.inf)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         return total, global_targets, extras, n_tokens, lr, grad_norm
 

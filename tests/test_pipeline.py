@@ -172,3 +172,16 @@ def test_missing_input_file_is_named(tmp_path):
     assert "data/world/documents.jsonl: missing input (run the prepare stage first)" in result.stderr
     result = _run([sys.executable, "-m", "stages.teacher_cache"], tmp_path, _env(tmp_path), check=False)
     assert result.returncode == 2 and "runs/teacher/model: not a model directory" in result.stderr
+
+
+def test_command_line_overrides_reach_the_stage_and_are_validated(tmp_path):
+    for name in ("stages", "lmpipe", "params.yaml"):
+        src = ROOT / name
+        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, tmp_path / name))
+    env = _env(tmp_path)
+    bad = _run([sys.executable, "-m", "stages.prepare", "world.peeple=5"], tmp_path, env, check=False)
+    assert bad.returncode == 2 and "unknown key 'world.peeple'" in bad.stderr
+    _run([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2"],
+         tmp_path, env)
+    assert json.loads((tmp_path / "data/world/world.json").read_text())["documents"] == 7 * 6

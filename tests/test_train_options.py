@@ -1,4 +1,6 @@
-"""The prefix-LM mask: bidirectional inside given spans, causal for written tokens, no leaks."""
+"""Training options end to end: prefix-LM mask, activation checkpointing, profiler trace."""
+
+import json
 
 import torch
 
@@ -63,3 +65,16 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_tokens, tokenizer):
         results.append(train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
                              TokenSplit.open(tiny_tokens, "val"), tp, None, tokenizer.pad_token_id))
     assert abs(results[0]["final_val_loss"] - results[1]["final_val_loss"]) < 1e-5
+
+
+def test_profile_window_writes_a_trace_into_the_run_folder(tiny_tokens, tokenizer, tmp_path):
+    tp = TrainParams(steps=4, batch_size=4, log_every=2, eval_every=4, profile_steps=[1, 3])
+    with RunLog(tmp_path, "train", "traced", {}) as run:
+        train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+              TokenSplit.open(tiny_tokens, "val"), tp, run, tokenizer.pad_token_id)
+    traces = list(tmp_path.rglob("trace.json"))
+    assert len(traces) == 1 and "aten::mm" in traces[0].read_text()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert records[0]["flops_per_token"] > 0 and records[0]["peak_flops"] > 0
+    assert {"time_data_s", "time_forward_backward_s", "time_optimizer_s", "mfu", "rss_mb",
+            "eval_rss_mb"} <= set(records[-1])
