@@ -61,7 +61,8 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
             print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of "
                   f"{tp.batch_size * tp.grad_accum} {tp.sampling} on {dist.world} process(es)")
         summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
-                        objective=objective, desc=f"{stage} {name}", run_params=section)
+                        objective=objective, desc=f"{stage} {name}", run_params=section,
+                        folder=out)
         if run is not None:
             save_model(model, tokenizer, out / "model")
             run.finish(params_count=n_params, **summary)

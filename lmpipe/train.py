@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -59,10 +60,13 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit,
                  tp: TrainParams, run: RunLog | None, pad_id: int,
                  objective: Objective = cross_entropy_objective, desc: str = "train",
-                 run_params: dict[str, Any] | None = None) -> None:
+                 run_params: dict[str, Any] | None = None, folder: Path | None = None) -> None:
+        """`folder`: the run folder (default `run.folder`); every data-parallel process reads
+        checkpoints from it, only rank 0 (the one holding `run`) writes."""
         if tp.threads:
             torch.set_num_threads(tp.threads)
         self.tp, self.run, self.desc, self.objective = tp, run, desc, objective
+        self.folder = folder if folder is not None else (run.folder if run is not None else None)
         self.dist = init_distributed()
         self.device = resolve_device(tp.device, self.dist)
         self.model = model.to(self.device)
@@ -93,8 +97,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
-    def checkpoint_dir(self):
-        return None if self.run is None else self.run.folder / "checkpoints"
+    def checkpoint_dir(self) -> Path | None:
+        return None if self.folder is None else self.folder / "checkpoints"
 
     def resume(self) -> bool:
         """Continue from this run's newest matching checkpoint; False when starting fresh."""
@@ -163,6 +167,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         tp = self.tp
         resumed = self.resume()
+        self.dist.barrier()  # every process has decided before rank 0 clears stale checkpoints
         if self.run is not None and self.dist.is_main:
             self.run.rewind(self.step)
             if not resumed:
@@ -244,6 +249,8 @@ class Trainer:
 
 def train(model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit, tp: TrainParams,
           run: RunLog | None, pad_id: int, objective: Objective = cross_entropy_objective,
-          desc: str = "train", run_params: dict[str, Any] | None = None) -> dict[str, float]:
+          desc: str = "train", run_params: dict[str, Any] | None = None,
+          folder: Path | None = None) -> dict[str, float]:
     """Train for `tp.steps` optimizer steps (resuming if a matching checkpoint exists)."""
-    return Trainer(model, train_split, val_split, tp, run, pad_id, objective, desc, run_params).fit()
+    return Trainer(model, train_split, val_split, tp, run, pad_id, objective, desc, run_params,
+                   folder).fit()

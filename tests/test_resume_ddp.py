@@ -71,3 +71,17 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_tokens, tmp_path):
     assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-5)
     assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-5)
     assert b["final_train_loss"] < 0.9 * a["initial_val_loss"]  # and it did train
+
+
+def test_killed_ddp_run_resumes_on_every_process(tiny_tokens, tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    _train(tiny_tokens, single, 20, "--set", "batch_size=8", "checkpoint_every=5")
+    died = _train(tiny_tokens, ddp, 20, "--kill-at", "13", "--set", "batch_size=8",
+                  "checkpoint_every=5", launcher=torchrun, check=False)
+    assert died.returncode != 0 and not (ddp / "summary.json").exists()
+    _train(tiny_tokens, ddp, 20, "--set", "batch_size=8", "checkpoint_every=5", launcher=torchrun)
+    a, b = _summary(single), _summary(ddp)
+    assert b["resumed"] is True and b["world_size"] == 2
+    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-5)
+    assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-5)

@@ -46,7 +46,7 @@ def main() -> None:
     run = RunLog(Path(args.run), "train", "tiny", {"tp": tp.model_dump()}) if dist.is_main else None
     summary = train(model, TokenSplit.open(args.tokens, "train"), TokenSplit.open(args.tokens, "val"),
                     tp, run, special_id("<|pad|>"), objective=objective, desc="tiny",
-                    run_params=tp.model_dump(mode="json"))
+                    run_params=tp.model_dump(mode="json"), folder=Path(args.run))
     if run is not None:
         run.finish(**summary)
 
