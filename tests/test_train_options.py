@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from lmpipe.batching import LengthGroupedBatches
@@ -78,3 +79,13 @@ def test_profile_window_writes_a_trace_into_the_run_folder(tiny_tokens, tokenize
     assert records[0]["flops_per_token"] > 0 and records[0]["peak_flops"] > 0
     assert {"time_data_s", "time_forward_backward_s", "time_optimizer_s", "mfu", "rss_mb",
             "eval_rss_mb"} <= set(records[-1])
+
+
+def test_compiled_training_matches_eager(tiny_tokens, tokenizer):
+    results = []
+    for compiled in (False, True):
+        tp = TrainParams(steps=3, batch_size=8, warmup_steps=1, log_every=3, eval_every=3,
+                         compile=compiled)
+        results.append(train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+                             TokenSplit.open(tiny_tokens, "val"), tp, None, tokenizer.pad_token_id))
+    assert results[1]["final_train_loss"] == pytest.approx(results[0]["final_train_loss"], rel=1e-4)
