@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lmpipe
+from lmpipe.profiler import memory_record
 
 
 def _utc_now() -> str:
@@ -59,13 +60,6 @@ def environment_record(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class RunLog:
@@ -138,7 +132,7 @@ class RunLog:
             "started_at": self.started,
             "ended_at": ended,
             "wall_time_s": round(time.perf_counter() - self._t0, 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": round(memory_record()["peak_rss_mb"], 1),
             **self.summary,
         })
         self._metrics.close()

@@ -58,14 +58,20 @@ def test_prefix_lm_trains_and_changes_the_function(tiny_tokens, tokenizer, tmp_p
     assert summary["final_val_loss"] < 0.8 * summary["initial_val_loss"]
 
 
-def test_gradient_checkpointing_gives_the_same_training(tiny_tokens, tokenizer):
+def _train_with_and_without(option: str, tiny_tokens, tokenizer, steps: int) -> list[dict]:
+    """Two identical tiny runs but for `option` (off, then on)."""
     results = []
-    for checkpointing in (False, True):
-        tp = TrainParams(steps=6, batch_size=8, warmup_steps=2, log_every=3, eval_every=6,
-                         grad_checkpointing=checkpointing)
+    for enabled in (False, True):
+        tp = TrainParams(steps=steps, batch_size=8, warmup_steps=1, log_every=steps,
+                         eval_every=steps, **{option: enabled})
         results.append(train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
                              TokenSplit.open(tiny_tokens, "val"), tp, None, tokenizer.pad_token_id))
-    assert abs(results[0]["final_val_loss"] - results[1]["final_val_loss"]) < 1e-5
+    return results
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_tokens, tokenizer):
+    eager, checkpointed = _train_with_and_without("grad_checkpointing", tiny_tokens, tokenizer, 6)
+    assert abs(eager["final_val_loss"] - checkpointed["final_val_loss"]) < 1e-5
 
 
 def test_profile_window_writes_a_trace_into_the_run_folder(tiny_tokens, tokenizer, tmp_path):
@@ -82,10 +88,5 @@ def test_profile_window_writes_a_trace_into_the_run_folder(tiny_tokens, tokenize
 
 
 def test_compiled_training_matches_eager(tiny_tokens, tokenizer):
-    results = []
-    for compiled in (False, True):
-        tp = TrainParams(steps=3, batch_size=8, warmup_steps=1, log_every=3, eval_every=3,
-                         compile=compiled)
-        results.append(train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
-                             TokenSplit.open(tiny_tokens, "val"), tp, None, tokenizer.pad_token_id))
-    assert results[1]["final_train_loss"] == pytest.approx(results[0]["final_train_loss"], rel=1e-4)
+    eager, compiled = _train_with_and_without("compile", tiny_tokens, tokenizer, 3)
+    assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
