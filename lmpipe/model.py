@@ -14,9 +14,21 @@ from lmpipe.init import initialize_
 from lmpipe.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
 
 
-def llama_config(params: ModelParams, vocab_size: int = VOCAB_SIZE) -> LlamaConfig:
+def _protocol_ids(tokenizer) -> dict[str, int]:
+    """The protocol's token ids in `tokenizer` (the byte tokenizer's when none is given)."""
+    if tokenizer is None:
+        return {t: special_id(t) for t in protocol.SPECIAL_TOKENS} | {"vocab": VOCAB_SIZE}
+    ids = dict(zip(protocol.SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(protocol.SPECIAL_TOKENS)))
+    missing = [t for t, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"the tokenizer lacks lmpipe's special tokens {missing}")
+    return ids | {"vocab": len(tokenizer)}
+
+
+def llama_config(params: ModelParams, tokenizer=None) -> LlamaConfig:
+    ids = _protocol_ids(tokenizer)
     return LlamaConfig(
-        vocab_size=vocab_size,
+        vocab_size=ids["vocab"],
         hidden_size=params.d_model,
         intermediate_size=params.d_ff or 4 * params.d_model,
         num_hidden_layers=params.n_layers,
@@ -25,21 +37,23 @@ def llama_config(params: ModelParams, vocab_size: int = VOCAB_SIZE) -> LlamaConf
         max_position_embeddings=params.max_seq_len,
         rope_parameters=rope_parameters(params),
         tie_word_embeddings=params.tie_embeddings,
-        bos_token_id=special_id(protocol.BOS),
-        eos_token_id=special_id(protocol.EOS),
-        pad_token_id=special_id(protocol.PAD),
+        bos_token_id=ids[protocol.BOS],
+        eos_token_id=ids[protocol.EOS],
+        pad_token_id=ids[protocol.PAD],
     )
 
 
-def build_model(params: ModelParams, seed: int) -> LlamaForCausalLM:
-    """A freshly initialized model; the seed fixes the initial weights."""
+def build_model(params: ModelParams, seed: int, tokenizer=None) -> LlamaForCausalLM:
+    """A freshly initialized model sized for `tokenizer` (default: the byte tokenizer); the seed
+    fixes the initial weights."""
+    ids = _protocol_ids(tokenizer)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(params))
+    model = LlamaForCausalLM(llama_config(params, tokenizer))
     initialize_(model, params.init, seed)
     model.generation_config = GenerationConfig(
-        eos_token_id=[special_id(protocol.END), special_id(protocol.EOS)],
-        pad_token_id=special_id(protocol.PAD),
-        bos_token_id=special_id(protocol.BOS),
+        eos_token_id=[ids[protocol.END], ids[protocol.EOS]],
+        pad_token_id=ids[protocol.PAD],
+        bos_token_id=ids[protocol.BOS],
         do_sample=False,
     )
     return model

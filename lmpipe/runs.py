@@ -24,12 +24,15 @@ from lmpipe.tokens import TokenSplit
 from lmpipe.train import Objective, train
 
 
-def start_model(model_params: ModelParams, tp: TrainParams) -> torch.nn.Module:
-    """A fresh model, or the saved one `tp.init_from` names, stretched to `model_params`'s
-    context with its RoPE scaling when that is longer than the saved model's."""
+def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> torch.nn.Module:
+    """A fresh model sized for `tokenizer`, or the saved one `tp.init_from` names, stretched to
+    `model_params`'s context with its RoPE scaling when that is longer than the saved model's."""
     if tp.init_from is None:
-        return build_model(model_params, tp.seed)
+        return build_model(model_params, tp.seed, tokenizer)
     model, _ = load_model(tp.init_from)
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(f"train.init_from = {tp.init_from}: its embedding has "
+                          f"{model.config.vocab_size} rows, the tokenizer has {len(tokenizer)} tokens")
     for key, mine in (("hidden_size", model_params.d_model),
                       ("num_hidden_layers", model_params.n_layers),
                       ("num_attention_heads", model_params.n_heads)):
@@ -50,7 +53,7 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
     tokenizer = load_tokenizer(tokenizer_dir)
     train_split = TokenSplit.open(tokens_dir, "train")
     val_split = TokenSplit.open(tokens_dir, "val")
-    model = start_model(model_params, tp)
+    model = start_model(model_params, tp, tokenizer)
     dist = init_distributed()
     resolved = {"run": {"stage": stage, "name": name}, **params.model_dump(mode="json")}
     # Only rank 0 writes the run folder; the other data-parallel processes just train.

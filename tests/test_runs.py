@@ -36,3 +36,16 @@ def test_fresh_start_uses_the_init_scheme_and_seed():
     assert torch.equal(a.model.layers[0].mlp.down_proj.weight, b.model.layers[0].mlp.down_proj.weight)
     std = a.model.layers[0].mlp.down_proj.weight.std().item()
     assert std == pytest.approx(0.02 / (2 * 2) ** 0.5, rel=0.1)
+
+
+def test_init_from_with_a_larger_vocabulary_is_refused(tmp_path, tokenizer):
+    from lmpipe import protocol
+    from transformers import PreTrainedTokenizerFast
+
+    save_model(build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=0), tokenizer, tmp_path)
+    bigger = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(
+        tokenizer.backend_tokenizer.to_str()))
+    bigger.add_special_tokens({"additional_special_tokens": protocol.SPECIAL_TOKENS + ["<|extra|>"]})
+    with pytest.raises(ConfigError, match="its embedding has 265 rows, the tokenizer has 266 tokens"):
+        start_model(ModelParams(d_model=16, n_layers=1, n_heads=2), TrainParams(init_from=str(tmp_path)),
+                    bigger)
