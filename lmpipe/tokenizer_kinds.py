@@ -21,6 +21,7 @@ import contextlib
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -186,12 +187,20 @@ def _char(texts: list[str]) -> PreTrainedTokenizerFast:
     return _wrap(core, unk_token=UNK)
 
 
+_SPECIALS_RE = re.compile("|".join(map(re.escape, protocol.SPECIAL_TOKENS)))
+
+
 def _batches(texts: list[str], size: int = _BATCH) -> Iterator[list[str]]:
+    """Training batches with the special tokens cut out: the trainer does not know they are
+    atomic and would spend merges on their pieces ('<|', '|>', '|><|')."""
     for start in range(0, len(texts), size):
-        yield texts[start:start + size]
+        yield [piece for text in texts[start:start + size]
+               for piece in _SPECIALS_RE.split(text) if piece]
 
 
 def _bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """`vocab_size` ids in all, specials first (0..8), then the 256 bytes and the merges. A text
+    too small to support that many merges gives fewer ids (training stops when no pair repeats)."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     core.decoder = decoders.ByteLevel()
