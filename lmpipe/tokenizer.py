@@ -54,22 +54,24 @@ def special_id(name: str) -> int:
     return N_BYTES + protocol.SPECIAL_TOKENS.index(name)
 
 
-def loss_mask(ids: np.ndarray, loss_on: str = "assistant") -> np.ndarray:
+def loss_mask(ids: np.ndarray, loss_on: str = "assistant", tokenizer=None) -> np.ndarray:
     """1 where a token is a training target, for one document's ids.
 
     `all` trains every token but the first. `assistant` trains the tokens the model writes in a
     dialog: everything after an ASSISTANT role token up to and including its END. A document with
-    no role tokens (plain text such as a biography) is trained on entirely.
+    no role tokens (plain text such as a biography) is trained on entirely. The role tokens' ids
+    come from `tokenizer` (default: the byte tokenizer's).
     """
     ids = np.asarray(ids)
     mask = np.ones(len(ids), dtype=np.uint8)
     mask[:1] = 0
     if loss_on == "all":
         return mask
-    roles = {special_id(t) for t in (protocol.SYSTEM, protocol.USER, protocol.ASSISTANT, protocol.DB)}
-    if not np.isin(ids, list(roles)).any():
+    role = (special_id if tokenizer is None else tokenizer.convert_tokens_to_ids)
+    roles = [role(t) for t in (protocol.SYSTEM, protocol.USER, protocol.ASSISTANT, protocol.DB)]
+    if not np.isin(ids, roles).any():
         return mask
-    assistant, end = special_id(protocol.ASSISTANT), special_id(protocol.END)
+    assistant, end = role(protocol.ASSISTANT), role(protocol.END)
     mask[:] = 0
     inside = False
     for i, tid in enumerate(ids.tolist()):

@@ -1,8 +1,9 @@
 """Packed token arrays: the `tokenize` stage's output and every trainer's input.
 
-A split is three files: `<split>.tokens.bin` (token ids, uint16 memmap), `<split>.mask.bin` (1 where
-a token is a training target, uint8 memmap) and `<split>.docs.npy` (one `[start, end)` row per
-document). Documents stay whole so a batch never starts mid-dialog.
+A split is three files: `<split>.tokens.bin` (token ids: uint16 when the vocabulary fits, else
+uint32, as `meta.json` records), `<split>.mask.bin` (1 where a token is a training target, uint8)
+and `<split>.docs.npy` (one `[start, end)` row per document), all memory-mapped when read.
+Documents stay whole so a batch never starts mid-dialog.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from lmpipe.tokenizer import loss_mask
+from lmpipe.tokenizer_kinds import token_dtype
 
-TOKEN_DTYPE = np.uint16
+
+
+def _stored_dtype(folder: Path) -> np.dtype:
+    meta = folder / "meta.json"
+    return np.dtype(json.loads(meta.read_text())["dtype"]) if meta.is_file() else np.dtype(np.uint16)
 
 
 @dataclass
@@ -40,7 +46,7 @@ class TokenSplit:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing token file (run the tokenize stage first)")
         return cls(
-            tokens=np.memmap(paths[0], dtype=TOKEN_DTYPE, mode="r"),
+            tokens=np.memmap(paths[0], dtype=_stored_dtype(folder), mode="r"),
             mask=np.memmap(paths[1], dtype=np.uint8, mode="r"),
             docs=np.load(paths[2]),
         )
@@ -54,16 +60,17 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def write_split(folder: Path, split: str, encoded: list[list[int]], loss_on: str) -> dict[str, int]:
+def write_split(folder: Path, split: str, encoded: list[list[int]], loss_on: str,
+                tokenizer=None, dtype: type[np.unsignedinteger] = np.uint16) -> dict[str, int]:
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
     ends = np.cumsum(lengths)
     docs = np.stack([ends - lengths, ends], axis=1)
     flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64, count=int(lengths.sum()))
-    if flat.size and flat.max() > np.iinfo(TOKEN_DTYPE).max:
-        raise ValueError(f"token id {flat.max()} does not fit in {TOKEN_DTYPE.__name__}")
-    mask = np.concatenate([loss_mask(np.asarray(ids), loss_on) for ids in encoded]) if encoded \
-        else np.zeros(0, np.uint8)
-    flat.astype(TOKEN_DTYPE).tofile(folder / f"{split}.tokens.bin")
+    if flat.size and flat.max() > np.iinfo(dtype).max:
+        raise ValueError(f"token id {flat.max()} does not fit in {np.dtype(dtype).name}")
+    masks = [loss_mask(np.asarray(ids), loss_on, tokenizer) for ids in encoded]
+    mask = np.concatenate(masks) if masks else np.zeros(0, np.uint8)
+    flat.astype(dtype).tofile(folder / f"{split}.tokens.bin")
     mask.astype(np.uint8).tofile(folder / f"{split}.mask.bin")
     np.save(folder / f"{split}.docs.npy", docs)
     return {"documents": len(encoded), "tokens": int(flat.size), "target_tokens": int(mask.sum())}
@@ -76,11 +83,12 @@ def tokenize_documents(texts: list[str], tokenizer, out_dir: str | Path, val_fra
     out.mkdir(parents=True, exist_ok=True)
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     train_idx, val_idx = split_documents(len(encoded), val_fraction, seed)
+    dtype = token_dtype(len(tokenizer))
     stats = {
-        "train": write_split(out, "train", [encoded[i] for i in train_idx], loss_on),
-        "val": write_split(out, "val", [encoded[i] for i in val_idx], loss_on),
+        "train": write_split(out, "train", [encoded[i] for i in train_idx], loss_on, tokenizer, dtype),
+        "val": write_split(out, "val", [encoded[i] for i in val_idx], loss_on, tokenizer, dtype),
     }
-    meta = {"vocab_size": len(tokenizer), "dtype": np.dtype(TOKEN_DTYPE).name, "loss_on": loss_on,
+    meta = {"vocab_size": len(tokenizer), "dtype": dtype.name, "loss_on": loss_on,
             "splits": stats}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return stats

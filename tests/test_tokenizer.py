@@ -58,3 +58,18 @@ def test_packed_splits_hold_whole_documents(tiny_tokens, tokenizer):
         start, end = split.docs[0]
         assert split.tokens[start] == special_id(protocol.BOS)
         assert split.tokens[end - 1] == special_id(protocol.EOS)
+
+
+def test_splits_of_a_large_vocabulary_are_uint32_and_masks_use_its_role_ids(tmp_path):
+    from lmpipe.tokenizer_kinds import build_tokenizer
+    from lmpipe.tokens import tokenize_documents
+
+    texts = [protocol.qa_dialog("major", "Ab Ba", "Law") + "w69999", protocol.text_document("abc")]
+    tok = build_tokenizer("char", texts)
+    tok.add_tokens([f"w{i}" for i in range(70_000)])  # push the vocabulary past uint16
+    tokenize_documents(texts, tok, tmp_path, val_fraction=0.5, loss_on="assistant", seed=0)
+    both = [TokenSplit.open(tmp_path, s) for s in ("train", "val")]
+    assert all(s.tokens.dtype == np.uint32 for s in both)
+    dialog = next(s for s in both if s.tokens.max() >= 70_000)
+    targets = tok.decode(dialog.tokens[dialog.mask == 1].tolist())
+    assert targets == f"Law{protocol.END}"
