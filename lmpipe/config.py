@@ -34,9 +34,29 @@ class WorldParams(Section):
     tool_dialogs: bool = True
 
 
-class TokenizeParams(Section):
-    """Byte-level tokenization and the train/val split written by `tokenize`."""
+class DataParams(Section):
+    """What `prepare` writes: the generated people world, tiny Shakespeare, or a local corpus."""
 
+    source: Literal["people", "shakespeare", "corpus"] = "people"
+    path: str | None = Field(None, description="shakespeare: a local copy (sha256-checked; else "
+                             "downloaded); corpus: the file to read")
+    format: Literal["text", "jsonl", "parquet"] = "text"
+    field: str = Field("text", description="the JSONL/Parquet field holding the text")
+    cache_dir: str = "data/cache"
+
+    @model_validator(mode="after")
+    def _corpus_needs_a_path(self) -> "DataParams":
+        if self.source == "corpus" and not self.path:
+            raise ValueError("data.source = corpus needs data.path (a text, JSONL or Parquet file)")
+        return self
+
+
+class TokenizeParams(Section):
+    """The tokenizer and the train/val split written by `tokenize`."""
+
+    kind: Literal["byte", "char", "bpe", "hf_dir", "tiktoken", "sentencepiece", "smollm2"] = "byte"
+    vocab_size: int | None = Field(None, ge=1, description="bpe: vocabulary size to train")
+    path: str | None = Field(None, description="hf_dir / tiktoken / sentencepiece: the file or folder")
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
     loss_on: Literal["assistant", "all"] = "assistant"
     seed: int = 0
@@ -158,6 +178,7 @@ class EvalParams(Section):
 
 
 class Params(Section):
+    data: DataParams = DataParams()
     world: WorldParams = WorldParams()
     tokenize: TokenizeParams = TokenizeParams()
     teacher: ModelRunParams = ModelRunParams()
@@ -171,7 +192,7 @@ class Params(Section):
     def _cross_checks(self) -> "Params":
         from lmpipe.tokenizer import VOCAB_SIZE
 
-        if self.teacher_cache.top_k > VOCAB_SIZE:
+        if self.tokenize.kind == "byte" and self.teacher_cache.top_k > VOCAB_SIZE:
             raise ValueError(
                 f"teacher_cache.top_k = {self.teacher_cache.top_k} exceeds the vocabulary size "
                 f"({VOCAB_SIZE}); expected 1 <= top_k <= {VOCAB_SIZE}"

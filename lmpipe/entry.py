@@ -8,6 +8,7 @@ from typing import Callable
 
 from lmpipe.config import ConfigError, Params, load_params
 from lmpipe.paths import PARAMS
+from lmpipe.sources import SourceError
 
 
 def stage(fn: Callable[[Params, list[str]], None]) -> Callable[[], None]:
@@ -23,7 +24,7 @@ def stage(fn: Callable[[Params, list[str]], None]) -> Callable[[], None]:
         rest = [a for a in sys.argv[1:] if "=" not in a]
         try:
             fn(load_params(PARAMS, overrides), rest)
-        except (ConfigError, FileNotFoundError) as exc:
+        except (ConfigError, FileNotFoundError, SourceError) as exc:
             print(f"lmpipe {fn.__name__}: error: {exc}", file=sys.stderr)
             sys.exit(2)
 

@@ -8,6 +8,7 @@ training text, only tool use can succeed. Answers are scored by exact match.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -95,17 +96,23 @@ def headline(records: list[dict[str, Any]]) -> dict[str, float]:
 
 def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, params: Params,
                  out: Path, metrics_path: Path) -> dict[str, dict[str, float]]:
-    """Evaluate every model on the same questions; write the eval run folder and DVC metrics."""
+    """Evaluate every model on the same questions; write the eval run folder and DVC metrics.
+
+    Without a people world (`data.source` shakespeare or corpus) there is no database and no
+    questions: the models are compared on validation loss and perplexity only.
+    """
     for name, folder in models.items():
         if not (Path(folder) / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: model '{name}' not found (run its stage first)")
     val_split = TokenSplit.open(tokens_dir, "val")
     resolved = {"run": {"stage": "eval", "name": "eval"}, **params.model_dump(mode="json")}
     table: dict[str, dict[str, float]] = {}
-    with PeopleDB(db_path) as db, RunLog(out, "eval", "eval", resolved) as run:
+    people_world = params.data.source == "people"
+    with (PeopleDB(db_path) if people_world else contextlib.nullcontext()) as db, \
+            RunLog(out, "eval", "eval", resolved) as run:
         ep = params.eval
-        trained = sample_people(db, "train", ep.trained_people, ep.seed)
-        heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed)
+        trained = sample_people(db, "train", ep.trained_people, ep.seed) if db else []
+        heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed) if db else []
         (out / "transcripts").mkdir(exist_ok=True)
         with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
             for name, folder in tqdm(models.items(), desc="eval", unit="model"):

@@ -118,3 +118,27 @@ def dedup_split(texts: list[str], val_fraction: float, seed: int) -> tuple[list[
 def disk_usage(folder: Path) -> int:
     """Bytes under `folder` (for checking that caches do not grow)."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def paragraphs(text: str) -> list[str]:
+    """A plain text cut at blank lines (tiny Shakespeare: one document per speech)."""
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def write_text_documents(texts: list[str], out_dir: Path, describe: dict) -> dict[str, int]:
+    """Write deduplicated plain-text documents as `documents.jsonl` (what `tokenize` reads)."""
+    import json
+
+    from lmpipe import protocol
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unique = list(dict.fromkeys(texts))
+    with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
+        for text in unique:
+            f.write(json.dumps({"kind": "text", "text": protocol.text_document(text)},
+                               ensure_ascii=False) + "\n")
+    stats = {"documents": len(unique), "duplicates_dropped": len(texts) - len(unique),
+             "bytes": sum(len(t.encode()) for t in unique)}
+    (out / "world.json").write_text(json.dumps({**describe, **stats}, indent=2) + "\n")
+    return stats

@@ -1,10 +1,11 @@
-"""DVC stage `tokenize`: byte-level tokens, loss masks and the train/val split."""
+"""DVC stage `tokenize`: the tokenizer (`tokenize.kind`), token arrays, loss masks, train/val split."""
 
 import json
 
+from lmpipe.config import ConfigError
 from lmpipe.entry import stage
 from lmpipe.paths import TOKENIZER, TOKENS, WORLD
-from lmpipe.tokenizer import build_byte_tokenizer
+from lmpipe.tokenizer_kinds import build_tokenizer
 from lmpipe.tokens import tokenize_documents
 
 
@@ -14,11 +15,15 @@ def tokenize(params, argv):
     if not source.is_file():
         raise FileNotFoundError(f"{source}: missing input (run the prepare stage first)")
     texts = [json.loads(line)["text"] for line in source.open(encoding="utf-8")]
-    tokenizer = build_byte_tokenizer()
-    tokenizer.save_pretrained(TOKENIZER)
     p = params.tokenize
+    try:
+        tokenizer = build_tokenizer(p.kind, texts, vocab_size=p.vocab_size, path=p.path)
+    except (ValueError, ImportError, OSError) as exc:  # bad kind/file/vocab: the input's fault
+        raise ConfigError(f"tokenize.kind = {p.kind}: {exc}") from None
+    tokenizer.save_pretrained(TOKENIZER)
     stats = tokenize_documents(texts, tokenizer, TOKENS, p.val_fraction, p.loss_on, p.seed)
-    print(f"tokenize: {stats['train']['tokens']} train / {stats['val']['tokens']} val tokens -> {TOKENS}")
+    print(f"tokenize: {p.kind} tokenizer ({len(tokenizer):,} ids), {stats['train']['tokens']} train "
+          f"/ {stats['val']['tokens']} val tokens -> {TOKENS}")
 
 
 if __name__ == "__main__":

@@ -185,3 +185,51 @@ def test_command_line_overrides_reach_the_stage_and_are_validated(tmp_path):
     _run([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2"],
          tmp_path, env)
     assert json.loads((tmp_path / "data/world/world.json").read_text())["documents"] == 7 * 6
+
+
+def test_a_local_corpus_with_a_trained_bpe_runs_the_whole_pipeline(tmp_path):
+    work = tmp_path / "corpus-project"
+    work.mkdir()
+    for name in ("dvc.yaml", "stages", "lmpipe"):
+        src = ROOT / name
+        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    corpus = tmp_path / "notes.jsonl"
+    lines = [f"Note {i}: the {w} fox jumps over {i % 7} lazy dogs near the {w} river."
+             for i, w in enumerate(["red", "brown", "quick", "slow", "grey"] * 40)]
+    corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in lines + lines[:20]))
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = _merge(params, {"data": {"source": "corpus", "path": str(corpus), "format": "jsonl",
+                                      "field": "body"},
+                             "tokenize": {"kind": "bpe", "vocab_size": 400, "loss_on": "all"},
+                             "teacher_cache": {"top_k": 4}})
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _env(tmp_path)
+    _run(["dvc", "init", "--no-scm", "-q"], work, env)
+    _run(["dvc", "repro"], work, env)
+    world = json.loads((work / "data/world/world.json").read_text())
+    assert world["documents"] == 200 and world["duplicates_dropped"] == 20
+    assert json.loads((work / "data/tokens/meta.json").read_text())["vocab_size"] == 400
+    table = json.loads((work / "metrics/eval.json").read_text())
+    assert set(table) == {"teacher", "student", "distilled", "quantized"}
+    for figures in table.values():
+        assert "val_loss" in figures and not any(k.startswith("tool") for k in figures)
+    teacher = json.loads((work / "runs/teacher/summary.json").read_text())
+    assert teacher["final_val_loss"] < 0.6 * teacher["initial_val_loss"]
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared/data/tinyshakespeare.txt").is_file(),
+                    reason="../shared/data/tinyshakespeare.txt absent")
+def test_prepare_reads_a_verified_local_shakespeare(tmp_path):
+    for name in ("stages", "lmpipe", "params.yaml"):
+        src = ROOT / name
+        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, tmp_path / name))
+    local = ROOT.parent / "shared/data/tinyshakespeare.txt"
+    _run([sys.executable, "-m", "stages.prepare", "data.source=shakespeare", f"data.path={local}"],
+         tmp_path, _env(tmp_path))
+    world = json.loads((tmp_path / "data/world/world.json").read_text())
+    assert world["source"] == "shakespeare" and world["documents"] > 5000
+    assert world["bytes"] > 1_000_000
+    first = json.loads((tmp_path / "data/world/documents.jsonl").open().readline())["text"]
+    assert first.startswith("<|bos|>First Citizen:")
