@@ -1,4 +1,5 @@
-"""The `lmpipe` command: index runs into DuckDB, render reports, query the store."""
+"""The `lmpipe` command: run recipes and grids, index runs into DuckDB, render reports, query the
+store, sample a model."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmpipe.config import ConfigError
 from lmpipe.paths import REPORTS, RUNS, STORE
 
 
@@ -33,6 +35,33 @@ def _query(args: argparse.Namespace) -> None:
         print(query(Path(args.db), args.sql).to_string(index=False))
 
 
+def _sample(args: argparse.Namespace) -> None:
+    from lmpipe.generate import sample_text
+    from lmpipe.model import load_model
+
+    model, tokenizer = load_model(args.model)
+    print(args.prompt + sample_text(model, tokenizer, args.prompt, args.max_new_tokens,
+                                    args.temperature, args.top_k, args.seed))
+
+
+def _run_recipe(args: argparse.Namespace) -> None:
+    from lmpipe.recipes import run_recipe
+
+    raise SystemExit(run_recipe(Path(args.recipe), args.overrides))
+
+
+def _grid(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from lmpipe.recipes import grid_command, grid_points
+
+    axes, count = grid_points(Path(args.grid), Path("params.yaml"))
+    command = grid_command(axes)
+    print(f"{count} points: {' '.join(command)}")
+    if not args.dry_run:
+        raise SystemExit(subprocess.call(command))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,10 +78,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db", default=str(STORE))
     p.add_argument("--max-rows", type=int, default=100)
     p.set_defaults(func=_query)
+    p = sub.add_parser("sample", help="continue a prompt with a saved model (e.g. runs/teacher/model)")
+    p.add_argument("model")
+    p.add_argument("prompt", nargs="?", default="")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_sample)
+    p = sub.add_parser("run", help="make a recipe the params.yaml and run the pipeline (dvc repro)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=_run_recipe)
+    p = sub.add_parser("grid", help="queue every point of a grid.yaml as a DVC experiment")
+    p.add_argument("grid")
+    p.add_argument("--dry-run", action="store_true", help="check and print, queue nothing")
+    p.set_defaults(func=_grid)
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConfigError) as exc:
         parser.exit(2, f"lmpipe {args.command}: error: {exc}\n")
 
 

@@ -175,6 +175,11 @@ class EvalParams(Section):
     heldout_people: int = Field(200, ge=0)
     batch_size: int = Field(256, ge=1)
     max_new_tokens: int = Field(48, ge=1)
+    sample_prompt: str = Field("", description="if set, each model continues this prompt into "
+                               "runs/eval/samples.jsonl (sampling with temperature and top_k)")
+    sample_tokens: int = Field(200, ge=1)
+    temperature: float = Field(0.8, ge=0.0, description="0 = greedy")
+    top_k: int = Field(40, ge=1)
 
 
 class Params(Section):

@@ -17,16 +17,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from lmpipe import protocol
-from lmpipe.config import EvalParams, Params
-from lmpipe.generate import Exchange, answer_questions
+from lmpipe.config import EvalParams, Params, TrainParams
+from lmpipe.generate import Exchange, answer_questions, sample_text
 from lmpipe.model import count_parameters, load_model
 from lmpipe.runlog import RunLog
+from lmpipe.tokenizer_kinds import bits_per_byte
 from lmpipe.tokens import TokenSplit
 from lmpipe.tooldb import PeopleDB
-from lmpipe.batching import LengthGroupedBatches
+from lmpipe.batching import make_batches
 from lmpipe.losses import evaluate_loss
 
 
@@ -52,15 +54,29 @@ def accuracy_records(metric: str, split: str, questions: list[tuple[str, str, st
              "value": sum(v) / len(v), "n": len(v)} for attr, v in hits.items()]
 
 
+def val_bits_per_byte(val_loss: float, val_split: TokenSplit, tokenizer) -> float:
+    """Validation loss in bits per byte of the target text: comparable across tokenizers."""
+    targets = np.asarray(val_split.tokens)[np.asarray(val_split.mask) == 1]
+    n_bytes = len(tokenizer.decode(targets.tolist()).encode("utf-8"))
+    return bits_per_byte(val_loss, len(targets), n_bytes)
+
+
 def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
-                   trained: list[dict[str, str]], heldout: list[dict[str, str]]
+                   trained: list[dict[str, str]], heldout: list[dict[str, str]],
+                   val_sampling: TrainParams
                    ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
     """All eval records for one model, plus the transcripts they were scored on."""
     model, tokenizer = load_model(model_dir)
-    val_loss = evaluate_loss(model, LengthGroupedBatches(val_split, 64, 0, tokenizer.pad_token_id))
+    # every model is scored on the same batches, read the way the teacher was trained
+    tp = val_sampling
+    val_loss = evaluate_loss(model, make_batches(
+        val_split, tp.sampling, 64, tp.block_size, 0, tokenizer.pad_token_id,
+        model.config.max_position_embeddings, tp.loss_on), max_batches=tp.eval_batches)
     records = [
         {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None},
         {"metric": "val_ppl", "split": "val", "attribute": None, "value": math.exp(val_loss), "n": None},
+        {"metric": "val_bpb", "split": "val", "attribute": None,
+         "value": val_bits_per_byte(val_loss, val_split, tokenizer), "n": None},
         {"metric": "parameters", "split": "model", "attribute": None,
          "value": float(count_parameters(model)), "n": None},
     ]
@@ -116,7 +132,8 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
         (out / "transcripts").mkdir(exist_ok=True)
         with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
             for name, folder in tqdm(models.items(), desc="eval", unit="model"):
-                records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout)
+                records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
+                                                      params.teacher.train)
                 for r in records:
                     evals.write(json.dumps({"model": name, **r}) + "\n")
                 with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:
@@ -124,6 +141,13 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
                         for ex in exchanges:
                             f.write(json.dumps({"task": task, **asdict(ex)}) + "\n")
                 table[name] = headline(records)
+                if ep.sample_prompt:
+                    model, tokenizer = load_model(folder)
+                    text = sample_text(model, tokenizer, ep.sample_prompt, ep.sample_tokens,
+                                       ep.temperature, ep.top_k, ep.seed)
+                    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"model": name, "prompt": ep.sample_prompt,
+                                            "text": text}) + "\n")
         run.finish(models=list(models), trained_people=len(trained), heldout_people=len(heldout))
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(table, indent=2) + "\n")

@@ -66,3 +66,19 @@ def answer_questions(model, tokenizer, questions: list[tuple[str, str]], db: Peo
     for i, turn in zip(calls, second):
         exchanges[i].answer = turn
     return exchanges
+
+
+@torch.no_grad()
+def sample_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
+                top_k: int = 40, seed: int = 0) -> str:
+    """Sample a continuation of `prompt` (temperature and top-k), reproducible with `seed`."""
+    torch.manual_seed(seed)
+    enc = tokenizer(tokenizer.bos_token + prompt, return_tensors="pt", add_special_tokens=False)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None:
+        max_new_tokens = max(0, min(max_new_tokens, limit - enc["input_ids"].shape[1]))
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                         temperature=temperature if temperature > 0 else None,
+                         top_k=top_k if temperature > 0 else None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -40,7 +40,13 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, str]:
 
 @torch.no_grad()
 def write_cache(model: torch.nn.Module, split: TokenSplit, top_k: int, pad_id: int,
-                out_dir: str | Path, batch_size: int, fingerprint: dict[str, str]) -> dict:
+                out_dir: str | Path, batch_size: int, fingerprint: dict[str, str],
+                batches=None) -> dict:
+    """Run the teacher over `split` once and store its top-k at every input position.
+
+    `batches` (anything with `.sequential(batch_size)`, default whole documents) should match how
+    the teacher was trained: windows for window-trained teachers, so no input exceeds its context.
+    """
     vocab = model.config.vocab_size
     if not 1 <= top_k <= vocab:
         raise ValueError(f"teacher_cache.top_k = {top_k}: expected 1 <= top_k <= {vocab} (vocabulary)")
@@ -51,9 +57,9 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, top_k: int, pad_id: i
     logprobs = np.lib.format.open_memmap(out / "logprobs.npy", mode="w+", dtype=np.float16,
                                          shape=(n, top_k))
     model.eval()
-    batches = LengthGroupedBatches(split, batch_size, 0, pad_id).sequential(batch_size)
-    total = -(-len(split.docs) // batch_size)
-    for batch in tqdm(batches, total=total, desc="teacher_cache", mininterval=2.0):
+    source = batches if batches is not None else LengthGroupedBatches(split, batch_size, 0, pad_id)
+    for batch in tqdm(source.sequential(batch_size), desc="teacher_cache", mininterval=2.0,
+                      disable=None):
         logp = torch.log_softmax(model(input_ids=batch.input_ids).logits.float(), dim=-1)
         top = logp.topk(top_k, dim=-1)
         real = batch.positions >= 0

@@ -109,6 +109,8 @@ def test_eval_metrics_cover_every_model(project):
             assert key in figures
         assert 0.0 <= figures["tool_accuracy_heldout"] <= 1.0
         assert figures["val_ppl"] == pytest.approx(2.718281828 ** figures["val_loss"], rel=1e-4)
+        # byte tokenizer: a target token is one byte except the 7-byte "<|end|>"/"<|eos|>"
+        assert 0.5 < figures["val_bpb"] * 0.6931 / figures["val_loss"] <= 1.0
     assert table["teacher"]["val_loss"] < table["student"]["val_loss"]
     assert table["quantized"]["parameters"] == table["distilled"]["parameters"]
 

@@ -1,0 +1,73 @@
+"""Recipes validate and run end to end; grids check every point and queue one DVC command."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmpipe.config import ConfigError, load_params
+from lmpipe.recipes import grid_command, grid_points, install_recipe
+from tests.test_pipeline import _env, _run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared/data/tinyshakespeare.txt"
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_is_valid_and_its_header_names_the_command(recipe):
+    load_params(recipe)
+    header = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
+    assert any(f"lmpipe run recipes/{recipe.name}" in line or "make run" in line for line in header)
+
+
+def test_the_grid_checks_every_point_and_builds_one_queue_command(tmp_path):
+    axes, count = grid_points(ROOT / "grid.yaml", ROOT / "params.yaml")
+    assert count == 4
+    assert grid_command(axes) == ["dvc", "exp", "run", "--queue", "-S", "distill.temperature=1.0,2.0",
+                                  "-S", "distill.kd_weight=0.5,0.9"]
+    bad = tmp_path / "grid.yaml"
+    bad.write_text("distill.kd_weight: [0.5, 1.5]\n")
+    with pytest.raises(ConfigError, match=r"point distill.kd_weight=1.5.*distill.kd_weight"):
+        grid_points(bad, ROOT / "params.yaml")
+
+
+def test_install_recipe_refuses_bad_overrides_without_touching_params(tmp_path):
+    target = tmp_path / "params.yaml"
+    target.write_text("untouched: true\n")
+    with pytest.raises(ConfigError, match="unknown key 'teacher.train.stepz'"):
+        install_recipe(ROOT / "recipes/shakespeare-bytes.yaml", ["teacher.train.stepz=3"], target)
+    assert target.read_text() == "untouched: true\n"
+    install_recipe(ROOT / "recipes/shakespeare-bytes.yaml", ["teacher.train.steps=3"], target)
+    assert yaml.safe_load(target.read_text())["teacher"]["train"]["steps"] == 3
+    assert target.read_text().startswith("# recipe shakespeare-bytes")
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt absent")
+def test_shakespeare_bytes_runs_end_to_end_and_samples(tmp_path):
+    work = tmp_path / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "stages", "lmpipe", "recipes", "params.yaml"):
+        src = ROOT / name
+        (shutil.copytree(src, work / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    env = _env(tmp_path)
+    _run(["dvc", "init", "--no-scm", "-q"], work, env)
+    tiny = [f"data.path={SHAKESPEARE}", "teacher.model.d_model=32", "teacher.model.n_heads=2",
+            "teacher.model.n_layers=1", "teacher.model.d_ff=64", "teacher.train.steps=40",
+            "student.model.d_model=16", "student.model.d_ff=32", "student.train.steps=10",
+            "distill.train.steps=10", "teacher.train.eval_batches=5", "student.train.eval_batches=5",
+            "distill.train.eval_batches=5", "eval.sample_tokens=20"]
+    result = subprocess.run([sys.executable, "-m", "lmpipe.cli", "run", "recipes/shakespeare-bytes.yaml",
+                             *tiny], cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((work / "metrics/eval.json").read_text())
+    assert set(table) == {"teacher", "student", "distilled", "quantized"}
+    assert 0 < table["teacher"]["val_bpb"] < 8 and "tool_accuracy_heldout" not in table["teacher"]
+    samples = [json.loads(line) for line in (work / "runs/eval/samples.jsonl").open()]
+    assert [s["model"] for s in samples] == ["teacher", "student", "distilled", "quantized"]
+    assert all(s["prompt"] == "ROMEO:" and len(s["text"]) > 0 for s in samples)
