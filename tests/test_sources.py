@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.sources import (SHAKESPEARE_SHA256, SourceError, dedup_split, disk_usage, load_corpus,
-                            tiny_shakespeare)
+from lmpipe.sources import (SHAKESPEARE_SHA256, SourceError, disk_usage, load_corpus, paragraphs,
+                            tiny_shakespeare, write_text_documents)
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -67,11 +67,16 @@ def test_bad_corpora_name_the_problem(tmp_path):
         load_corpus(str(tmp_path / "missing.jsonl"), "jsonl", tmp_path / "cache")
 
 
-def test_split_is_seeded_deduplicated_and_order_free():
-    docs = [f"doc {i}" for i in range(200)] + ["doc 3", "doc 7"]
-    train, val = dedup_split(docs, 0.1, seed=0)
-    assert len(train) + len(val) == 200 and not set(train) & set(val)
-    assert 5 <= len(val) <= 40
-    train2, val2 = dedup_split(list(reversed(docs)), 0.1, seed=0)
-    assert set(val2) == set(val)  # a document's split does not depend on order
-    assert set(dedup_split(docs, 0.1, seed=1)[1]) != set(val)
+def test_a_hub_name_needs_the_user_to_go_online(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceError, match="a hub dataset name loads only with HF_HUB_OFFLINE=0"):
+        load_corpus("someone/some-dataset", "text", tmp_path)
+
+
+def test_text_documents_are_deduplicated(tmp_path):
+    texts = paragraphs("A: one\n\nB: two\n\n\nA: one\n")
+    assert texts == ["A: one", "B: two", "A: one"]
+    stats = write_text_documents(texts, tmp_path, {"source": "test"})
+    assert stats == {"documents": 2, "duplicates_dropped": 1, "bytes": 12}
+    docs = [json.loads(line)["text"] for line in (tmp_path / "documents.jsonl").open()]
+    assert docs == ["<|bos|>A: one<|eos|>", "<|bos|>B: two<|eos|>"]
