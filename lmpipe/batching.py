@@ -117,9 +117,9 @@ class WindowBatches:
         rng = np.random.default_rng([self.seed, index])
         return rng.integers(0, self.split.n_tokens - self.block_size - 1, size=self.batch_size)
 
-    def __call__(self, index: int) -> Batch:
-        span = np.arange(self.block_size + 1)
-        where = self.offsets(index)[:, None] + span[None, :]
+    def _batch(self, starts: np.ndarray) -> Batch:
+        """Windows of `block_size + 1` tokens beginning at `starts`."""
+        where = starts[:, None] + np.arange(self.block_size + 1)[None, :]
         ids = torch.from_numpy(self.split.tokens[where].astype(np.int64))
         if self.loss_on == "all":
             mask = torch.ones(len(where), self.block_size)
@@ -127,16 +127,14 @@ class WindowBatches:
             mask = torch.from_numpy(self.split.mask[where[:, 1:]].astype(np.float32))
         return Batch(ids, mask, torch.from_numpy(where), self.attention)
 
+    def __call__(self, index: int) -> Batch:
+        return self._batch(self.offsets(index))
+
     def sequential(self, batch_size: int):
         """Consecutive non-overlapping windows covering the split once (for evaluation)."""
-        stride = self.block_size
-        starts = np.arange(0, self.split.n_tokens - self.block_size - 1, stride)
+        starts = np.arange(0, self.split.n_tokens - self.block_size - 1, self.block_size)
         for first in range(0, len(starts), batch_size):
-            where = starts[first:first + batch_size, None] + np.arange(self.block_size + 1)[None, :]
-            ids = torch.from_numpy(self.split.tokens[where].astype(np.int64))
-            mask = (torch.ones(len(where), self.block_size) if self.loss_on == "all" else
-                    torch.from_numpy(self.split.mask[where[:, 1:]].astype(np.float32)))
-            yield Batch(ids, mask, torch.from_numpy(where), self.attention)
+            yield self._batch(starts[first:first + batch_size])
 
 
 def collate(split: TokenSplit, doc_ids: np.ndarray, pad_id: int, loss_on: str = "mask",
