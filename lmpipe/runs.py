@@ -1,24 +1,30 @@
 """Whole training runs: build the model, open the run folder, train, save model and tokenizer.
 
 `train` and `distill` differ only in their objective and where the model's params come from;
-everything else (run folder, logging, saving) is this one code path.
+everything else (run folder, logging, saving) is this one code path. A `train` section with
+`pretrained` imports a model instead of training one (a real teacher, e.g. SmolLM2).
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from lmpipe.batching import make_batches
 from lmpipe.config import ConfigError, ModelParams, Params, TrainParams
 from lmpipe.context import extend_context
-from lmpipe.distill import kd_objective
+from lmpipe.distill import build_objective
+from lmpipe.distill.student_init import init_student_from_teacher
+from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
 from lmpipe.distributed import init_distributed, shutdown
-from lmpipe.losses import cross_entropy_objective
+from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.model import build_model, count_parameters, load_model, save_model
+from lmpipe.pretrained import import_pretrained
 from lmpipe.runlog import RunLog
-from lmpipe.teacher_cache import TeacherCache, file_sha256
+from lmpipe.teacher_cache import TeacherCache, file_sha256, model_fingerprint
 from lmpipe.tokenizer import load_tokenizer
 from lmpipe.tokens import TokenSplit
 from lmpipe.train import Objective, train
@@ -47,25 +53,34 @@ def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> t
 
 
 def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
-         tokens_dir: Path, tokenizer_dir: Path, out: Path, objective: Objective,
-         section: dict) -> dict:
-    """`section`: the parameters that define this run; a checkpoint resumes only if they match."""
+         tokens_dir: Path, tokenizer_dir: Path, out: Path,
+         make_objective: Callable[[torch.nn.Module], Objective], section: dict) -> dict:
+    """`section`: the parameters that define this run; a checkpoint resumes only if they match.
+    `make_objective(model)` builds the objective (it may give the model extra trainable parts,
+    which it removes again in `objective.detach(model)` before the model is saved)."""
     tokenizer = load_tokenizer(tokenizer_dir)
     train_split = TokenSplit.open(tokens_dir, "train")
     val_split = TokenSplit.open(tokens_dir, "val")
     model = start_model(model_params, tp, tokenizer)
+    objective = make_objective(model)
     dist = init_distributed()
+    reason = getattr(objective, "single_process_only", None)
+    if dist.enabled and reason:
+        raise ConfigError(f"{stage}: {reason} is not supported under torchrun (data parallel)")
     resolved = {"run": {"stage": stage, "name": name}, **params.model_dump(mode="json")}
     # Only rank 0 writes the run folder; the other data-parallel processes just train.
     run = RunLog(out, stage, name, resolved) if dist.is_main else None
     with run or contextlib.nullcontext():
-        n_params = count_parameters(model)
+        n_params = count_parameters(model) - sum(
+            p.numel() for p in getattr(model, "distill_projectors", torch.nn.Module()).parameters())
         if dist.is_main:
             print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of "
                   f"{tp.batch_size * tp.grad_accum} {tp.sampling} on {dist.world} process(es)")
         summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
                         objective=objective, desc=f"{stage} {name}", run_params=section,
                         folder=out)
+        if hasattr(objective, "detach"):
+            objective.detach(model)
         if run is not None:
             save_model(model, tokenizer, out / "model")
             run.finish(params_count=n_params, **summary)
@@ -73,24 +88,73 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
     return summary
 
 
+def import_teacher(name: str, params: Params, tokens_dir: Path, tokenizer_dir: Path,
+                   out: Path) -> dict:
+    """`<name>.pretrained`: import the model as this run's model and measure its val loss."""
+    section = getattr(params, name)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    resolved = {"run": {"stage": "train", "name": name}, **params.model_dump(mode="json")}
+    with RunLog(out, "train", name, resolved) as run:
+        model = import_pretrained(section.pretrained, tokenizer, out / "model")
+        tp = section.train
+        val = make_batches(TokenSplit.open(tokens_dir, "val"), tp.sampling, tp.batch_size,
+                           tp.block_size, tp.seed, tokenizer.pad_token_id,
+                           model.config.max_position_embeddings, tp.loss_on)
+        val_loss = evaluate_loss(model, val, tp.batch_size, tp.eval_batches)
+        run.log({"step": 0, "tokens": 0, "val_loss": val_loss})
+        n_params = count_parameters(model)
+        print(f"train {name}: imported {section.pretrained} ({n_params:,} parameters), "
+              f"val loss {val_loss:.4f}")
+        summary = {"initial_val_loss": val_loss, "final_val_loss": val_loss, "steps": 0,
+                   "tokens_seen": 0, "pretrained": section.pretrained}
+        run.finish(params_count=n_params, **summary)
+    return summary
+
+
 def train_from_scratch(name: str, params: Params, tokens_dir: Path, tokenizer_dir: Path,
                        out: Path) -> dict:
     section = getattr(params, name)
+    if section.pretrained:
+        return import_teacher(name, params, tokens_dir, tokenizer_dir, out)
     return _run("train", name, params, section.model, section.train, tokens_dir, tokenizer_dir,
-                out, cross_entropy_objective, section.model_dump(mode="json"))
+                out, lambda model: cross_entropy_objective, section.model_dump(mode="json"))
 
 
-def distill_from_cache(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
-                       out: Path) -> dict:
-    """Train the student architecture against the teacher cache (`distill` section)."""
+def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
+                 teacher_dir: Path) -> tuple[CachedTeacher | LiveTeacher, dict]:
+    """The teacher's signals as `distill.teacher` asks (cache or live model), and what
+    identifies them (so a checkpoint never resumes against another teacher)."""
+    if params.distill.teacher == "live":
+        model, _ = load_model(teacher_dir)
+        tokenizer_hash = file_sha256(Path(tokenizer_dir) / "tokenizer.json")
+        teacher_tokenizer = file_sha256(Path(teacher_dir) / "tokenizer.json")
+        if tokenizer_hash != teacher_tokenizer:
+            raise ConfigError(f"distill.teacher = live: {teacher_dir} was saved with another "
+                              f"tokenizer than {tokenizer_dir}; retrain or re-import the teacher")
+        return LiveTeacher(model), model_fingerprint(teacher_dir)
     cache = TeacherCache.open(cache_dir, expect={
         "tokenizer_sha256": file_sha256(Path(tokenizer_dir) / "tokenizer.json")})
     if cache.manifest["positions"] != TokenSplit.open(tokens_dir, "train").n_tokens:
-        raise ValueError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
-                         "the train split has a different count; rebuild the cache")
+        raise ConfigError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
+                          "the train split has a different count; rebuild the cache")
+    return CachedTeacher(cache), {k: v for k, v in cache.manifest.items()
+                                  if k not in ("seconds", "tokens_per_s")}
+
+
+def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
+            teacher_dir: Path, out: Path) -> dict:
+    """Train the student architecture against the teacher (`distill` section)."""
     d = params.distill
+    teacher, identity = open_teacher(params, tokens_dir, tokenizer_dir, cache_dir, teacher_dir)
+
+    def make_objective(student: torch.nn.Module):
+        if d.copy_embeddings or d.copy_lm_head:
+            source = teacher.model if isinstance(teacher, LiveTeacher) else load_model(teacher_dir)[0]
+            copied = init_student_from_teacher(student, source, d)
+            print(f"distill: student starts from the teacher's {' and '.join(copied)}")
+        return build_objective(d, teacher, student)
+
     return _run("distill", "distilled", params, params.student.model, d.train, tokens_dir,
-                tokenizer_dir, out, kd_objective(cache, d.temperature, d.kd_weight),
+                tokenizer_dir, out, make_objective,
                 {"distill": d.model_dump(mode="json"),
-                 "model": params.student.model.model_dump(mode="json"),
-                 "cache": cache.manifest})
+                 "model": params.student.model.model_dump(mode="json"), "teacher": identity})

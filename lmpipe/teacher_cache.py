@@ -1,16 +1,22 @@
-"""The teacher cache: the teacher's top-k next-token log-probs at every training position.
+"""The teacher cache: the teacher's top-k next-token distribution at every training position.
 
-The teacher runs once; every distillation run then reads its signal from disk. Files:
-`ids.npy` (N x k token ids, uint16), `logprobs.npy` (N x k log-probs, float16), both memory-mapped
-on read and indexed by the flat position in the train token stream, and `manifest.json`, which
-names the teacher weights and tokenizer by content hash so a stale cache is refused.
+The teacher runs once; every distillation run then reads its signal from disk. Per position the
+cache keeps the top-k token ids (at the smallest unsigned integer width the vocabulary allows),
+their log-probs (`u8`: quantized in steps of 1/16 nat, `fp16` or `fp32`) and the log of the
+probability mass outside the top-k (the *missing mass*), plus, optionally, the teacher's hidden
+states at chosen layers. Arrays are split into shards of `shard_positions` positions, each its own
+`.npy` file, memory-mapped on read and addressed by the flat position in the train token stream.
+
+`manifest.json` records the format version, k, the encodings, the shards, and the teacher weights'
+and tokenizer's content hashes, so a distillation run refuses a cache built for other inputs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +26,12 @@ from tqdm import tqdm
 from lmpipe.batching import LengthGroupedBatches
 from lmpipe.tokens import TokenSplit
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LOGPROB_STEP = 1.0 / 16.0  # u8 log-prob codes: logp = -code * step, so codes span [-15.94, 0]
+LOGPROB_DTYPES = {"u8": np.uint8, "fp16": np.float16, "fp32": np.float32}
+# the missing mass is a log, often tiny or -inf: keep it in a float, wide when log-probs are fp32
+MISSING_DTYPES = {"u8": np.float16, "fp16": np.float16, "fp32": np.float32}
+HIDDEN_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -38,8 +49,89 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, str]:
             "tokenizer_sha256": file_sha256(model_dir / "tokenizer.json")}
 
 
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned integer type that holds every token id."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"vocabulary of {vocab_size} ids does not fit 32 bits")
+
+
+def encode_logprobs(logprobs: torch.Tensor, fmt: str) -> np.ndarray:
+    """Top-k log-probs (<= 0) in the cache's storage format."""
+    values = logprobs.float().numpy()
+    if fmt == "u8":
+        return np.clip(np.rint(-values / LOGPROB_STEP), 0, 255).astype(np.uint8)
+    return values.astype(LOGPROB_DTYPES[fmt])
+
+
+def decode_logprobs(stored: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "u8":
+        return stored.astype(np.float32) * np.float32(-LOGPROB_STEP)
+    return stored.astype(np.float32)
+
+
+def top_k_with_missing(logprobs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
+    """(ids, log-probs) of the k most likely tokens, sorted, and the log of the remaining mass
+    (computed exactly over the other tokens, -inf when k is the whole vocabulary)."""
+    top = logprobs.topk(k, dim=-1)
+    rest = logprobs.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+    return top.indices, top.values, rest
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What to store: k, the log-prob encoding, the shard size and the hidden layers to keep
+    (indices into the model's `hidden_states`: 0 is the embedding output, L the last layer)."""
+
+    top_k: int
+    logprobs: str = "u8"
+    shard_positions: int = 1 << 20
+    hidden_layers: tuple[int, ...] = ()
+    hidden_dtype: str = "fp16"
+
+
+def _shard_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, max(n, 1), size)]
+
+
+class _ShardWriter:
+    """Open memory-maps for every shard and scatter rows into them by flat position."""
+
+    def __init__(self, out: Path, n: int, spec: CacheSpec, vocab: int, hidden_width: int) -> None:
+        self.size = spec.shard_positions
+        self.bounds = _shard_bounds(n, spec.shard_positions)
+        columns = {"ids": (id_dtype(vocab), (spec.top_k,)),
+                   "logprobs": (np.dtype(LOGPROB_DTYPES[spec.logprobs]), (spec.top_k,)),
+                   "missing": (np.dtype(MISSING_DTYPES[spec.logprobs]), ())}
+        for layer in spec.hidden_layers:
+            columns[f"hidden{layer}"] = (np.dtype(HIDDEN_DTYPES[spec.hidden_dtype]), (hidden_width,))
+        self.files: list[dict[str, str]] = []
+        self.arrays: list[dict[str, np.ndarray]] = []
+        for i, (start, end) in enumerate(self.bounds):
+            names = {name: f"{name}-{i:05d}.npy" for name in columns}
+            self.files.append({"start": start, "end": end, **names})
+            self.arrays.append({name: np.lib.format.open_memmap(
+                out / names[name], mode="w+", dtype=dtype, shape=(end - start, *shape))
+                for name, (dtype, shape) in columns.items()})
+
+    def write(self, positions: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        shard = positions // self.size
+        for s in np.unique(shard):
+            pick = shard == s
+            rows = positions[pick] - s * self.size
+            for name, values in columns.items():
+                self.arrays[s][name][rows] = values[pick]
+
+    def close(self) -> None:
+        for arrays in self.arrays:
+            for array in arrays.values():
+                array.flush()
+
+
 @torch.no_grad()
-def write_cache(model: torch.nn.Module, split: TokenSplit, top_k: int, pad_id: int,
+def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_id: int,
                 out_dir: str | Path, batch_size: int, fingerprint: dict[str, str],
                 batches=None) -> dict:
     """Run the teacher over `split` once and store its top-k at every input position.
@@ -48,38 +140,78 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, top_k: int, pad_id: i
     the teacher was trained: windows for window-trained teachers, so no input exceeds its context.
     """
     vocab = model.config.vocab_size
-    if not 1 <= top_k <= vocab:
-        raise ValueError(f"teacher_cache.top_k = {top_k}: expected 1 <= top_k <= {vocab} (vocabulary)")
+    if not 1 <= spec.top_k <= vocab:
+        raise ValueError(f"teacher_cache.top_k = {spec.top_k}: expected 1 <= top_k <= {vocab} "
+                         "(the teacher's vocabulary)")
+    n_hidden = model.config.num_hidden_layers
+    for layer in spec.hidden_layers:
+        if not 0 <= layer <= n_hidden:
+            raise ValueError(f"teacher_cache.hidden_layers: layer {layer} does not exist; the "
+                             f"teacher has hidden states 0 (embeddings) .. {n_hidden}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = split.n_tokens
-    ids = np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=np.uint16, shape=(n, top_k))
-    logprobs = np.lib.format.open_memmap(out / "logprobs.npy", mode="w+", dtype=np.float16,
-                                         shape=(n, top_k))
+    writer = _ShardWriter(out, n, spec, vocab, model.config.hidden_size)
     model.eval()
     source = batches if batches is not None else LengthGroupedBatches(split, batch_size, 0, pad_id)
+    started, written = time.perf_counter(), 0
     for batch in tqdm(source.sequential(batch_size), desc="teacher_cache", mininterval=2.0,
                       disable=None):
-        logp = torch.log_softmax(model(input_ids=batch.input_ids).logits.float(), dim=-1)
-        top = logp.topk(top_k, dim=-1)
         real = batch.positions >= 0
-        where = batch.positions[real].numpy()
-        ids[where] = top.indices[real].numpy().astype(np.uint16)
-        logprobs[where] = top.values[real].numpy().astype(np.float16)
-    ids.flush()
-    logprobs.flush()
-    manifest = {"format_version": FORMAT_VERSION, "top_k": top_k, "positions": n,
-                "vocab_size": vocab, "ids_dtype": "uint16", "logprobs_dtype": "float16",
+        out_ = model(input_ids=batch.input_ids, attention_mask=real.long(),
+                     output_hidden_states=bool(spec.hidden_layers))
+        logp = torch.log_softmax(out_.logits[real].float(), dim=-1)
+        ids, values, missing = top_k_with_missing(logp, spec.top_k)
+        columns = {"ids": ids.numpy().astype(writer.arrays[0]["ids"].dtype),
+                   "logprobs": encode_logprobs(values, spec.logprobs),
+                   "missing": missing.numpy().astype(MISSING_DTYPES[spec.logprobs])}
+        for layer in spec.hidden_layers:
+            columns[f"hidden{layer}"] = out_.hidden_states[layer][real].float().numpy().astype(
+                HIDDEN_DTYPES[spec.hidden_dtype])
+        writer.write(batch.positions[real].numpy(), columns)
+        written += int(real.sum())
+    writer.close()
+    seconds = time.perf_counter() - started
+    manifest = {"format_version": FORMAT_VERSION, "top_k": spec.top_k, "positions": n,
+                "vocab_size": vocab, "ids_dtype": str(id_dtype(vocab)),
+                "logprobs": spec.logprobs, "logprob_step": LOGPROB_STEP,
+                "hidden_layers": list(spec.hidden_layers), "hidden_dtype": spec.hidden_dtype,
+                "hidden_size": model.config.hidden_size, "teacher_layers": n_hidden,
+                "shard_positions": spec.shard_positions, "shards": writer.files,
+                "seconds": round(seconds, 3), "tokens_per_s": round(written / max(seconds, 1e-9), 1),
                 **fingerprint}
+    manifest["bytes_per_token"] = round(cache_bytes(out, manifest) / max(n, 1), 2)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
+def cache_bytes(folder: str | Path, manifest: dict, hidden: bool = False) -> int:
+    """Bytes on disk of the distribution files (ids, log-probs, missing mass), headers included;
+    with `hidden`, the cached hidden states too."""
+    total = 0
+    for shard in manifest["shards"]:
+        for name, file in shard.items():
+            if name in ("start", "end") or (name.startswith("hidden") and not hidden):
+                continue
+            total += (Path(folder) / file).stat().st_size
+    return total
+
+
+@dataclass
+class CachedRows:
+    """The cache's rows for some positions, as tensors ready for a loss."""
+
+    ids: torch.Tensor            # (n, k) int64
+    logprobs: torch.Tensor       # (n, k) float32, decoded
+    log_missing: torch.Tensor    # (n,) float32
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (n, d) float32
+
+
 @dataclass
 class TeacherCache:
-    ids: np.ndarray
-    logprobs: np.ndarray
+    folder: Path
     manifest: dict
+    shards: list[dict[str, np.ndarray]]
 
     @classmethod
     def open(cls, folder: str | Path, expect: dict[str, str] | None = None) -> "TeacherCache":
@@ -96,5 +228,65 @@ class TeacherCache:
             if manifest.get(key) != value:
                 raise ValueError(f"{manifest_path}: {key} is {manifest.get(key)}, expected {value}; "
                                  "the cache was built for other inputs, rebuild it")
-        return cls(np.load(folder / "ids.npy", mmap_mode="r"),
-                   np.load(folder / "logprobs.npy", mmap_mode="r"), manifest)
+        shards = []
+        for shard in manifest["shards"]:
+            arrays = {}
+            for name, file in shard.items():
+                if name in ("start", "end"):
+                    continue
+                path = folder / file
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: shard file listed in {manifest_path} is missing")
+                arrays[name] = np.load(path, mmap_mode="r")
+                if len(arrays[name]) != shard["end"] - shard["start"]:
+                    raise ValueError(f"{path}: {len(arrays[name])} rows, the manifest says "
+                                     f"{shard['end'] - shard['start']}; rebuild the cache")
+            shards.append(arrays)
+        return cls(folder, manifest, shards)
+
+    @property
+    def top_k(self) -> int:
+        return self.manifest["top_k"]
+
+    def rows(self, positions: np.ndarray, hidden_layers: tuple[int, ...] = ()) -> CachedRows:
+        """The cached rows at flat train-stream `positions`, gathered across shards."""
+        missing_layers = set(hidden_layers) - set(self.manifest["hidden_layers"])
+        if missing_layers:
+            raise ValueError(f"{self.folder}: hidden states of teacher layer(s) "
+                             f"{sorted(missing_layers)} are not cached (it has "
+                             f"{self.manifest['hidden_layers']}); set teacher_cache.hidden_layers")
+        positions = np.asarray(positions, dtype=np.int64)
+        n, k = len(positions), self.top_k
+        ids = np.empty((n, k), dtype=np.int64)
+        logprobs = np.empty((n, k), dtype=np.float32)
+        missing = np.empty(n, dtype=np.float32)
+        hidden = {layer: np.empty((n, self.manifest["hidden_size"]), dtype=np.float32)
+                  for layer in hidden_layers}
+        size = self.manifest["shard_positions"]
+        shard = positions // size
+        for s in np.unique(shard):
+            pick = shard == s
+            rows = np.sort(positions[pick] - s * size)  # sorted reads are sequential on disk
+            order = np.argsort(positions[pick] - s * size, kind="stable")
+            arrays = self.shards[s]
+            target = np.flatnonzero(pick)[order]
+            ids[target] = arrays["ids"][rows]
+            logprobs[target] = decode_logprobs(arrays["logprobs"][rows], self.manifest["logprobs"])
+            missing[target] = arrays["missing"][rows]
+            for layer in hidden_layers:
+                hidden[layer][target] = arrays[f"hidden{layer}"][rows]
+        return CachedRows(torch.from_numpy(ids), torch.from_numpy(logprobs),
+                          torch.from_numpy(missing),
+                          {layer: torch.from_numpy(h) for layer, h in hidden.items()})
+
+
+def reconstruct(rows: CachedRows, vocab_size: int) -> torch.Tensor:
+    """The full next-token distribution (log-probs, (n, V)) the cache stands for: the top-k as
+    stored, the missing mass spread evenly over the other ids, renormalized to sum to one."""
+    n, k = rows.ids.shape
+    top = rows.logprobs.exp()
+    mass = rows.log_missing.exp()
+    total = top.sum(-1) + mass
+    spread = (mass / max(vocab_size - k, 1)).unsqueeze(-1).expand(n, vocab_size).clone()
+    full = spread.scatter(-1, rows.ids, top) / total.unsqueeze(-1)
+    return full.clamp_min(1e-38).log()

@@ -1,7 +1,7 @@
 """The training loop shared by the `train` and `distill` stages.
 
-One loop, a pluggable objective: `train` minimises cross-entropy on target tokens, `distill` adds a
-KL term against the teacher cache. The loop resumes from the run's last checkpoint, runs data-
+One loop, a pluggable objective: `train` minimises cross-entropy on target tokens, `distill` a
+weighted sum of divergences from the teacher (lmpipe/distill/). The loop resumes from the run's last checkpoint, runs data-
 parallel under `torchrun`, accumulates gradients, and logs every `log_every` steps to the run
 folder's metrics.jsonl: loss, lr, grad norm, tokens/s, time per phase, MFU and memory.
 """
@@ -66,6 +66,8 @@ class Trainer:
         if tp.threads:
             torch.set_num_threads(tp.threads)
         self.tp, self.run, self.desc, self.objective = tp, run, desc, objective
+        # metrics the objective reports once per step (a cosine, a confidence), not per target
+        self.per_step_metrics = set(getattr(objective, "per_step_metrics", ()))
         self.folder = folder if folder is not None else (run.folder if run is not None else None)
         self.dist = init_distributed()
         self.device = resolve_device(tp.device, self.dist)
@@ -154,7 +156,9 @@ class Trainer:
                 self.scaler.scale(loss_sum * (self.dist.world / global_targets)).backward()
                 total += loss_sum.detach()
                 for key, value in parts.items():
-                    extras[key] = extras.get(key, 0) + value.detach()
+                    # per-step diagnostics are averaged over micro-batches, the rest summed
+                    share = len(micro) if key in self.per_step_metrics else 1
+                    extras[key] = extras.get(key, 0) + value.detach() / share
         with timer.phase("optimizer"):
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -218,7 +222,9 @@ class Trainer:
                         **{k: v / window["steps"] for k, v in phases.items()},
                         "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
                         **profiler.memory_record(self.device),
-                        **{k: (v / window["targets"]).item() for k, v in window["extras"].items()},
+                        **{k: (v / (window["steps"] * self.dist.world
+                                    if k in self.per_step_metrics else window["targets"])).item()
+                           for k, v in window["extras"].items()},
                     }
                 if self.step % tp.eval_every == 0 or last:
                     with self.timer.phase("eval"):

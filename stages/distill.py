@@ -1,14 +1,14 @@
-"""DVC stage `distill`: train the student architecture from the teacher cache."""
+"""DVC stage `distill`: train the student architecture from the teacher (cache or live model)."""
 
 from lmpipe.entry import stage
-from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, run_dir
-from lmpipe.runs import distill_from_cache
+from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.runs import distill
 
 
 @stage
-def distill(params, argv):
-    distill_from_cache(params, TOKENS, TOKENIZER, TEACHER_CACHE, run_dir("distill"))
+def main(params, argv):
+    distill(params, TOKENS, TOKENIZER, TEACHER_CACHE, model_dir("teacher"), run_dir("distill"))
 
 
 if __name__ == "__main__":
-    distill()
+    main()

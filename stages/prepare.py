@@ -20,6 +20,7 @@ def prepare(params, argv):
         texts = paragraphs(tiny_shakespeare(data.path, Path(data.cache_dir)).read_text())
     else:
         texts = load_corpus(data.path, data.format, Path(data.cache_dir), data.field)
+    texts = texts[:data.max_documents]
     stats = write_text_documents(texts, WORLD, {"source": data.source, "path": data.path})
     print(f"prepare: {stats['documents']} {data.source} documents ({stats['bytes']:,} bytes) -> {WORLD}")
 

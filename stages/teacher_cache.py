@@ -1,10 +1,11 @@
-"""DVC stage `teacher_cache`: run the teacher once over the train tokens, keep its top-k log-probs."""
+"""DVC stage `teacher_cache`: run the teacher once over the train tokens, keep its top-k
+distribution (and optionally hidden states) per position, compressed and sharded."""
 
 from lmpipe.batching import make_batches
 from lmpipe.entry import stage
 from lmpipe.model import load_model
 from lmpipe.paths import TEACHER_CACHE, TOKENS, model_dir
-from lmpipe.teacher_cache import model_fingerprint, write_cache
+from lmpipe.teacher_cache import CacheSpec, model_fingerprint, write_cache
 from lmpipe.tokens import TokenSplit
 
 
@@ -13,13 +14,20 @@ def teacher_cache(params, argv):
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)
     p = params.teacher_cache
+    spec = CacheSpec(p.top_k, p.logprobs, p.shard_positions, tuple(p.hidden_layers), p.hidden_dtype)
     split = TokenSplit.open(TOKENS, "train")
     tp = params.teacher.train  # read the tokens the way the teacher was trained on them
-    batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0, tokenizer.pad_token_id,
-                           model.config.max_position_embeddings, "all")
-    manifest = write_cache(model, split, p.top_k, tokenizer.pad_token_id, TEACHER_CACHE,
+    max_len = model.config.max_position_embeddings
+    if params.teacher.pretrained:  # an imported teacher: windows of the student's length
+        tp = params.student.train
+        max_len = min(max_len, params.student.model.max_seq_len)
+    batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0,
+                           tokenizer.pad_token_id, max_len, "all")
+    manifest = write_cache(model, split, spec, tokenizer.pad_token_id, TEACHER_CACHE,
                            p.batch_size, model_fingerprint(teacher), batches)
-    print(f"teacher_cache: top-{p.top_k} over {manifest['positions']} positions -> {TEACHER_CACHE}")
+    print(f"teacher_cache: top-{p.top_k} over {manifest['positions']:,} positions, "
+          f"{manifest['bytes_per_token']} bytes/token, {manifest['tokens_per_s']:,.0f} tokens/s "
+          f"-> {TEACHER_CACHE}")
 
 
 if __name__ == "__main__":

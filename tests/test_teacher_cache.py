@@ -1,65 +1,104 @@
-"""Teacher cache round trip, manifest checks, and the distillation loss against direct formulas."""
+"""The teacher cache: compressed round trip, shards, manifest checks, reconstruction."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from lmpipe.batching import LengthGroupedBatches
-from lmpipe.distill import forward_kl_topk, kd_objective
-from lmpipe.teacher_cache import TeacherCache, write_cache
+from lmpipe.teacher_cache import (LOGPROB_STEP, CacheSpec, TeacherCache, cache_bytes, id_dtype,
+                                  reconstruct, write_cache)
 from lmpipe.tokenizer import VOCAB_SIZE
 from lmpipe.tokens import TokenSplit
 
+FINGERPRINT = {"teacher_sha256": "t", "tokenizer_sha256": "tok"}
 
-def _cache(model, tiny_tokens, tmp_path, k, tokenizer):
+
+def _cache(model, tiny_tokens, folder, tokenizer, **spec):
     split = TokenSplit.open(tiny_tokens, "train")
-    write_cache(model, split, k, tokenizer.pad_token_id, tmp_path, batch_size=7,
-                fingerprint={"teacher_sha256": "t", "tokenizer_sha256": "tok"})
-    return split, TeacherCache.open(tmp_path, expect={"tokenizer_sha256": "tok"})
+    write_cache(model, split, CacheSpec(**spec), tokenizer.pad_token_id, folder, batch_size=7,
+                fingerprint=FINGERPRINT)
+    return split, TeacherCache.open(folder, expect={"tokenizer_sha256": "tok"})
 
 
-def test_round_trip_matches_the_teacher_at_every_position(tiny_model, tiny_tokens, tmp_path, tokenizer):
-    split, cache = _cache(tiny_model, tiny_tokens, tmp_path, 5, tokenizer)
-    assert cache.ids.shape == (split.n_tokens, 5) and cache.ids.dtype == np.uint16
-    assert cache.logprobs.dtype == np.float16
-    for doc in (0, len(split.docs) - 1):
-        start, end = split.docs[doc]
+def _teacher_logprobs(model, split, doc):
+    start, end = split.docs[doc]
+    ids = torch.from_numpy(split.tokens[start:end].astype(np.int64))[None]
+    with torch.no_grad():
+        return start, end, torch.log_softmax(model(input_ids=ids).logits[0], -1)
+
+
+def test_ids_take_the_narrowest_integer_width():
+    assert id_dtype(256) == np.uint8 and id_dtype(257) == np.uint16
+    assert id_dtype(49_161) == np.uint16 and id_dtype(65_537) == np.uint32
+
+
+@pytest.mark.parametrize("fmt,atol", [("u8", LOGPROB_STEP / 2 + 1e-6), ("fp16", 5e-3), ("fp32", 1e-5)])
+def test_round_trip_matches_the_teacher_at_every_position(fmt, atol, tiny_model, tiny_tokens,
+                                                          tmp_path, tokenizer):
+    # three shards of 500 positions: reads must stitch them back together
+    split, cache = _cache(tiny_model, tiny_tokens, tmp_path, tokenizer, top_k=5, logprobs=fmt,
+                          shard_positions=500, hidden_layers=(0, 1))
+    assert len(cache.manifest["shards"]) == -(-split.n_tokens // 500) > 1
+    for doc in (0, len(split.docs) // 2, len(split.docs) - 1):
+        start, end, logp = _teacher_logprobs(tiny_model, split, doc)
+        rows = cache.rows(np.arange(start, end), hidden_layers=(1,))
+        top = logp.topk(5, -1)
+        assert torch.equal(rows.ids, top.indices)
+        torch.testing.assert_close(rows.logprobs, top.values, atol=atol, rtol=0)
+        rest = torch.log1p(-top.values.exp().sum(-1).clamp(max=1 - 1e-7))
+        torch.testing.assert_close(rows.log_missing, rest, atol=2e-2, rtol=1e-2)
         ids = torch.from_numpy(split.tokens[start:end].astype(np.int64))[None]
         with torch.no_grad():
-            logp = torch.log_softmax(tiny_model(input_ids=ids).logits[0], -1)
-        top = logp.topk(5, -1)
-        assert np.array_equal(cache.ids[start:end], top.indices.numpy())
-        np.testing.assert_allclose(cache.logprobs[start:end], top.values.numpy(), atol=5e-3)
+            hidden = tiny_model(input_ids=ids, output_hidden_states=True).hidden_states[1][0]
+        torch.testing.assert_close(rows.hidden[1], hidden, atol=2e-3, rtol=2e-3)  # fp16
+    # rows come back in the order asked, across shard boundaries
+    picks = np.array([1200, 3, 499, 500, 999])
+    shuffled = cache.rows(picks)
+    for i, position in enumerate(picks):
+        assert torch.equal(shuffled.ids[i], cache.rows(np.array([position])).ids[0])
 
 
-def test_manifest_mismatch_and_bad_k_are_refused(tiny_model, tiny_tokens, tmp_path, tokenizer):
-    _cache(tiny_model, tiny_tokens, tmp_path, 3, tokenizer)
+def test_k32_budget_fits_128_bytes_per_token(tiny_model, tiny_tokens, tmp_path, tokenizer):
+    _, cache = _cache(tiny_model, tiny_tokens, tmp_path, tokenizer, top_k=32)
+    # u8 log-probs + uint16 ids + an fp16 missing mass = 32 + 64 + 2 bytes (+ .npy headers)
+    assert cache.manifest["ids_dtype"] == "uint16" and cache.manifest["logprobs"] == "u8"
+    assert 98 <= cache.manifest["bytes_per_token"] <= 99
+    assert cache_bytes(tmp_path, cache.manifest) / cache.manifest["positions"] <= 128
+
+
+def test_reconstruction_is_exact_with_the_whole_vocabulary(tiny_model, tiny_tokens, tmp_path, tokenizer):
+    split, cache = _cache(tiny_model, tiny_tokens, tmp_path, tokenizer, top_k=VOCAB_SIZE,
+                          logprobs="fp32")
+    start, end, logp = _teacher_logprobs(tiny_model, split, 1)
+    rebuilt = reconstruct(cache.rows(np.arange(start, end)), VOCAB_SIZE)
+    torch.testing.assert_close(rebuilt, logp, atol=1e-5, rtol=1e-5)
+    # a truncated cache spreads the missing mass evenly: still a distribution
+    _, small = _cache(tiny_model, tiny_tokens, tmp_path / "k4", tokenizer, top_k=4)
+    approx = reconstruct(small.rows(np.arange(start, end)), VOCAB_SIZE)
+    torch.testing.assert_close(approx.exp().sum(-1), torch.ones(end - start), atol=1e-5, rtol=0)
+    kl = (logp.exp() * (logp - approx)).sum(-1)
+    assert (kl > 0).all()  # an untrained teacher's tail is far from uniform-in-the-tail
+
+
+def test_manifest_mismatch_bad_k_and_missing_shards_are_refused(tiny_model, tiny_tokens, tmp_path,
+                                                                tokenizer):
+    _cache(tiny_model, tiny_tokens, tmp_path, tokenizer, top_k=3)
     with pytest.raises(ValueError, match="tokenizer_sha256 is tok, expected other"):
         TeacherCache.open(tmp_path, expect={"tokenizer_sha256": "other"})
+    split = TokenSplit.open(tiny_tokens, "train")
     with pytest.raises(ValueError, match="top_k = 999"):
-        write_cache(tiny_model, TokenSplit.open(tiny_tokens, "train"), 999, 0, tmp_path / "x", 4, {})
-
-
-def test_forward_kl_is_zero_for_identical_and_equals_full_kl_when_k_is_vocab():
-    torch.manual_seed(0)
-    teacher_logits, student_logits = torch.randn(6, 11), torch.randn(6, 11)
-    t_logp = torch.log_softmax(teacher_logits, -1)
-    ids = torch.arange(11).expand(6, 11)
-    assert forward_kl_topk(teacher_logits, ids, t_logp, 1.0).item() == pytest.approx(0.0, abs=1e-6)
-    for temperature in (1.0, 2.0):
-        p = torch.softmax(teacher_logits / temperature, -1)
-        q = torch.log_softmax(student_logits / temperature, -1)
-        direct = (p * (p.log() - q)).sum(-1).mean() * temperature**2
-        got = forward_kl_topk(student_logits, ids, t_logp, temperature)
-        assert got.item() == pytest.approx(direct.item(), rel=1e-5)
-
-
-def test_distilling_from_a_full_cache_of_itself_has_zero_kd(tiny_model, tiny_tokens, tmp_path, tokenizer):
-    split, cache = _cache(tiny_model, tiny_tokens, tmp_path, VOCAB_SIZE, tokenizer)
-    batch = LengthGroupedBatches(split, 8, 0, tokenizer.pad_token_id)(0)
-    with torch.no_grad():
-        loss, parts = kd_objective(cache, 1.0, 1.0)(tiny_model, batch)
-    # fp16 log-probs are the only difference between teacher and student here.
-    assert parts["kd_loss"].item() / batch.n_targets == pytest.approx(0.0, abs=1e-3)
-    assert parts["ce_loss"].item() / batch.n_targets > 4.0  # untrained: far from the labels
-    assert loss.item() == pytest.approx(parts["kd_loss"].item())  # kd_weight = 1
+        write_cache(tiny_model, split, CacheSpec(999), 0, tmp_path / "x", 4, {})
+    with pytest.raises(ValueError, match="hidden_layers: layer 5 does not exist"):
+        write_cache(tiny_model, split, CacheSpec(3, hidden_layers=(5,)), 0, tmp_path / "y", 4, {})
+    cache = TeacherCache.open(tmp_path)
+    with pytest.raises(ValueError, match=r"hidden states of teacher layer\(s\) \[1\] are not cached"):
+        cache.rows(np.arange(3), hidden_layers=(1,))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / manifest["shards"][0]["logprobs"]).unlink()
+    with pytest.raises(FileNotFoundError, match="shard file listed"):
+        TeacherCache.open(tmp_path)
+    manifest["format_version"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format_version 1, expected 2; rebuild the cache"):
+        TeacherCache.open(tmp_path)

@@ -1,0 +1,163 @@
+"""The combined distillation objective: a weighted sum of terms, each logged on its own.
+
+    loss = sum_term weight_term * term,   term in ce, logit divergences, hidden-state terms
+
+Logit divergences are computed on the aligned support (support.py) at temperature T and scaled
+by T^2; every term is summed over target positions only (padding and prompt tokens never count),
+and the training loop divides by the global number of targets. Each term is logged as
+`loss_<term>` (per target, unweighted). With `gradient_conflict: pcgrad` the logit terms' and
+hidden terms' gradients are combined by gradient surgery and their cosine logged as `grad_cosine`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmpipe.batching import Batch
+from lmpipe.config import HIDDEN_LOSSES, ConfigError, DistillParams
+from lmpipe.distill.attention_kl import attention_kl, head_mean_rows
+from lmpipe.distill.cakld import teacher_confidence
+from lmpipe.distill.hidden import hidden_cosine, hidden_mse
+from lmpipe.distill.layers import layer_pairs
+from lmpipe.distill.pcgrad import surgery_loss
+from lmpipe.distill.projector import make_projector
+from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
+from lmpipe.distill.support import aligned
+from lmpipe.losses import masked_cross_entropy
+
+# terms that put a student probability over a teacher one, infinite where the teacher's is zero
+_NEEDS_TEACHER_MASS = ("reverse_kl", "cakld")
+
+
+class DistillObjective:
+    """Callable objective for `lmpipe.train`: (model, batch) -> (summed loss, logged parts)."""
+
+    per_step_metrics = ("grad_cosine", "cakld_confidence")
+
+    def __init__(self, dp: DistillParams, teacher, student_config) -> None:
+        self.dp, self.teacher = dp, teacher
+        self.terms = {t: w for t, w in dp.objective.items() if w > 0}
+        if teacher.vocab_size != student_config.vocab_size:
+            raise ConfigError(f"distill: the teacher's vocabulary has {teacher.vocab_size} ids, the "
+                              f"student's {student_config.vocab_size}; distillation needs a shared "
+                              "tokenizer")
+        truncated = teacher.top_k is not None and teacher.top_k < teacher.vocab_size
+        zero_tail = [t for t in self.terms if t in _NEEDS_TEACHER_MASS
+                     or (t == "jsd" and dp.jsd_beta == 1.0)]
+        if truncated and dp.missing_mass == "zero" and zero_tail:
+            raise ConfigError(f"distill.objective {zero_tail} with missing_mass = zero: the student "
+                              f"puts mass outside the teacher's top-{teacher.top_k}, where the "
+                              "teacher's is taken as zero, so the divergence is infinite; use "
+                              "distill.missing_mass = residual")
+        hidden_terms = [t for t in self.terms if t in ("hidden_mse", "hidden_cosine")]
+        self.pairs = (layer_pairs(dp.layers, student_config.num_hidden_layers, teacher.num_layers)
+                      if hidden_terms or "attention_kl" in self.terms else [])
+        self.hidden_terms = hidden_terms
+        self.teacher_hidden = tuple(sorted({t for _, t in self.pairs})) if hidden_terms else ()
+        missing = set(self.teacher_hidden) - set(teacher.cached_hidden_layers)
+        if missing:
+            raise ConfigError(f"distill.layers = {dp.layers!r} compares teacher hidden states "
+                              f"{sorted(missing)}, which the cache does not hold (it has "
+                              f"{list(teacher.cached_hidden_layers)}); add them to "
+                              "teacher_cache.hidden_layers")
+        self.attention_blocks = ()
+        if "attention_kl" in self.terms:
+            if not teacher.supports_attention:
+                raise ConfigError("distill.objective.attention_kl needs distill.teacher = live: "
+                                  "attention maps depend on the whole context and are not cached")
+            if any(s == 0 or t == 0 for s, t in self.pairs):
+                raise ConfigError(f"distill.layers = {dp.layers!r}: layer 0 is the embedding "
+                                  "output and has no attention map")
+            self.attention_blocks = tuple(sorted({t for _, t in self.pairs}))
+            teacher.use_eager_attention()
+        self.student_width = student_config.hidden_size
+        self.projectors: nn.ModuleList | None = None
+        self.model: nn.Module | None = None
+
+    # -- the student's extra trainable parts ---------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Give the student what the objective trains with it (projectors), before the
+        optimizer is built; checkpoints then carry them too."""
+        self.model = model
+        if self.hidden_terms:
+            self.projectors = nn.ModuleList(
+                make_projector(self.dp.projector, self.student_width, self.teacher.hidden_size)
+                for _ in self.pairs)
+            model.add_module("distill_projectors", self.projectors)
+        if self.attention_blocks:
+            model.set_attn_implementation("eager")
+
+    @property
+    def single_process_only(self) -> str | None:
+        """Why this objective cannot run data-parallel, if it cannot: its projectors and gradient
+        surgery live outside the DDP-wrapped forward, so DDP would not average their gradients."""
+        if self.dp.gradient_conflict == "pcgrad":
+            return "distill.gradient_conflict = pcgrad"
+        if self.projectors is not None and any(True for _ in self.projectors.parameters()):
+            return f"distill.projector = {self.dp.projector}"
+        return None
+
+    def detach(self, model: nn.Module) -> None:
+        """Remove the projectors before the student is saved as a plain language model."""
+        if hasattr(model, "distill_projectors"):
+            del model.distill_projectors
+
+    # -- the loss --------------------------------------------------------------------------------
+    def components(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor],
+                                                                 dict[str, torch.Tensor]]:
+        """Each term summed over target positions (unweighted), and per-step diagnostics."""
+        targets = batch.target_mask > 0
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    output_hidden_states=bool(self.hidden_terms),
+                    output_attentions=bool(self.attention_blocks))
+        signals = self.teacher.signals(batch, targets, self.teacher_hidden, self.attention_blocks)
+        terms: dict[str, torch.Tensor] = {}
+        diagnostics: dict[str, torch.Tensor] = {}
+        if "ce" in self.terms:
+            terms["ce"] = masked_cross_entropy(out.logits, batch)
+        logit_terms = [t for t in self.terms if t != "ce" and t not in HIDDEN_LOSSES]
+        if logit_terms:
+            dp, scale = self.dp, self.dp.temperature ** 2
+            log_p, log_q = aligned(out.logits[:, :-1][targets], signals.distribution,
+                                   dp.temperature, dp.missing_mass)
+            options = LossOptions(dp.jsd_beta, dp.skew_alpha)
+            if "cakld" in logit_terms:
+                labels = batch.input_ids[:, 1:][targets]
+                options.confidence = teacher_confidence(
+                    signals.distribution.label_logprobs(labels))
+                diagnostics["cakld_confidence"] = options.confidence
+            for term in logit_terms:
+                terms[term] = scale * LOGIT_LOSSES[term](log_p, log_q, options).sum()
+        for term in self.hidden_terms:
+            loss = hidden_mse if term == "hidden_mse" else hidden_cosine
+            per_pair = [loss(projector(out.hidden_states[s][:, :-1][targets]), signals.hidden[t]).sum()
+                        for (s, t), projector in zip(self.pairs, self.projectors)]
+            terms[term] = torch.stack(per_pair).mean()
+        if self.attention_blocks:
+            per_pair = [attention_kl(signals.attention_rows[t],
+                                     head_mean_rows(out.attentions[s - 1], targets)).sum()
+                        for s, t in self.pairs]
+            terms["attention_kl"] = torch.stack(per_pair).mean()
+        return terms, diagnostics
+
+    def __call__(self, model: nn.Module, batch: Batch):
+        terms, diagnostics = self.components(model, batch)
+        parts = {f"loss_{term}": value.detach() for term, value in terms.items()}
+        parts.update(diagnostics)
+        weighted = {term: self.terms[term] * value for term, value in terms.items()}
+        if self.dp.gradient_conflict == "pcgrad":
+            logit = sum(v for t, v in weighted.items() if t not in HIDDEN_LOSSES)
+            hidden = sum(v for t, v in weighted.items() if t in HIDDEN_LOSSES)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            total, cosine = surgery_loss(params, logit, hidden)
+            parts["grad_cosine"] = cosine
+            return total, parts
+        return sum(weighted.values()), parts
+
+
+def build_objective(dp: DistillParams, teacher, student: nn.Module) -> DistillObjective:
+    """The objective for `dp`, attached to `student` (call before building the optimizer)."""
+    objective = DistillObjective(dp, teacher, student.config)
+    objective.attach(student)
+    return objective

@@ -1,0 +1,185 @@
+"""The combined objective: cache and live teacher agree, non-targets never count, each term is
+logged, layer maps, projectors, gradient surgery and student initialization."""
+
+import numpy as np
+import pytest
+import torch
+
+from lmpipe.batching import LengthGroupedBatches
+from lmpipe.config import ConfigError, DistillParams, ModelParams
+from lmpipe.distill import build_objective
+from lmpipe.distill.layers import layer_pairs
+from lmpipe.distill.pcgrad import project_conflicting, surgery_loss
+from lmpipe.distill.projector import make_projector
+from lmpipe.distill.student_init import init_student_from_teacher
+from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
+from lmpipe.model import build_model
+from lmpipe.teacher_cache import CacheSpec, TeacherCache, write_cache
+from lmpipe.tokenizer import VOCAB_SIZE
+from lmpipe.tokens import TokenSplit
+
+STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
+TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
+         "hidden_mse", "hidden_cosine"]
+
+
+@pytest.fixture(scope="module")
+def full_cache(tiny_tokens, tmp_path_factory, tokenizer):
+    """The tiny teacher's whole distribution (k = V, fp32) and hidden states, cached."""
+    teacher = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256), seed=0)
+    folder = tmp_path_factory.mktemp("cache")
+    write_cache(teacher.eval(), TokenSplit.open(tiny_tokens, "train"),
+                CacheSpec(VOCAB_SIZE, "fp32", hidden_layers=(0, 1), hidden_dtype="fp32"),
+                tokenizer.pad_token_id, folder, 5, {})
+    return teacher, TeacherCache.open(folder)
+
+
+def _batch(tiny_tokens, tokenizer, step=0, size=6):
+    return LengthGroupedBatches(TokenSplit.open(tiny_tokens, "train"), size, 0,
+                                tokenizer.pad_token_id)(step)
+
+
+def _objective(teacher, term, **dp):
+    student = build_model(STUDENT, seed=1)
+    d = DistillParams(objective={term: 1.0}, temperature=1.5, **dp)
+    return student, build_objective(d, teacher, student)
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_cache_with_the_whole_vocabulary_equals_the_live_teacher(term, full_cache, tiny_tokens,
+                                                                  tokenizer):
+    teacher, cache = full_cache
+    batch = _batch(tiny_tokens, tokenizer)
+    losses = []
+    for source in (CachedTeacher(cache), LiveTeacher(teacher)):
+        student, objective = _objective(source, term, layers="uniform", projector="linear")
+        losses.append(objective(student, batch)[0] / batch.n_targets)
+    assert losses[0].item() > 1e-3
+    assert abs(losses[0].item() - losses[1].item()) < 1e-5
+
+
+def test_attention_kl_runs_live_and_is_refused_from_the_cache(full_cache, tiny_tokens, tokenizer):
+    teacher, cache = full_cache
+    batch = _batch(tiny_tokens, tokenizer)
+    student, objective = _objective(LiveTeacher(teacher), "attention_kl", layers=[[1, 1], [2, 1]])
+    loss, parts = objective(student, batch)
+    assert loss.item() > 0 and "loss_attention_kl" in parts
+    loss.backward()
+    assert student.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="attention_kl needs distill.teacher = live"):
+        _objective(CachedTeacher(cache), "attention_kl")
+
+
+def test_non_target_positions_never_count(full_cache, tiny_tokens, tokenizer):
+    """The loss equals a direct masked sum over a (rows x positions) grid, and a document's loss
+    is the same alone or padded into a batch with longer ones."""
+    teacher, cache = full_cache
+    batch = _batch(tiny_tokens, tokenizer)
+    student, objective = _objective(CachedTeacher(cache), "forward_kl")
+    loss, _ = objective(student, batch)
+    with torch.no_grad():
+        s = torch.log_softmax(student(input_ids=batch.input_ids).logits[:, :-1] / 1.5, -1)
+        t = torch.log_softmax(teacher(input_ids=batch.input_ids).logits[:, :-1] / 1.5, -1)
+    grid = (t.exp() * (t - s)).sum(-1) * 1.5**2
+    direct = (grid * batch.target_mask).sum()
+    assert loss.item() == pytest.approx(direct.item(), abs=1e-4)  # float32 sums of ~300 terms
+    assert (grid * (1 - batch.target_mask)).sum() > 0.1  # the mask really removes something
+    alone = sum(objective(student, batch.rows(slice(i, i + 1)))[0].item()
+                for i in range(batch.input_ids.size(0)))
+    assert alone == pytest.approx(loss.item(), abs=1e-4)
+
+
+def test_combined_objective_logs_every_term_and_weights_them(full_cache, tiny_tokens, tokenizer):
+    teacher, cache = full_cache
+    batch = _batch(tiny_tokens, tokenizer)
+    student = build_model(STUDENT, seed=1)
+    d = DistillParams(objective={"forward_kl": 0.3, "ce": 0.5, "hidden_mse": 2.0})
+    objective = build_objective(d, CachedTeacher(cache), student)
+    loss, parts = objective(student, batch)
+    assert set(parts) == {"loss_forward_kl", "loss_ce", "loss_hidden_mse"}
+    expected = 0.3 * parts["loss_forward_kl"] + 0.5 * parts["loss_ce"] + 2.0 * parts["loss_hidden_mse"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert isinstance(student.distill_projectors[0], torch.nn.Linear)  # trained with the student
+    objective.detach(student)
+    assert not hasattr(student, "distill_projectors")
+
+
+def test_zero_missing_mass_refuses_divergences_that_would_be_infinite(tiny_model, tiny_tokens,
+                                                                      tmp_path, tokenizer):
+    write_cache(tiny_model, TokenSplit.open(tiny_tokens, "train"), CacheSpec(8), 0, tmp_path, 5, {})
+    cache = CachedTeacher(TeacherCache.open(tmp_path))
+    with pytest.raises(ConfigError, match=r"\['reverse_kl'\] with missing_mass = zero"):
+        _objective(cache, "reverse_kl", missing_mass="zero")
+    _, objective = _objective(cache, "reverse_kl", missing_mass="residual")
+    loss, _ = objective(build_model(STUDENT, seed=2), _batch(tiny_tokens, tokenizer))
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="hidden states \\[1\\], which the cache does not hold"):
+        _objective(cache, "hidden_mse")
+
+
+def test_layer_maps():
+    assert layer_pairs("all", 3, 3) == [(1, 1), (2, 2), (3, 3)]
+    assert layer_pairs("last", 2, 30) == [(2, 30)]
+    assert layer_pairs("last-2", 2, 30) == [(1, 29), (2, 30)]
+    assert layer_pairs("uniform", 3, 30) == [(1, 10), (2, 20), (3, 30)]
+    assert layer_pairs([[0, 0], [2, 5]], 2, 5) == [(0, 0), (2, 5)]
+    with pytest.raises(ConfigError, match="the student has 2 blocks, the teacher 4"):
+        layer_pairs("all", 2, 4)
+    with pytest.raises(ConfigError, match="pair \\[3, 1\\] out of range"):
+        layer_pairs([[3, 1]], 2, 4)
+
+
+def test_projectors():
+    with pytest.raises(ConfigError, match="hidden width is 8, the teacher's 16"):
+        make_projector("identity", 8, 16)
+    rotation = make_projector("orthogonal", 8, 16)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(rotation(x).norm(dim=-1), x.norm(dim=-1))  # an isometry
+    assert make_projector("linear", 8, 16)(x).shape == (5, 16)
+
+
+def test_pcgrad_removes_the_conflict_and_keeps_agreement():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    combined, cosine = project_conflicting(g1, g2)
+    assert cosine.item() == pytest.approx(-0.5 ** 0.5)
+    # g1' = g1 - (g1.g2/|g2|^2) g2 = [0.5, 0.5]; g2' = g2 - (g2.g1/|g1|^2) g1 = [0, 1]
+    torch.testing.assert_close(combined, torch.tensor([0.5, 1.5]))
+    same, cosine = project_conflicting(g1, torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(same, torch.tensor([2.0, 1.0]))
+    w = torch.nn.Parameter(torch.tensor([0.0, 0.0]))
+    first, second = (w * g1).sum(), (w * g2).sum()  # gradients g1 and g2
+    value, _ = surgery_loss([w], first, second)
+    value.backward()
+    torch.testing.assert_close(w.grad, torch.tensor([0.5, 1.5]))
+
+
+def test_pcgrad_objective_logs_the_gradient_cosine(full_cache, tiny_tokens, tokenizer):
+    teacher, cache = full_cache
+    student = build_model(STUDENT, seed=1)
+    d = DistillParams(objective={"forward_kl": 1.0, "hidden_cosine": 1.0}, layers="uniform",
+                      gradient_conflict="pcgrad")
+    objective = build_objective(d, CachedTeacher(cache), student)
+    loss, parts = objective(student, _batch(tiny_tokens, tokenizer))
+    assert -1.0 <= parts["grad_cosine"].item() <= 1.0
+    assert loss.item() == pytest.approx((parts["loss_forward_kl"] + parts["loss_hidden_cosine"]).item(),
+                                        rel=1e-6)
+    loss.backward()
+    assert student.distill_projectors[0].weight.grad.abs().sum() > 0
+    assert objective.single_process_only == "distill.gradient_conflict = pcgrad"
+
+
+def test_student_starts_from_the_teachers_embeddings(tokenizer):
+    teacher = build_model(ModelParams(d_model=8, n_layers=1, n_heads=2, tie_embeddings=False), seed=5)
+    student = build_model(STUDENT.model_copy(update={"tie_embeddings": False}), seed=1)
+    d = DistillParams(copy_embeddings=True, freeze_embeddings=True, copy_lm_head=True)
+    assert init_student_from_teacher(student, teacher, d) == ["embeddings", "lm_head"]
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
+    assert not student.model.embed_tokens.weight.requires_grad and student.lm_head.weight.requires_grad
+    wide = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=5)
+    with pytest.raises(ConfigError, match="teacher's hidden width is 16, the student's"):
+        init_student_from_teacher(build_model(STUDENT, seed=1), wide, d)
+    other_vocab = build_model(STUDENT, seed=1)
+    other_vocab.resize_token_embeddings(300)
+    with pytest.raises(ConfigError, match="vocabulary has 300 ids, the student's 265"):
+        init_student_from_teacher(build_model(STUDENT, seed=1), other_vocab, d)
