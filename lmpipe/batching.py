@@ -131,10 +131,18 @@ class WindowBatches:
         return self._batch(self.offsets(index))
 
     def sequential(self, batch_size: int):
-        """Consecutive non-overlapping windows covering the split once (for evaluation)."""
-        starts = np.arange(0, self.split.n_tokens - self.block_size - 1, self.block_size)
+        """Consecutive windows whose targets cover the split once (for evaluation and the
+        teacher cache). The last window ends at the stream's end; its targets that an earlier
+        window already covered are masked out, so every target counts exactly once."""
+        last = self.split.n_tokens - self.block_size - 1
+        starts = np.arange(0, last, self.block_size)
         for first in range(0, len(starts), batch_size):
             yield self._batch(starts[first:first + batch_size])
+        covered = int(starts[-1]) + self.block_size if len(starts) else 0  # first uncovered input
+        if covered <= last + self.block_size - 1:
+            tail = self._batch(np.array([last]))
+            tail.target_mask[:, :max(covered - last, 0)] = 0
+            yield tail
 
 
 def collate(split: TokenSplit, doc_ids: np.ndarray, pad_id: int, loss_on: str = "mask",

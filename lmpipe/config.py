@@ -168,7 +168,10 @@ class TeacherCacheParams(Section):
     hidden_layers: list[int] = Field(
         default_factory=list, description="teacher hidden states to cache for hidden-state losses "
         "(0 = embedding output, L = last layer)")
-    hidden_dtype: Literal["fp16", "fp32"] = "fp16"
+    attention_layers: list[int] = Field(
+        default_factory=list, description="teacher blocks (1..L) whose head-averaged attention "
+        "rows to cache for attention_kl (whole documents only)")
+    hidden_dtype: Literal["fp16", "fp32"] = Field("fp16", description="hidden states and attention")
     batch_size: int = Field(64, ge=1)
 
 
@@ -281,6 +284,10 @@ class Params(Section):
                 f"teacher_cache.top_k = {self.teacher_cache.top_k} exceeds the vocabulary size "
                 f"({VOCAB_SIZE}); expected 1 <= top_k <= {VOCAB_SIZE}"
             )
+        for name in ("teacher", "student"):
+            if getattr(self, name).pretrained == "smollm2" and self.tokenize.kind != "smollm2":
+                raise ValueError(f"{name}.pretrained = smollm2 needs tokenize.kind = smollm2 (the "
+                                 f"model's own tokenizer), got {self.tokenize.kind!r}")
         return self
 
 

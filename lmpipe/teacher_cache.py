@@ -4,7 +4,9 @@ The teacher runs once; every distillation run then reads its signal from disk. P
 cache keeps the top-k token ids (at the smallest unsigned integer width the vocabulary allows),
 their log-probs (`u8`: quantized in steps of 1/16 nat, `fp16` or `fp32`) and the log of the
 probability mass outside the top-k (the *missing mass*), plus, optionally, the teacher's hidden
-states at chosen layers. Arrays are split into shards of `shard_positions` positions, each its own
+states at chosen layers and its head-averaged attention rows at chosen blocks (documents only: a
+position's row covers the keys from its document's start, so rows are ragged and stored flat
+with offsets). Arrays are split into shards of `shard_positions` positions, each its own
 `.npy` file, memory-mapped on read and addressed by the flat position in the train token stream.
 
 `manifest.json` records the format version, k, the encodings, the shards, and the teacher weights'
@@ -83,13 +85,30 @@ def top_k_with_missing(logprobs: torch.Tensor, k: int) -> tuple[torch.Tensor, to
 @dataclass(frozen=True)
 class CacheSpec:
     """What to store: k, the log-prob encoding, the shard size and the hidden layers to keep
-    (indices into the model's `hidden_states`: 0 is the embedding output, L the last layer)."""
+    (indices into the model's `hidden_states`: 0 is the embedding output, L the last layer) and
+    the blocks whose attention rows to keep (1..L)."""
 
     top_k: int
     logprobs: str = "u8"
     shard_positions: int = 1 << 20
     hidden_layers: tuple[int, ...] = ()
     hidden_dtype: str = "fp16"
+    attention_layers: tuple[int, ...] = ()  # blocks 1..L; stored in hidden_dtype
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """0..l-1 for each l in `lengths`, concatenated."""
+    total = int(lengths.sum())
+    return np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def attention_row_lengths(split: TokenSplit) -> np.ndarray:
+    """Per position, the length of its attention row (keys from its document's start through
+    itself), 0 for a document's last token (no next token, no row)."""
+    lengths = np.zeros(split.n_tokens, dtype=np.int64)
+    for start, end in split.docs:
+        lengths[start:end - 1] = np.arange(1, end - start)
+    return lengths
 
 
 def _shard_bounds(n: int, size: int) -> list[tuple[int, int]]:
@@ -99,7 +118,9 @@ def _shard_bounds(n: int, size: int) -> list[tuple[int, int]]:
 class _ShardWriter:
     """Open memory-maps for every shard and scatter rows into them by flat position."""
 
-    def __init__(self, out: Path, n: int, spec: CacheSpec, vocab: int, hidden_width: int) -> None:
+    def __init__(self, out: Path, n: int, spec: CacheSpec, vocab: int, hidden_width: int,
+                 row_lengths: np.ndarray | None = None) -> None:
+        """`row_lengths`: the attention row length of every position (when caching attention)."""
         self.size = spec.shard_positions
         self.bounds = _shard_bounds(n, spec.shard_positions)
         columns = {"ids": (id_dtype(vocab), (spec.top_k,)),
@@ -109,20 +130,43 @@ class _ShardWriter:
             columns[f"hidden{layer}"] = (np.dtype(HIDDEN_DTYPES[spec.hidden_dtype]), (hidden_width,))
         self.files: list[dict[str, str]] = []
         self.arrays: list[dict[str, np.ndarray]] = []
+        self.offsets: list[np.ndarray] = []
         for i, (start, end) in enumerate(self.bounds):
             names = {name: f"{name}-{i:05d}.npy" for name in columns}
-            self.files.append({"start": start, "end": end, **names})
-            self.arrays.append({name: np.lib.format.open_memmap(
+            arrays = {name: np.lib.format.open_memmap(
                 out / names[name], mode="w+", dtype=dtype, shape=(end - start, *shape))
-                for name, (dtype, shape) in columns.items()})
+                for name, (dtype, shape) in columns.items()}
+            if spec.attention_layers:
+                offsets = np.zeros(end - start + 1, dtype=np.int64)
+                np.cumsum(row_lengths[start:end], out=offsets[1:])
+                names["attn_offsets"] = f"attn_offsets-{i:05d}.npy"
+                np.save(out / names["attn_offsets"], offsets)
+                self.offsets.append(offsets)
+                for block in spec.attention_layers:
+                    names[f"attn{block}"] = f"attn{block}-{i:05d}.npy"
+                    arrays[f"attn{block}"] = np.lib.format.open_memmap(
+                        out / names[f"attn{block}"], mode="w+",
+                        dtype=HIDDEN_DTYPES[spec.hidden_dtype], shape=(int(offsets[-1]),))
+            self.files.append({"start": start, "end": end, **names})
+            self.arrays.append(arrays)
 
-    def write(self, positions: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+    def write(self, positions: np.ndarray, columns: dict[str, np.ndarray],
+              ragged: dict[str, np.ndarray] | None = None, lengths: np.ndarray | None = None) -> None:
+        """Rows at `positions`; `ragged` values are concatenated rows of `lengths` each."""
         shard = positions // self.size
+        starts = np.concatenate([[0], np.cumsum(lengths)]) if ragged else None
         for s in np.unique(shard):
             pick = shard == s
             rows = positions[pick] - s * self.size
             for name, values in columns.items():
                 self.arrays[s][name][rows] = values[pick]
+            if ragged:
+                picked = np.flatnonzero(pick)
+                length = lengths[picked]
+                source = np.repeat(starts[picked], length) + _ramp(length)
+                target = np.repeat(self.offsets[s][rows], length) + _ramp(length)
+                for name, values in ragged.items():
+                    self.arrays[s][name][target] = values[source]
 
     def close(self) -> None:
         for arrays in self.arrays:
@@ -134,7 +178,8 @@ class _ShardWriter:
 def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_id: int,
                 out_dir: str | Path, batch_size: int, fingerprint: dict[str, str],
                 batches=None) -> dict:
-    """Run the teacher over `split` once and store its top-k at every input position.
+    """Run the teacher over `split` once and store its top-k next-token distribution at every
+    position that has a next token (a document's last token has none; its row stays empty).
 
     `batches` (anything with `.sequential(batch_size)`, default whole documents) should match how
     the teacher was trained: windows for window-trained teachers, so no input exceeds its context.
@@ -148,27 +193,51 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
         if not 0 <= layer <= n_hidden:
             raise ValueError(f"teacher_cache.hidden_layers: layer {layer} does not exist; the "
                              f"teacher has hidden states 0 (embeddings) .. {n_hidden}")
+    source = batches if batches is not None else LengthGroupedBatches(split, batch_size, 0, pad_id)
+    for block in spec.attention_layers:
+        if not 1 <= block <= n_hidden:
+            raise ValueError(f"teacher_cache.attention_layers: block {block} does not exist; the "
+                             f"teacher has blocks 1..{n_hidden}")
+    if spec.attention_layers and not isinstance(source, LengthGroupedBatches):
+        raise ValueError("teacher_cache.attention_layers needs whole documents "
+                         "(teacher.train.sampling = documents): a window's attention depends on "
+                         "where the window starts")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = split.n_tokens
-    writer = _ShardWriter(out, n, spec, vocab, model.config.hidden_size)
+    lengths = attention_row_lengths(split) if spec.attention_layers else None
+    writer = _ShardWriter(out, n, spec, vocab, model.config.hidden_size, lengths)
     model.eval()
-    source = batches if batches is not None else LengthGroupedBatches(split, batch_size, 0, pad_id)
+    if spec.attention_layers:
+        model.set_attn_implementation("eager")  # the only implementation that returns weights
     started, written = time.perf_counter(), 0
     for batch in tqdm(source.sequential(batch_size), desc="teacher_cache", mininterval=2.0,
                       disable=None):
-        real = batch.positions >= 0
-        out_ = model(input_ids=batch.input_ids, attention_mask=real.long(),
-                     output_hidden_states=bool(spec.hidden_layers))
-        logp = torch.log_softmax(out_.logits[real].float(), dim=-1)
+        out_ = model(input_ids=batch.input_ids, attention_mask=(batch.positions >= 0).long(),
+                     output_hidden_states=bool(spec.hidden_layers),
+                     output_attentions=bool(spec.attention_layers))
+        # a row is the distribution of the *next* token: only positions whose next token is in
+        # the same document or window (a window's last token starts the next window)
+        real = (batch.positions[:, :-1] >= 0) & (batch.positions[:, 1:] >= 0)
+        logp = torch.log_softmax(out_.logits[:, :-1][real].float(), dim=-1)
         ids, values, missing = top_k_with_missing(logp, spec.top_k)
         columns = {"ids": ids.numpy().astype(writer.arrays[0]["ids"].dtype),
                    "logprobs": encode_logprobs(values, spec.logprobs),
                    "missing": missing.numpy().astype(MISSING_DTYPES[spec.logprobs])}
         for layer in spec.hidden_layers:
-            columns[f"hidden{layer}"] = out_.hidden_states[layer][real].float().numpy().astype(
-                HIDDEN_DTYPES[spec.hidden_dtype])
-        writer.write(batch.positions[real].numpy(), columns)
+            columns[f"hidden{layer}"] = out_.hidden_states[layer][:, :-1][real].float().numpy(
+            ).astype(HIDDEN_DTYPES[spec.hidden_dtype])
+        ragged, row_lengths = {}, None
+        if spec.attention_layers:
+            # documents start at column 0, so the row at column c covers keys 0..c
+            width = batch.input_ids.size(1) - 1
+            columns_of = torch.arange(width).expand_as(real)[real]
+            keys = torch.arange(batch.input_ids.size(1))[None, :] <= columns_of[:, None]
+            row_lengths = (columns_of + 1).numpy()
+            for block in spec.attention_layers:
+                rows = out_.attentions[block - 1].float().mean(1)[:, :-1][real]
+                ragged[f"attn{block}"] = rows[keys].numpy().astype(HIDDEN_DTYPES[spec.hidden_dtype])
+        writer.write(batch.positions[:, :-1][real].numpy(), columns, ragged, row_lengths)
         written += int(real.sum())
     writer.close()
     seconds = time.perf_counter() - started
@@ -177,6 +246,7 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
                 "logprobs": spec.logprobs, "logprob_step": LOGPROB_STEP,
                 "hidden_layers": list(spec.hidden_layers), "hidden_dtype": spec.hidden_dtype,
                 "hidden_size": model.config.hidden_size, "teacher_layers": n_hidden,
+                "attention_layers": list(spec.attention_layers),
                 "shard_positions": spec.shard_positions, "shards": writer.files,
                 "seconds": round(seconds, 3), "tokens_per_s": round(written / max(seconds, 1e-9), 1),
                 **fingerprint}
@@ -187,11 +257,11 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
 
 def cache_bytes(folder: str | Path, manifest: dict, hidden: bool = False) -> int:
     """Bytes on disk of the distribution files (ids, log-probs, missing mass), headers included;
-    with `hidden`, the cached hidden states too."""
+    with `hidden`, the cached hidden states and attention rows too."""
     total = 0
     for shard in manifest["shards"]:
         for name, file in shard.items():
-            if name in ("start", "end") or (name.startswith("hidden") and not hidden):
+            if name in ("start", "end") or (name.startswith(("hidden", "attn")) and not hidden):
                 continue
             total += (Path(folder) / file).stat().st_size
     return total
@@ -205,6 +275,7 @@ class CachedRows:
     logprobs: torch.Tensor       # (n, k) float32, decoded
     log_missing: torch.Tensor    # (n,) float32
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (n, d) float32
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> (n, keys)
 
 
 @dataclass
@@ -238,9 +309,14 @@ class TeacherCache:
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: shard file listed in {manifest_path} is missing")
                 arrays[name] = np.load(path, mmap_mode="r")
-                if len(arrays[name]) != shard["end"] - shard["start"]:
-                    raise ValueError(f"{path}: {len(arrays[name])} rows, the manifest says "
-                                     f"{shard['end'] - shard['start']}; rebuild the cache")
+                rows = shard["end"] - shard["start"] + (name == "attn_offsets")
+                if not name.startswith("attn") or name == "attn_offsets":
+                    if len(arrays[name]) != rows:
+                        raise ValueError(f"{path}: {len(arrays[name])} rows, the manifest says "
+                                         f"{rows}; rebuild the cache")
+                elif len(arrays[name]) != arrays["attn_offsets"][-1]:
+                    raise ValueError(f"{path}: {len(arrays[name])} values, its offsets say "
+                                     f"{arrays['attn_offsets'][-1]}; rebuild the cache")
             shards.append(arrays)
         return cls(folder, manifest, shards)
 
@@ -248,13 +324,21 @@ class TeacherCache:
     def top_k(self) -> int:
         return self.manifest["top_k"]
 
-    def rows(self, positions: np.ndarray, hidden_layers: tuple[int, ...] = ()) -> CachedRows:
-        """The cached rows at flat train-stream `positions`, gathered across shards."""
+    def rows(self, positions: np.ndarray, hidden_layers: tuple[int, ...] = (),
+             attention_layers: tuple[int, ...] = ()) -> CachedRows:
+        """The cached rows at flat train-stream `positions`, gathered across shards. Attention
+        rows come back zero-padded to the longest: key j is the document's j-th token."""
         missing_layers = set(hidden_layers) - set(self.manifest["hidden_layers"])
         if missing_layers:
             raise ValueError(f"{self.folder}: hidden states of teacher layer(s) "
                              f"{sorted(missing_layers)} are not cached (it has "
                              f"{self.manifest['hidden_layers']}); set teacher_cache.hidden_layers")
+        missing_blocks = set(attention_layers) - set(self.manifest.get("attention_layers", []))
+        if missing_blocks:
+            raise ValueError(f"{self.folder}: attention of teacher block(s) "
+                             f"{sorted(missing_blocks)} is not cached (it has "
+                             f"{self.manifest.get('attention_layers', [])}); set "
+                             "teacher_cache.attention_layers")
         positions = np.asarray(positions, dtype=np.int64)
         n, k = len(positions), self.top_k
         ids = np.empty((n, k), dtype=np.int64)
@@ -264,6 +348,7 @@ class TeacherCache:
                   for layer in hidden_layers}
         size = self.manifest["shard_positions"]
         shard = positions // size
+        ragged_rows = []
         for s in np.unique(shard):
             pick = shard == s
             rows = np.sort(positions[pick] - s * size)  # sorted reads are sequential on disk
@@ -275,9 +360,23 @@ class TeacherCache:
             missing[target] = arrays["missing"][rows]
             for layer in hidden_layers:
                 hidden[layer][target] = arrays[f"hidden{layer}"][rows]
+            if attention_layers:
+                offsets = arrays["attn_offsets"]
+                starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+                ragged_rows.append((target, starts, lengths, arrays))
+        attention = {}
+        if attention_layers:
+            width = max(int(r[2].max()) for r in ragged_rows if len(r[2])) if n else 0
+            for block in attention_layers:
+                padded = np.zeros((n, width), dtype=np.float32)
+                for target, starts, lengths, arrays in ragged_rows:
+                    ramp = _ramp(lengths)
+                    padded[np.repeat(target, lengths), ramp] = \
+                        arrays[f"attn{block}"][np.repeat(starts, lengths) + ramp]
+                attention[block] = torch.from_numpy(padded)
         return CachedRows(torch.from_numpy(ids), torch.from_numpy(logprobs),
                           torch.from_numpy(missing),
-                          {layer: torch.from_numpy(h) for layer, h in hidden.items()})
+                          {layer: torch.from_numpy(h) for layer, h in hidden.items()}, attention)
 
 
 def reconstruct(rows: CachedRows, vocab_size: int) -> torch.Tensor:

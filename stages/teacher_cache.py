@@ -14,15 +14,14 @@ def teacher_cache(params, argv):
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)
     p = params.teacher_cache
-    spec = CacheSpec(p.top_k, p.logprobs, p.shard_positions, tuple(p.hidden_layers), p.hidden_dtype)
+    spec = CacheSpec(p.top_k, p.logprobs, p.shard_positions, tuple(p.hidden_layers), p.hidden_dtype,
+                     tuple(p.attention_layers))
     split = TokenSplit.open(TOKENS, "train")
-    tp = params.teacher.train  # read the tokens the way the teacher was trained on them
-    max_len = model.config.max_position_embeddings
-    if params.teacher.pretrained:  # an imported teacher: windows of the student's length
-        tp = params.student.train
-        max_len = min(max_len, params.student.model.max_seq_len)
+    # read the tokens the way the teacher was trained on them (for an imported teacher,
+    # teacher.train says how: windows of the student's block size, usually)
+    tp = params.teacher.train
     batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0,
-                           tokenizer.pad_token_id, max_len, "all")
+                           tokenizer.pad_token_id, model.config.max_position_embeddings, "all")
     manifest = write_cache(model, split, spec, tokenizer.pad_token_id, TEACHER_CACHE,
                            p.batch_size, model_fingerprint(teacher), batches)
     print(f"teacher_cache: top-{p.top_k} over {manifest['positions']:,} positions, "

@@ -35,3 +35,15 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[0] == 0.1 and lrs[9] == 1.0
     assert all(x >= y for x, y in zip(lrs[10:], lrs[11:]))
     assert abs(lrs[60] - 0.55) < 1e-9 and abs(lrs[110] - 0.1) < 1e-12
+
+
+def test_sequential_windows_cover_every_target_exactly_once(tiny_tokens):
+    from lmpipe.batching import WindowBatches
+
+    split = TokenSplit.open(tiny_tokens, "train")
+    for block in (16, 50, 64):
+        counts = np.zeros(split.n_tokens, dtype=int)
+        for batch in WindowBatches(split, 4, block, 0, loss_on="all").sequential(3):
+            label_positions = batch.positions[:, 1:][batch.target_mask > 0].numpy()
+            np.add.at(counts, label_positions, 1)
+        assert counts[0] == 0 and (counts[1:] == 1).all(), block  # token 0 is never a label

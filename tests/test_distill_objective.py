@@ -20,16 +20,19 @@ from lmpipe.tokens import TokenSplit
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
 TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
-         "hidden_mse", "hidden_cosine"]
+         "hidden_mse", "hidden_cosine", "attention_kl"]
 
 
 @pytest.fixture(scope="module")
 def full_cache(tiny_tokens, tmp_path_factory, tokenizer):
-    """The tiny teacher's whole distribution (k = V, fp32) and hidden states, cached."""
+    """The tiny teacher's whole distribution (k = V, fp32), hidden states and attention, cached."""
     teacher = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256), seed=0)
+    with torch.no_grad():  # peaked attention, unlike a fresh student's near-uniform one
+        teacher.model.layers[0].self_attn.q_proj.weight.mul_(40.0)
     folder = tmp_path_factory.mktemp("cache")
     write_cache(teacher.eval(), TokenSplit.open(tiny_tokens, "train"),
-                CacheSpec(VOCAB_SIZE, "fp32", hidden_layers=(0, 1), hidden_dtype="fp32"),
+                CacheSpec(VOCAB_SIZE, "fp32", hidden_layers=(0, 1), hidden_dtype="fp32",
+                          attention_layers=(1,)),
                 tokenizer.pad_token_id, folder, 5, {})
     return teacher, TeacherCache.open(folder)
 
@@ -58,16 +61,21 @@ def test_cache_with_the_whole_vocabulary_equals_the_live_teacher(term, full_cach
     assert abs(losses[0].item() - losses[1].item()) < 1e-5
 
 
-def test_attention_kl_runs_live_and_is_refused_from_the_cache(full_cache, tiny_tokens, tokenizer):
+def test_attention_kl_from_the_cache_equals_live_and_trains_attention(full_cache, tiny_tokens,
+                                                                      tokenizer):
     teacher, cache = full_cache
-    batch = _batch(tiny_tokens, tokenizer)
-    student, objective = _objective(LiveTeacher(teacher), "attention_kl", layers=[[1, 1], [2, 1]])
-    loss, parts = objective(student, batch)
-    assert loss.item() > 0 and "loss_attention_kl" in parts
+    batch = _batch(tiny_tokens, tokenizer, step=2)
+    losses = []
+    for source in (CachedTeacher(cache), LiveTeacher(teacher)):
+        student, objective = _objective(source, "attention_kl", layers=[[1, 1], [2, 1]])
+        loss, parts = objective(student, batch)
+        losses.append(loss / batch.n_targets)
+    assert losses[0].item() > 1e-3 and abs(losses[0].item() - losses[1].item()) < 1e-5
     loss.backward()
     assert student.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
-    with pytest.raises(ConfigError, match="attention_kl needs distill.teacher = live"):
-        _objective(CachedTeacher(cache), "attention_kl")
+    windows = DistillParams(objective={"attention_kl": 1.0}, train={"sampling": "windows"})
+    with pytest.raises(ConfigError, match="attention_kl from the cache needs distill.train.sampling"):
+        build_objective(windows, CachedTeacher(cache), build_model(STUDENT, seed=1))
 
 
 def test_non_target_positions_never_count(full_cache, tiny_tokens, tokenizer):

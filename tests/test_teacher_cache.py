@@ -24,8 +24,8 @@ def _cache(model, tiny_tokens, folder, tokenizer, **spec):
 def _teacher_logprobs(model, split, doc):
     start, end = split.docs[doc]
     ids = torch.from_numpy(split.tokens[start:end].astype(np.int64))[None]
-    with torch.no_grad():
-        return start, end, torch.log_softmax(model(input_ids=ids).logits[0], -1)
+    with torch.no_grad():  # the last token has no next token: no row
+        return start, end - 1, torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
 
 
 def test_ids_take_the_narrowest_integer_width():
@@ -38,7 +38,7 @@ def test_round_trip_matches_the_teacher_at_every_position(fmt, atol, tiny_model,
                                                           tmp_path, tokenizer):
     # three shards of 500 positions: reads must stitch them back together
     split, cache = _cache(tiny_model, tiny_tokens, tmp_path, tokenizer, top_k=5, logprobs=fmt,
-                          shard_positions=500, hidden_layers=(0, 1))
+                          shard_positions=500, hidden_layers=(0, 1), attention_layers=(1,))
     assert len(cache.manifest["shards"]) == -(-split.n_tokens // 500) > 1
     for doc in (0, len(split.docs) // 2, len(split.docs) - 1):
         start, end, logp = _teacher_logprobs(tiny_model, split, doc)
@@ -48,10 +48,14 @@ def test_round_trip_matches_the_teacher_at_every_position(fmt, atol, tiny_model,
         torch.testing.assert_close(rows.logprobs, top.values, atol=atol, rtol=0)
         rest = torch.log1p(-top.values.exp().sum(-1).clamp(max=1 - 1e-7))
         torch.testing.assert_close(rows.log_missing, rest, atol=2e-2, rtol=1e-2)
-        ids = torch.from_numpy(split.tokens[start:end].astype(np.int64))[None]
+        ids = torch.from_numpy(split.tokens[start:end + 1].astype(np.int64))[None]
         with torch.no_grad():
-            hidden = tiny_model(input_ids=ids, output_hidden_states=True).hidden_states[1][0]
-        torch.testing.assert_close(rows.hidden[1], hidden, atol=2e-3, rtol=2e-3)  # fp16
+            out = tiny_model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+        torch.testing.assert_close(rows.hidden[1], out.hidden_states[1][0, :-1], atol=2e-3,
+                                   rtol=2e-3)  # fp16
+        attention = cache.rows(np.arange(start, end), attention_layers=(1,)).attention[1]
+        expected = out.attentions[0][0].mean(0)[:-1, :-1]  # rows: keys 0..c of the document
+        torch.testing.assert_close(attention, expected, atol=1e-3, rtol=1e-3)
     # rows come back in the order asked, across shard boundaries
     picks = np.array([1200, 3, 499, 500, 999])
     shuffled = cache.rows(picks)

@@ -4,8 +4,9 @@ head counts may differ):
 
     attention_kl(A_t, A_s) = KL(mean_h A_t[q, :] || mean_h A_s[q, :])
 
-Needs attention weights, so both models run eager attention, and a live teacher: attention maps
-depend on the whole context and are not cached.
+Needs attention weights, so both models run eager attention. The teacher's rows come from a live
+teacher, or from a cache written with `teacher_cache.attention_layers` over whole documents (a
+row depends on where its context starts, so windows need the live teacher).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from lmpipe.distill.pcgrad import surgery_loss
 from lmpipe.distill.projector import make_projector
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.support import aligned
+from lmpipe.distill.teacher import CachedTeacher
 from lmpipe.losses import masked_cross_entropy
 
 # terms that put a student probability over a teacher one, infinite where the teacher's is zero
@@ -63,13 +64,21 @@ class DistillObjective:
                               "teacher_cache.hidden_layers")
         self.attention_blocks = ()
         if "attention_kl" in self.terms:
-            if not teacher.supports_attention:
-                raise ConfigError("distill.objective.attention_kl needs distill.teacher = live: "
-                                  "attention maps depend on the whole context and are not cached")
             if any(s == 0 or t == 0 for s, t in self.pairs):
                 raise ConfigError(f"distill.layers = {dp.layers!r}: layer 0 is the embedding "
                                   "output and has no attention map")
             self.attention_blocks = tuple(sorted({t for _, t in self.pairs}))
+            uncached = set(self.attention_blocks) - set(teacher.cached_attention_layers)
+            if uncached:
+                raise ConfigError(f"distill.objective.attention_kl compares teacher blocks "
+                                  f"{sorted(uncached)}, whose attention the cache does not hold "
+                                  f"(it has {list(teacher.cached_attention_layers)}); add them to "
+                                  "teacher_cache.attention_layers (documents only) or use "
+                                  "distill.teacher = live")
+            if isinstance(teacher, CachedTeacher) and dp.train.sampling != "documents":
+                raise ConfigError("distill.objective.attention_kl from the cache needs "
+                                  "distill.train.sampling = documents (cached rows start at each "
+                                  "document's first token); use distill.teacher = live for windows")
             teacher.use_eager_attention()
         self.student_width = student_config.hidden_size
         self.projectors: nn.ModuleList | None = None

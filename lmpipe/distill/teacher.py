@@ -2,7 +2,7 @@
 
 An objective asks `teacher.signals(batch, targets, hidden_layers, attention_layers)` and gets,
 at the batch's target positions (row-major order of `targets`), the teacher's next-token
-distribution, hidden states of the requested layers and (live only) attention rows. A
+distribution, hidden states of the requested layers and head-averaged attention rows. A
 `CachedTeacher` reads them from the teacher_cache stage's files by flat train-stream position; a
 `LiveTeacher` runs the teacher model on the same batch. Every objective works with both.
 """
@@ -29,8 +29,6 @@ class TeacherSignals:
 class CachedTeacher:
     """Teacher signals read from a `TeacherCache` (memory-mapped, no teacher compute)."""
 
-    supports_attention = False
-
     def __init__(self, cache: TeacherCache) -> None:
         self.cache = cache
         self.vocab_size = cache.manifest["vocab_size"]
@@ -38,24 +36,27 @@ class CachedTeacher:
         self.hidden_size = cache.manifest["hidden_size"]
         self.top_k = cache.top_k
         self.cached_hidden_layers = tuple(cache.manifest["hidden_layers"])
+        self.cached_attention_layers = tuple(cache.manifest.get("attention_layers", []))
+
+    def use_eager_attention(self) -> None:
+        """Cached attention rows need no teacher compute."""
 
     def signals(self, batch: Batch, targets: torch.Tensor, hidden_layers: tuple[int, ...] = (),
                 attention_layers: tuple[int, ...] = ()) -> TeacherSignals:
-        if attention_layers:
-            raise ValueError("attention maps are not cached; attention_kl needs distill.teacher = live")
         where = batch.positions[:, :-1][targets.cpu()].numpy()
-        rows = self.cache.rows(where, hidden_layers)
+        rows = self.cache.rows(where, hidden_layers, attention_layers)
         device = batch.input_ids.device
+        width = batch.input_ids.size(1)  # documents start at column 0: key j is column j
+        attention = {block: torch.nn.functional.pad(a, (0, width - a.size(1))).to(device)
+                     for block, a in rows.attention.items()}
         return TeacherSignals(
             TeacherDistribution(rows.logprobs.to(device), rows.ids.to(device),
                                 rows.log_missing.to(device)),
-            {layer: h.to(device) for layer, h in rows.hidden.items()})
+            {layer: h.to(device) for layer, h in rows.hidden.items()}, attention)
 
 
 class LiveTeacher:
     """Teacher signals computed by running the teacher model on each batch (no gradient)."""
-
-    supports_attention = True
 
     def __init__(self, model: torch.nn.Module, top_k: int | None = None) -> None:
         """`top_k`: truncate like a cache would (None keeps the full distribution)."""
@@ -65,6 +66,7 @@ class LiveTeacher:
         self.hidden_size = model.config.hidden_size
         self.top_k = top_k
         self.cached_hidden_layers = tuple(range(self.num_layers + 1))
+        self.cached_attention_layers = tuple(range(1, self.num_layers + 1))
 
     def use_eager_attention(self) -> None:
         """Attention weights are only returned by the eager implementation."""

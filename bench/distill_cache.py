@@ -1,0 +1,161 @@
+"""Benchmark: teacher-cache size and fidelity, cache throughput, and cached vs live distill speed.
+
+People world (needs the default pipeline's outputs: run `make run` first): the cache at k=32 in
+the default encoding (u8 log-probs) and in fp16, bytes per token and the mean KL(teacher || cache
+reconstruction) over every cached position and over target positions only.
+
+SmolLM2-135M-Instruct on tiny Shakespeare (needs the smollm2 extra): the same two figures at k=32
+and k=128, the cache's throughput (tokens/s of teacher forward + compression + writes), then the
+time per distill step of the shakespeare-smollm2 recipe's student from the cache and from the
+live teacher, same batches. Usage:
+
+    .venv/bin/python bench/distill_cache.py [--project .] [--shakespeare FILE] [--documents 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lmpipe.batching import make_batches  # noqa: E402
+from lmpipe.config import DistillParams, load_params  # noqa: E402
+from lmpipe.distill import build_objective  # noqa: E402
+from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
+from lmpipe.model import build_model, load_model  # noqa: E402
+from lmpipe.sources import paragraphs  # noqa: E402
+from lmpipe.teacher_cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
+from lmpipe.tokens import TokenSplit, tokenize_documents  # noqa: E402
+
+
+@torch.no_grad()
+def reconstruction_kl(model, cache: TeacherCache, batches, batch_size: int,
+                      max_positions: int) -> tuple[float, float]:
+    """Mean KL(teacher's full distribution || the cache's reconstruction), over all cached
+    positions and over target positions, for up to `max_positions` positions."""
+    total, count, target_total, target_count = 0.0, 0, 0.0, 0
+    for batch in batches.sequential(batch_size):
+        logits = model(input_ids=batch.input_ids,
+                       attention_mask=(batch.positions >= 0).long()).logits[:, :-1]
+        real = (batch.positions[:, :-1] >= 0) & (batch.positions[:, 1:] >= 0)
+        logp = torch.log_softmax(logits[real].float(), -1)
+        rebuilt = reconstruct(cache.rows(batch.positions[:, :-1][real].numpy()), logp.size(-1))
+        kl = (logp.exp() * (logp - rebuilt)).sum(-1)
+        targets = (batch.target_mask > 0)[real]
+        total, count = total + kl.sum().item(), count + kl.numel()
+        target_total += kl[targets].sum().item()
+        target_count += int(targets.sum())
+        if count >= max_positions:
+            break
+    return total / count, target_total / max(target_count, 1)
+
+
+def cache_figures(label: str, model, split: TokenSplit, tp, pad_id: int, k: int, fmt: str,
+                  batch_size: int, max_positions: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="lmpipe-cache-"))
+    batches = make_batches(split, tp.sampling, batch_size, tp.block_size, 0, pad_id,
+                           model.config.max_position_embeddings, tp.loss_on)
+    manifest = write_cache(model, split, CacheSpec(k, fmt), pad_id, folder, batch_size,
+                           {}, batches)
+    kl_all, kl_targets = reconstruction_kl(model, TeacherCache.open(folder), batches, batch_size,
+                                           max_positions)
+    row = {"teacher": label, "k": k, "logprobs": fmt, "bytes_per_token": manifest["bytes_per_token"],
+           "kl_all": kl_all, "kl_targets": kl_targets, "cache_tokens_per_s": manifest["tokens_per_s"],
+           "positions": manifest["positions"], "folder": str(folder)}
+    print(f"  {label:8s} k={k:<4d} {fmt:5s} {row['bytes_per_token']:7.1f} B/token   "
+          f"KL all {kl_all:.5f}  targets {kl_targets:.5f} nats   "
+          f"cache {row['cache_tokens_per_s']:,.0f} tokens/s over {row['positions']:,} positions",
+          flush=True)
+    return row
+
+
+def people(project: Path) -> list[dict]:
+    params = load_params(project / "params.yaml")
+    model, tokenizer = load_model(project / "runs/teacher/model")
+    split = TokenSplit.open(project / "data/tokens", "train")
+    print("people world teacher (runs/teacher), every train position:")
+    return [cache_figures("people", model, split, params.teacher.train, tokenizer.pad_token_id,
+                          32, fmt, 64, 10**9) for fmt in ("u8", "fp16")]
+
+
+def time_steps(student, objective, batches, steps: int) -> float:
+    """Seconds per distill step (forward, teacher signal, backward, AdamW), after one warm-up."""
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        loss, _ = objective(student, batches(step))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - started) / steps
+
+
+def smollm2(shakespeare: Path, documents: int, steps: int) -> tuple[list[dict], dict]:
+    from lmpipe.pretrained import import_pretrained
+    from lmpipe.tokenizer_kinds import build_tokenizer
+
+    recipe = load_params(ROOT / "recipes/shakespeare-smollm2.yaml")
+    tokenizer = build_tokenizer("smollm2")
+    work = Path(tempfile.mkdtemp(prefix="lmpipe-smollm2-"))
+    from lmpipe import protocol
+    texts = [protocol.text_document(t) for t in paragraphs(shakespeare.read_text())[:documents]]
+    tokenize_documents(texts, tokenizer, work / "tokens", 0.1, "all", 0)
+    teacher = import_pretrained("smollm2", tokenizer, work / "teacher").eval()
+    split = TokenSplit.open(work / "tokens", "train")
+    print(f"SmolLM2-135M-Instruct on the first {documents} tiny-Shakespeare documents "
+          f"({split.n_tokens:,} train tokens):")
+    tp = recipe.teacher.train
+    rows = [cache_figures("smollm2", teacher, split, tp, tokenizer.pad_token_id, k, "u8", 8, 20_000)
+            for k in (32, 128)]
+    # distill steps: the recipe's student and batch, from the k=32 cache vs the live teacher
+    sp = recipe.student
+    batches = make_batches(split, "windows", sp.train.batch_size, sp.train.block_size, 0,
+                           tokenizer.pad_token_id, None, "all")
+    dp = DistillParams(objective={"forward_kl": 0.5, "ce": 0.5})
+    times = {}
+    for name, source in (("cache", CachedTeacher(TeacherCache.open(rows[0]["folder"]))),
+                         ("live", LiveTeacher(teacher))):
+        student = build_model(sp.model, 0, tokenizer)
+        times[name] = time_steps(student, build_objective(dp, source, student), batches, steps)
+    speed = {"cache_step_s": times["cache"], "live_step_s": times["live"],
+             "speedup": times["live"] / times["cache"], "student_parameters":
+             sum(p.numel() for p in build_model(sp.model, 0, tokenizer).parameters()),
+             "batch": f"{sp.train.batch_size} x {sp.train.block_size}"}
+    print(f"  distill step ({speed['batch']} tokens, {speed['student_parameters']:,}-parameter "
+          f"student): cache {times['cache'] * 1000:.0f} ms, live teacher {times['live'] * 1000:.0f} ms"
+          f" -> {speed['speedup']:.1f}x faster from the cache", flush=True)
+    return rows, speed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default=str(ROOT), help="a workspace after `make run`")
+    parser.add_argument("--shakespeare", default=str(ROOT.parent / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--documents", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--skip-smollm2", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}")
+    rows = people(Path(args.project))
+    speed = {}
+    if not args.skip_smollm2:
+        more, speed = smollm2(Path(args.shakespeare), args.documents, args.steps)
+        rows += more
+    print(json.dumps({"caches": [{k: v for k, v in r.items() if k != "folder"} for r in rows],
+                      "distill_speed": speed}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
