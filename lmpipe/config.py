@@ -165,12 +165,12 @@ class TeacherCacheParams(Section):
     logprobs: Literal["u8", "fp16", "fp32"] = Field(
         "u8", description="u8: log-probs quantized in 1/16-nat steps (1 byte); fp16; fp32 (exact)")
     shard_positions: int = Field(1 << 20, ge=1, description="positions per shard file")
-    hidden_layers: list[int] = Field(
-        default_factory=list, description="teacher hidden states to cache for hidden-state losses "
-        "(0 = embedding output, L = last layer)")
-    attention_layers: list[int] = Field(
-        default_factory=list, description="teacher blocks (1..L) whose head-averaged attention "
-        "rows to cache for attention_kl (whole documents only)")
+    hidden_layers: Literal["auto"] | list[int] = Field(
+        "auto", description="teacher hidden states to cache for hidden-state losses (0 = "
+        "embedding output, L = last layer); auto: those distill.objective and distill.layers use")
+    attention_layers: Literal["auto"] | list[int] = Field(
+        "auto", description="teacher blocks (1..L) whose head-averaged attention rows to cache "
+        "for attention_kl (whole documents only); auto: those the distill objective uses")
     hidden_dtype: Literal["fp16", "fp32"] = Field("fp16", description="hidden states and attention")
     batch_size: int = Field(64, ge=1)
 

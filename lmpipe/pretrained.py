@@ -4,7 +4,8 @@
 transformers dequantizes it (needs `gguf` and `accelerate`; the `smollm2` extra). A GGUF-loaded
 model refuses `save_pretrained`, so the model is rebuilt from its config and given the
 dequantized state dict. The embedding is grown to the tokenizer's size when lmpipe's protocol
-tokens were appended to the model's own vocabulary (new rows start at the mean embedding).
+tokens were appended to the model's own vocabulary (new rows drawn around the old rows'
+mean, with their covariance: transformers' mean resizing).
 """
 
 from __future__ import annotations

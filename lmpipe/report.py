@@ -4,7 +4,9 @@
 1. training curves (`loss`, and `val_loss` when logged) against step, one colour per run;
 2. the latest eval run side by side: recall without the tool and tool accuracy on trained and
    held-out people, per model (teacher, student, distilled, quantized, ...);
-3. tables: every model's overall numbers (attribute = null) and the runs.
+3. distillation: validation loss of the distilled student(s) against the scratch student at equal
+   steps, and each distillation term's curve;
+4. tables: every model's overall numbers (attribute = null) and the runs.
 The Vega/Vega-Lite/vega-embed bundle is inlined once (from vl-convert), so the page renders
 offline and can be mailed or archived as one file.
 """
@@ -55,6 +57,21 @@ OVERALL_EVALS_SQL = """
 SELECT model, metric, split, avg(value) AS value, max(n) AS n
 FROM evals WHERE run_id = ? AND attribute IS NULL
 GROUP BY ALL ORDER BY metric, split, model
+"""
+
+DISTILL_VAL_SQL = """
+SELECT r.run_id, m.step, avg(m.value) AS val_loss
+FROM metrics m JOIN runs r USING (run_id)
+WHERE m.name = 'val_loss' AND isfinite(m.value)
+  AND (r.stage = 'distill' OR (r.stage = 'train' AND r.name <> 'teacher'))
+GROUP BY ALL ORDER BY step, run_id
+"""
+
+DISTILL_TERMS_SQL = """
+SELECT r.run_id, m.name AS term, m.step, avg(m.value) AS value
+FROM metrics m JOIN runs r USING (run_id)
+WHERE r.stage = 'distill' AND m.name LIKE 'loss\\_%' ESCAPE '\\' AND isfinite(m.value)
+GROUP BY ALL ORDER BY run_id, term, step
 """
 
 RUNS_SQL = """
@@ -113,6 +130,35 @@ def curves_chart(curves: pd.DataFrame) -> alt.TopLevelMixin:
     return alt.hconcat(*panels) if len(panels) > 1 else panels[0]
 
 
+def distill_charts(val: pd.DataFrame, terms: pd.DataFrame) -> alt.TopLevelMixin:
+    """Validation loss of scratch vs distilled students, and each distillation term, per step."""
+    left = (alt.Chart(val, title="validation loss: scratch vs distilled")
+            .mark_line(point=True)
+            .encode(x=alt.X("step:Q"), y=alt.Y("val_loss:Q", title="val_loss (log scale)",
+                                               scale=alt.Scale(type="log")),
+                    color=alt.Color("run_id:N", title="run"),
+                    tooltip=["run_id:N", "step:Q", alt.Tooltip("val_loss:Q", format=".5f")])
+            .properties(width=420, height=280))
+    if terms.empty:
+        return left
+    right = (alt.Chart(terms, title="distillation terms (per target, unweighted)")
+             .mark_line()
+             .encode(x=alt.X("step:Q"), y=alt.Y("value:Q", title="value (log scale)",
+                                                scale=alt.Scale(type="log")),
+                     color=alt.Color("term:N", title="term"), strokeDash=alt.StrokeDash("run_id:N"),
+                     tooltip=["run_id:N", "term:N", "step:Q", alt.Tooltip("value:Q", format=".5f")])
+             .properties(width=420, height=280))
+    return alt.hconcat(left, right).resolve_scale(color="independent")
+
+
+def _equal_steps_table(val: pd.DataFrame) -> pd.DataFrame:
+    """step x run validation loss, on the steps every run logged."""
+    wide = val.pivot_table(index="step", columns="run_id", values="val_loss", aggfunc="mean").dropna()
+    wide = wide.map(lambda v: f"{v:.5f}").reset_index()
+    wide.columns.name = None
+    return wide
+
+
 def evals_chart(overall: pd.DataFrame) -> alt.TopLevelMixin | None:
     """Grouped bars: one group per (metric, split) panel, one bar per model, value on top."""
     labels = {(metric, split): label for metric, split, label in EVAL_PANELS}
@@ -155,7 +201,9 @@ def _load(db_path: Path) -> dict[str, Any] | None:
         overall = (con.execute(OVERALL_EVALS_SQL, [eval_run]).df() if eval_run
                    else pd.DataFrame(columns=["model", "metric", "split", "value", "n"]))
         return {"runs": runs, "curves": con.execute(CURVES_SQL).df(),
-                "eval_run": eval_run, "overall": overall}
+                "eval_run": eval_run, "overall": overall,
+                "distill_val": con.execute(DISTILL_VAL_SQL).df(),
+                "distill_terms": con.execute(DISTILL_TERMS_SQL).df()}
 
 
 def _overall_table(overall: pd.DataFrame) -> pd.DataFrame:
@@ -246,6 +294,18 @@ def render_report(db_path: Path, out_dir: Path) -> Path:
             if not overall.empty:
                 body.append("<h3>Overall numbers per model</h3>")
                 body.append(_table(_overall_table(overall)))
+
+        val = data["distill_val"]
+        if not val.empty and val["run_id"].isin(data["runs"].query("stage == 'distill'")["run_id"]).any():
+            body.append("<h2>Distillation</h2>")
+            body.append(_embed("distill", distill_charts(val, data["distill_terms"])))
+            charts += 1
+            body.append('<p class="howto">Left: validation loss of the students trained from '
+                        "scratch and distilled from the teacher, same architecture; at equal steps, "
+                        "lower is better. Right: each term of the distillation objective as logged "
+                        "(per target token, before its weight). The table gives the validation loss "
+                        "at the steps every run evaluated.</p>")
+            body.append(_table(_equal_steps_table(val)))
 
         runs = data["runs"].assign(
             started_at=data["runs"]["started_at"].map(lambda t: "–" if pd.isna(t) else f"{t:%Y-%m-%d %H:%M}"),

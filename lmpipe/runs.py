@@ -132,8 +132,10 @@ def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_di
             raise ConfigError(f"distill.teacher = live: {teacher_dir} was saved with another "
                               f"tokenizer than {tokenizer_dir}; retrain or re-import the teacher")
         return LiveTeacher(model), model_fingerprint(teacher_dir)
-    cache = TeacherCache.open(cache_dir, expect={
-        "tokenizer_sha256": file_sha256(Path(tokenizer_dir) / "tokenizer.json")})
+    expect = {"tokenizer_sha256": file_sha256(Path(tokenizer_dir) / "tokenizer.json")}
+    if (Path(teacher_dir) / "model.safetensors").is_file():  # the cache must be this teacher's
+        expect["teacher_sha256"] = file_sha256(Path(teacher_dir) / "model.safetensors")
+    cache = TeacherCache.open(cache_dir, expect=expect)
     if cache.manifest["positions"] != TokenSplit.open(tokens_dir, "train").n_tokens:
         raise ConfigError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
                           "the train split has a different count; rebuild the cache")

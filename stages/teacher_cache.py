@@ -2,6 +2,7 @@
 distribution (and optionally hidden states) per position, compressed and sharded."""
 
 from lmpipe.batching import make_batches
+from lmpipe.distill.layers import teacher_layers_used
 from lmpipe.entry import stage
 from lmpipe.model import load_model
 from lmpipe.paths import TEACHER_CACHE, TOKENS, model_dir
@@ -14,12 +15,18 @@ def teacher_cache(params, argv):
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)
     p = params.teacher_cache
-    spec = CacheSpec(p.top_k, p.logprobs, p.shard_positions, tuple(p.hidden_layers), p.hidden_dtype,
-                     tuple(p.attention_layers))
-    split = TokenSplit.open(TOKENS, "train")
     # read the tokens the way the teacher was trained on them (for an imported teacher,
     # teacher.train says how: windows of the student's block size, usually)
     tp = params.teacher.train
+    hidden, attention = teacher_layers_used(params.distill, params.student.model.n_layers,
+                                            model.config.num_hidden_layers)
+    if tp.sampling != "documents":
+        attention = ()  # a window's attention depends on where it starts: distill it live
+    spec = CacheSpec(p.top_k, p.logprobs, p.shard_positions,
+                     hidden if p.hidden_layers == "auto" else tuple(p.hidden_layers),
+                     p.hidden_dtype,
+                     attention if p.attention_layers == "auto" else tuple(p.attention_layers))
+    split = TokenSplit.open(TOKENS, "train")
     batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0,
                            tokenizer.pad_token_id, model.config.max_position_embeddings, "all")
     manifest = write_cache(model, split, spec, tokenizer.pad_token_id, TEACHER_CACHE,

@@ -126,6 +126,22 @@ def test_store_and_report(project):
                            ).fetchone()[0] == 6
     html = (work / "reports/index.html").read_text()
     assert "quantized" in html and "<script src=\"http" not in html
+    assert "<h2>Distillation</h2>" in html and "loss_attention_kl" in html
+
+
+def test_distill_logs_each_term_and_refuses_a_cache_of_another_teacher(project, tmp_path):
+    work, env = project
+    records = [json.loads(line) for line in (work / "runs/distill/metrics.jsonl").open()]
+    assert {"loss_forward_kl", "loss_ce", "loss_attention_kl"} <= set(records[-1])
+    manifest = json.loads((work / "data/teacher_cache/manifest.json").read_text())
+    assert manifest["attention_layers"] == [1] and manifest["bytes_per_token"] < 128
+    stale = tmp_path / "stale"
+    shutil.copytree(work, stale)
+    shutil.copy(stale / "runs/student/model/model.safetensors",
+                stale / "runs/teacher/model/model.safetensors")  # as if the teacher was retrained
+    result = _run([sys.executable, "-m", "stages.distill"], stale, env, check=False)
+    assert result.returncode == 2
+    assert "teacher_sha256 is" in result.stderr and "rebuild it" in result.stderr
 
 
 def test_second_repro_runs_nothing_and_a_param_change_reruns_downstream(project):

@@ -114,3 +114,22 @@ def test_empty_database_says_no_runs(tmp_path: Path, indexed: bool) -> None:
     page = render_report(db_path, tmp_path / "report").read_text()
     assert "No runs yet" in page and "<title>lmpipe report</title>" in page
     assert "vegaEmbed" not in page
+
+
+def test_distillation_section_compares_students_at_equal_steps(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for hour, (stage, name, val) in enumerate([("train", "teacher", 0.01), ("train", "student", 0.5),
+                                               ("distill", "distilled", 0.25)], start=8):
+        folder = "distill" if stage == "distill" else name
+        write_json(root / folder / "summary.json", summary(stage, name, hour))
+        lines = [{"step": s, "loss": 1.0, "val_loss": val * 100 / s, "loss_ce": 0.7,
+                  "loss_attention_kl": 0.2} if stage == "distill" else
+                 {"step": s, "loss": 1.0, "val_loss": val * 100 / s} for s in (100, 200)]
+        (root / folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    index_runs(root, tmp_path / "db.duckdb")
+    page = render_report(tmp_path / "db.duckdb", tmp_path / "out").read_text()
+    section = page[page.index("<h2>Distillation</h2>"):page.index("<h2>Runs</h2>")]
+    assert "validation loss: scratch vs distilled" in section and "loss_attention_kl" in section
+    # the equal-steps table: scratch student 0.25 vs distilled 0.125 at step 200; no teacher
+    table = section[section.index("<table"):]
+    assert "0.25000" in table and "0.12500" in table and "0.00500" not in table

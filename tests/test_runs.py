@@ -49,3 +49,24 @@ def test_init_from_with_a_larger_vocabulary_is_refused(tmp_path, tokenizer):
     with pytest.raises(ConfigError, match="its embedding has 265 rows, the tokenizer has 266 tokens"):
         start_model(ModelParams(d_model=16, n_layers=1, n_heads=2), TrainParams(init_from=str(tmp_path)),
                     bigger)
+
+
+def test_a_pretrained_directory_is_imported_and_grown_to_the_tokenizer(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from lmpipe.pretrained import import_pretrained
+
+    smaller = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=4)
+    smaller.resize_token_embeddings(260)  # as if the model predates lmpipe's protocol tokens
+    smaller.save_pretrained(tmp_path / "hf")
+    model = import_pretrained(str(tmp_path / "hf"), tokenizer, tmp_path / "teacher")
+    assert model.config.vocab_size == len(tokenizer) == 265
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher")
+    assert torch.equal(reloaded.model.embed_tokens.weight[:260], smaller.model.embed_tokens.weight)
+    # new rows are drawn around the old rows' mean with their covariance (mean resizing)
+    old = smaller.model.embed_tokens.weight.detach()
+    spread = (old - old.mean(0)).norm(dim=-1).mean()
+    new = reloaded.model.embed_tokens.weight[260:].detach()
+    assert ((new - old.mean(0)).norm(dim=-1) < 3 * spread).all()
+    with pytest.raises(ConfigError, match="expected 'smollm2', a .gguf file or a transformers"):
+        import_pretrained(str(tmp_path / "nothing"), tokenizer, tmp_path / "x")

@@ -12,7 +12,7 @@ i (1-based), L the last block. A mapping is one of:
 
 from __future__ import annotations
 
-from lmpipe.config import ConfigError
+from lmpipe.config import ConfigError, DistillParams
 
 
 def layer_pairs(spec: str | list[list[int]], student_layers: int,
@@ -43,3 +43,16 @@ def layer_pairs(spec: str | list[list[int]], student_layers: int,
         return [(i, max(1, round(i * teacher_layers / student_layers)))
                 for i in range(1, student_layers + 1)]
     raise ConfigError(f"{where}: expected all, last, last-K, uniform or [[student, teacher], ...]")
+
+
+def teacher_layers_used(dp: DistillParams, student_layers: int,
+                        teacher_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(hidden-state layers, attention blocks) of the teacher that `dp`'s objective compares:
+    what `teacher_cache` keeps when its `hidden_layers` / `attention_layers` are `auto`."""
+    hidden_terms = [t for t in ("hidden_mse", "hidden_cosine") if dp.objective.get(t, 0) > 0]
+    attention = dp.objective.get("attention_kl", 0) > 0
+    if not hidden_terms and not attention:
+        return (), ()
+    teachers = sorted({t for _, t in layer_pairs(dp.layers, student_layers, teacher_layers)})
+    return (tuple(teachers) if hidden_terms else (),
+            tuple(t for t in teachers if t > 0) if attention else ())
