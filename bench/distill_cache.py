@@ -40,16 +40,19 @@ from lmpipe.tokens import TokenSplit, tokenize_documents  # noqa: E402
 
 @torch.no_grad()
 def reconstruction_kl(model, cache: TeacherCache, batches, batch_size: int,
-                      max_positions: int) -> tuple[float, float]:
+                      max_positions: int) -> tuple[float, float, float]:
     """Mean KL(teacher's full distribution || the cache's reconstruction), over all cached
-    positions and over target positions, for up to `max_positions` positions."""
-    total, count, target_total, target_count = 0.0, 0, 0.0, 0
+    positions and over target positions, for up to `max_positions` positions; and the mean
+    probability mass the top-k covers."""
+    total, count, target_total, target_count, covered = 0.0, 0, 0.0, 0, 0.0
     for batch in batches.sequential(batch_size):
         logits = model(input_ids=batch.input_ids,
                        attention_mask=(batch.positions >= 0).long()).logits[:, :-1]
         real = (batch.positions[:, :-1] >= 0) & (batch.positions[:, 1:] >= 0)
         logp = torch.log_softmax(logits[real].float(), -1)
-        rebuilt = reconstruct(cache.rows(batch.positions[:, :-1][real].numpy()), logp.size(-1))
+        rows = cache.rows(batch.positions[:, :-1][real].numpy())
+        rebuilt = reconstruct(rows, logp.size(-1))
+        covered += logp.exp().gather(-1, rows.ids).sum().item()
         kl = (logp.exp() * (logp - rebuilt)).sum(-1)
         targets = (batch.target_mask > 0)[real]
         total, count = total + kl.sum().item(), count + kl.numel()
@@ -57,7 +60,7 @@ def reconstruction_kl(model, cache: TeacherCache, batches, batch_size: int,
         target_count += int(targets.sum())
         if count >= max_positions:
             break
-    return total / count, target_total / max(target_count, 1)
+    return total / count, target_total / max(target_count, 1), covered / count
 
 
 def cache_figures(label: str, model, split: TokenSplit, tp, pad_id: int, k: int, fmt: str,
@@ -67,13 +70,14 @@ def cache_figures(label: str, model, split: TokenSplit, tp, pad_id: int, k: int,
                            model.config.max_position_embeddings, tp.loss_on)
     manifest = write_cache(model, split, CacheSpec(k, fmt), pad_id, folder, batch_size,
                            {}, batches)
-    kl_all, kl_targets = reconstruction_kl(model, TeacherCache.open(folder), batches, batch_size,
-                                           max_positions)
+    kl_all, kl_targets, covered = reconstruction_kl(model, TeacherCache.open(folder), batches,
+                                                    batch_size, max_positions)
     row = {"teacher": label, "k": k, "logprobs": fmt, "bytes_per_token": manifest["bytes_per_token"],
-           "kl_all": kl_all, "kl_targets": kl_targets, "cache_tokens_per_s": manifest["tokens_per_s"],
+           "kl_all": kl_all, "kl_targets": kl_targets, "top_k_mass": covered,
+           "cache_tokens_per_s": manifest["tokens_per_s"],
            "positions": manifest["positions"], "folder": str(folder)}
     print(f"  {label:8s} k={k:<4d} {fmt:5s} {row['bytes_per_token']:7.1f} B/token   "
-          f"KL all {kl_all:.5f}  targets {kl_targets:.5f} nats   "
+          f"KL all {kl_all:.2e}  targets {kl_targets:.2e} nats  top-k mass {covered:.3f}   "
           f"cache {row['cache_tokens_per_s']:,.0f} tokens/s over {row['positions']:,} positions",
           flush=True)
     return row

@@ -97,18 +97,20 @@ def test_hidden_losses_against_the_formula():
 def test_residual_bucket_holds_the_exact_tails_and_full_k_is_the_full_distribution():
     teacher_logp, student_logits = _pair(5, v=12)[0], torch.randn(5, 12)
     ids, values, missing = top_k_with_missing(teacher_logp, 4)
-    t, s = aligned(student_logits, TeacherDistribution(values, ids, missing), 1.0, "residual")
+    student = torch.log_softmax(student_logits, -1)
+    t, s = aligned(student, TeacherDistribution(values, ids, missing), 1.0, "residual")
     p, q = teacher_logp.exp(), torch.softmax(student_logits, -1)
     torch.testing.assert_close(t.exp()[:, :4], p.gather(-1, ids))
     torch.testing.assert_close(t.exp()[:, 4], 1 - p.gather(-1, ids).sum(-1))
     torch.testing.assert_close(s.exp()[:, 4], 1 - q.gather(-1, ids).sum(-1))
-    t0, _ = aligned(student_logits, TeacherDistribution(values, ids, missing), 1.0, "zero")
+    t0, _ = aligned(student, TeacherDistribution(values, ids, missing), 1.0, "zero")
     assert (t0[:, 4] == float("-inf")).all()
     torch.testing.assert_close(t0.exp()[:, :4].sum(-1), torch.ones(5))  # renormalized top-k
     # k = V: the same numbers as the full computation, at any temperature
     ids, values, missing = top_k_with_missing(teacher_logp, 12)
     for temperature in (1.0, 2.5):
-        t, s = aligned(student_logits, TeacherDistribution(values, ids, missing), temperature)
-        full_t, full_s = aligned(student_logits, TeacherDistribution(teacher_logp), temperature)
+        student = torch.log_softmax(student_logits / temperature, -1)
+        t, s = aligned(student, TeacherDistribution(values, ids, missing), temperature)
+        full_t, full_s = aligned(student, TeacherDistribution(teacher_logp), temperature)
         torch.testing.assert_close(forward_kl(t, s), forward_kl(full_t, full_s))
         torch.testing.assert_close(reverse_kl(t, s), reverse_kl(full_t, full_s))

@@ -12,6 +12,7 @@ hidden terms' gradients are combined by gradient surgery and their cosine logged
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmpipe.batching import Batch
@@ -25,10 +26,18 @@ from lmpipe.distill.projector import make_projector
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher
-from lmpipe.losses import masked_cross_entropy
 
 # terms that put a student probability over a teacher one, infinite where the teacher's is zero
 _NEEDS_TEACHER_MASS = ("reverse_kl", "cakld")
+
+
+def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rows of (b, T, ...) at the target positions (b, T-1), in row-major order; a view when
+    every position is a target (pretraining windows), which spares the backward a scatter."""
+    shifted = tensor[:, :-1]
+    if bool(targets.all()):
+        return shifted.reshape(-1, *tensor.shape[2:])
+    return shifted[targets]
 
 
 class DistillObjective:
@@ -123,16 +132,24 @@ class DistillObjective:
         signals = self.teacher.signals(batch, targets, self.teacher_hidden, self.attention_blocks)
         terms: dict[str, torch.Tensor] = {}
         diagnostics: dict[str, torch.Tensor] = {}
-        if "ce" in self.terms:
-            terms["ce"] = masked_cross_entropy(out.logits, batch)
+        # one (targets x vocabulary) view of the logits serves every logit term: with a large
+        # vocabulary each extra slice of the full logits costs a full-size zero fill in backward
+        rows = _at_targets(out.logits, targets)
+        labels = batch.input_ids[:, 1:][targets]
+        dp = self.dp
         logit_terms = [t for t in self.terms if t != "ce" and t not in HIDDEN_LOSSES]
+        tempered = (torch.log_softmax(rows.float() / dp.temperature, dim=-1)
+                    if logit_terms else None)
+        if "ce" in self.terms:
+            plain = (tempered if tempered is not None and dp.temperature == 1.0
+                     else torch.log_softmax(rows.float(), dim=-1))
+            per_token = F.nll_loss(plain, labels, reduction="none")
+            terms["ce"] = (per_token * batch.target_mask[targets]).sum()
         if logit_terms:
-            dp, scale = self.dp, self.dp.temperature ** 2
-            log_p, log_q = aligned(out.logits[:, :-1][targets], signals.distribution,
-                                   dp.temperature, dp.missing_mass)
+            scale = dp.temperature ** 2
+            log_p, log_q = aligned(tempered, signals.distribution, dp.temperature, dp.missing_mass)
             options = LossOptions(dp.jsd_beta, dp.skew_alpha)
             if "cakld" in logit_terms:
-                labels = batch.input_ids[:, 1:][targets]
                 options.confidence = teacher_confidence(
                     signals.distribution.label_logprobs(labels))
                 diagnostics["cakld_confidence"] = options.confidence
@@ -140,7 +157,8 @@ class DistillObjective:
                 terms[term] = scale * LOGIT_LOSSES[term](log_p, log_q, options).sum()
         for term in self.hidden_terms:
             loss = hidden_mse if term == "hidden_mse" else hidden_cosine
-            per_pair = [loss(projector(out.hidden_states[s][:, :-1][targets]), signals.hidden[t]).sum()
+            per_pair = [loss(projector(_at_targets(out.hidden_states[s], targets)),
+                             signals.hidden[t]).sum()
                         for (s, t), projector in zip(self.pairs, self.projectors)]
             terms[term] = torch.stack(per_pair).mean()
         if self.attention_blocks:

@@ -6,10 +6,11 @@ sides become k + 1 buckets: the k cached tokens, then the rest.
 
     teacher:  softmax([log p_1 .. log p_k, log m] / T)     m = missing mass (`residual`)
               softmax([log p_1 .. log p_k, -inf] / T)      the tail taken as zero (`zero`)
-    student:  [log q_1 .. log q_k, log (1 - sum_i q_i)]    q = softmax(z / T), exact
+    student:  [log q_1 .. log q_k, log (1 - sum_i q_i)]    q = softmax(z / T)
 
-The student's rest bucket is exact; the teacher's treats its tail as one token when tempered,
-which is exact at T = 1. With k equal to the vocabulary both rest buckets are empty and the
+The student's rest bucket is exact to float32 (floored at 1e-7: one full-vocabulary softmax is
+the whole cost, which matters with a 49k vocabulary); the teacher's treats its tail as one token
+when tempered, which is exact at T = 1. With k equal to the vocabulary both rest buckets are empty and the
 result equals the full-distribution computation (the offline = online test checks it).
 """
 
@@ -37,20 +38,26 @@ class TeacherDistribution:
         return found.max(-1).values
 
 
-def aligned(student_logits: torch.Tensor, teacher: TeacherDistribution, temperature: float,
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x <= 0, accurate at both ends (Maechler 2012); the mass left outside the
+    top-k, floored at 1e-7 (float32 cannot resolve less out of a total of 1)."""
+    x = x.clamp(max=-1e-7)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def aligned(student: torch.Tensor, teacher: TeacherDistribution, temperature: float,
             missing_mass: str = "residual") -> tuple[torch.Tensor, torch.Tensor]:
-    """(teacher log-probs, student log-probs) on a shared support, both at `temperature`."""
-    scaled = student_logits.float() / temperature
+    """(teacher log-probs, student log-probs) on a shared support, both at `temperature`.
+
+    `student` is the student's full log_softmax(z / T) (the caller computes it once and may
+    reuse it, e.g. for the cross-entropy term at T = 1)."""
     if teacher.ids is None:
-        return (torch.log_softmax(teacher.logprobs.float() / temperature, dim=-1),
-                torch.log_softmax(scaled, dim=-1))
-    total = scaled.logsumexp(-1, keepdim=True)
-    student_top = scaled.gather(-1, teacher.ids) - total
-    if teacher.ids.size(-1) >= scaled.size(-1):
-        # nothing outside the top-k: logsumexp over an all -inf row would poison the gradient
-        student_rest = torch.full_like(total, float("-inf"))
+        return torch.log_softmax(teacher.logprobs.float() / temperature, dim=-1), student
+    student_top = student.gather(-1, teacher.ids)
+    if teacher.ids.size(-1) >= student.size(-1):
+        student_rest = torch.full_like(student_top[:, :1], float("-inf"))  # nothing outside
     else:
-        student_rest = scaled.scatter(-1, teacher.ids, float("-inf")).logsumexp(-1, keepdim=True) - total
+        student_rest = _log1mexp(student_top.logsumexp(-1, keepdim=True))
     if missing_mass == "residual" and teacher.log_missing is not None:
         teacher_rest = teacher.log_missing.float().unsqueeze(-1) / temperature
     else:
