@@ -18,7 +18,7 @@ from lmpipe.config import ConfigError, ModelParams, Params, TrainParams
 from lmpipe.context import extend_context
 from lmpipe.distill import build_objective
 from lmpipe.distill.student_init import init_student_from_teacher
-from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
+from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.distributed import init_distributed, shutdown
 from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.model import build_model, count_parameters, load_model, save_model
@@ -121,7 +121,7 @@ def train_from_scratch(name: str, params: Params, tokens_dir: Path, tokenizer_di
 
 
 def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
-                 teacher_dir: Path) -> tuple[CachedTeacher | LiveTeacher, dict]:
+                 teacher_dir: Path) -> tuple[TeacherSource, dict]:
     """The teacher's signals as `distill.teacher` asks (cache or live model), and what
     identifies them (so a checkpoint never resumes against another teacher)."""
     if params.distill.teacher == "live":

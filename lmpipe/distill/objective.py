@@ -25,7 +25,7 @@ from lmpipe.distill.pcgrad import surgery_loss
 from lmpipe.distill.projector import make_projector
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.support import aligned
-from lmpipe.distill.teacher import CachedTeacher
+from lmpipe.distill.teacher import CachedTeacher, TeacherSource
 
 # terms that put a student probability over a teacher one, infinite where the teacher's is zero
 _NEEDS_TEACHER_MASS = ("reverse_kl", "cakld")
@@ -45,7 +45,7 @@ class DistillObjective:
 
     per_step_metrics = ("grad_cosine", "cakld_confidence")
 
-    def __init__(self, dp: DistillParams, teacher, student_config) -> None:
+    def __init__(self, dp: DistillParams, teacher: TeacherSource, student_config) -> None:
         self.dp, self.teacher = dp, teacher
         self.terms = {t: w for t, w in dp.objective.items() if w > 0}
         if teacher.vocab_size != student_config.vocab_size:
@@ -183,7 +183,8 @@ class DistillObjective:
         return sum(weighted.values()), parts
 
 
-def build_objective(dp: DistillParams, teacher, student: nn.Module) -> DistillObjective:
+def build_objective(dp: DistillParams, teacher: TeacherSource,
+                    student: nn.Module) -> DistillObjective:
     """The objective for `dp`, attached to `student` (call before building the optimizer)."""
     objective = DistillObjective(dp, teacher, student.config)
     objective.attach(student)

@@ -91,3 +91,6 @@ class LiveTeacher:
         attention = {block: head_mean_rows(out.attentions[block - 1], targets)
                      for block in attention_layers}
         return TeacherSignals(distribution, hidden, attention)
+
+
+TeacherSource = CachedTeacher | LiveTeacher
