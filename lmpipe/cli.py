@@ -1,5 +1,5 @@
 """The `lmpipe` command: run recipes and grids, index runs into DuckDB, render reports, query the
-store, sample a model."""
+store, generate with a model (streaming, with the database tool)."""
 
 from __future__ import annotations
 
@@ -35,13 +35,32 @@ def _query(args: argparse.Namespace) -> None:
         print(query(Path(args.db), args.sql).to_string(index=False))
 
 
-def _sample(args: argparse.Namespace) -> None:
-    from lmpipe.generate import sample_text
+def _generate(args: argparse.Namespace) -> None:
+    """Stream a continuation to stdout; with --db the prompt is a question the model may answer
+    by calling the database tool (its turns are shown as they are spliced in)."""
+    import contextlib
+
+    from lmpipe import protocol
+    from lmpipe.generate import Sampling, generate
     from lmpipe.model import load_model
+    from lmpipe.tooldb import PeopleDB
 
     model, tokenizer = load_model(args.model)
-    print(args.prompt + sample_text(model, tokenizer, args.prompt, args.max_new_tokens,
-                                    args.temperature, args.top_k, args.seed))
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_k=args.top_k or None, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty,
+                        stop_strings=tuple(args.stop or ()),
+                        stop_tokens=tuple(args.stop_token or ()), seed=args.seed)
+    with (PeopleDB(Path(args.db)) if args.db else contextlib.nullcontext()) as db:
+        if args.db or args.chat:
+            head = protocol.turn(protocol.SYSTEM, protocol.TOOL_SYSTEM_PROMPT) if db else ""
+            prompt = f"{protocol.BOS}{head}{protocol.turn(protocol.USER, args.prompt)}{protocol.ASSISTANT}"
+        else:
+            prompt = (tokenizer.bos_token or "") + args.prompt
+            print(args.prompt, end="", flush=True)
+        generate(model, tokenizer, [prompt], sampling, tool=db.answer if db else None,
+                 batch_size=1, on_token=lambda row, text: print(text, end="", flush=True))
+    print()
 
 
 def _run_recipe(args: argparse.Namespace) -> None:
@@ -78,14 +97,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db", default=str(STORE))
     p.add_argument("--max-rows", type=int, default=100)
     p.set_defaults(func=_query)
-    p = sub.add_parser("sample", help="continue a prompt with a saved model (e.g. runs/teacher/model)")
+    p = sub.add_parser("generate", help="stream a saved model's continuation of a prompt "
+                       "(e.g. runs/teacher/model); --db: answer a question with the tool")
     p.add_argument("model")
     p.add_argument("prompt", nargs="?", default="")
+    p.add_argument("--db", help="a people.duckdb: the prompt is a question, the tool is live")
+    p.add_argument("--chat", action="store_true", help="the prompt is a question, no tool")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40, help="0 = off")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--stop-token", action="append", help="stop token, e.g. '<|end|>' (repeatable)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_sample)
+    p.set_defaults(func=_generate)
     p = sub.add_parser("run", help="make a recipe the params.yaml and run the pipeline (dvc repro)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lmpipe import protocol
 from lmpipe.config import EvalParams, Params, TrainParams
 from lmpipe.generate import Exchange, answer_questions, sample_text
+from lmpipe.knowledge import knowledge_records
 from lmpipe.model import count_parameters, load_model
 from lmpipe.runlog import RunLog
 from lmpipe.tokenizer_kinds import bits_per_byte
@@ -80,6 +81,9 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
         {"metric": "parameters", "split": "model", "attribute": None,
          "value": float(count_parameters(model)), "n": None},
     ]
+    if db is not None:  # what the weights alone hold, in bits (lmpipe/knowledge.py)
+        records += knowledge_records(model, tokenizer, db, count_parameters(model),
+                                     params.batch_size)
     transcripts = {}
     generation = {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size}
     for metric, split, people, tool in [("recall", "trained", trained, None),

@@ -1,19 +1,188 @@
-"""Batched greedy generation of assistant turns, with database tool calls executed in between.
+"""Batched generation through the KV cache, with sampling and database tool calls inside the loop.
 
-Each assistant turn is generated for a whole batch at once (left padding, KV cache through
-transformers' `generate`), stopping at END. A turn that opens with CALL is a tool query: the
-database answers it, the environment appends the database turn, and only those sequences get a
-second assistant turn; the others are already done.
+`generate` runs a whole batch in lockstep over the model's `past_key_values`: prompts are left-
+padded, every step feeds each live sequence one token and grows the cache by one position. A
+token is either sampled (greedy, temperature, top-k, top-p, repetition penalty, seeded) or
+*forced*: when a sequence finishes a tool query (an assistant turn `<|call|>QUERY<|end|>`, the
+protocol in `lmpipe/protocol.py`), the query goes to the tool (a whitelist parser and bound
+parameters on a read-only database, `lmpipe/tooldb.py`; a malformed query or unknown name gets an
+`ERROR` reply, never an exception), and the database turn is queued as forced tokens for that
+sequence only. The others keep sampling, so no sequence waits for another's tool call.
+
+transformers' `generate` cannot splice text into one sequence of a batch mid-generation, hence
+this loop; the sampling itself is transformers' logits processors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+from transformers.generation.logits_process import (LogitsProcessorList,
+                                                    RepetitionPenaltyLogitsProcessor,
+                                                    TemperatureLogitsWarper, TopKLogitsWarper,
+                                                    TopPLogitsWarper)
 
 from lmpipe import protocol
 from lmpipe.tooldb import PeopleDB
+
+Tool = Callable[[str], str]  # a query the model wrote -> the database's reply
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens and when to stop. temperature 0 is greedy."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    stop_tokens: tuple[str, ...] = ()  # extra stop tokens (END and EOS always stop)
+    seed: int = 0
+
+    def processors(self) -> LogitsProcessorList:
+        chain = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            chain.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.temperature > 0:
+            chain.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k:
+                chain.append(TopKLogitsWarper(self.top_k))
+            if self.top_p is not None and self.top_p < 1.0:
+                chain.append(TopPLogitsWarper(self.top_p))
+        return chain
+
+
+@dataclass
+class Generation:
+    """One prompt's continuation."""
+
+    prompt: str
+    ids: list[int] = field(default_factory=list)      # every token after the prompt, forced ones too
+    turn_starts: list[int] = field(default_factory=lambda: [0])  # where each assistant turn begins
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (query, reply)
+    sampled: int = 0                                   # tokens the model chose
+    finish: str = "length"                             # stop | length
+
+    def text(self, tokenizer) -> str:
+        return tokenizer.decode(self.ids, skip_special_tokens=False)
+
+    def last_turn(self, tokenizer) -> str:
+        """The final assistant turn's text, without its END/EOS."""
+        ids = self.ids[self.turn_starts[-1]:]
+        return tokenizer.decode(ids, skip_special_tokens=False).split(protocol.END, 1)[0].split(
+            protocol.EOS, 1)[0].replace(protocol.PAD, "")
+
+
+class _Sequence:
+    """Loop state of one sequence: its output, forced tokens, and where its turn began."""
+
+    def __init__(self, prompt: str) -> None:
+        self.out = Generation(prompt)
+        self.forced: deque[int] = deque()
+        self.done = False
+        self.sampled_before_turn = 0
+
+
+def _ids(tokenizer, tokens: list[str]) -> list[int]:
+    return [i for i in tokenizer.convert_tokens_to_ids(tokens)
+            if i is not None and i != tokenizer.unk_token_id]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], sampling: Sampling = Sampling(),
+             tool: Tool | None = None, batch_size: int = 32, max_tool_calls: int = 1,
+             on_token: Callable[[int, str], None] | None = None) -> list[Generation]:
+    """Continue every prompt. Stops a sequence at EOS, at an assistant turn's END that is not a
+    tool query (or every END when there is no tool), at a stop string, after
+    `sampling.max_new_tokens` sampled tokens in one turn (a tool reply starts a new turn), or
+    when the model's context is full. `on_token(row, text)` streams decoded tokens."""
+    results: list[Generation] = []
+    generator = torch.Generator().manual_seed(sampling.seed)
+    for start in range(0, len(prompts), batch_size):
+        results += _generate_batch(model, tokenizer, prompts[start:start + batch_size], sampling,
+                                   tool, max_tool_calls, generator, on_token)
+    return results
+
+
+def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, generator,
+                    on_token) -> list[Generation]:
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1].float()
+    next_position = positions[:, -1] + 1
+    limit = getattr(model.config, "max_position_embeddings", None)
+    end_id, eos_id = _ids(tokenizer, [protocol.END])[:1], _ids(tokenizer, [protocol.EOS])[:1]
+    end_id = end_id[0] if end_id else None
+    stop_ids = set(end_id is not None and [end_id] or []) | set(eos_id) | (
+        {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()) | set(
+        _ids(tokenizer, list(sampling.stop_tokens)))
+    call_prefix = protocol.CALL
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    processors = sampling.processors()
+    history = ids
+    seqs = [_Sequence(p) for p in prompts]
+    while True:
+        scores = processors(history, logits) if len(processors) else logits
+        if sampling.temperature > 0:
+            chosen = torch.multinomial(torch.softmax(scores, -1).cpu(), 1,
+                                       generator=generator).squeeze(-1)
+        else:
+            chosen = scores.argmax(-1).cpu()
+        feed = []
+        for row, seq in enumerate(seqs):
+            if seq.done:
+                feed.append(pad)
+                continue
+            forced = bool(seq.forced)
+            token = seq.forced.popleft() if forced else int(chosen[row])
+            out_ = seq.out
+            out_.ids.append(token)
+            if forced and not seq.forced:
+                out_.turn_starts.append(len(out_.ids))  # the tool turn is in: a new assistant turn
+                seq.sampled_before_turn = out_.sampled
+            if not forced:
+                out_.sampled += 1
+                if token == end_id and tool is not None and len(out_.tool_calls) < max_tool_calls:
+                    turn = tokenizer.decode(out_.ids[out_.turn_starts[-1]:-1],
+                                            skip_special_tokens=False)
+                    if turn.startswith(call_prefix):
+                        query = turn[len(call_prefix):]
+                        reply = tool(query)
+                        out_.tool_calls.append((query, reply))
+                        seq.forced.extend(tokenizer(protocol.tool_continuation(reply),
+                                                    add_special_tokens=False)["input_ids"])
+                if not seq.forced and token in stop_ids:
+                    seq.done, out_.finish = True, "stop"
+                elif sampling.stop_strings and any(
+                        s in out_.text(tokenizer) for s in sampling.stop_strings):
+                    seq.done, out_.finish = True, "stop"
+                elif out_.sampled - seq.sampled_before_turn >= sampling.max_new_tokens:
+                    seq.done = True  # this turn's budget is spent
+            if on_token is not None:
+                on_token(row, tokenizer.decode([token], skip_special_tokens=False))
+            if not seq.done and limit is not None and int(next_position[row]) >= limit:
+                seq.done = True  # the model's context is full
+            feed.append(pad if seq.done else token)
+        live = torch.tensor([not s.done for s in seqs], device=device)
+        if not live.any():
+            break
+        step_ids = torch.tensor(feed, device=device)[:, None]
+        mask = torch.cat([mask, live.long()[:, None]], dim=1)
+        history = torch.cat([history, step_ids], dim=1)
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=next_position[:, None],
+                    past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1].float()
+        next_position = next_position + live.long()
+    return [s.out for s in seqs]
 
 
 @dataclass
@@ -24,61 +193,24 @@ class Exchange:
     answer: str  # the final assistant turn's text
 
 
-@torch.no_grad()
-def generate_turns(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                   batch_size: int) -> list[str]:
-    """One assistant turn per prompt (text up to, not including, END), greedy."""
-    end = protocol.END
-    turns: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-            max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=tokenizer.convert_tokens_to_ids([protocol.END, protocol.EOS]),
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new = out[:, enc["input_ids"].shape[1]:]
-        for text in tokenizer.batch_decode(new, skip_special_tokens=False):
-            text = text.split(end, 1)[0]
-            turns.append(text.replace(protocol.PAD, ""))
-    return turns
-
-
 def answer_questions(model, tokenizer, questions: list[tuple[str, str]], db: PeopleDB | None,
                      max_new_tokens: int = 48, batch_size: int = 256) -> list[Exchange]:
-    """Answer (attribute, name) questions; with `db`, the model may call the tool once per question."""
+    """Answer (attribute, name) questions greedily; with `db`, the model may call the tool once
+    per question, inside the batched loop."""
     prompts = [protocol.prompt(attr, name, with_tool=db is not None) for attr, name in questions]
-    first = generate_turns(model, tokenizer, prompts, max_new_tokens, batch_size)
-    exchanges = [Exchange(p, None, None, turn) for p, turn in zip(prompts, first)]
-    if db is None:
-        return exchanges
-    calls = [i for i, ex in enumerate(exchanges) if ex.answer.startswith(protocol.CALL)]
-    follow_ups = []
-    for i in calls:
-        ex = exchanges[i]
-        ex.query = ex.answer[len(protocol.CALL):]
-        ex.db_reply = db.answer(ex.query)
-        follow_ups.append(f"{ex.prompt}{protocol.CALL}{ex.query}{protocol.END}"
-                          f"{protocol.tool_continuation(ex.db_reply)}")
-    second = generate_turns(model, tokenizer, follow_ups, max_new_tokens, batch_size)
-    for i, turn in zip(calls, second):
-        exchanges[i].answer = turn
+    done = generate(model, tokenizer, prompts, Sampling(max_new_tokens=max_new_tokens),
+                    tool=db.answer if db is not None else None, batch_size=batch_size)
+    exchanges = []
+    for prompt, g in zip(prompts, done):
+        query, reply = g.tool_calls[0] if g.tool_calls else (None, None)
+        exchanges.append(Exchange(prompt, query, reply, g.last_turn(tokenizer)))
     return exchanges
 
 
-@torch.no_grad()
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int = 40, seed: int = 0) -> str:
     """Sample a continuation of `prompt` (temperature and top-k), reproducible with `seed`."""
-    torch.manual_seed(seed)
-    enc = tokenizer(tokenizer.bos_token + prompt, return_tensors="pt", add_special_tokens=False)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None:
-        max_new_tokens = max(0, min(max_new_tokens, limit - enc["input_ids"].shape[1]))
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                         temperature=temperature if temperature > 0 else None,
-                         top_k=top_k if temperature > 0 else None,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    [g] = generate(model, tokenizer, [tokenizer.bos_token + prompt],
+                   Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k if temperature > 0 else None, seed=seed))
+    return tokenizer.decode(g.ids, skip_special_tokens=True)
