@@ -43,6 +43,7 @@ def quantize_ternary_(model: torch.nn.Module, skip: list[str]) -> dict[str, floa
 def quantize_run(source_dir: Path, out: Path, params: Params) -> dict[str, float]:
     """Quantize the model in `source_dir` into the run folder `out` (model in `out/model`)."""
     from lmpipe.model import count_parameters, load_model, save_model
+    from lmpipe.model_card import write_model_card
     from lmpipe.runlog import RunLog
 
     model, tokenizer = load_model(source_dir)
@@ -56,6 +57,9 @@ def quantize_run(source_dir: Path, out: Path, params: Params) -> dict[str, float
              "scales": scales}, indent=2) + "\n")
         summary = {"quantized_layers": len(scales), "quantized_weights": quantized_weights,
                    "params_count": count_parameters(model)}
+        write_model_card(out / "model", name="quantized", stage="quantize",
+                         params=params.model_dump(mode="json"), summary=summary,
+                         base_model=str(source_dir))
         run.finish(**summary)
     print(f"quantize: {len(scales)} linear layers ({quantized_weights:,} weights) -> ternary")
     return summary

@@ -22,6 +22,7 @@ from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.distributed import init_distributed, shutdown
 from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.model import build_model, count_parameters, load_model, save_model
+from lmpipe.model_card import write_model_card
 from lmpipe.pretrained import import_pretrained
 from lmpipe.runlog import RunLog
 from lmpipe.teacher_cache import TeacherCache, file_sha256, model_fingerprint
@@ -54,10 +55,12 @@ def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> t
 
 def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
          tokens_dir: Path, tokenizer_dir: Path, out: Path,
-         make_objective: Callable[[torch.nn.Module], Objective], section: dict) -> dict:
+         make_objective: Callable[[torch.nn.Module], Objective], section: dict,
+         teacher: str | None = None) -> dict:
     """`section`: the parameters that define this run; a checkpoint resumes only if they match.
     `make_objective(model)` builds the objective (it may give the model extra trainable parts,
-    which it removes again in `objective.detach(model)` before the model is saved)."""
+    which it removes again in `objective.detach(model)` before the model is saved). `teacher`:
+    the model this one learns from, named in its model card."""
     tokenizer = load_tokenizer(tokenizer_dir)
     train_split = TokenSplit.open(tokens_dir, "train")
     val_split = TokenSplit.open(tokens_dir, "val")
@@ -83,6 +86,9 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
             objective.detach(model)
         if run is not None:
             save_model(model, tokenizer, out / "model")
+            write_model_card(out / "model", name=name, stage=stage,
+                             params=params.model_dump(mode="json"),
+                             summary={"params_count": n_params, **summary}, teacher=teacher)
             run.finish(params_count=n_params, **summary)
     shutdown(dist)
     return summary
@@ -107,6 +113,10 @@ def import_teacher(name: str, params: Params, tokens_dir: Path, tokenizer_dir: P
               f"val loss {val_loss:.4f}")
         summary = {"initial_val_loss": val_loss, "final_val_loss": val_loss, "steps": 0,
                    "tokens_seen": 0, "pretrained": section.pretrained}
+        write_model_card(out / "model", name=name, stage="train",
+                         params=params.model_dump(mode="json"),
+                         summary={"params_count": n_params, **summary},
+                         base_model=section.pretrained)
         run.finish(params_count=n_params, **summary)
     return summary
 
@@ -159,4 +169,5 @@ def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Pa
     return _run("distill", "distilled", params, params.student.model, d.train, tokens_dir,
                 tokenizer_dir, out, make_objective,
                 {"distill": d.model_dump(mode="json"),
-                 "model": params.student.model.model_dump(mode="json"), "teacher": identity})
+                 "model": params.student.model.model_dump(mode="json"), "teacher": identity},
+                teacher=str(teacher_dir))

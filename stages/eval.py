@@ -1,10 +1,43 @@
-"""DVC stage `eval`: teacher, scratch student, distilled and quantized student, side by side."""
+"""DVC stage `eval`: teacher, scratch student, distilled and quantized student, side by side.
 
+After scoring, it writes every model's complete model card, with the four-model comparison table
+and model-index results from it, to `runs/eval/cards/<model>/README.md`. The cards live in this
+stage's own output on purpose: rewriting `runs/<stage>/model/README.md` would change another
+stage's DVC output, so DVC would report that stage as modified and rerun it. The cards the training
+stages write into their model directories carry only their own run's figures.
+"""
+
+import json
+from pathlib import Path
+
+from lmpipe.config import Params
 from lmpipe.entry import stage
 from lmpipe.evaluate import evaluate_run
+from lmpipe.model_card import write_model_card
 from lmpipe.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
 
 MODELS = {"teacher": "teacher", "student": "student", "distilled": "distill", "quantized": "quantize"}
+STAGES = {"teacher": "train", "student": "train", "distilled": "distill", "quantized": "quantize"}
+# The model each one is made from (its card's base_model); teacher and student are trained from
+# scratch unless their section imports a `pretrained` model.
+MADE_FROM = {"distilled": "teacher", "quantized": "distilled"}
+
+
+def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], params: Params,
+                out: Path) -> dict[str, Path]:
+    """`out/<model>/README.md` for every evaluated model, each with the whole comparison table."""
+    resolved = params.model_dump(mode="json")
+    cards = {}
+    for name, folder in models.items():
+        summary_path = Path(folder).parent / "summary.json"  # the run folder of that model
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        source = MADE_FROM.get(name)
+        base = (str(models[source]) if source in models
+                else (resolved.get(name) or {}).get("pretrained"))
+        cards[name] = write_model_card(folder, name=name, stage=STAGES.get(name, "train"),
+                                       params=resolved, summary=summary, base_model=base,
+                                       comparison=table, out=out / name / "README.md")
+    return cards
 
 
 @stage
@@ -14,6 +47,7 @@ def eval(params, argv):
                          METRICS / "eval.json")
     for name, figures in table.items():
         print(f"eval {name:>10}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
+    write_cards(models, table, params, run_dir("eval") / "cards")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""Hugging Face model cards: a `README.md` beside every saved model.
+
+A card is YAML front matter (`library_name`, `tags`, `base_model`, and `model-index` results in the
+Hub's schema) followed by markdown a person can read: what the model is and how big, which lmpipe
+version and git commit made it, what it was trained on, how it scores, and the resolved params.
+Everything comes from the saved `config.json` and weights' header, the params and the run summary,
+so the card says only what was recorded. Training stages write a card with their own figures; the
+eval stage writes fuller ones (with the teacher/student/distilled/quantized comparison) into its
+own folder, since rewriting another stage's output would make DVC see that stage as changed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmpipe.runlog import git_state
+
+# `pretrained` shorthands -> the Hub id, so `base_model` links to the real model page.
+HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+# distill.teacher -> where the student's targets came from, in words.
+TEACHER_SOURCES = {"cache": "from the teacher_cache stage's top-k cache",
+                   "live": "from the teacher model run on every batch"}
+
+# Headline figures (lmpipe.evaluate.headline keys) -> (table column, long name). The order is the
+# column order of the comparison table and of the model-index metrics.
+METRICS = {
+    "val_loss": ("val loss", "validation loss (nats per token)"),
+    "val_ppl": ("val ppl", "validation perplexity"),
+    "val_bpb": ("val bpb", "validation bits per byte"),
+    "recall_trained": ("recall (no tool)", "recall without the tool, trained people"),
+    "tool_accuracy_trained": ("tool acc., trained", "accuracy with the tool, trained people"),
+    "tool_accuracy_heldout": ("tool acc., held-out", "accuracy with the tool, held-out people"),
+    "tool_call_rate_trained": ("valid calls, trained", "valid tool-call rate, trained people"),
+    "tool_call_rate_heldout": ("valid calls, held-out", "valid tool-call rate, held-out people"),
+}
+
+
+def _parameter_count(model_dir: Path) -> int | None:
+    """Parameters stored in the safetensors files, read from their headers (no weights loaded).
+    save_pretrained drops a tied lm_head, so tied embeddings count once (as count_parameters)."""
+    total, found = 0, False
+    for path in sorted(model_dir.glob("model*.safetensors")):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        found = True
+    return total if found else None
+
+
+def _dataset(params: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """(model-index dataset entry, a paragraph describing the training data)."""
+    data, world, tok = params.get("data", {}), params.get("world", {}), params.get("tokenize", {})
+    source = data.get("source", "people")
+    if source == "people":
+        kinds = [k for k, on in (("tool dialogs (the model writes a database query and copies "
+                                  "the reply)", world.get("tool_dialogs")),
+                                 ("question/answer dialogs (answered from memory)",
+                                  world.get("qa_dialogs")),
+                                 (f"biographies ({world.get('bios_per_person')} per person)",
+                                  world.get("bios_per_person"))) if on]
+        text = (f"lmpipe's synthetic people world (seed {world.get('seed')}): "
+                f"{world.get('people')} trained people, each with six attributes, appear in "
+                f"{'; '.join(kinds) or 'no documents'}. {world.get('heldout_people')} held-out "
+                "people exist only in the database, so questions about them can only be answered "
+                "with the tool.")
+        entry = {"name": f"lmpipe people world (seed {world.get('seed')}, {world.get('people')} "
+                         f"trained + {world.get('heldout_people')} held-out people)",
+                 "type": "lmpipe/people-world"}
+    elif source == "shakespeare":
+        where = f"the local copy {data['path']}" if data.get("path") else "the standard download"
+        text = f"Tiny Shakespeare (about 1 MB of plays), from {where}."
+        entry = {"name": "tiny Shakespeare", "type": "tiny_shakespeare"}
+    else:
+        text = (f"The local corpus `{data.get('path')}` ({data.get('format')}"
+                + (f", field `{data.get('field')}`" if data.get("format") != "text" else "") + ").")
+        entry = {"name": f"corpus {Path(str(data.get('path'))).name}", "type": "lmpipe/corpus"}
+    if data.get("max_documents"):
+        text += f" Only the first {data['max_documents']} documents were kept."
+    targets = ("assistant tokens (plain-text documents whole)"
+               if tok.get("loss_on") == "assistant" else "every token")
+    text += (f" Tokenizer: `{tok.get('kind', 'byte')}`; the loss is taken on {targets}, with "
+             f"{100 * float(tok.get('val_fraction', 0)):g}% of the documents held out for "
+             "validation.")
+    return entry, text
+
+
+def _training(name: str, stage: str, params: dict[str, Any], summary: dict[str, Any],
+              base: str | None) -> tuple[str, str]:
+    """(one-sentence introduction, how it was trained)."""
+    if stage == "quantize":
+        q = params.get("quantize", {})
+        return (f"`{name}` is a BitNet b1.58 ternary post-training quantization of `{base}`.",
+                f"Method `{q.get('method')}` (absmean): every linear layer except "
+                f"{', '.join(q.get('skip_modules', [])) or 'none'} now holds at most three distinct "
+                "values, stored dequantized in float32 so the model loads as an ordinary "
+                "transformers model. No training after quantization.")
+    pretrained = summary.get("pretrained") or params.get(name, {}).get("pretrained")
+    if pretrained:
+        return (f"`{name}` is the pretrained model `{pretrained}`, imported by lmpipe's "
+                f"`train@{name}` stage (its embedding grown to lmpipe's protocol tokens).",
+                "Not trained here: its validation loss was measured on the data below.")
+    tp = params.get("distill" if stage == "distill" else name, {}).get("train", {})
+    how = (f"{tp.get('steps')} steps of {tp.get('batch_size')} × {tp.get('grad_accum')} "
+           f"{tp.get('sampling')}, {tp.get('optimizer')} at lr {tp.get('lr')} ({tp.get('schedule')}"
+           f" schedule, {tp.get('warmup_steps')} warmup steps), seed {tp.get('seed')}.")
+    if stage == "distill":
+        d = params.get("distill", {})
+        objective = " + ".join(f"{w}·{t}" for t, w in d.get("objective", {}).items() if w)
+        return (f"`{name}` is lmpipe's student architecture distilled from the teacher `{base}` "
+                "by the `distill` stage.",
+                f"Objective {objective} at temperature {d.get('temperature')}, the teacher's "
+                f"signals read {TEACHER_SOURCES.get(d.get('teacher'), d.get('teacher'))}; " + how)
+    return (f"`{name}` is a small Llama-style causal language model trained from scratch by "
+            f"lmpipe's `{stage}@{name}` stage.", how)
+
+
+def _figures(summary: dict[str, Any]) -> str:
+    """The training run's own figures, one line."""
+    parts = [f"{label} {summary[k]:{fmt}}" for k, label, fmt in (
+        ("steps", "steps", ","), ("tokens_seen", "tokens seen", ","),
+        ("initial_val_loss", "initial val loss", ".4g"), ("final_val_loss", "final val loss", ".4g"),
+        ("quantized_layers", "quantized linear layers", ","),
+        ("quantized_weights", "ternary weights", ","),
+        ("wall_time_s", "wall time (s)", ".1f")) if isinstance(summary.get(k), (int, float))]
+    return ("Run figures: " + ", ".join(parts) + ".") if parts else ""
+
+
+def _table(comparison: dict[str, dict[str, float]], this: str) -> str:
+    """Markdown table, one row per model, columns for the headline figures any model has."""
+    keys = [k for k in ("parameters", *METRICS) if any(k in r for r in comparison.values())]
+    header = ["model", *(METRICS[k][0] if k in METRICS else "params" for k in keys)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(keys)]
+    for model, row in comparison.items():
+        cells = ["" if k not in row else f"{int(row[k]):,}" if k == "parameters" else
+                 f"{row[k]:.4g}" for k in keys]
+        label = f"**{model}** (this model)" if model == this else model
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: dict[str, Any],
+                     summary: dict[str, Any] | None = None, base_model: str | None = None,
+                     teacher: str | None = None,
+                     comparison: dict[str, dict[str, float]] | None = None,
+                     out: str | Path | None = None) -> Path:
+    """Write the model card of the model saved in `model_dir`; returns its path.
+
+    `name` is the model's name in lmpipe (teacher, student, distilled, quantized) and its row in
+    `comparison` (eval headline figures per model, as `metrics/eval.json`). `params` is the
+    resolved `Params.model_dump(mode="json")`; `summary` the run's summary. `base_model` is what
+    this model was made from (defaults to `teacher`, for a distilled model). `out` (default
+    `model_dir/README.md`) lets a later stage write a card without touching the model directory.
+    """
+    model_dir = Path(model_dir)
+    out = Path(out) if out is not None else model_dir / "README.md"
+    summary = summary or {}
+    base = base_model or teacher
+    config = json.loads((model_dir / "config.json").read_text())
+    n_params = (_parameter_count(model_dir) or summary.get("params_count")
+                or (comparison or {}).get(name, {}).get("parameters"))
+    dataset, data_text = _dataset(params)
+    intro, training = _training(name, stage, params, summary, base)
+
+    metrics = [{"type": k, "value": float(v), "name": METRICS[k][1]}
+               for k in METRICS if (v := (comparison or {}).get(name, {}).get(k)) is not None]
+    if isinstance(summary.get("final_val_loss"), (int, float)):
+        metrics.append({"type": "final_val_loss", "value": float(summary["final_val_loss"]),
+                        "name": "final validation loss of the training run"})
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
+                            "tags": ["lmpipe", stage, config.get("model_type", "llama")]}
+    if base:
+        meta["base_model"] = HUB_IDS.get(base, base)
+        if stage == "quantize":
+            meta["base_model_relation"] = "quantized"
+    if metrics:  # the Hub rejects a model-index without results; a fresh quantized model has none
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": "text-generation", "name": "Text Generation"},
+            "dataset": dataset, "metrics": metrics}]}]
+
+    figures = _figures(summary)
+    git = git_state()
+    commit = (f"`{git['git_commit']}`" + (" (with uncommitted changes)" if git["git_dirty"] else "")
+              if git["git_commit"] else "unknown (not made inside a git checkout)")
+    heads = config.get("num_attention_heads")
+    facts = [("stage", f"`{stage}`"),
+             ("architecture", ", ".join(config.get("architectures") or [config.get("model_type")])),
+             ("parameters", f"{int(n_params):,}" if n_params else "unknown"),
+             ("layers", config.get("num_hidden_layers")),
+             ("width (hidden size)", config.get("hidden_size")),
+             ("attention heads", f"{heads} ({config.get('num_key_value_heads', heads)} key/value)"),
+             ("MLP width", config.get("intermediate_size")),
+             ("vocabulary", f"{config.get('vocab_size')} tokens"),
+             ("context", f"{config.get('max_position_embeddings')} tokens"),
+             ("tied embeddings", "yes" if config.get("tie_word_embeddings") else "no"),
+             ("lmpipe", importlib.metadata.version("lmpipe")),
+             ("git commit", commit)]
+    if base:
+        facts.insert(1, ("made from", f"`{base}`"))
+    body = [f"# {name}", "", intro, "", "| | |", "|---|---|",
+            *(f"| {k} | {v} |" for k, v in facts), "",
+            "## Training data", "",
+            ("Its source model's data: " if stage == "quantize" else "") + data_text, "",
+            "## Training", "", training, *(["", figures] if figures else []), ""]
+    if comparison:
+        asked = any(k.startswith(("recall", "tool")) for row in comparison.values() for k in row)
+        body += ["## Evaluation", "",
+                 "All models scored by lmpipe's `eval` stage on the same validation batches"
+                 + (" and the same questions (exact-match answers)" if asked else "") + ":", "",
+                 _table(comparison, name), ""]
+    body += ["## Usage", "", "```python",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'model = AutoModelForCausalLM.from_pretrained("{model_dir}")',
+             f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")', "```", "",
+             "Prompts follow lmpipe's dialog and tool protocol (`lmpipe/protocol.py`); "
+             "`lmpipe.generate.answer_questions` runs the tool loop. A research model from a small "
+             "experiment: not meant for any use beyond it.", "",
+             "## Parameters", "", "The resolved `params.yaml` of the run:", "", "```yaml",
+             yaml.safe_dump(params, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"---\n{front}---\n\n" + "\n".join(body), encoding="utf-8")
+    return out
