@@ -262,6 +262,14 @@ class EvalParams(Section):
     sample_tokens: int = Field(200, ge=1)
     temperature: float = Field(0.8, ge=0.0, description="0 = greedy")
     top_k: int = Field(40, ge=1)
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks run on every model (needs "
+        "pip install 'lmpipe[harness]'); 'people' expands to lmpipe's generated people_recall "
+        "(generation, exact match) and people_recall_mc (multiple choice) on the sampled trained "
+        "people; any task lm-eval knows (hellaswag, mmlu, ...) runs if its data is in the local "
+        "Hugging Face cache. Empty by default: it slows the eval stage")
+    harness_limit: int | None = Field(None, ge=1, description="at most this many samples per "
+                                      "harness task; None = all")
 
 
 class Params(Section):

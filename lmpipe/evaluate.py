@@ -64,9 +64,11 @@ def val_bits_per_byte(val_loss: float, val_split: TokenSplit, tokenizer) -> floa
 
 def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
                    trained: list[dict[str, str]], heldout: list[dict[str, str]],
-                   val_sampling: TrainParams
+                   val_sampling: TrainParams, harness_dir: Path | None = None
                    ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
-    """All eval records for one model, plus the transcripts they were scored on."""
+    """All eval records for one model, plus the transcripts they were scored on.
+
+    `harness_dir`: where the lm-eval people tasks of `params.harness_tasks` are written."""
     model, tokenizer = load_model(model_dir)
     # every model is scored on the same batches, read the way the teacher was trained
     tp = val_sampling
@@ -101,6 +103,9 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
             records.append({"metric": "tool_call_rate", "split": split, "attribute": None,
                             "value": valid / len(exchanges), "n": len(exchanges)})
         transcripts[f"{metric}/{split}"] = exchanges
+    if params.harness_tasks:
+        from lmpipe.harness import harness_records  # lm-eval is an optional dependency
+        records += harness_records(model_dir, params, db, trained, harness_dir)
     return records, transcripts
 
 
@@ -137,7 +142,8 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
         with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
             for name, folder in tqdm(models.items(), desc="eval", unit="model"):
                 records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
-                                                      params.teacher.train)
+                                                      params.teacher.train,
+                                                      harness_dir=out / "harness_tasks")
                 for r in records:
                     evals.write(json.dumps({"model": name, **r}) + "\n")
                 with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:
