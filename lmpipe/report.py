@@ -1,7 +1,9 @@
 """The HTML report: one self-contained page drawn from the run database with Altair.
 
 `render_report(db_path, out_dir)` writes `out_dir/index.html` with
-1. training curves (`loss`, and `val_loss` when logged) against step, one colour per run;
+1. training curves (`loss`, and `val_loss` when logged) against step, one colour per run, and,
+   when a run was evaluated at its checkpoints (lmpipe/checkpoint_eval.py), its tool accuracy on
+   trained and held-out people against step;
 2. the latest eval run side by side: recall without the tool and tool accuracy on trained and
    held-out people, per model (teacher, student, distilled, quantized, ...);
 3. distillation: validation loss of the distilled student(s) against the scratch student at equal
@@ -48,15 +50,24 @@ WHERE i % greatest(1, ceil(n / {MAX_POINTS_PER_CURVE})::BIGINT) = 0 OR i = n - 1
 ORDER BY run_id, metric, step
 """
 
+# {stage_rows}: the eval stage's rows, not a training run's step-tagged eval series
 LATEST_EVAL_RUN_SQL = """
-SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM evals)
+SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM evals WHERE {stage_rows})
 ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1
 """
 
 OVERALL_EVALS_SQL = """
 SELECT model, metric, split, avg(value) AS value, max(n) AS n
-FROM evals WHERE run_id = ? AND attribute IS NULL
+FROM evals WHERE run_id = ? AND attribute IS NULL AND {stage_rows}
 GROUP BY ALL ORDER BY metric, split, model
+"""
+
+STEP_ACCURACY_SQL = """
+SELECT run_id, split, step, avg(value) AS value, max(n) AS n  -- a re-evaluated step: averaged
+FROM evals
+WHERE step IS NOT NULL AND metric = 'tool_accuracy' AND attribute IS NULL
+  AND split IN ('trained', 'heldout') AND isfinite(value)
+GROUP BY ALL ORDER BY run_id, split, step
 """
 
 DISTILL_VAL_SQL = """
@@ -82,6 +93,11 @@ FROM runs ORDER BY started_at NULLS LAST, run_id
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {row[0] for row in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
 
 
 def _model_order(models: list[str]) -> list[str]:
@@ -128,6 +144,24 @@ def curves_chart(curves: pd.DataFrame) -> alt.TopLevelMixin:
         )
     panels[0] = panels[0].add_params(pick)  # defined once; the legend is shared by the panels
     return alt.hconcat(*panels) if len(panels) > 1 else panels[0]
+
+
+def step_accuracy_chart(accuracy: pd.DataFrame) -> alt.TopLevelMixin:
+    """Tool accuracy against step from checkpoint evals: colour = run, dash = people split."""
+    pick = alt.selection_point(fields=["run_id"], bind="legend")
+    return (alt.Chart(accuracy, title="tool accuracy during training")
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("step:Q", title="step"),
+                y=alt.Y("value:Q", title="tool accuracy", scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("run_id:N", title="run"),
+                strokeDash=alt.StrokeDash("split:N", title="people", sort=["trained", "heldout"]),
+                opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+                tooltip=["run_id:N", "split:N", "step:Q", alt.Tooltip("value:Q", format=".4f"),
+                         "n:Q"],
+            )
+            .add_params(pick)
+            .properties(width=420, height=280))
 
 
 def distill_charts(val: pd.DataFrame, terms: pd.DataFrame) -> alt.TopLevelMixin:
@@ -196,11 +230,17 @@ def _load(db_path: Path) -> dict[str, Any] | None:
         runs = con.execute(RUNS_SQL).df()
         if runs.empty:
             return None
-        latest = con.execute(LATEST_EVAL_RUN_SQL).fetchone()
+        # a database indexed before evals had a step column has only eval-stage rows
+        has_step = "step" in _columns(con, "evals")
+        stage_rows = "step IS NULL" if has_step else "true"
+        latest = con.execute(LATEST_EVAL_RUN_SQL.format(stage_rows=stage_rows)).fetchone()
         eval_run = latest[0] if latest else None
-        overall = (con.execute(OVERALL_EVALS_SQL, [eval_run]).df() if eval_run
-                   else pd.DataFrame(columns=["model", "metric", "split", "value", "n"]))
+        overall = (con.execute(OVERALL_EVALS_SQL.format(stage_rows=stage_rows), [eval_run]).df()
+                   if eval_run else pd.DataFrame(columns=["model", "metric", "split", "value", "n"]))
+        step_accuracy = (con.execute(STEP_ACCURACY_SQL).df() if has_step
+                         else pd.DataFrame(columns=["run_id", "split", "step", "value", "n"]))
         return {"runs": runs, "curves": con.execute(CURVES_SQL).df(),
+                "step_accuracy": step_accuracy,
                 "eval_run": eval_run, "overall": overall,
                 "distill_val": con.execute(DISTILL_VAL_SQL).df(),
                 "distill_terms": con.execute(DISTILL_TERMS_SQL).df()}
@@ -272,6 +312,15 @@ def render_report(db_path: Path, out_dir: Path) -> Path:
                         "right panel (when present) is the validation loss. Lower is better. Click a "
                         "run in the legend to highlight it; hover a line for exact values. The y axis is "
                         "logarithmic.</p>")
+        if not data["step_accuracy"].empty:
+            body.append("<h3>Tool accuracy against step</h3>")
+            body.append(_embed("step_accuracy", step_accuracy_chart(data["step_accuracy"])))
+            charts += 1
+            body.append('<p class="howto">Each training run\'s checkpoints, evaluated while it '
+                        "trained: the share of questions about trained (solid) and held-out "
+                        "(dashed) people answered exactly by querying the database tool, against "
+                        "the checkpoint's step, on the same sample of people at every step. Higher "
+                        "is better; held-out people can only be answered through the tool.</p>")
 
         body.append("<h2>Evaluation</h2>")
         eval_run, overall = data["eval_run"], data["overall"]

@@ -8,7 +8,10 @@ transaction, so re-indexing is idempotent and a reader never sees a half-built d
          git_commit, git_dirty, host, device, lmpipe_version, torch, transformers, path)
     params(run_id, key, value)            key = dotted path ("train.lr"), value = JSON text
     metrics(run_id, step, name, value)    long format: one row per numeric field per step
-    evals(run_id, model, metric, split, attribute, value, n)
+    evals(run_id, model, metric, split, attribute, value, n, step)
+                                          step: the checkpoint a training run's eval series
+                                          measured (lmpipe/checkpoint_eval.py); null for the
+                                          eval stage's rows
     summaries(run_id, key, value, value_num)   summary.json keys beyond the fixed ones
 
 Timestamps are stored in UTC. A run without `summary.json` (crashed hard, or still running) has
@@ -44,7 +47,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
                 ("value", "DOUBLE")],
     "evals": [("run_id", "VARCHAR"), ("model", "VARCHAR"), ("metric", "VARCHAR"),
               ("split", "VARCHAR"), ("attribute", "VARCHAR"), ("value", "DOUBLE"),
-              ("n", "BIGINT")],
+              ("n", "BIGINT"), ("step", "BIGINT")],
     "summaries": [("run_id", "VARCHAR"), ("key", "VARCHAR"), ("value", "VARCHAR"),
                   ("value_num", "DOUBLE")],
 }
@@ -185,7 +188,7 @@ def _collect(runs_root: Path) -> tuple[dict[str, list[tuple]], int]:
                 continue
             rows["evals"].append((run_id, r["model"], r["metric"], _text(r.get("split")),
                                   _text(r.get("attribute")), float(r["value"]),
-                                  _integer(r.get("n"))))
+                                  _integer(r.get("n")), _integer(r.get("step"))))
     return rows, skipped
 
 

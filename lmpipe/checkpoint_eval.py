@@ -1,0 +1,294 @@
+"""Evaluating a training run's checkpoints while it trains: the eval itself, not its scheduling.
+
+`evaluate_checkpoint(config, checkpoint_dir)` loads one checkpoint's weights (the
+`checkpoints/step_N/` folders lmpipe/checkpoint.py writes: `save_pretrained` safetensors plus
+`trainer_state.json`), measures validation loss and tool accuracy on a small fixed sample of
+trained and held-out people, and appends the records, tagged with the checkpoint's `step`, to the
+run folder's `evals.jsonl` — the run's eval series, which `lmpipe index` loads with its step and
+the report draws as accuracy against step. It also appends one line per eval to
+`checkpoint_evals.jsonl` (when it ran, and the training step logged at its start and end: the
+evidence that training kept going meanwhile). `pending_checkpoints` lists the finished
+checkpoints not evaluated yet. The scheduling (a Prefect flow polling the folder) is
+flows/async_eval.py.
+
+`CheckpointEvalConfig` holds only strings and numbers, so it crosses process and Prefect task
+boundaries as JSON; the database is opened read-only inside the eval, never carried in the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmpipe.checkpoint import PREFIX, list_checkpoints
+
+EVALS_FILE = "evals.jsonl"
+EVAL_LOG_FILE = "checkpoint_evals.jsonl"
+METRICS_FILE = "metrics.jsonl"
+# validation-loss batch size, as evaluate_model uses, so the numbers are comparable
+LOSS_BATCH_SIZE = 64
+
+
+class CheckpointVanished(FileNotFoundError):
+    """The checkpoint was deleted (keep-last-K pruning) before its weights could be read."""
+
+
+class CheckpointEvalConfig(BaseModel):
+    """Everything an eval of one checkpoint needs, as plain JSON values (paths are strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = Field(description="the training run folder (holds checkpoints/, metrics.jsonl)")
+    db_path: str | None = Field(
+        None, description="the people world's DuckDB file; None = no world: validation loss only")
+    tokens_dir: str = Field(description="the tokenize stage's output (val split, tokenizer/)")
+    run_name: str | None = Field(
+        None, description="the `model` of the eval records; default: params.json run.name, else "
+        "the run folder's name")
+    trained_people: int = Field(16, ge=0, description="trained people asked (tool accuracy)")
+    heldout_people: int = Field(16, ge=0, description="held-out people asked (tool accuracy)")
+    seed: int = Field(0, description="fixes the people sample: every step is asked the same ones")
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(64, ge=1, description="questions generated per batch")
+    val_batches: int = Field(0, ge=0, description="validation batches for the loss; 0 = whole split")
+    threads: int = Field(1, ge=0, description="torch threads for the eval; 0 keeps torch's default")
+
+
+# -- the run folder --------------------------------------------------------------------------------
+def checkpoint_step(path: Path) -> int:
+    """The step of a `step_N` checkpoint folder, from its name."""
+    name = Path(path).name
+    if not name.startswith(PREFIX) or not name[len(PREFIX):].isdigit():
+        raise ValueError(f"{path}: not a checkpoint folder (expected {PREFIX}<step>)")
+    return int(name[len(PREFIX):])
+
+
+def pending_checkpoints(run_folder: str | Path, done_steps: set[int]) -> list[Path]:
+    """Finished checkpoints of the run whose step is not in `done_steps`, oldest first.
+
+    Only renamed `step_N` folders holding `trainer_state.json` count: the checkpoint writer fills
+    a hidden `.tmp-...` folder and renames it into place, so a folder still being written is never
+    listed. The folder may vanish under us (pruning, or a fresh run clearing it): that is no error.
+    """
+    try:
+        found = list_checkpoints(Path(run_folder) / "checkpoints")
+    except FileNotFoundError:  # the checkpoints folder was removed while we listed it
+        return []
+    return [p for p in found if checkpoint_step(p) not in done_steps]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON objects of a file appended to concurrently: a torn or blank line is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                records.append(obj)
+    return records
+
+
+def evaluated_steps(run_folder: str | Path) -> set[int]:
+    """Steps whose checkpoint has been evaluated (per `checkpoint_evals.jsonl`)."""
+    return {int(r["step"]) for r in _read_jsonl(Path(run_folder) / EVAL_LOG_FILE)
+            if r.get("status") == "done" and isinstance(r.get("step"), int)}
+
+
+def eval_log(run_folder: str | Path) -> list[dict[str, Any]]:
+    """Every line of the run's `checkpoint_evals.jsonl`: step, started_at/ended_at (unix time),
+    seconds, train_step_at_start/_end (last step in metrics.jsonl then), status."""
+    return _read_jsonl(Path(run_folder) / EVAL_LOG_FILE)
+
+
+def latest_logged_step(run_folder: str | Path) -> int | None:
+    """The step of the last complete record in the run's metrics.jsonl (None before the first).
+
+    Reads only the file's tail: the training process appends to it while we read.
+    """
+    path = Path(run_folder) / METRICS_FILE
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            tail = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue  # a line cut by the seek or still being written
+        if isinstance(step, int):
+            return step
+    return None
+
+
+def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records with one `write` on an O_APPEND descriptor: concurrent writers (several
+    eval threads) never interleave inside a line, and a reader sees a checkpoint's records whole."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, default=float) + "\n" for r in records).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # a regular file takes it whole; a short write is not an error
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clear_eval_series(run_folder: str | Path) -> None:
+    """Delete the run's step-tagged eval series: a training run starting afresh makes it stale
+    (as RunLog.rewind(0) makes its metrics)."""
+    for name in (EVALS_FILE, EVAL_LOG_FILE):
+        (Path(run_folder) / name).unlink(missing_ok=True)
+
+
+def _run_name(config: CheckpointEvalConfig, run: Path) -> str:
+    if config.run_name:
+        return config.run_name
+    params = run / "params.json"
+    if params.is_file():
+        try:
+            name = json.loads(params.read_text(encoding="utf-8")).get("run", {}).get("name")
+        except (ValueError, AttributeError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    return run.name
+
+
+def _val_sampling(section: dict[str, Any], checkpoint: Path):
+    """The run's own TrainParams (sampling, block size, loss_on) from the checkpoint's params.json:
+    the validation loss is read the way the run trains, like the trainer's own val loss."""
+    from lmpipe.config import TrainParams
+
+    train = section.get("train") or section.get("distill", {}).get("train") or {}
+    try:
+        return TrainParams.model_validate(train)
+    except ValueError as exc:
+        raise ValueError(f"{checkpoint / 'params.json'}: its train section is invalid: {exc}") from None
+
+
+def preload() -> None:
+    """Import what an eval needs (torch, transformers, the eval helpers: seconds of CPU) now, so
+    the first eval does not pay for it while competing with training for the cores."""
+    import transformers  # noqa: F401
+
+    import lmpipe.evaluate  # noqa: F401
+    import lmpipe.generate  # noqa: F401
+
+
+# -- one eval --------------------------------------------------------------------------------------
+def _load_checkpoint_model(checkpoint: Path):
+    """The checkpoint's model (float32, eval mode), its trainer state and its params section."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint is noise
+
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        section = json.loads((checkpoint / "params.json").read_text(encoding="utf-8"))
+        # config.json + model.safetensors: the save_pretrained half of the checkpoint. Once the
+        # weights file is open, pruning cannot take it from us (an unlinked file stays readable).
+        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+    except Exception as exc:  # whatever a half-deleted folder makes the loaders raise
+        time.sleep(0.2)  # a pruning rmtree caught midway: let it finish before judging
+        if not checkpoint.is_dir() or not (checkpoint / "trainer_state.json").is_file():
+            raise CheckpointVanished(f"{checkpoint}: checkpoint deleted before it could be "
+                                     "evaluated (pruned by keep_checkpoints?)") from exc
+        raise
+    return model.eval(), state, section
+
+
+def _tokenizer(config: CheckpointEvalConfig, run: Path):
+    from lmpipe.tokenizer import load_tokenizer
+
+    for folder in (Path(config.tokens_dir) / "tokenizer", run / "model"):
+        if (folder / "tokenizer.json").is_file():
+            return load_tokenizer(folder)
+    raise FileNotFoundError(f"no tokenizer for {run}: neither {Path(config.tokens_dir) / 'tokenizer'} "
+                            f"nor {run / 'model'} holds tokenizer.json (config.tokens_dir)")
+
+
+def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path) -> list[dict[str, Any]]:
+    """Evaluate one checkpoint, append its records to the run's evals.jsonl, and return them.
+
+    Records: val_loss (split val), and when the config names a people world, tool_accuracy and
+    tool_call_rate on trained and held-out people (attribute None), each with `step`. Raises
+    CheckpointVanished if the checkpoint is pruned before its weights are read.
+    """
+    started = time.time()
+    import torch
+
+    from lmpipe.batching import make_batches
+    from lmpipe.evaluate import accuracy_records, questions_for, sample_people
+    from lmpipe.generate import answer_questions
+    from lmpipe.losses import evaluate_loss
+    from lmpipe.tokens import TokenSplit
+    from lmpipe.tooldb import PeopleDB
+
+    run, checkpoint = Path(config.run_dir), Path(checkpoint_dir)
+    train_step_at_start = latest_logged_step(run)
+    if config.threads:
+        # process-wide: the watcher process does nothing else heavy; training has its own process
+        torch.set_num_threads(config.threads)
+    if not checkpoint.is_dir():
+        raise CheckpointVanished(f"{checkpoint}: checkpoint no longer exists (pruned?)")
+    step = checkpoint_step(checkpoint)
+    model, state, section = _load_checkpoint_model(checkpoint)
+    if state.get("step") != step:
+        raise ValueError(f"{checkpoint / 'trainer_state.json'}: step {state.get('step')} does not "
+                         f"match the folder name")
+    tokenizer = _tokenizer(config, run)
+    tp = _val_sampling(section, checkpoint)
+    val_split = TokenSplit.open(Path(config.tokens_dir), "val")
+    with torch.no_grad():
+        val_loss = evaluate_loss(model, make_batches(
+            val_split, tp.sampling, LOSS_BATCH_SIZE, tp.block_size, 0, tokenizer.pad_token_id,
+            model.config.max_position_embeddings, tp.loss_on), LOSS_BATCH_SIZE, config.val_batches)
+    records: list[dict[str, Any]] = [
+        {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None}]
+    if config.db_path is not None:
+        # opened here, read-only, and closed with the eval: a handle never travels in the config
+        with PeopleDB(config.db_path) as db:
+            for split, db_split, count in (("trained", "train", config.trained_people),
+                                           ("heldout", "heldout", config.heldout_people)):
+                people = sample_people(db, db_split, count, config.seed)
+                if not people:
+                    continue
+                questions = questions_for(people)
+                exchanges = answer_questions(model, tokenizer, [(a, n) for a, n, _ in questions],
+                                             db, max_new_tokens=config.max_new_tokens,
+                                             batch_size=config.batch_size)
+                records += [r for r in accuracy_records("tool_accuracy", split, questions, exchanges)
+                            if r["attribute"] is None]
+                valid = sum(ex.db_reply is not None and not ex.db_reply.startswith("ERROR")
+                            for ex in exchanges)
+                records.append({"metric": "tool_call_rate", "split": split, "attribute": None,
+                                "value": valid / len(exchanges), "n": len(exchanges)})
+    name = _run_name(config, run)
+    records = [{"model": name, **r, "step": step} for r in records]
+    append_jsonl(run / EVALS_FILE, records)
+    ended = time.time()
+    append_jsonl(run / EVAL_LOG_FILE, [{
+        "step": step, "checkpoint": checkpoint.name, "fingerprint": state.get("fingerprint"),
+        "status": "done", "started_at": started, "ended_at": ended,
+        "seconds": round(ended - started, 3), "train_step_at_start": train_step_at_start,
+        "train_step_at_end": latest_logged_step(run)}])
+    return records
