@@ -85,7 +85,7 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
     ]
     if db is not None:  # what the weights alone hold, in bits (lmpipe/knowledge.py)
         records += knowledge_records(model, tokenizer, db, count_parameters(model),
-                                     params.batch_size)
+                                     params.batch_size, people=trained)
     transcripts = {}
     generation = {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size}
     for metric, split, people, tool in [("recall", "trained", trained, None),

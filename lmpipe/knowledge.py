@@ -39,28 +39,33 @@ def answer_bits(model, tokenizer, prompts: list[str], answers: list[str],
             ids[row, :len(head) + len(tail)] = torch.tensor(head + tail)
             scored[row, len(head) - 1:len(head) + len(tail) - 1] = True  # predictions of the tail
         ids, scored = ids.to(device), scored.to(device)
-        logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
-        picked = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        total += -(picked[scored].sum().item()) / math.log(2)
+        logits = model(input_ids=ids).logits[:, :-1][scored].float()  # answer positions only
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:][scored][:, None])
+        total += -(picked.sum().item()) / math.log(2)
     return total
 
 
-def knowledge_records(model, tokenizer, db: PeopleDB, parameters: int,
-                      batch_size: int = 256) -> list[dict[str, Any]]:
-    """Eval records: knowledge bits per attribute and in total, and bits per parameter."""
+def knowledge_records(model, tokenizer, db: PeopleDB, parameters: int, batch_size: int = 256,
+                      people: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Eval records: knowledge bits per attribute and in total, and bits per parameter, over all
+    N trained people. With `people` (a sample of them), the cross-entropy sum is estimated from
+    the sample and scaled to N (unbiased for the sum; `n` says how many were scored)."""
     trained = db.people("train")
     everyone = trained + db.people("heldout")
+    scored = people if people else trained
+    scale = len(trained) / len(scored)
     records, total = [], 0.0
     for attribute in protocol.ATTRIBUTES:
         values = {p[attribute] for p in everyone}
-        prompts = [protocol.prompt(attribute, p["name"], with_tool=False) for p in trained]
-        spent = answer_bits(model, tokenizer, prompts, [p[attribute] for p in trained], batch_size)
+        prompts = [protocol.prompt(attribute, p["name"], with_tool=False) for p in scored]
+        spent = scale * answer_bits(model, tokenizer, prompts, [p[attribute] for p in scored],
+                                    batch_size)
         bits = max(0.0, len(trained) * math.log2(len(values)) - spent)
         total += bits
         records.append({"metric": "knowledge_bits", "split": "trained", "attribute": attribute,
-                        "value": bits, "n": len(trained)})
+                        "value": bits, "n": len(scored)})
     records += [{"metric": "knowledge_bits", "split": "trained", "attribute": None,
-                 "value": total, "n": len(trained)},
+                 "value": total, "n": len(scored)},
                 {"metric": "bits_per_param", "split": "trained", "attribute": None,
-                 "value": total / max(parameters, 1), "n": len(trained)}]
+                 "value": total / max(parameters, 1), "n": len(scored)}]
     return records

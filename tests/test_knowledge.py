@@ -64,3 +64,15 @@ def test_knowledge_bits_range_from_zero_to_the_full_entropy(tiny_world, tiny_mod
     assert per_param == pytest.approx(sum(full.values()) / 1000, rel=1e-3)
     # an untrained model is worse than uniform over the values: floored at zero
     assert all(r["value"] == 0.0 for r in random_model)
+
+
+def test_a_sample_of_people_estimates_the_whole_sum(tiny_world, tiny_model, tokenizer):
+    with PeopleDB(tiny_world / "people.duckdb") as db:
+        trained = db.people("train")
+        texts = [protocol.prompt(a, p["name"], False) + p[a] for p in trained for a in protocol.ATTRIBUTES]
+        oracle = Oracle(tokenizer, texts)
+        full = knowledge_records(oracle, tokenizer, db, parameters=10)
+        half = knowledge_records(oracle, tokenizer, db, parameters=10, people=trained[::2])
+    # an oracle's cross-entropy is ~0 for everyone: the sample gives the same total over all N
+    assert half[-2]["value"] == pytest.approx(full[-2]["value"], rel=1e-3)
+    assert half[-2]["n"] == len(trained[::2]) and full[-2]["n"] == len(trained)
