@@ -137,6 +137,15 @@ class TrainParams(Section):
         default_factory=list, description="[start, end): write a torch.profiler trace for these steps")
     wandb: Literal["off", "online", "offline"] = "off"
     wandb_project: str = "lmpipe"
+    qat: bool = Field(False, description="quantization-aware training: linear layers train "
+                      "through BitNet b1.58 ternary weights and 8-bit activations (straight-through "
+                      "gradients); the saved model is the packed ternary export")
+    qat_warmup_steps: int = Field(0, ge=0, description="the quantization factor lambda rises "
+                                  "from 0 to 1 over these steps (stable conversion of a "
+                                  "pretrained model)")
+    qat_schedule: Literal["linear", "sigmoid"] = "linear"
+    qat_skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"],
+                                        description="linear layers that stay full precision")
 
     @model_validator(mode="after")
     def _profile_window(self) -> "TrainParams":
@@ -247,8 +256,18 @@ class DistillParams(Section):
 
 
 class QuantizeParams(Section):
-    method: Literal["ternary"] = "ternary"
-    skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"])
+    """Ternary (BitNet b1.58) quantization of the distilled student, and an int8 baseline."""
+
+    method: Literal["qat", "ptq"] = Field(
+        "qat", description="qat: fine-tune the distilled student through ternary weights with the "
+        "distill objective (its PTQ is exported beside it for comparison); ptq: ternarize as is")
+    skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"],
+                                    description="linear layers that stay full precision")
+    int8_baseline: bool = Field(True, description="also export an int8 weight-only model")
+    train: TrainParams = Field(
+        default_factory=lambda: TrainParams(steps=600, lr=1e-3, warmup_steps=50, qat=True,
+                                            qat_warmup_steps=200),
+        description="method qat: the fine-tuning run (qat is forced on)")
 
 
 class EvalParams(Section):

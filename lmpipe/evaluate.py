@@ -82,6 +82,7 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
          "value": val_bits_per_byte(val_loss, val_split, tokenizer), "n": None},
         {"metric": "parameters", "split": "model", "attribute": None,
          "value": float(count_parameters(model)), "n": None},
+        *size_records(Path(model_dir)),
     ]
     if db is not None:  # what the weights alone hold, in bits (lmpipe/knowledge.py)
         records += knowledge_records(model, tokenizer, db, count_parameters(model),
@@ -107,6 +108,23 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
         from lmpipe.harness import harness_records  # lm-eval is an optional dependency
         records += harness_records(model_dir, params, db, trained, harness_dir)
     return records, transcripts
+
+
+def size_records(model_dir: Path) -> list[dict[str, Any]]:
+    """Bytes of the weights file(s) on disk, and of the tensors in them (dtype size x elements,
+    packed codes as stored): a quantized model beside its full-precision twin."""
+    file_bytes, tensor_bytes = 0, 0
+    widths = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "I64": 8, "F64": 8}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        file_bytes += path.stat().st_size
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        tensor_bytes += sum(widths.get(t["dtype"], 4) * math.prod(t["shape"])
+                            for k, t in header.items() if k != "__metadata__")
+    return [{"metric": "file_bytes", "split": "model", "attribute": None,
+             "value": float(file_bytes), "n": None},
+            {"metric": "weight_bytes", "split": "model", "attribute": None,
+             "value": float(tensor_bytes), "n": None}]
 
 
 def headline(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -51,7 +51,10 @@ def _parameter_count(model_dir: Path) -> int | None:
     for path in sorted(model_dir.glob("model*.safetensors")):
         with open(path, "rb") as f:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        # packed ternary codes hold 4 weights a byte; their per-tensor scales are not parameters
+        total += sum(math.prod(t["shape"]) * (4 if t["dtype"] == "U8" else 1)
+                     for k, t in header.items()
+                     if k != "__metadata__" and not k.endswith(".weight_scale"))
         found = True
     return total if found else None
 
@@ -98,11 +101,23 @@ def _training(name: str, stage: str, params: dict[str, Any], summary: dict[str, 
     """(one-sentence introduction, how it was trained)."""
     if stage == "quantize":
         q = params.get("quantize", {})
-        return (f"`{name}` is a BitNet b1.58 ternary post-training quantization of `{base}`.",
-                f"Method `{q.get('method')}` (absmean): every linear layer except "
-                f"{', '.join(q.get('skip_modules', [])) or 'none'} now holds at most three distinct "
-                "values, stored dequantized in float32 so the model loads as an ordinary "
-                "transformers model. No training after quantization.")
+        skipped = ", ".join(q.get("skip_modules", [])) or "none"
+        if name == "int8":
+            return (f"`{name}` is an int8 weight-only quantization of `{base}` (the baseline).",
+                    f"Every linear layer except {skipped}: per-output-channel absmax int8 weights "
+                    "with float32 scales (`quant_method: lmpipe_int8`); lmpipe dequantizes them "
+                    "at load. No training after quantization.")
+        qat = q.get("method") == "qat" and name == "quantized"
+        kind = "quantization-aware fine-tuning" if qat else "post-training quantization"
+        tp = q.get("train", {})
+        how = (f"{tp.get('steps')} steps through ternary weights and 8-bit activations "
+               f"(straight-through gradients, lambda warm-up over {tp.get('qat_warmup_steps')} "
+               "steps) with the distill objective, from the distilled student." if qat
+               else "No training after quantization.")
+        return (f"`{name}` is a BitNet b1.58 ternary {kind} of `{base}`.",
+                f"Every linear layer except {skipped} holds ternary weights with a per-tensor "
+                "absmean scale, packed 2 bits a weight in transformers' BitNet layout "
+                f"(`quant_method: bitnet`); activations are quantized per token to 8 bits. {how}")
     pretrained = summary.get("pretrained") or params.get(name, {}).get("pretrained")
     if pretrained:
         return (f"`{name}` is the pretrained model `{pretrained}`, imported by lmpipe's "

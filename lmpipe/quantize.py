@@ -1,14 +1,18 @@
-"""Ternary (BitNet b1.58, absmean) post-training quantization of a model's linear layers.
+"""Ternary (BitNet b1.58, absmean) quantization of a model's linear layers, and the quantize stage.
 
 For each weight matrix W: gamma = mean|W|, W_q = clip(round(W / (gamma + eps)), -1, 1), and the
-layer computes with W_q * gamma. The saved model keeps these dequantized values in float32 so it
-loads as an ordinary transformers model; every quantized matrix holds at most three distinct values.
+layer computes with W_q * gamma. `quantize_run` produces the stage's models: quantization-aware
+fine-tuning of the distilled student (lmpipe/bitlinear.py) or post-training quantization, both
+saved packed 2 bits per weight in transformers' BitNet layout (lmpipe/ternary_export.py), and an
+int8 weight-only baseline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,26 +44,52 @@ def quantize_ternary_(model: torch.nn.Module, skip: list[str]) -> dict[str, floa
     return scales
 
 
-def quantize_run(source_dir: Path, out: Path, params: Params) -> dict[str, float]:
-    """Quantize the model in `source_dir` into the run folder `out` (model in `out/model`)."""
-    from lmpipe.model import count_parameters, load_model, save_model
+def quantize_run(params: Params, source_dir: Path, out: Path, tokens_dir: Path,
+                 tokenizer_dir: Path, cache_dir: Path, teacher_dir: Path) -> dict[str, Any]:
+    """The quantize stage: the distilled student in `source_dir` as a packed ternary model in
+    `out/model` (QAT fine-tuning or PTQ, `quantize.method`), plus for comparison its plain PTQ
+    (`out/ptq`, with QAT) and an int8 weight-only baseline (`out/int8`). Writes
+    `out/quantization.json` with each export's sizes."""
+    from lmpipe.model import load_model
     from lmpipe.model_card import write_model_card
     from lmpipe.runlog import RunLog
+    from lmpipe.runs import distill
+    from lmpipe.ternary_export import export_int8, export_ternary
 
+    q = params.quantize
+    exports: dict[str, dict[str, Any]] = {}
+    if q.method == "qat":
+        tp = q.train.model_copy(update={"qat": True, "init_from": str(source_dir),
+                                        "qat_skip_modules": q.skip_modules})
+        summary = distill(params, tokens_dir, tokenizer_dir, cache_dir, teacher_dir, out,
+                          train_params=tp, stage="quantize", name="quantized")
+        exports["quantized"] = {"method": "bitnet-qat", "ratio": summary["packed_ratio"],
+                                "file_bytes": summary["file_bytes"]}
     model, tokenizer = load_model(source_dir)
     resolved = {"run": {"stage": "quantize", "name": "quantized"}, **params.model_dump(mode="json")}
-    with RunLog(out, "quantize", "quantized", resolved) as run:
-        scales = quantize_ternary_(model, params.quantize.skip_modules)
-        save_model(model, tokenizer, out / "model")
-        quantized_weights = sum(dict(model.named_modules())[name].weight.numel() for name in scales)
-        (out / "quantization.json").write_text(json.dumps(
-            {"method": params.quantize.method, "bits_per_weight": 1.58, "source": str(source_dir),
-             "scales": scales}, indent=2) + "\n")
-        summary = {"quantized_layers": len(scales), "quantized_weights": quantized_weights,
-                   "params_count": count_parameters(model)}
-        write_model_card(out / "model", name="quantized", stage="quantize",
-                         params=params.model_dump(mode="json"), summary=summary,
+    with (RunLog(out, "quantize", "quantized", resolved) if q.method == "ptq"
+          else contextlib.nullcontext()) as run:
+        ptq_dir = out / ("model" if q.method == "ptq" else "ptq")
+        stats = export_ternary(model, tokenizer, ptq_dir, q.skip_modules)
+        exports["quantized" if q.method == "ptq" else "quantized_ptq"] = _brief(stats)
+        write_model_card(ptq_dir, name="quantized" if q.method == "ptq" else "quantized_ptq",
+                         stage="quantize", params=params.model_dump(mode="json"),
+                         summary=_brief(stats), base_model=str(source_dir))
+        if run is not None:
+            run.finish(**_brief(stats))
+    if q.int8_baseline:
+        stats = export_int8(model, tokenizer, out / "int8", q.skip_modules)
+        exports["int8"] = _brief(stats)
+        write_model_card(out / "int8", name="int8", stage="quantize",
+                         params=params.model_dump(mode="json"), summary=_brief(stats),
                          base_model=str(source_dir))
-        run.finish(**summary)
-    print(f"quantize: {len(scales)} linear layers ({quantized_weights:,} weights) -> ternary")
-    return summary
+    (out / "quantization.json").write_text(json.dumps(
+        {"method": q.method, "source": str(source_dir), "exports": exports}, indent=2) + "\n")
+    for name, figures in exports.items():
+        print(f"quantize: {name}: linear weights at {figures['ratio']:.4f} of fp32, "
+              f"{figures['file_bytes']:,} bytes on disk")
+    return exports
+
+
+def _brief(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if k not in ("scales", "modules_to_not_convert")}

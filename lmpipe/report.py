@@ -25,7 +25,7 @@ import altair as alt
 import duckdb
 import pandas as pd
 
-MODEL_ORDER = ["teacher", "student", "distilled", "quantized"]
+MODEL_ORDER = ["teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"]
 # (metric, split, panel label) for the eval comparison chart, in display order.
 EVAL_PANELS = [
     ("recall", "trained", "recall, trained (no tool)"),

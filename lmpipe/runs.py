@@ -26,6 +26,7 @@ from lmpipe.model_card import write_model_card
 from lmpipe.pretrained import import_pretrained
 from lmpipe.runlog import RunLog
 from lmpipe.teacher_cache import TeacherCache, file_sha256, model_fingerprint
+from lmpipe.ternary_export import export_ternary
 from lmpipe.tokenizer import load_tokenizer
 from lmpipe.tokens import TokenSplit
 from lmpipe.train import Objective, train
@@ -85,7 +86,12 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
         if hasattr(objective, "detach"):
             objective.detach(model)
         if run is not None:
-            save_model(model, tokenizer, out / "model")
+            if tp.qat:  # what was trained is a ternary model: save it packed, as it runs
+                quantization = export_ternary(model, tokenizer, out / "model", tp.qat_skip_modules)
+                summary = {**summary, "packed_ratio": quantization["ratio"],
+                           "file_bytes": quantization["file_bytes"]}
+            else:
+                save_model(model, tokenizer, out / "model")
             write_model_card(out / "model", name=name, stage=stage,
                              params=params.model_dump(mode="json"),
                              summary={"params_count": n_params, **summary}, teacher=teacher)
@@ -154,9 +160,13 @@ def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_di
 
 
 def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
-            teacher_dir: Path, out: Path) -> dict:
-    """Train the student architecture against the teacher (`distill` section)."""
+            teacher_dir: Path, out: Path, train_params: TrainParams | None = None,
+            stage: str = "distill", name: str = "distilled") -> dict:
+    """Train the student architecture against the teacher (`distill` section); `train_params`
+    replaces `distill.train` (the quantize stage's QAT fine-tuning uses the same objective)."""
     d = params.distill
+    if train_params is not None:
+        d = d.model_copy(update={"train": train_params})
     teacher, identity = open_teacher(params, tokens_dir, tokenizer_dir, cache_dir, teacher_dir)
 
     def make_objective(student: torch.nn.Module):
@@ -166,7 +176,7 @@ def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Pa
             print(f"distill: student starts from the teacher's {' and '.join(copied)}")
         return build_objective(d, teacher, student)
 
-    return _run("distill", "distilled", params, params.student.model, d.train, tokens_dir,
+    return _run(stage, name, params, params.student.model, d.train, tokens_dir,
                 tokenizer_dir, out, make_objective,
                 {"distill": d.model_dump(mode="json"),
                  "model": params.student.model.model_dump(mode="json"), "teacher": identity},

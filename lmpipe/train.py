@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from lmpipe import profiler
 from lmpipe.batching import Batch, make_batches
+from lmpipe.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
 from lmpipe.checkpoint import (TrainerState, fingerprint, latest_checkpoint, load_checkpoint,
                                remove_checkpoints, save_checkpoint)
 from lmpipe.config import TrainParams
@@ -71,6 +72,8 @@ class Trainer:
         self.folder = folder if folder is not None else (run.folder if run is not None else None)
         self.dist = init_distributed()
         self.device = resolve_device(tp.device, self.dist)
+        if tp.qat:  # before the optimizer and DDP see the model: same parameters, new forward
+            convert_to_bitlinear(model, tp.qat_skip_modules)
         self.model = model.to(self.device)
         if tp.grad_checkpointing:
             model.activation_checkpointing_enable()
@@ -143,6 +146,8 @@ class Trainer:
         lr = lr_at(step, tp.lr, tp.warmup_steps, tp.steps, tp.min_lr_ratio, shape=tp.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if tp.qat:
+            set_lambda(self.model, qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule))
         total = torch.zeros((), device=self.device)
         extras: dict[str, torch.Tensor] = {}
         with timer.phase("forward_backward"):
@@ -184,6 +189,8 @@ class Trainer:
         trace = profiler.maybe_trace(tp.profile_steps,
                                      self.run.folder if self.run is not None else ".")
         self.model.train()
+        if tp.qat:  # the initial eval sees the model as step `self.step` will train it
+            set_lambda(self.model, qat_lambda(self.step, tp.qat_warmup_steps, tp.qat_schedule))
         if not resumed:
             self.initial_val, _ = self.validation_loss()
             self._log({"step": 0, "tokens": 0, "val_loss": self.initial_val,
@@ -218,6 +225,8 @@ class Trainer:
                         "step": self.step, "tokens": self.tokens_seen,
                         "loss": (window["loss"] / window["targets"]).item(),
                         "lr": lr, "grad_norm": float(grad_norm),
+                        **({"qat_lambda": qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule)}
+                           if tp.qat else {}),
                         "tokens_per_s": tokens_per_s, "step_time_s": busy / window["steps"],
                         **{k: v / window["steps"] for k, v in phases.items()},
                         "mfu": profiler.mfu(tokens_per_s, flops_token, peak),

@@ -1,4 +1,5 @@
-"""DVC stage `eval`: teacher, scratch student, distilled and quantized student, side by side.
+"""DVC stage `eval`: teacher, scratch student, distilled and quantized student (and the quantize
+stage's PTQ and int8 comparison models), side by side.
 
 After scoring, it writes every model's complete model card, with the four-model comparison table
 and model-index results from it, to `runs/eval/cards/<model>/README.md`. The cards live in this
@@ -17,10 +18,14 @@ from lmpipe.model_card import write_model_card
 from lmpipe.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
 
 MODELS = {"teacher": "teacher", "student": "student", "distilled": "distill", "quantized": "quantize"}
-STAGES = {"teacher": "train", "student": "train", "distilled": "distill", "quantized": "quantize"}
+# the quantize stage's comparison models, evaluated when it wrote them
+EXTRA = {"quantized_ptq": "quantize/ptq", "int8": "quantize/int8"}
+STAGES = {"teacher": "train", "student": "train", "distilled": "distill", "quantized": "quantize",
+          "quantized_ptq": "quantize", "int8": "quantize"}
 # The model each one is made from (its card's base_model); teacher and student are trained from
 # scratch unless their section imports a `pretrained` model.
-MADE_FROM = {"distilled": "teacher", "quantized": "distilled"}
+MADE_FROM = {"distilled": "teacher", "quantized": "distilled", "quantized_ptq": "distilled",
+             "int8": "distilled"}
 
 
 def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], params: Params,
@@ -43,6 +48,8 @@ def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], par
 @stage
 def eval(params, argv):
     models = {name: model_dir(run) for name, run in MODELS.items()}
+    models |= {name: run_dir(path) for name, path in EXTRA.items()
+               if (run_dir(path) / "config.json").is_file()}
     table = evaluate_run(models, WORLD / "people.duckdb", TOKENS, params, run_dir("eval"),
                          METRICS / "eval.json")
     for name, figures in table.items():

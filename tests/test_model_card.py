@@ -182,12 +182,16 @@ def test_quantize_writes_its_card(saved, tmp_path):
     from lmpipe.quantize import quantize_run
 
     folder, _ = saved
-    quantize_run(folder, tmp_path / "quantize", Params())
+    unused = tmp_path / "unused"  # ptq needs no tokens, cache or teacher
+    quantize_run(Params(quantize={"method": "ptq"}), folder, tmp_path / "quantize", unused, unused,
+                 unused, unused)
     front, body = split_card(tmp_path / "quantize" / "model" / "README.md")
     assert front["base_model"] == str(folder) and front["base_model_relation"] == "quantized"
     assert "quantize" in front["tags"]
-    assert "ternary post-training quantization" in body
+    assert "ternary post-training quantization" in body and "packed 2 bits" in body
     assert "quantized linear layers 7" in body  # q, k, v, o, gate, up, down; lm_head skipped
+    _, int8 = split_card(tmp_path / "quantize" / "int8" / "README.md")
+    assert "int8 weight-only" in int8
 
 
 def test_eval_writes_full_cards_into_its_own_folder_only(tmp_path, tokenizer):

@@ -29,6 +29,8 @@ TINY = {
     "student": {"model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
                 "train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10}},
     "distill": {"train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10}},
+    "quantize": {"train": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 10,
+                           "qat_warmup_steps": 10}},
     "eval": {"trained_people": 8, "heldout_people": 8, "max_new_tokens": 40},
 }
 
@@ -102,7 +104,7 @@ def test_training_really_learned(project):
 def test_eval_metrics_cover_every_model(project):
     work, _ = project
     table = json.loads((work / "metrics" / "eval.json").read_text())
-    assert list(table) == ["teacher", "student", "distilled", "quantized"]
+    assert list(table) == ["teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"]
     for figures in table.values():
         for key in ("val_loss", "val_ppl", "recall_trained", "tool_accuracy_trained",
                     "tool_accuracy_heldout"):
@@ -113,6 +115,12 @@ def test_eval_metrics_cover_every_model(project):
         assert 0.5 < figures["val_bpb"] * 0.6931 / figures["val_loss"] <= 1.0
     assert table["teacher"]["val_loss"] < table["student"]["val_loss"]
     assert table["quantized"]["parameters"] == table["distilled"]["parameters"]
+    # packed 2 bits a linear weight (the embedding stays float): smaller than int8, than float
+    assert table["quantized_ptq"]["weight_bytes"] == table["quantized"]["weight_bytes"]
+    assert table["quantized"]["weight_bytes"] < table["int8"]["weight_bytes"] < \
+        table["distilled"]["weight_bytes"]
+    exports = json.loads((work / "runs/quantize/quantization.json").read_text())["exports"]
+    assert exports["quantized"]["method"] == "bitnet-qat" and exports["quantized_ptq"]["ratio"] < 1 / 15
 
 
 def test_store_and_report(project):
@@ -121,7 +129,7 @@ def test_store_and_report(project):
         runs = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
         assert runs == {r: "completed" for r in ("teacher", "student", "distill", "quantize", "eval")}
         models = {m for (m,) in con.execute("SELECT DISTINCT model FROM evals").fetchall()}
-        assert models == {"teacher", "student", "distilled", "quantized"}
+        assert models == {"teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"}
         assert con.execute("SELECT count(*) FROM metrics WHERE run_id='teacher' AND name='loss'"
                            ).fetchone()[0] == 6
     html = (work / "reports/index.html").read_text()
@@ -229,7 +237,7 @@ def test_a_local_corpus_with_a_trained_bpe_runs_the_whole_pipeline(tmp_path):
     assert world["documents"] == 200 and world["duplicates_dropped"] == 20
     assert json.loads((work / "data/tokens/meta.json").read_text())["vocab_size"] == 400
     table = json.loads((work / "metrics/eval.json").read_text())
-    assert set(table) == {"teacher", "student", "distilled", "quantized"}
+    assert set(table) == {"teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"}
     for figures in table.values():
         assert "val_loss" in figures and not any(k.startswith("tool") for k in figures)
     teacher = json.loads((work / "runs/teacher/summary.json").read_text())

@@ -61,7 +61,8 @@ def _run_recipe(recipe: str, tmp_path: Path, extra: list[str], stages: tuple[str
     tiny = [f"data.path={SHAKESPEARE}", "teacher.model.d_model=32", "teacher.model.n_heads=2",
             "teacher.model.n_layers=1", "teacher.model.d_ff=64", "teacher.train.steps=40",
             "student.model.d_model=16", "student.model.d_ff=32", "student.train.steps=10",
-            "distill.train.steps=10", "teacher.train.eval_batches=5", "student.train.eval_batches=5",
+            "distill.train.steps=10", "quantize.train.steps=10", "quantize.train.eval_batches=5",
+            "teacher.train.eval_batches=5", "student.train.eval_batches=5",
             "distill.train.eval_batches=5", "eval.sample_tokens=20", *extra]
     targets = [arg for stage in stages for arg in ("--stage", stage)]
     result = subprocess.run([sys.executable, "-m", "lmpipe.cli", "run", f"recipes/{recipe}", *tiny,
@@ -74,10 +75,11 @@ def _run_recipe(recipe: str, tmp_path: Path, extra: list[str], stages: tuple[str
 def test_shakespeare_bytes_runs_end_to_end_and_samples(tmp_path):
     work = _run_recipe("shakespeare-bytes.yaml", tmp_path, [])
     table = json.loads((work / "metrics/eval.json").read_text())
-    assert set(table) == {"teacher", "student", "distilled", "quantized"}
+    assert set(table) == {"teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"}
     assert 0 < table["teacher"]["val_bpb"] < 8 and "tool_accuracy_heldout" not in table["teacher"]
     samples = [json.loads(line) for line in (work / "runs/eval/samples.jsonl").open()]
-    assert [s["model"] for s in samples] == ["teacher", "student", "distilled", "quantized"]
+    assert [s["model"] for s in samples] == ["teacher", "student", "distilled", "quantized",
+                                             "quantized_ptq", "int8"]
     assert all(s["prompt"] == "ROMEO:" and len(s["text"]) > 0 for s in samples)
 
 
