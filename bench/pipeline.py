@@ -1,8 +1,8 @@
 """Benchmark: the default experiment from a cold start, per-stage and total wall time.
 
 Copies the project into a fresh temporary DVC workspace (no cache, no outputs), runs every stage
-in dependency order with `dvc repro --single-item`, and prints a table of wall times plus the eval
-headline. Usage: `.venv/bin/python bench/pipeline.py [--keep DIR]`.
+in dependency order with `dvc repro --single-item`, and prints a table of wall times, the eval
+headline, and each quantized model's size and accuracy against its float twin. Usage: `.venv/bin/python bench/pipeline.py [--keep DIR]`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,15 @@ def main() -> None:
     eval_table = json.loads((work / "metrics" / "eval.json").read_text())
     for model, row in eval_table.items():
         print(f"{model:>15}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items()))
+    # issue #7's requirements: packed ternary <= 1/15 of fp32; QAT keeps >= 90% of the float
+    # twin's tool accuracy (PTQ beside it)
+    exports = json.loads((work / "runs/quantize/quantization.json").read_text())["exports"]
+    twin = eval_table["distilled"]["tool_accuracy_heldout"]
+    for model, figures in exports.items():
+        accuracy = eval_table.get(model, {}).get("tool_accuracy_heldout", float("nan"))
+        print(f"{model:>15}: linear weights at {figures['ratio']:.4f} of fp32 "
+              f"(1/{1 / figures['ratio']:.1f}); held-out tool accuracy {accuracy:.3f} = "
+              f"{accuracy / twin:.1%} of the float twin's {twin:.3f}")
     if not args.keep:
         shutil.rmtree(work)
 
