@@ -73,11 +73,11 @@ def save_model(model: torch.nn.Module, tokenizer, folder: str | Path) -> Path:
 
 def load_model(folder: str | Path) -> tuple[torch.nn.Module, object]:
     """Load a saved model directory (safetensors weights) and its tokenizer, in eval mode. Packed
-    ternary and int8 exports (lmpipe.ternary_export) go through lmpipe's own loader."""
+    ternary and int8 exports go through lmpipe.quantized_load."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a model directory (no config.json)")
-    from lmpipe.ternary_export import load_quantized, quantization_config_of
+    from lmpipe.quantized_load import load_quantized, quantization_config_of
     if quantization_config_of(folder) is not None:  # packed ternary or int8: lmpipe's own loader
         return load_quantized(folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)

@@ -9,14 +9,9 @@ from safetensors.torch import load_file, save_file
 from lmpipe.config import ModelParams
 from lmpipe.model import build_model, count_parameters, load_model
 from lmpipe.quantize import ternarize
-from lmpipe.ternary_export import (
-    TernaryLinear,
-    export_int8,
-    export_ternary,
-    load_quantized,
-    pack_ternary,
-    unpack_ternary,
-)
+from lmpipe.quantized_load import load_quantized
+from lmpipe.ternary_export import export_int8, export_ternary
+from lmpipe.ternary_packing import TernaryLinear, pack_ternary, unpack_ternary
 
 SHAPES = [(4, 3), (5, 3), (6, 2), (9, 4), (13, 7), (1, 5), (2, 3), (64, 16), (7,), (8, 3, 2)]
 MID_MODEL = ModelParams(d_model=64, n_layers=1, n_heads=4, max_seq_len=64)
