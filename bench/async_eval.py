@@ -121,7 +121,7 @@ def main() -> None:
                   if any((e["train_step_at_start"] or 0) < s <= (e["train_step_at_end"] or 0)
                          for e in evals)}
 
-    print(f"\n| run | ms/step median (mean) | training wall (s) | final val loss |")
+    print("\n| run | ms/step median (mean) | training wall (s) | final val loss |")
     print("|---|---:|---:|---:|")
     for label, (times, wall, val) in rows.items():
         print(f"| {label} | {ms([t for _, t in times])} | {wall:.1f} | {val:.4f} |")

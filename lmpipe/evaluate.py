@@ -24,7 +24,7 @@ from lmpipe import protocol
 from lmpipe.config import EvalParams, Params, TrainParams
 from lmpipe.generate import Exchange, answer_questions, sample_text
 from lmpipe.knowledge import knowledge_records
-from lmpipe.model import count_parameters, load_model
+from lmpipe.model import count_parameters, load_model, tensor_headers
 from lmpipe.runlog import RunLog
 from lmpipe.tokenizer_kinds import bits_per_byte
 from lmpipe.tokens import TokenSplit
@@ -117,10 +117,8 @@ def size_records(model_dir: Path) -> list[dict[str, Any]]:
     widths = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "I64": 8, "F64": 8}
     for path in sorted(model_dir.glob("*.safetensors")):
         file_bytes += path.stat().st_size
-        with open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         tensor_bytes += sum(widths.get(t["dtype"], 4) * math.prod(t["shape"])
-                            for k, t in header.items() if k != "__metadata__")
+                            for t in tensor_headers(path).values())
     return [{"metric": "file_bytes", "split": "model", "attribute": None,
              "value": float(file_bytes), "n": None},
             {"metric": "weight_bytes", "split": "model", "attribute": None,

@@ -120,11 +120,10 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
     past, logits = out.past_key_values, out.logits[:, -1].float()
     next_position = positions[:, -1] + 1
     limit = getattr(model.config, "max_position_embeddings", None)
-    end_id, eos_id = _ids(tokenizer, [protocol.END])[:1], _ids(tokenizer, [protocol.EOS])[:1]
-    end_id = end_id[0] if end_id else None
-    stop_ids = set(end_id is not None and [end_id] or []) | set(eos_id) | (
-        {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()) | set(
-        _ids(tokenizer, list(sampling.stop_tokens)))
+    end_id = next(iter(_ids(tokenizer, [protocol.END])), None)
+    stop_ids = set(_ids(tokenizer, [protocol.END, protocol.EOS, *sampling.stop_tokens]))
+    if tokenizer.eos_token_id is not None:
+        stop_ids.add(tokenizer.eos_token_id)
     call_prefix = protocol.CALL
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     processors = sampling.processors()

@@ -83,3 +83,14 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, object]:
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     model.eval()
     return model, load_tokenizer(folder)
+
+
+def tensor_headers(path: str | Path) -> dict[str, dict]:
+    """A safetensors file's tensors, name -> {"dtype", "shape", ...}, read from its header alone
+    (no weights loaded)."""
+    import json
+
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    return header

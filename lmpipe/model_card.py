@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from lmpipe.model import tensor_headers
 from lmpipe.runlog import git_state
 
 # `pretrained` shorthands -> the Hub id, so `base_model` links to the real model page.
@@ -49,12 +50,9 @@ def _parameter_count(model_dir: Path) -> int | None:
     save_pretrained drops a tied lm_head, so tied embeddings count once (as count_parameters)."""
     total, found = 0, False
     for path in sorted(model_dir.glob("model*.safetensors")):
-        with open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         # packed ternary codes hold 4 weights a byte; their per-tensor scales are not parameters
         total += sum(math.prod(t["shape"]) * (4 if t["dtype"] == "U8" else 1)
-                     for k, t in header.items()
-                     if k != "__metadata__" and not k.endswith(".weight_scale"))
+                     for k, t in tensor_headers(path).items() if not k.endswith(".weight_scale"))
         found = True
     return total if found else None
 
