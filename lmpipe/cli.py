@@ -1,5 +1,5 @@
-"""The `lmpipe` command: run recipes and grids, index runs into DuckDB, render reports, query the
-store, generate with a model (streaming, with the database tool)."""
+"""The `lmpipe` command: run recipes and sweeps, index runs into DuckDB, render reports, query the
+store or export it as Parquet, generate with a model (streaming, with the database tool)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def _index(args: argparse.Namespace) -> None:
     counts = index_runs(Path(args.runs), Path(args.db))
     print(f"indexed into {args.db}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     if counts.get("skipped_lines"):
-        print(f"warning: {counts['skipped_lines']} unreadable log lines were skipped", file=sys.stderr)
+        print(f"warning: {counts['skipped_lines']} unreadable log lines were skipped (per run: "
+              "lmpipe query \"SELECT run_id, skipped_lines FROM runs WHERE skipped_lines > 0\")",
+              file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -27,12 +29,27 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _query(args: argparse.Namespace) -> None:
+    import duckdb
     import pandas as pd
 
     from lmpipe.store import query
 
-    with pd.option_context("display.max_rows", args.max_rows, "display.width", 200):
-        print(query(Path(args.db), args.sql).to_string(index=False))
+    try:
+        frame = query(Path(args.db), args.sql)
+    except duckdb.Error as exc:  # bad SQL, or a write on the read-only connection: no traceback
+        raise SystemExit(f"lmpipe query: error: {exc}") from None
+    with pd.option_context("display.width", 200):
+        # to_string ignores display.max_rows: pass the limit, or a million metric rows scroll by
+        print(frame.to_string(index=False, max_rows=args.max_rows))
+    if len(frame) > args.max_rows:
+        print(f"({len(frame)} rows, {args.max_rows} shown: --max-rows N)")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lmpipe.store import export_parquet
+
+    for table, (path, rows) in export_parquet(Path(args.db), Path(args.out)).items():
+        print(f"{path}: {rows} rows ({table})")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -69,16 +86,39 @@ def _run_recipe(args: argparse.Namespace) -> None:
     raise SystemExit(run_recipe(Path(args.recipe), args.overrides, stages=args.stage))
 
 
-def _grid(args: argparse.Namespace) -> None:
+def _sweep(args: argparse.Namespace) -> None:
+    """Run (or only queue, or only check) every point of a grid as a DVC experiment."""
+    import json
     import subprocess
 
-    from lmpipe.recipes import grid_command, grid_points
+    from lmpipe.sweep import load_grid
 
-    axes, count = grid_points(Path(args.grid), Path("params.yaml"))
-    command = grid_command(axes)
-    print(f"{count} points: {' '.join(command)}")
-    if not args.dry_run:
-        raise SystemExit(subprocess.call(command))
+    grid = load_grid(Path(args.grid))
+    print(f"sweep {grid.sweep_id}: {len(grid.points)} points of {grid.pipeline}")
+    for point in grid.points:
+        print(f"  {point.name}: {point.label()}")
+    if args.dry_run:
+        return
+    if args.queue:  # DVC's own queue: `dvc queue start -j N` runs them in temporary workspaces
+        from lmpipe.sweep_run import exp_command
+
+        for point in grid.points:
+            subprocess.run(exp_command(grid, point, f"{grid.sweep_id}-{point.name}", queue=True),
+                           check=True)
+        print(f"queued; run them with: dvc queue start -j {args.jobs or grid.jobs}")
+        return
+    from lmpipe.sweep_flow import run_sweep
+
+    result = run_sweep(Path(args.grid), Path("."), jobs=args.jobs, runner=args.runner,
+                       dask_address=args.dask_address, report=not args.no_report)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"sweep {result['sweep']}: {result['points'] - len(result['failed'])} of "
+              f"{result['points']} points completed ({len(result['cached'])} restored from DVC's "
+              f"cache); failed: {', '.join(result['failed']) or 'none'}; report: {result['report']}")
+    if result["failed"]:
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db", default=str(STORE))
     p.add_argument("--max-rows", type=int, default=100)
     p.set_defaults(func=_query)
+    p = sub.add_parser("export", help="write every table of the store as Parquet, one file each")
+    p.add_argument("--db", default=str(STORE))
+    p.add_argument("--out", default=str(STORE.parent / "parquet"))
+    p.set_defaults(func=_export)
     p = sub.add_parser("generate", help="stream a saved model's continuation of a prompt "
                        "(e.g. runs/teacher/model); --db: answer a question with the tool")
     p.add_argument("model")
@@ -117,10 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.add_argument("--stage", action="append", help="reproduce only up to this stage (repeatable)")
     p.set_defaults(func=_run_recipe)
-    p = sub.add_parser("grid", help="queue every point of a grid.yaml as a DVC experiment")
+    p = sub.add_parser("sweep", help="run every point of a grid.yaml as a DVC experiment "
+                       "(Prefect flow: concurrency, retries), then index and report")
     p.add_argument("grid")
-    p.add_argument("--dry-run", action="store_true", help="check and print, queue nothing")
-    p.set_defaults(func=_grid)
+    p.add_argument("--jobs", type=int, help="points at once (default: the grid's jobs)")
+    p.add_argument("--runner", choices=["threads", "dask"], default="threads",
+                   help="Prefect task runner: threads here, or a Dask cluster")
+    p.add_argument("--dask-address", help="a running Dask scheduler (tcp://host:8786); "
+                   "default with --runner dask: a local cluster of --jobs workers")
+    p.add_argument("--queue", action="store_true", help="only queue the points for `dvc queue start`")
+    p.add_argument("--dry-run", action="store_true", help="check every point and list them, run nothing")
+    p.add_argument("--no-report", action="store_true", help="skip indexing and reports at the end")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -125,6 +125,9 @@ class TrainParams(Section):
     log_every: int = Field(25, ge=1)
     eval_every: int = Field(250, ge=1, description="validation loss every N steps and at the end")
     eval_batches: int = Field(0, ge=0, description="validation batches per eval; 0 = whole split")
+    eval_people: int = Field(0, ge=0, description="people world: at each eval, ask this many "
+                             "trained people's attributes without and with the tool (logs recall "
+                             "and tool_accuracy; lmpipe/train_accuracy.py)")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")

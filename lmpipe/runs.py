@@ -23,6 +23,7 @@ from lmpipe.distributed import init_distributed, shutdown
 from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.model import build_model, count_parameters, load_model, save_model
 from lmpipe.model_card import write_model_card
+from lmpipe.paths import WORLD
 from lmpipe.pretrained import import_pretrained
 from lmpipe.runlog import RunLog
 from lmpipe.teacher_cache import TeacherCache, file_sha256, model_fingerprint
@@ -30,6 +31,7 @@ from lmpipe.ternary_export import export_ternary
 from lmpipe.tokenizer import load_tokenizer
 from lmpipe.tokens import TokenSplit
 from lmpipe.train import Objective, train
+from lmpipe.train_accuracy import accuracy_hook
 
 
 def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> torch.nn.Module:
@@ -80,9 +82,15 @@ def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: T
         if dist.is_main:
             print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of "
                   f"{tp.batch_size * tp.grad_accum} {tp.sampling} on {dist.world} process(es)")
+        hook = None
+        if tp.eval_people:
+            if params.data.source != "people":
+                raise ConfigError(f"{name}.train.eval_people needs data.source = people")
+            hook = accuracy_hook(WORLD / "people.duckdb", tokenizer, tp.eval_people, tp.seed,
+                                 params.eval.max_new_tokens)
         summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
                         objective=objective, desc=f"{stage} {name}", run_params=section,
-                        folder=out)
+                        folder=out, eval_hook=hook)
         if hasattr(objective, "detach"):
             objective.detach(model)
         if run is not None:

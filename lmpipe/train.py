@@ -61,9 +61,12 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit,
                  tp: TrainParams, run: RunLog | None, pad_id: int,
                  objective: Objective = cross_entropy_objective, desc: str = "train",
-                 run_params: dict[str, Any] | None = None, folder: Path | None = None) -> None:
+                 run_params: dict[str, Any] | None = None, folder: Path | None = None,
+                 eval_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> None:
         """`folder`: the run folder (default `run.folder`); every data-parallel process reads
-        checkpoints from it, only rank 0 (the one holding `run`) writes."""
+        checkpoints from it, only rank 0 (the one holding `run`) writes. `eval_hook(model)`:
+        extra figures logged at every eval step (lmpipe/train_accuracy.py)."""
+        self.eval_hook = eval_hook
         if tp.threads:
             torch.set_num_threads(tp.threads)
         self.tp, self.run, self.desc, self.objective = tp, run, desc, objective
@@ -238,7 +241,8 @@ class Trainer:
                 if self.step % tp.eval_every == 0 or last:
                     with self.timer.phase("eval"):
                         val_loss, memory = self.validation_loss()
-                    record.update(val_loss=val_loss, **memory)
+                        extra = self.eval_hook(self.model) if self.eval_hook else {}
+                    record.update(val_loss=val_loss, **memory, **extra)
                 self._log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}")
                 window = {"loss": torch.zeros((), device=self.device),
@@ -265,7 +269,8 @@ class Trainer:
 def train(model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit, tp: TrainParams,
           run: RunLog | None, pad_id: int, objective: Objective = cross_entropy_objective,
           desc: str = "train", run_params: dict[str, Any] | None = None,
-          folder: Path | None = None) -> dict[str, float]:
+          folder: Path | None = None,
+          eval_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> dict[str, float]:
     """Train for `tp.steps` optimizer steps (resuming if a matching checkpoint exists)."""
     return Trainer(model, train_split, val_split, tp, run, pad_id, objective, desc, run_params,
-                   folder).fit()
+                   folder, eval_hook).fit()

@@ -47,9 +47,15 @@ def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], par
 
 @stage
 def eval(params, argv):
-    models = {name: model_dir(run) for name, run in MODELS.items()}
-    models |= {name: run_dir(path) for name, path in EXTRA.items()
-               if (run_dir(path) / "config.json").is_file()}
+    """`python -m stages.eval [MODEL ...]`: the named models only (a sweep's one-model pipeline),
+    else all four and the quantize stage's comparison models."""
+    unknown = [name for name in argv if name not in MODELS]
+    if unknown:
+        raise SystemExit(f"usage: python -m stages.eval [{'|'.join(MODELS)} ...]; got {unknown}")
+    models = {name: model_dir(MODELS[name]) for name in argv or MODELS}
+    if not argv:
+        models |= {name: run_dir(path) for name, path in EXTRA.items()
+                   if (run_dir(path) / "config.json").is_file()}
     table = evaluate_run(models, WORLD / "people.duckdb", TOKENS, params, run_dir("eval"),
                          METRICS / "eval.json")
     for name, figures in table.items():

@@ -1,4 +1,4 @@
-"""Recipes validate and run end to end; grids check every point and queue one DVC command."""
+"""Recipes validate and run end to end."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lmpipe.config import ConfigError, load_params
-from lmpipe.recipes import grid_command, grid_points, install_recipe
+from lmpipe.recipes import install_recipe
 from tests.test_pipeline import _env, _run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,17 +24,6 @@ def test_every_recipe_is_valid_and_its_header_names_the_command(recipe):
     load_params(recipe)
     header = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
     assert any(f"lmpipe run recipes/{recipe.name}" in line or "make run" in line for line in header)
-
-
-def test_the_grid_checks_every_point_and_builds_one_queue_command(tmp_path):
-    axes, count = grid_points(ROOT / "grid.yaml", ROOT / "params.yaml")
-    assert count == 4
-    assert grid_command(axes) == ["dvc", "exp", "run", "--queue", "-S", "distill.temperature=1.0,2.0",
-                                  "-S", "distill.objective.attention_kl=0.0,1.0"]
-    bad = tmp_path / "grid.yaml"
-    bad.write_text("distill.jsd_beta: [0.5, 1.5]\n")
-    with pytest.raises(ConfigError, match=r"point distill.jsd_beta=1.5.*distill.jsd_beta"):
-        grid_points(bad, ROOT / "params.yaml")
 
 
 def test_install_recipe_refuses_bad_overrides_without_touching_params(tmp_path):

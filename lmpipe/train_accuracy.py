@@ -1,0 +1,42 @@
+"""Accuracy during training: recall without the tool and accuracy with it, at every eval step.
+
+With `train.eval_people: N` (people world only), each eval step asks the same N trained people's
+six attributes twice, greedily: once with no tool (the answer must come from the weights: logged as
+`recall`) and once with the database tool (`tool_accuracy`). The curves show when a model learns
+to look facts up and when, if ever, it memorizes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lmpipe.evaluate import accuracy_records, questions_for, sample_people
+from lmpipe.generate import answer_questions
+from lmpipe.tooldb import PeopleDB
+
+
+def accuracy_hook(db_path: Path, tokenizer, people: int, seed: int = 0,
+                  max_new_tokens: int = 48) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """A function of the model returning {"recall": .., "tool_accuracy": ..} on a fixed sample."""
+    with PeopleDB(db_path) as db:
+        questions = questions_for(sample_people(db, "train", people, seed))
+    asked = [(attribute, name) for attribute, name, _ in questions]
+
+    def score(model: torch.nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        out = {}
+        with PeopleDB(db_path) as db, torch.no_grad():
+            for metric, tool in (("recall", None), ("tool_accuracy", db)):
+                exchanges = answer_questions(model, tokenizer, asked, tool, max_new_tokens,
+                                             batch_size=len(asked))
+                [overall] = [r for r in accuracy_records(metric, "trained", questions, exchanges)
+                             if r["attribute"] is None]
+                out[metric] = overall["value"]
+        model.train(was_training)
+        return out
+
+    return score

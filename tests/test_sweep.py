@@ -1,0 +1,171 @@
+"""Sweeps: grid expansion and checking, and a 4-point sweep of real tiny DVC experiments end to end
+with one point that fails (it is retried, isolated, recorded; the others finish and are indexed),
+then the same sweep again, where DVC's run cache restores every finished point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from lmpipe.config import ConfigError
+from lmpipe.sweep import expand, load_grid
+from tests.test_pipeline import _env, _run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_expand_crosses_axes_and_moves_zipped_groups_together():
+    points = expand({"a": [1, 2], "b": ["x", "y", "z"]}, [{"c": [True, False], "d": [0, 1]}])
+    assert len(points) == 2 * 3 * 2
+    assert points[0] == {"a": 1, "b": "x", "c": True, "d": 0}
+    assert points[1] == {"a": 1, "b": "x", "c": False, "d": 1}   # the last factor varies fastest
+    assert points[-1] == {"a": 2, "b": "z", "c": False, "d": 1}
+    assert all((p["c"], p["d"]) in {(True, 0), (False, 1)} for p in points)
+    assert len({tuple(sorted(p.items())) for p in points}) == 12
+
+
+def test_the_flagship_grid_has_18_valid_points_and_a_stable_id():
+    grid = load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT)
+    assert len(grid.points) == 18 and grid.jobs == 2 and grid.retries == 1
+    assert [p.name for p in grid.points[:2]] == ["p00", "p01"]
+    modes = {(p.overrides["world.tool_dialogs"], p.overrides["world.qa_dialogs"]) for p in grid.points}
+    assert modes == {(True, False), (False, True)}
+    assert load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT).sweep_id == grid.sweep_id
+
+
+def test_top_level_dotted_keys_still_make_a_grid():
+    grid = load_grid(ROOT / "grid.yaml", ROOT)
+    assert len(grid.points) == 4 and grid.pipeline == Path("dvc.yaml")
+    assert grid.points[3].assignments() == ["distill.temperature=2.0",
+                                            "distill.objective.attention_kl=1.0"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("distill.jsd_beta: [0.5, 1.5]\n", r"point p01 \(distill.jsd_beta=1.5\).*distill.jsd_beta"),
+    ("distill.nope: [1]\n", r"distill.nope"),
+    ("zip:\n  - {world.people: [1, 2], world.seed: [1]}\n", r"equal lengths"),
+    ("world.people: [1, 2]\ncross: {world.people: [3]}\n", r"more than one axis"),
+    ("world.people: []\n", r"'world.people' has no values"),
+    ("jobs: 0\nworld.people: [1]\n", r"'jobs' must be an integer >= 1"),
+    ("job: 2\nworld.people: [1]\n", r"unknown option"),
+    ("pipeline: nowhere/dvc.yaml\nworld.people: [1]\n", r"pipeline file nowhere/dvc.yaml not found"),
+])
+def test_a_bad_grid_is_refused_naming_what_is_wrong(tmp_path, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_grid(grid, ROOT)
+
+
+TINY_GRID = """\
+name: tiny
+pipeline: recipes/in-tool-learning/dvc.yaml
+jobs: 2
+retries: 1
+cross:
+  teacher.model.d_model: [16]
+  teacher.model.n_layers: [1]
+  teacher.train.steps: [20]
+  teacher.train.batch_size: [8]
+  teacher.train.eval_every: [10]
+  teacher.train.eval_people: [3]
+  eval.trained_people: [4]
+  eval.heldout_people: [4]
+  eval.max_new_tokens: [24]
+  world.heldout_people: [4]
+zip:
+  - world.people: [8, 12, 16, 20]
+    data.source: [people, people, people, corpus]
+    data.path: [null, null, null, /nonexistent/corpus.txt]
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("sweep")
+    work = tmp / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe", "recipes"):
+        src = ROOT / name
+        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "data",
+                                                                         "runs", "metrics"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    (work / ".gitignore").write_text("/runs/\n/store/\n/reports/*.html\n__pycache__/\n")
+    (work / "tiny.yaml").write_text(TINY_GRID)
+    env = _env(tmp)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+                 ["dvc", "init", "-q"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc"]):
+        _run(args, work, env)
+    return work, env
+
+
+def _sweep(work: Path, env: dict[str, str]) -> dict:
+    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep", "tiny.yaml", "--json"],
+                  work, env, check=False)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # one point fails
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_isolates_the_failing_point_and_reruns_from_dvc_cache(sweep_project):
+    work, env = sweep_project
+    first = _sweep(work, env)
+    assert first["failed"] == ["p03"] and first["cached"] == []
+
+    sweep_id = first["sweep"]
+    folder = work / "runs" / "sweeps" / sweep_id
+    manifest = json.loads((folder / "sweep.json").read_text())
+    status = {p["point"]: p for p in manifest["points"]}
+    assert [status[p]["status"] for p in ("p00", "p01", "p02", "p03")] == ["completed"] * 3 + ["failed"]
+    assert status["p03"]["attempts"] == 2                      # retried once, then isolated
+    assert "corpus.txt" in status["p03"]["error"]              # the stage's own error message
+    for point, people in (("p00", 8), ("p01", 12), ("p02", 16)):
+        point_json = json.loads((folder / point / "point.json").read_text())
+        assert point_json["params"]["world.people"] == people and point_json["sweep"] == sweep_id
+        params = json.loads((folder / point / "teacher" / "params.json").read_text())
+        assert params["world"]["people"] == people            # the point really ran its values
+        lines = [json.loads(x) for x in (folder / point / "teacher" / "metrics.jsonl").open()]
+        assert {"recall", "tool_accuracy"} <= set(lines[-1])  # accuracy logged during training
+
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT point, count(*) FROM runs WHERE sweep = ? GROUP BY 1 ORDER BY 1",
+                           [sweep_id]).fetchall()
+        assert rows == [("p00", 2), ("p01", 2), ("p02", 2)]      # teacher + eval for each finished point
+        points = dict(con.execute("SELECT point, status FROM sweep_points WHERE sweep = ?",
+                                  [sweep_id]).fetchall())
+        assert points == {"p00": "completed", "p01": "completed", "p02": "completed", "p03": "failed"}
+        recall = con.execute("SELECT count(*) FROM evals e JOIN runs r USING (run_id) "
+                             "WHERE r.sweep = ? AND e.metric = 'recall' AND e.attribute IS NULL",
+                             [sweep_id]).fetchone()[0]
+        assert recall == 3
+    assert (work / "reports" / "index.html").is_file()
+
+    again = _sweep(work, env)
+    assert again["sweep"] == sweep_id and again["failed"] == ["p03"]
+    assert again["cached"] == ["p00", "p01", "p02"]              # DVC restored them, ran nothing
+    log = (folder / "p00" / "dvc.log").read_text()
+    assert log.count("is cached - skipping run") >= 4
+
+
+@pytest.mark.slow
+def test_the_dask_task_runner_runs_points_on_a_local_cluster(sweep_project, tmp_path):
+    work, env = sweep_project
+    grid = work / "dask.yaml"
+    grid.write_text(TINY_GRID.replace("name: tiny", "name: tiny-dask")
+                    .replace("    data.source: [people, people, people, corpus]\n", "")
+                    .replace("    data.path: [null, null, null, /nonexistent/corpus.txt]\n", "")
+                    .replace("world.people: [8, 12, 16, 20]", "world.people: [8, 12]"))
+    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep", "dask.yaml", "--json",
+                   "--runner", "dask"], work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["failed"] == [] and out["points"] == 2
+    assert out["runner"] == "DaskTaskRunner"
+    manifest = json.loads(Path(out["manifest"]).read_text())
+    assert all(p["pid"] != manifest["flow_pid"] for p in manifest["points"])  # ran in Dask workers
