@@ -25,7 +25,7 @@ def _index(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from lmpipe.report import render_report
 
-    print(render_report(Path(args.db), Path(args.out)))
+    print(render_report(Path(args.db), Path(args.out), color_by=args.color_by, png=args.png))
 
 
 def _query(args: argparse.Namespace) -> None:
@@ -93,7 +93,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
     from lmpipe.sweep import load_grid
 
-    grid = load_grid(Path(args.grid))
+    grid = load_grid(Path(args.grid), overrides=args.overrides)
     print(f"sweep {grid.sweep_id}: {len(grid.points)} points of {grid.pipeline}")
     for point in grid.points:
         print(f"  {point.name}: {point.label()}")
@@ -110,7 +110,8 @@ def _sweep(args: argparse.Namespace) -> None:
     from lmpipe.sweep_flow import run_sweep
 
     result = run_sweep(Path(args.grid), Path("."), jobs=args.jobs, runner=args.runner,
-                       dask_address=args.dask_address, report=not args.no_report)
+                       dask_address=args.dask_address, report=not args.no_report,
+                       overrides=args.overrides)
     if args.json:
         print(json.dumps(result))
     else:
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="render the self-contained HTML report from the store")
     p.add_argument("--db", default=str(STORE))
     p.add_argument("--out", default=str(REPORTS))
+    p.add_argument("--color-by", help="colour curves by this param (e.g. world.people), a sweep "
+                   "axis or a runs column; default: the first param a sweep varies, else the run")
+    p.add_argument("--png", action="store_true", help="also write every chart as PNG")
     p.set_defaults(func=_report)
     p = sub.add_parser("query", help="run read-only SQL on the store and print the result")
     p.add_argument("sql")
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("sweep", help="run every point of a grid.yaml as a DVC experiment "
                        "(Prefect flow: concurrency, retries), then index and report")
     p.add_argument("grid")
+    p.add_argument("overrides", nargs="*", help="key.sub=value: pin a key to one value in "
+                   "every point (e.g. a tiny trial of a long sweep)")
     p.add_argument("--jobs", type=int, help="points at once (default: the grid's jobs)")
     p.add_argument("--runner", choices=["threads", "dask"], default="threads",
                    help="Prefect task runner: threads here, or a Dask cluster")

@@ -110,8 +110,25 @@ def _positive(value: Any, key: str, source: Path, minimum: int) -> int:
     return value
 
 
-def load_grid(path: str | Path, project: str | Path = ".") -> Grid:
+def pin(cross: dict[str, list], groups: list[dict[str, list]], overrides: list[str]) -> None:
+    """Fix keys to one value (`key=value`, e.g. a tiny test run of a long sweep), in place: a
+    crossed or zipped key takes that value in every point; any other key becomes a constant."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key.sub=value")
+        key, raw = (part.strip() for part in item.split("=", 1))
+        value = yaml.safe_load(raw)
+        group = next((g for g in groups if key in g), None)
+        if group is not None:
+            group[key] = [value] * len(group[key])
+        else:
+            cross[key] = [value]
+
+
+def load_grid(path: str | Path, project: str | Path = ".",
+              overrides: list[str] | None = None) -> Grid:
     """Read, expand and check a grid: every point must be a valid params file for its pipeline.
+    `overrides` (`key=value`) pin keys to one value; points that become equal run once.
 
     Raises ConfigError naming the grid, the point and the key at fault, before any compute."""
     path, project = Path(path), Path(project)
@@ -142,6 +159,7 @@ def load_grid(path: str | Path, project: str | Path = ".") -> Grid:
         if len(set(lengths.values())) != 1:
             raise ConfigError(f"{path} zip group {i + 1}: lists must have equal lengths, got {lengths}")
         groups.append(group)
+    pin(cross, groups, overrides or [])
     keys = list(cross) + [k for g in groups for k in g]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
@@ -156,7 +174,10 @@ def load_grid(path: str | Path, project: str | Path = ".") -> Grid:
             raise ConfigError(f"{path}: {label} file {file} not found (relative to {project})")
     base = yaml.safe_load((project / params).read_text()) or {}
     points = []
-    combos = expand(cross, groups)
+    combos = []
+    for combo in expand(cross, groups):
+        if combo not in combos:
+            combos.append(combo)
     width = max(2, len(str(len(combos) - 1)))
     for i, overrides in enumerate(combos):
         point = Point(f"p{i:0{width}d}", overrides)

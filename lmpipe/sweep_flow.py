@@ -82,12 +82,12 @@ def _artifacts(grid: Grid, records: dict[str, dict[str, Any]], report: Path | No
 
 
 @flow(name="lmpipe-sweep", log_prints=True)
-def sweep(grid_path: str, project: str = ".", jobs: int | None = None,
-          report: bool = True) -> dict[str, Any]:
+def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: bool = True,
+          overrides: list[str] | None = None) -> dict[str, Any]:
     """Run every point of the grid; return counts, the manifest and the report paths."""
     logger = get_run_logger()
     root = Path(project).resolve()
-    grid = load_grid(root / grid_path if not Path(grid_path).is_absolute() else grid_path, root)
+    grid = load_grid(root / grid_path, root, overrides)  # an absolute grid_path stays itself
     jobs = jobs or grid.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
     records = {p.name: {"point": p.name, "params": p.overrides, "status": "pending",
@@ -137,10 +137,10 @@ def task_runner(runner: str, jobs: int, dask_address: str | None = None):
 
 def run_sweep(grid_path: str | Path, project: str | Path = ".", jobs: int | None = None,
               runner: str = "threads", dask_address: str | None = None,
-              report: bool = True) -> dict[str, Any]:
+              report: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
     """Validate the grid, then run the flow with the chosen task runner."""
     root = Path(project).resolve()
-    grid = load_grid(grid_path, root)  # refuse a bad grid before Prefect starts
+    grid = load_grid(grid_path, root, overrides)  # refuse a bad grid before Prefect starts
     jobs = jobs or grid.jobs
     flow_ = sweep.with_options(task_runner=task_runner(runner, jobs, dask_address))
-    return flow_(str(Path(grid_path).resolve()), str(root), jobs, report)
+    return flow_(str(Path(grid_path).resolve()), str(root), jobs, report, overrides)

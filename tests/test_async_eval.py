@@ -133,6 +133,10 @@ def test_training_keeps_stepping_while_checkpoints_are_evaluated(workspace, tmp_
     series = query(db, "SELECT DISTINCT step FROM evals WHERE metric = 'tool_accuracy' "
                        "AND run_id = 'teacher' ORDER BY step")
     assert series["step"].tolist() == steps
-    page = render_report(db, tmp_path / "report").read_text(encoding="utf-8")
-    assert "Tool accuracy against step" in page and 'vegaEmbed("#step_accuracy"' in page
-    assert "<p>No eval run yet.</p>" in page  # a training run's series is not an eval-stage run
+    render_report(db, tmp_path / "report")
+    curves = (tmp_path / "report" / "curves.html").read_text(encoding="utf-8")
+    assert "With vs without the tool over training" in curves
+    assert 'vegaEmbed("#step_accuracy"' in curves
+    # a training run's series is not an eval-stage run
+    assert "<p>No eval run yet.</p>" in (tmp_path / "report" / "distillation.html").read_text(
+        encoding="utf-8")

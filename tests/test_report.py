@@ -1,4 +1,4 @@
-"""The HTML report: built from a hand-written run database, checked for content and offline use."""
+"""The HTML reports: built from hand-written run folders, checked for content and offline use."""
 
 from __future__ import annotations
 
@@ -8,10 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.report import CURVES_SQL, MAX_POINTS_PER_CURVE, render_report
+from lmpipe.report import render_report
+from lmpipe.report.curves import CURVES_SQL, MAX_POINTS_PER_CURVE
 from lmpipe.store import index_runs, query
 
 MODELS = ["teacher", "student", "distilled", "quantized"]
+PAGES = ["index", "curves", "scaling", "distillation"]
+
+
+def pages(out_dir: Path) -> dict[str, str]:
+    return {name: (out_dir / f"{name}.html").read_text(encoding="utf-8") for name in PAGES}
+
+
+def assert_self_contained(page: str) -> None:
+    assert "window.vegaEmbed=" in page                       # the bundle is inlined ...
+    assert re.search(r"<script[^>]*\bsrc=", page) is None    # ... and nothing is fetched
+    assert "https://cdn" not in page
 
 
 def write_json(path: Path, payload: object) -> None:
@@ -62,26 +74,41 @@ def db(tmp_path: Path) -> Path:
 def test_report_is_self_contained_and_shows_the_numbers(db: Path, tmp_path: Path) -> None:
     out = render_report(db, tmp_path / "report")
     assert out == tmp_path / "report" / "index.html"
-    page = out.read_text(encoding="utf-8")
+    html = pages(tmp_path / "report")
 
-    assert "<title>lmpipe report</title>" in page
-    assert "window.vegaEmbed=" in page                       # the bundle is inlined ...
-    assert re.search(r"<script[^>]*\bsrc=", page) is None    # ... and nothing is fetched
-    assert "https://cdn" not in page
-    assert page.count('vegaEmbed("#') == 2                    # curves and eval comparison
-    assert page.count('<p class="howto">') == 2
-
-    for model in MODELS:
-        assert f"<td>{model}</td>" in page
-    assert "<td>0.8125</td>" in page                          # recall, trained (teacher)
-    assert "<td>0.9375</td>" in page                          # tool accuracy, held-out (teacher)
-    assert "<td>13.35</td>" in page                           # val_ppl of the student
-    assert "0.1111" not in page                               # the older eval run is not shown
-    assert "0.3333" not in page                               # per-attribute rows are not shown
-    assert "<th>tool_accuracy / heldout</th>" in page
+    index = html["index"]
+    assert "<title>lmpipe report</title>" in index
+    for name in PAGES:                                       # every page links every page
+        assert all(f'href="{other}.html"' in html[name] for other in PAGES)
+    assert "vegaEmbed" not in index                          # tables only: no bundle needed
     for run_id in ["teacher", "student", "distill", "eval_old", "eval"]:
-        assert f"<td>{run_id}</td>" in page                  # runs table
-    assert "20m 34.5s" in page                                # wall time, readable
+        assert f"<td>{run_id}</td>" in index                 # runs table
+    assert "20m 34.5s" in index                              # wall time, readable
+    assert "No sweep yet" in index
+
+    curves = html["curves"]
+    assert_self_contained(curves)
+    assert curves.count('vegaEmbed("#') == 1                  # no recall/tool accuracy logged
+    assert 'vegaEmbed("#curves"' in curves and "No run has logged <code>recall</code>" in curves
+    assert curves.count('<p class="howto">') == 1
+
+    dist = html["distillation"]
+    assert_self_contained(dist)
+    assert dist.count('vegaEmbed("#') == 1                    # the eval comparison
+    assert dist.count('<p class="howto">') == 1
+    for model in MODELS:
+        assert f"<td>{model}</td>" in dist
+    assert "<td>0.8125</td>" in dist                          # recall, trained (teacher)
+    assert "<td>0.9375</td>" in dist                          # tool accuracy, held-out (teacher)
+    assert "<td>13.35</td>" in dist                           # val_ppl of the student
+    assert "0.1111" not in dist                               # the older eval run is not shown
+    assert "0.3333" not in dist                               # per-attribute rows are not shown
+    assert "<th>tool_accuracy / heldout</th>" in dist
+    assert "No distillation run has logged <code>val_loss</code> yet" in dist
+
+    scaling = html["scaling"]                                 # no parameters or world reported
+    assert "vegaEmbed" not in scaling
+    assert "No eval run has reported <code>parameters</code>" in scaling
 
 
 def test_curves_are_thinned_but_keep_both_ends(tmp_path: Path) -> None:
@@ -102,8 +129,12 @@ def test_report_without_evals_still_shows_curves(tmp_path: Path) -> None:
     write_json(root / "teacher" / "summary.json", summary("train", "teacher", 8))
     (root / "teacher" / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n')
     index_runs(root, tmp_path / "runs.duckdb")
-    page = render_report(tmp_path / "runs.duckdb", tmp_path / "report").read_text()
-    assert page.count('vegaEmbed("#') == 1 and "No eval run yet" in page
+    render_report(tmp_path / "runs.duckdb", tmp_path / "report")
+    html = pages(tmp_path / "report")
+    assert html["curves"].count('vegaEmbed("#') == 1
+    assert "<p>No eval run yet.</p>" in html["distillation"]
+    assert "vegaEmbed" not in html["distillation"] + html["scaling"]
+    assert "(1 chart)" in html["index"] and html["index"].count("(no data yet)") == 2
 
 
 @pytest.mark.parametrize("indexed", [True, False])
@@ -111,9 +142,12 @@ def test_empty_database_says_no_runs(tmp_path: Path, indexed: bool) -> None:
     db_path = tmp_path / "runs.duckdb"
     if indexed:
         index_runs(tmp_path / "runs", db_path)   # tables exist but are empty
-    page = render_report(db_path, tmp_path / "report").read_text()
-    assert "No runs yet" in page and "<title>lmpipe report</title>" in page
-    assert "vegaEmbed" not in page
+    render_report(db_path, tmp_path / "report")
+    html = pages(tmp_path / "report")              # every page is written, and says so plainly
+    assert "<title>lmpipe report</title>" in html["index"]
+    for name in PAGES:
+        assert "No runs yet" in html[name] and "vegaEmbed" not in html[name]
+        assert all(f'href="{other}.html"' in html[name] for other in PAGES)
 
 
 def test_distillation_section_compares_students_at_equal_steps(tmp_path: Path) -> None:
@@ -127,8 +161,9 @@ def test_distillation_section_compares_students_at_equal_steps(tmp_path: Path) -
                  {"step": s, "loss": 1.0, "val_loss": val * 100 / s} for s in (100, 200)]
         (root / folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     index_runs(root, tmp_path / "db.duckdb")
-    page = render_report(tmp_path / "db.duckdb", tmp_path / "out").read_text()
-    section = page[page.index("<h2>Distillation</h2>"):page.index("<h2>Runs</h2>")]
+    render_report(tmp_path / "db.duckdb", tmp_path / "out")
+    page = (tmp_path / "out" / "distillation.html").read_text()
+    section = page[page.index("<h2>Distillation</h2>"):]
     assert "validation loss: scratch vs distilled" in section and "loss_attention_kl" in section
     # the equal-steps table: scratch student 0.25 vs distilled 0.125 at step 200; no teacher
     table = section[section.index("<table"):]

@@ -169,3 +169,25 @@ def test_the_dask_task_runner_runs_points_on_a_local_cluster(sweep_project, tmp_
     assert out["runner"] == "DaskTaskRunner"
     manifest = json.loads(Path(out["manifest"]).read_text())
     assert all(p["pid"] != manifest["flow_pid"] for p in manifest["points"])  # ran in Dask workers
+
+
+@pytest.mark.slow
+def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
+    work, env = sweep_project
+    grid = load_grid(work / "recipes/knowledge-capacity/grid.yaml", work)
+    assert len(grid.points) == 4
+    assert {p.overrides["teacher.train.steps"] / p.overrides["world.people"]
+            for p in grid.points} == {219.0, 218.8}      # ~1,000 exposures: 1,000 x 7 docs / 32
+    tiny = ["teacher.model.d_model=16", "teacher.model.n_layers=1", "world.people=8",
+            "teacher.train.steps=20", "teacher.train.batch_size=8", "teacher.train.eval_every=10",
+            "teacher.train.warmup_steps=2", "eval.trained_people=8", "world.heldout_people=4",
+            "eval.heldout_people=4", "eval.max_new_tokens=24"]
+    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep",
+                   "recipes/knowledge-capacity/grid.yaml", *tiny, "--json"], work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 1 and out["failed"] == []     # the pinned axes collapse to one point
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        bits = con.execute("SELECT e.value FROM evals e JOIN runs r USING (run_id) WHERE r.sweep = ? "
+                           "AND e.metric = 'knowledge_bits' AND e.attribute IS NULL",
+                           [out["sweep"]]).fetchall()
+    assert len(bits) == 1 and bits[0][0] >= 0

@@ -1,0 +1,200 @@
+"""distillation.html: teacher vs scratch student vs distilled vs quantized, per metric, and the
+distillation runs' curves.
+
+The comparison comes from one eval run: the latest whose eval-stage rows (step null) include the
+pipeline's models (teacher, student = scratch, distilled, quantized, quantized_ptq, int8), else the
+latest outside a sweep; its overall rows (attribute null) become a faceted bar chart, one panel per
+metric and split, and a model × metric table. The curves are the validation loss of the distilled
+and scratch students at equal steps, and each logged distillation term (`loss_<term>`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import pandas as pd
+
+from lmpipe.report.curves import thinned
+from lmpipe.report.page import NO_RUNS, Page, esc, fmt, howto, note, table
+from lmpipe.report.source import Source
+
+MODEL_ORDER = ["teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"]
+FIRST_PANELS = ["recall / trained", "tool_accuracy / trained", "tool_accuracy / heldout",
+                "val_loss / val", "val_ppl / val", "val_bpb / val", "knowledge_bits / trained",
+                "bits_per_param / trained", "parameters / model", "weight_bytes / model",
+                "file_bytes / model"]
+ACCURACY_PANELS = FIRST_PANELS[:3]
+
+LATEST_EVAL_RUN_SQL = """
+WITH e AS (
+    SELECT run_id, count(DISTINCT model) FILTER (WHERE model IN ({models})) AS known
+    FROM evals WHERE {stage_rows} GROUP BY run_id
+)
+SELECT run_id FROM e JOIN runs USING (run_id)
+WHERE known > 0 OR {not_in_sweep}  -- a sweep's eval runs (one model each) belong to scaling.html
+ORDER BY known > 0 DESC, started_at DESC NULLS LAST, run_id DESC LIMIT 1
+"""
+
+OVERALL_EVALS_SQL = """
+SELECT model, metric, split, avg(value) AS value, max(n) AS n
+FROM evals WHERE run_id = ? AND attribute IS NULL AND {stage_rows}
+GROUP BY ALL ORDER BY metric, split, model
+"""
+
+# the students: distilled runs and from-scratch training runs other than the teacher
+STUDENTS = ("(r.stage = 'distill' OR (r.stage = 'train' AND coalesce(r.name, '') <> 'teacher')) "
+            "AND {not_in_sweep}")
+
+DISTILL_VAL_SQL = """
+SELECT r.run_id, m.step, avg(m.value) AS val_loss
+FROM metrics m JOIN runs r USING (run_id)
+WHERE m.name = 'val_loss' AND isfinite(m.value) AND {students}
+GROUP BY ALL ORDER BY step, run_id
+"""
+
+DISTILL_TERMS_ROWS = """
+SELECT m.run_id, m.name AS metric, m.step, avg(m.value) AS value
+FROM metrics m JOIN runs r USING (run_id)
+WHERE r.stage = 'distill' AND {not_in_sweep} AND m.name LIKE 'loss\\_%' ESCAPE '\\'
+  AND isfinite(m.value)
+GROUP BY ALL
+"""
+
+
+def model_order(models: list[str]) -> list[str]:
+    return [m for m in MODEL_ORDER if m in models] + sorted(set(models) - set(MODEL_ORDER))
+
+
+def _panel(metric: str, split: object) -> str:
+    return metric if split is None or pd.isna(split) else f"{metric} / {split}"
+
+
+def _bar_label(value: float) -> str:
+    if not math.isfinite(value):
+        return ""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def comparison_chart(overall: pd.DataFrame) -> alt.FacetChart:
+    """One small bar chart per metric (own y scale), one bar per model, the value on top."""
+    data = overall.assign(panel=[_panel(m, s) for m, s in zip(overall["metric"], overall["split"])],
+                          text=overall["value"].map(_bar_label))
+    panels = [p for p in FIRST_PANELS if p in set(data["panel"])] + sorted(
+        set(data["panel"]) - set(FIRST_PANELS))
+    models = model_order(list(data["model"].unique()))
+    base = alt.Chart().encode(
+        x=alt.X("model:N", sort=models, title=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("value:Q", title=None),
+        color=alt.Color("model:N", sort=models, title="model"),
+        tooltip=["model:N", "metric:N", "split:N", alt.Tooltip("value:Q", format=",.5~g"), "n:Q"])
+    bars = base.mark_bar()
+    text = base.mark_text(dy=-5, fontSize=9, color="#333").encode(text="text:N")
+    return (alt.layer(bars, text, data=data)
+            .properties(width=max(120, 26 * len(models)), height=150)
+            .facet(facet=alt.Facet("panel:N", sort=panels, title=None), columns=4)
+            .resolve_scale(y="independent").resolve_axis(x="independent"))
+
+
+def overall_table(overall: pd.DataFrame) -> pd.DataFrame:
+    """model × 'metric / split' pivot of the overall numbers, formatted for reading."""
+    column = [_panel(m, s) for m, s in zip(overall["metric"], overall["split"])]
+    wide = overall.assign(column=column).pivot_table(index="model", columns="column",
+                                                     values="value", aggfunc="mean")
+    first = [c for c in ACCURACY_PANELS if c in wide]
+    wide = wide.reindex(index=model_order(list(wide.index)),
+                        columns=first + sorted(c for c in wide.columns if c not in first))
+    wide = wide.map(fmt).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def distill_chart(val: pd.DataFrame, terms: pd.DataFrame) -> alt.TopLevelMixin:
+    """Validation loss of scratch vs distilled students, and each distillation term, per step."""
+    left = (alt.Chart(val, title="validation loss: scratch vs distilled")
+            .mark_line(point=True)
+            .encode(x=alt.X("step:Q"), y=alt.Y("val_loss:Q", title="val_loss (log scale)",
+                                               scale=alt.Scale(type="log")),
+                    color=alt.Color("run_id:N", title="run"),
+                    tooltip=["run_id:N", "step:Q", alt.Tooltip("val_loss:Q", format=".5f")])
+            .properties(width=420, height=280))
+    if terms.empty:
+        return left
+    right = (alt.Chart(terms.rename(columns={"metric": "term"}),
+                       title="distillation terms (per target, unweighted)")
+             .mark_line()
+             .encode(x=alt.X("step:Q"), y=alt.Y("value:Q", title="value (log scale)",
+                                                scale=alt.Scale(type="log")),
+                     color=alt.Color("term:N", title="term"), strokeDash=alt.StrokeDash("run_id:N"),
+                     tooltip=["run_id:N", "term:N", "step:Q", alt.Tooltip("value:Q", format=".5f")])
+             .properties(width=420, height=280))
+    return alt.hconcat(left, right).resolve_scale(color="independent")
+
+
+def equal_steps_table(val: pd.DataFrame) -> pd.DataFrame:
+    """step × run validation loss, on the steps every run logged."""
+    wide = val.pivot_table(index="step", columns="run_id", values="val_loss",
+                           aggfunc="mean").dropna()
+    wide = wide.map(lambda v: f"{v:.5f}").reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def build(src: Source) -> Page:
+    page = Page("distillation", "distillation")
+    if src.empty:
+        page.add(NO_RUNS)
+        return page
+    page.add("<h2>Teacher vs scratch vs distilled vs quantized</h2>")
+    models = ", ".join(f"'{m}'" for m in MODEL_ORDER)
+    latest = src.scalar(LATEST_EVAL_RUN_SQL.format(models=models, stage_rows=src.stage_rows(),
+                                                   not_in_sweep=src.not_in_sweep()))
+    if latest is None:
+        page.add("<p>No eval run yet.</p>" if not src.scalar(
+            f"SELECT count(*) FROM evals WHERE {src.stage_rows()}") else
+            "<p>No eval run of the pipeline's models yet (the sweeps' eval runs are on the "
+            '<a href="scaling.html">scaling page</a> and in the sweep table of the '
+            '<a href="index.html">index</a>).</p>')
+    else:
+        overall = src.df(OVERALL_EVALS_SQL.format(stage_rows=src.stage_rows()), [latest])
+        page.add(f"<p>From eval run <code>{esc(latest)}</code> (the latest with the pipeline's "
+                 "models), over all attributes.</p>")
+        if overall.empty:
+            page.add("<p>This eval run has no overall rows.</p>")
+        else:
+            page.chart("evals", comparison_chart(overall))
+            page.add(howto(
+                "One panel per measure (its own y scale), one bar per model: the teacher, the "
+                "student trained from scratch (<em>student</em>), the same architecture distilled "
+                "from the teacher (<em>distilled</em>), and its quantized versions (ternary QAT "
+                "<em>quantized</em>, ternary post-training <em>quantized_ptq</em>, weight-only "
+                "<em>int8</em>). <em>recall / trained</em> answers from the weights alone (no "
+                "tool); <em>tool_accuracy</em> answers by querying the database tool, on people "
+                "seen in training and on held-out people: higher is better, and the gap between "
+                "recall and tool accuracy is what the tool adds. Losses, perplexity and bits per "
+                "byte: lower is better; weight and file bytes show what quantization saves."))
+            page.add("<h3>Overall numbers per model</h3>", table(overall_table(overall)))
+
+    page.add("<h2>Distillation</h2>")
+    students = STUDENTS.format(not_in_sweep=src.not_in_sweep("r"))
+    val = src.df(DISTILL_VAL_SQL.format(students=students))
+    distill_runs = set(src.df(f"SELECT run_id FROM runs WHERE stage = 'distill' "
+                              f"AND {src.not_in_sweep()}")["run_id"])
+    if val.empty or not val["run_id"].isin(distill_runs).any():
+        page.add("<p>No distillation run has logged <code>val_loss</code> yet.</p>")
+        return page
+    terms = thinned(src, DISTILL_TERMS_ROWS.format(not_in_sweep=src.not_in_sweep("r")))
+    page.chart("distill", distill_chart(val, terms))
+    page.add(howto(
+        "Left: validation loss of the students trained from scratch and distilled from the "
+        "teacher, same architecture; at equal steps, lower is better. Right: each term of the "
+        "distillation objective as logged (per target token, before its weight). The table gives "
+        "the validation loss at the steps every run evaluated."))
+    steps = equal_steps_table(val)
+    page.add(table(steps) if not steps.empty else
+             note("The runs have no evaluated step in common."))
+    return page

@@ -1,0 +1,133 @@
+"""The HTML shell every report page shares: style, navigation, the inlined Vega bundle, chart
+embedding, tables and number formatting.
+
+A page is a `Page` (title, body fragments, charts); `Page.html()` turns it into one self-contained
+file: the Vega/Vega-Lite/vega-embed bundle is inlined (from vl-convert, built once per process), so
+a page renders offline and can be mailed or archived alone. Pages without charts carry no bundle.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+# (file stem, link text, one-line description) of every page, in navigation order.
+PAGES = [
+    ("index", "Index", "runs, sweeps and links"),
+    ("curves", "Curves", ("any logged metric against step or tokens, across runs; accuracy with "
+                          "and without the tool over training")),
+    ("scaling", "Scaling", ("knowledge bits against parameters (2 bits/param line); accuracy "
+                            "contours over parameters × facts, with and without the tool")),
+    ("distillation", "Distillation", ("teacher vs scratch vs distilled vs quantized, per metric; "
+                                      "distillation curves")),
+]
+
+VL_VERSION = "_".join(alt.SCHEMA_VERSION.split(".")[:2])  # vl-convert's name for Altair's target
+NO_RUNS = "<p>No runs yet: run a stage, then <code>lmpipe index</code>.</p>"
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222;
+       padding: 0 1rem; }
+h1 { margin-bottom: 0; } .meta { color: #666; margin-top: .2rem; }
+nav a { margin-right: 1rem; } nav a.here { font-weight: bold; color: #222; text-decoration: none; }
+p.howto { color: #444; max-width: 60rem; } p.note { color: #666; font-size: .9rem; }
+table.numbers { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }
+table.numbers th, table.numbers td { padding: .25rem .7rem; border-bottom: 1px solid #ddd;
+                                     text-align: right; }
+table.numbers th:first-child, table.numbers td:first-child { text-align: left; }
+"""
+
+
+@lru_cache(maxsize=1)
+def vega_bundle() -> str:
+    """Vega, Vega-Lite (the version Altair targets) and vega-embed as one script (~900 KB)."""
+    import vl_convert
+
+    return vl_convert.javascript_bundle(vl_version=VL_VERSION)
+
+
+def esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def fmt(value: Any) -> str:
+    """A table cell: 4 decimals below 10, thousands separators above; '–' when missing."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.2f}"
+    return str(value)
+
+
+def duration(seconds: Any) -> str:
+    """Seconds as '12.3s', '20m 34.5s' or '2h 05m'; '–' if missing."""
+    if seconds is None or pd.isna(seconds):
+        return "–"
+    minutes, secs = divmod(float(seconds), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:04.1f}s"
+    return f"{secs:.1f}s"
+
+
+def table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, na_rep="–", escape=True, classes="numbers")
+
+
+def howto(text: str) -> str:
+    return f'<p class="howto">{text}</p>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{text}</p>'
+
+
+def chart_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
+    with alt.data_transformers.disable_max_rows():
+        return chart.to_dict()
+
+
+@dataclass
+class Page:
+    """One report page: `add` text, `chart` charts (embedded where they are added)."""
+
+    stem: str
+    title: str
+    body: list[str] = field(default_factory=list)
+    charts: dict[str, alt.TopLevelMixin] = field(default_factory=dict)
+
+    def add(self, *fragments: str) -> None:
+        self.body.extend(fragments)
+
+    def chart(self, div_id: str, chart: alt.TopLevelMixin) -> None:
+        spec = json.dumps(chart_spec(chart), separators=(",", ":")).replace("</", "<\\/")
+        self.charts[div_id] = chart
+        self.add(f'<div id="{div_id}"></div>\n<script type="text/javascript">\n'
+                 f'vegaEmbed("#{div_id}", {spec}, {{"mode": "vega-lite"}}).catch(console.error);\n'
+                 "</script>")
+
+    def html(self) -> str:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        here = ' class="here"'
+        nav = " ".join(f'<a href="{stem}.html"{here if stem == self.stem else ""}>{esc(text)}</a>'
+                       for stem, text, _ in PAGES)
+        script = (f'<script type="text/javascript">\n{vega_bundle()}\n</script>'
+                  if self.charts else "")
+        title = "lmpipe report" if self.stem == "index" else f"lmpipe report: {self.title}"
+        return "\n".join([
+            "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            f"<title>{esc(title)}</title>", f"<style>{STYLE}</style>", script, "</head>", "<body>",
+            f"<h1>{esc(title)}</h1>", f'<p class="meta">generated {now}</p>', f"<nav>{nav}</nav>",
+            *self.body, "</body>", "</html>", "",
+        ])

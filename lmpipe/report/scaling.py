@@ -1,0 +1,280 @@
+"""scaling.html: how much a model of N parameters knows, and how accuracy with and without the
+tool changes over (parameters, number of facts).
+
+Every evaluated model is one point, from the eval stage's overall rows (`evals`, attribute null,
+step null): its `parameters`, `knowledge_bits` (trained split), `recall` and `tool_accuracy`
+(trained people), joined to the eval run's world (`params`: world.people, world.tool_dialogs,
+world.qa_dialogs) and, in a sweep, its point's `mode`. Facts = people × the six attributes. Within a
+sweep only the latest eval run of each point and model counts (a retried point is not counted
+twice). The contour panels are drawn by `lmpipe.report.contours`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from lmpipe.protocol import ATTRIBUTES
+from lmpipe.report import contours
+from lmpipe.report.page import NO_RUNS, Page, howto, note, table
+from lmpipe.report.source import Source, label, parse_json
+
+BITS_PER_PARAM = 2.0
+ACCURACY_SCHEME = "yellowgreenblue"
+
+MODELS_SQL = """
+WITH overall AS (
+    SELECT run_id, model,
+           avg(value) FILTER (WHERE metric = 'parameters') AS parameters,
+           avg(value) FILTER (WHERE metric = 'knowledge_bits'
+                              AND coalesce(split, 'trained') = 'trained') AS knowledge_bits,
+           avg(value) FILTER (WHERE metric = 'recall' AND split = 'trained') AS recall,
+           max(n) FILTER (WHERE metric = 'recall' AND split = 'trained') AS recall_n,
+           avg(value) FILTER (WHERE metric = 'tool_accuracy' AND split = 'trained')
+               AS tool_accuracy,
+           max(n) FILTER (WHERE metric = 'tool_accuracy' AND split = 'trained') AS tool_n
+    FROM evals
+    WHERE attribute IS NULL AND {stage_rows} AND isfinite(value)
+      AND metric IN ('parameters', 'knowledge_bits', 'recall', 'tool_accuracy')
+    GROUP BY run_id, model
+), world AS (
+    SELECT run_id,
+           any_value(TRY_CAST(value AS DOUBLE)) FILTER (WHERE key = 'world.people') AS people,
+           any_value(value) FILTER (WHERE key = 'world.tool_dialogs') AS tool_dialogs,
+           any_value(value) FILTER (WHERE key = 'world.qa_dialogs') AS qa_dialogs
+    FROM params WHERE key IN ('world.people', 'world.tool_dialogs', 'world.qa_dialogs')
+    GROUP BY run_id
+)
+SELECT o.*, w.people, w.tool_dialogs, w.qa_dialogs, r.started_at, {point_columns}
+FROM overall o JOIN runs r USING (run_id) LEFT JOIN world w USING (run_id)
+WHERE o.parameters IS NOT NULL
+ORDER BY r.started_at NULLS FIRST, o.run_id, o.model
+"""
+
+# (panel key, accuracy column, the models that count (their world trained this), title)
+PANELS = [
+    ("tool", "tool_accuracy", "tool_world", "with the tool: tool accuracy, trained people"),
+    ("recall", "recall", "qa_world", "without the tool: recall, trained people"),
+]
+
+
+def _flag(text: Any) -> bool | None:
+    value = parse_json(text)
+    return value if isinstance(value, bool) else None
+
+
+def _mode(tool: bool | None, qa: bool | None) -> str:
+    if tool is None and qa is None:
+        return "unknown"
+    return {(True, True): "tool + qa", (True, False): "tool", (False, True): "qa",
+            (False, False): "neither"}[(bool(tool), bool(qa))]
+
+
+def load(src: Source) -> pd.DataFrame:
+    """One row per evaluated model: parameters, facts, mode, knowledge bits, accuracies."""
+    in_sweep = src.has("runs", "sweep", "point")
+    sql = MODELS_SQL.format(stage_rows=src.stage_rows(),
+                            point_columns="r.sweep, r.point" if in_sweep
+                            else "NULL AS sweep, NULL AS point")
+    models = src.df(sql)
+    if models.empty:
+        return models
+    # a retried sweep point: its latest eval run only (rows are ordered by start time)
+    swept = models["sweep"].notna()
+    models = pd.concat([models[~swept], models[swept].drop_duplicates(
+        ["sweep", "point", "model"], keep="last")]).sort_index()
+    point_people = src.param_per_run("world.people") if "world.people" in src.point_keys else {}
+    point_mode = src.param_per_run("mode") if "mode" in src.point_keys else {}
+    people = [p if pd.notna(p) else point_people.get(r) for r, p in zip(models["run_id"],
+                                                                         models["people"])]
+    models["facts"] = [float(p) * len(ATTRIBUTES) if isinstance(p, (int, float)) and pd.notna(p)
+                       else np.nan for p in people]
+    tool = [_flag(v) for v in models["tool_dialogs"]]
+    qa = [_flag(v) for v in models["qa_dialogs"]]
+    models["tool_world"] = [t is not False for t in tool]   # unknown counts as possible
+    models["qa_world"] = [q is not False for q in qa]
+    models["mode"] = [label(point_mode[r]) if r in point_mode else _mode(t, q)
+                      for r, t, q in zip(models["run_id"], tool, qa)]
+    models["where"] = [f"{s}/{p}" if isinstance(s, str) else "–"
+                       for s, p in zip(models["sweep"], models["point"])]
+    return models.reset_index(drop=True)
+
+
+def _facts_color(values: pd.Series) -> alt.Color:
+    distinct = sorted(values.dropna().unique())
+    if len(distinct) <= 10:
+        return alt.Color("facts:O", title="facts (people × 6)", sort=distinct,
+                         scale=alt.Scale(scheme="viridis"))
+    return alt.Color("facts:Q", title="facts (people × 6)",
+                     scale=alt.Scale(type="log", scheme="viridis"))
+
+
+def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
+    """Knowledge bits against parameters, log-log, with the 2 bits/param line."""
+    low, high = models["parameters"].min() / 1.5, models["parameters"].max() * 1.5
+    line = pd.DataFrame({"parameters": [low, high], "bits": [BITS_PER_PARAM * low,
+                                                             BITS_PER_PARAM * high]})
+    x = alt.X("parameters:Q", title="parameters (log scale)", scale=alt.Scale(type="log"))
+    y = alt.Y("knowledge_bits:Q", title="knowledge bits (log scale)", scale=alt.Scale(type="log"))
+    reference = alt.Chart(line).mark_line(color="#888", strokeDash=[6, 4]).encode(
+        x=alt.X("parameters:Q", scale=alt.Scale(type="log")),
+        y=alt.Y("bits:Q", scale=alt.Scale(type="log")))
+    text = alt.Chart(line.tail(1)).mark_text(align="right", dx=-4, dy=-8, color="#555").encode(
+        x="parameters:Q", y="bits:Q", text=alt.value(f"{BITS_PER_PARAM:g} bits/param"))
+    points = alt.Chart(models).mark_point(filled=True, size=70, opacity=0.85).encode(
+        x=x, y=y, color=_facts_color(models["facts"]),
+        shape=alt.Shape("mode:N", title="mode"),
+        tooltip=[alt.Tooltip("run_id:N", title="eval run"), "model:N",
+                 alt.Tooltip("where:N", title="sweep point"), "mode:N",
+                 alt.Tooltip("parameters:Q", format=","), alt.Tooltip("facts:Q", format=","),
+                 alt.Tooltip("knowledge_bits:Q", format=",.1f"),
+                 alt.Tooltip("bits_per_param:Q", format=".4f")])
+    return (reference + text + points).properties(width=620, height=400,
+                                                  title="knowledge bits against parameters")
+
+
+def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.LayerChart, dict]:
+    """Heatmap cells, contour lines with level labels, and measured points for one accuracy."""
+    lx, ly, mean, count = contours.lattice(models["parameters"].to_numpy(),
+                                           models["facts"].to_numpy(), models[column].to_numpy())
+    cells = contours.cells(lx, ly, mean, count)
+    lines = contours.contour_lines(lx, ly, mean)
+    labels = contours.line_labels(lines)
+    # the panel spans the lattice's cells exactly (no "nice" padding to whole decades)
+    x_scale = alt.Scale(type="log", nice=False, domain=[cells["x"].min(), cells["x2"].max()])
+    y_scale = alt.Scale(type="log", nice=False, domain=[cells["y"].min(), cells["y2"].max()])
+    color = alt.Color("value:Q", title="accuracy",
+                      scale=alt.Scale(domain=[0, 1], scheme=ACCURACY_SCHEME))
+    layers = [alt.Chart(cells).mark_rect(opacity=0.9, stroke="white", strokeWidth=0.5).encode(
+        x=alt.X("x:Q", title="parameters (log scale)", scale=x_scale), x2="x2:Q",
+        y=alt.Y("y:Q", title="facts = people × 6 (log scale)", scale=y_scale), y2="y2:Q",
+        color=color,
+        tooltip=[alt.Tooltip("xc:Q", title="parameters", format=","),
+                 alt.Tooltip("yc:Q", title="facts", format=","),
+                 alt.Tooltip("value:Q", title="mean accuracy", format=".3f"),
+                 alt.Tooltip("n:Q", title="models")])]
+    if not lines.empty:
+        # dark lines and labels over a white halo, readable on light and dark cells alike
+        for stroke, width, opacity in (("white", 4.0, 0.8), ("#111", 1.6, 1.0)):
+            layers.append(alt.Chart(lines).mark_line(color=stroke, strokeWidth=width,
+                                                     opacity=opacity).encode(
+                x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), detail="line:N",
+                order="order:Q", tooltip=[alt.Tooltip("level:Q", title="contour")]))
+        for extra in ({"stroke": "white", "strokeWidth": 3, "strokeOpacity": 0.9}, {}):
+            layers.append(alt.Chart(labels).mark_text(
+                fontWeight="bold", fontSize=12, color="#111", dy=-8, **extra).encode(
+                x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), text="text:N"))
+    measured = models.dropna(subset=[column])
+    layers.append(alt.Chart(measured).mark_point(filled=True, color="white", stroke="#222",
+                                                 strokeWidth=1, size=30).encode(
+        x=alt.X("parameters:Q", scale=x_scale), y=alt.Y("facts:Q", scale=y_scale),
+        tooltip=[alt.Tooltip("run_id:N", title="eval run"), "model:N",
+                 alt.Tooltip("where:N", title="sweep point"), "mode:N",
+                 alt.Tooltip("parameters:Q", format=","), alt.Tooltip("facts:Q", format=","),
+                 alt.Tooltip(f"{column}:Q", title="accuracy", format=".4f")]))
+    info = {"nodes": (len(lx), len(ly)), "measured": int((count > 0).sum()),
+            "missing": int((count == 0).sum()), "models": len(measured),
+            "lines": lines["level"].nunique() if not lines.empty else 0,
+            "grid": _grid_table(lx, ly, mean)}
+    return alt.layer(*layers).properties(width=430, height=340, title=title), info
+
+
+def _grid_table(lx: np.ndarray, ly: np.ndarray, mean: np.ndarray) -> pd.DataFrame:
+    """facts (rows, largest first) × parameters (columns) mean accuracy, for exact reading."""
+    frame = pd.DataFrame(mean, index=[f"{10 ** v:,.0f}" for v in ly],
+                         columns=[f"{10 ** v:,.0f}" for v in lx])
+    frame = frame.iloc[::-1].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    frame.index.name = "facts \\ parameters"
+    return frame.reset_index()
+
+
+def build(src: Source) -> Page:
+    page = Page("scaling", "scaling")
+    if src.empty:
+        page.add(NO_RUNS)
+        return page
+    models = load(src)
+    page.add("<h2>Knowledge bits against parameters</h2>")
+    if models.empty:
+        page.add("<p>No eval run has reported <code>parameters</code> for a model yet: run the "
+                 "eval stage (or a sweep), then <code>lmpipe index</code>.</p>")
+    bits = models[models["knowledge_bits"].notna()] if not models.empty else models
+    if not models.empty and bits.empty:
+        page.add("<p>No evaluated model has <code>knowledge_bits</code> yet.</p>")
+    elif not bits.empty:
+        positive = bits[(bits["knowledge_bits"] > 0) & (bits["parameters"] > 0)].assign(
+            bits_per_param=lambda f: f["knowledge_bits"] / f["parameters"])
+        dropped = len(bits) - len(positive)
+        if positive.empty:
+            page.add(f"<p>All {len(bits)} evaluated models store 0 knowledge bits (a world that "
+                     "trains tool use, not recall, stores nothing in the weights): nothing to draw "
+                     "on a log scale.</p>")
+        else:
+            page.chart("knowledge", knowledge_chart(positive))
+            if dropped:
+                page.add(note(f"{dropped} of {len(bits)} models store 0 bits and are not drawn "
+                              "(log scale)."))
+            page.add(howto(
+                "Each point is one evaluated model: the bits of the world's facts it holds in its "
+                "weights (for each attribute, N·log2|values| minus the model's cross-entropy in "
+                "bits on the answers, floored at 0, summed) against its parameter count, both on "
+                "log scales. Colour is the number of facts the model was trained on (people × 6 "
+                "attributes), shape the training mode. The dashed line is 2 bits per parameter, "
+                "the capacity Physics of Language Models 3.3 measured: a model on the line is "
+                "full; a column of points (one size) that rises with the facts still has room, one "
+                "that stops rising has reached its capacity."))
+
+    page.add("<h2>Accuracy over parameters × facts, with and without the tool</h2>")
+    panels, infos = [], []
+    for key, column, world, title in PANELS:
+        if models.empty:
+            break
+        subset = models[models[world] & models[column].notna() & models["facts"].notna()
+                        & (models["parameters"] > 0)]
+        if subset.empty:
+            infos.append((key, title, None))
+            continue
+        chart, info = contour_panel(subset, column, title)
+        panels.append(chart)
+        infos.append((key, title, info))
+    if not panels:
+        page.add("<p>No evaluated model has both a number of facts (<code>world.people</code>) and "
+                 "<code>recall</code> or <code>tool_accuracy</code> on trained people yet.</p>")
+        return page
+    chart = alt.hconcat(*panels).resolve_scale(color="shared")
+    page.chart("contours", chart)
+    for key, title, info in infos:
+        if info is None:
+            what = ("trained with tool dialogs (world.tool_dialogs)" if key == "tool"
+                    else "trained with question/answer dialogs (world.qa_dialogs)")
+            page.add(note(f"<em>{title}</em>: no model {what} has this accuracy yet."))
+            continue
+        nx, ny = info["nodes"]
+        text = (f"<em>{title}</em>: {info['models']} models on a {nx} × {ny} lattice of "
+                f"(parameters, facts), {info['measured']} cells measured, "
+                f"{info['missing']} missing")
+        if nx < 2 or ny < 2:
+            text += "; contour lines need at least two parameter counts and two fact counts"
+        elif not info["lines"]:
+            text += "; no contour level is crossed"
+        page.add(note(text + "."))
+    page.add(howto(
+        "Each panel is a map of accuracy over model size (x, parameters) and world size (y, "
+        "facts = people × 6), both on log scales. The coloured cells are the measured lattice "
+        "(the mean of the models at each node; a blank cell was not measured); the dark lines are "
+        f"contour lines at accuracy {', '.join(f'{v:g}' for v in contours.LEVELS)}, interpolated "
+        "linearly in log-parameters and log-facts between neighbouring nodes; the dots are the "
+        "measured models (hover for the run). <em>With the tool</em>: answering by querying the "
+        "database tool; <em>without the tool</em>: answering from the weights alone. Without the "
+        "tool, accuracy falls as facts grow at a fixed size and the contour lines run diagonally "
+        "(twice the parameters hold twice the facts); with the tool, accuracy should not depend "
+        "on the number of facts, so its lines run vertically (only size matters) or are absent "
+        "(every size answers). Compare where the 0.5 line sits in the two panels."))
+    for key, title, info in infos:
+        if info is not None and len(info["grid"]) <= 16 and len(info["grid"].columns) <= 17:
+            page.add(f"<h3>{title}: mean accuracy per lattice cell</h3>", table(info["grid"]))
+    return page
+
