@@ -94,6 +94,28 @@ class ModelParams(Section):
         return self
 
 
+PROBE_SITES = ("embeddings", "attention", "attention_weights", "mlp", "residual", "logits")
+
+
+class ProbeParams(Section):
+    """Activation and gradient probes while training (lmpipe/probes.py); off costs nothing."""
+
+    enabled: bool = False
+    every: int = Field(10, ge=1, description="record every N-th step")
+    points: list[Literal[PROBE_SITES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(PROBE_SITES), description="which sites to probe")
+    layers: list[int] | None = Field(None, description="blocks to probe (null = all)")
+    grads: bool = Field(True, description="also record the gradient at each point")
+    dump_steps: list[int] = Field(default_factory=list, description="[first, last]: also save "
+                                  "the raw tensors of these steps to probes/step_<n>.safetensors")
+
+    @model_validator(mode="after")
+    def _window(self) -> "ProbeParams":
+        if self.dump_steps and (len(self.dump_steps) != 2 or self.dump_steps[0] > self.dump_steps[1]):
+            raise ValueError(f"dump_steps: expected [first, last], got {self.dump_steps}")
+        return self
+
+
 class TrainParams(Section):
     """One training run: optimizer, schedule, batching, checkpoints and performance switches."""
 
@@ -125,6 +147,7 @@ class TrainParams(Section):
     log_every: int = Field(25, ge=1)
     eval_every: int = Field(250, ge=1, description="validation loss every N steps and at the end")
     eval_batches: int = Field(0, ge=0, description="validation batches per eval; 0 = whole split")
+    probes: ProbeParams = Field(default_factory=ProbeParams)
     eval_people: int = Field(0, ge=0, description="people world: at each eval, ask this many "
                              "trained people's attributes without and with the tool (logs recall "
                              "and tool_accuracy; lmpipe/train_accuracy.py)")

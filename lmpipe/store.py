@@ -30,13 +30,15 @@ Tables (timestamps in UTC):
     summaries(run_id, key, value, value_num)   summary.json keys beyond the fixed ones
     sweep_points(sweep, point, status, exp, attempts, wall_time_s, error, params)
                                         every point of every sweep.json, params as JSON text
+    probes, linear_probes               probe statistics and linear-probe accuracies
+                                        (lmpipe/store_probes.py)
 
 Incremental rule. `_ingested(run_id, signature)` remembers, for each run, the name, size, mtime
 (ns) and inode of the files it was read from (params.json, summary.json, env.json, metrics.jsonl,
-evals.jsonl, the ancestor point.json) and its resolved path. `index_runs` compares the folders it
-finds with it: a new or changed run has its rows deleted from every table and read afresh, a run
-whose folder vanished is deleted, an unchanged run is not read at all; sweep.json files (small)
-are read every time. `params_wide` is rebuilt when anything changed. The whole index is one
+evals.jsonl, probes.jsonl, linear_probes.jsonl, the ancestor point.json) and its resolved path.
+`index_runs` compares the folders it finds with it: a new or changed run has its rows deleted
+from every table and read afresh, a run whose folder vanished is deleted, an unchanged run is not
+read at all; sweep.json files (small) are read every time. `params_wide` is rebuilt when anything changed. The whole index is one
 transaction, so a reader never sees a half-built database, and re-indexing an unchanged tree
 writes nothing. A database written by an older lmpipe (no `_store` version, or other columns) is
 dropped and rebuilt from the folders.
@@ -65,10 +67,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from lmpipe.store_probes import (LINEAR_PROBES_COLUMNS, PROBES_COLUMNS, read_linear_probes,
+                                 read_probes)
+
 log = logging.getLogger(__name__)
 
 # Bump when a table's meaning changes without its columns changing: older files are rebuilt.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 # No PRIMARY KEY on runs: DuckDB before 1.2 refuses to re-insert a key deleted earlier in the same
 # transaction, which is exactly what re-reading a changed run does; discovery keeps ids unique.
@@ -95,6 +100,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
     "sweep_points": [("sweep", "VARCHAR"), ("point", "VARCHAR"), ("status", "VARCHAR"),
                      ("exp", "VARCHAR"), ("attempts", "BIGINT"), ("wall_time_s", "DOUBLE"),
                      ("error", "VARCHAR"), ("params", "VARCHAR")],
+    "probes": PROBES_COLUMNS,
+    "linear_probes": LINEAR_PROBES_COLUMNS,
 }
 # Bookkeeping, not exported: what each run was read from, and the schema version.
 INTERNAL: dict[str, list[tuple[str, str]]] = {
@@ -102,14 +109,16 @@ INTERNAL: dict[str, list[tuple[str, str]]] = {
     "_store": [("key", "VARCHAR"), ("value", "VARCHAR")],
 }
 # Tables holding rows of a run, keyed by run_id (params_wide is derived, sweep_points per sweep).
-RUN_TABLES = ("runs", "params", "metrics", "evals", "summaries", "_ingested")
+RUN_TABLES = ("runs", "params", "metrics", "evals", "summaries", "probes", "linear_probes",
+              "_ingested")
 
 # summary.json keys that become `runs` columns; every other key goes to `summaries`.
 SUMMARY_FIXED = {"stage", "name", "status", "started_at", "ended_at", "wall_time_s", "peak_rss_mb"}
 ENV_COLUMNS = ("git_commit", "git_dirty", "host", "device", "lmpipe_version", "torch",
                "transformers")
 # The files a run is read from: their (name, size, mtime) make its signature.
-RUN_FILES = ("params.json", "summary.json", "env.json", "metrics.jsonl", "evals.jsonl")
+RUN_FILES = ("params.json", "summary.json", "env.json", "metrics.jsonl", "evals.jsonl",
+             "probes.jsonl", "linear_probes.jsonl")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -314,7 +323,8 @@ class _Rows:
     """Rows read from changed runs, per table; metrics kept columnar (they are most of the data)."""
 
     def __init__(self) -> None:
-        self.tables: dict[str, list[tuple]] = {t: [] for t in ("runs", "params", "evals", "summaries")}
+        self.tables: dict[str, list[tuple]] = {t: [] for t in ("runs", "params", "evals", "summaries",
+                                                               "probes", "linear_probes")}
         self.metric_runs: list[str] = []
         self.metric_run_rows: list[int] = []
         self.metric_line_steps: list[int] = []
@@ -423,6 +433,8 @@ def _read_run(run: RunFolder, rows: _Rows, points: dict[Path, dict[str, Any]]) -
     rows.metric_runs.append(run_id)
     skipped = _read_metrics(folder / "metrics.jsonl", rows)
     skipped += _read_evals(folder / "evals.jsonl", run_id, rows.tables["evals"])
+    skipped += read_probes(folder, run_id, rows.tables["probes"])
+    skipped += read_linear_probes(folder, run_id, rows.tables["linear_probes"])
 
     rows.tables["runs"].append((
         run_id, _text(summary.get("stage")), _text(summary.get("name")), sweep, point,

@@ -22,10 +22,11 @@ from lmpipe.batching import Batch, make_batches
 from lmpipe.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
 from lmpipe.checkpoint import (TrainerState, fingerprint, latest_checkpoint, load_checkpoint,
                                remove_checkpoints, save_checkpoint)
-from lmpipe.config import TrainParams
+from lmpipe.config import ConfigError, TrainParams
 from lmpipe.distributed import Dist, init_distributed, resolve_device
 from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.optim import build_optimizer
+from lmpipe.probes import ProbeRecorder
 from lmpipe.runlog import RunLog
 from lmpipe.schedule import lr_at
 from lmpipe.tokens import TokenSplit
@@ -66,6 +67,8 @@ class Trainer:
         """`folder`: the run folder (default `run.folder`); every data-parallel process reads
         checkpoints from it, only rank 0 (the one holding `run`) writes. `eval_hook(model)`:
         extra figures logged at every eval step (lmpipe/train_accuracy.py)."""
+        if tp.probes.enabled and tp.compile:
+            raise ConfigError("train.probes needs train.compile: false (hooks break the graph)")
         self.eval_hook = eval_hook
         if tp.threads:
             torch.set_num_threads(tp.threads)
@@ -99,6 +102,9 @@ class Trainer:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(self.wrapped) if tp.compile else self.wrapped
+        # no recorder at all when probes are off: the loop then runs exactly as without them
+        self.probes = (ProbeRecorder(model, tp.probes, self.folder if self.dist.is_main else None)
+                       if tp.probes.enabled else None)
         self.tracker = make_tracker(tp.wandb, tp.wandb_project, desc,
                                     run.folder if run is not None and self.dist.is_main else None,
                                     self.run_params)
@@ -182,6 +188,8 @@ class Trainer:
         self.dist.barrier()  # every process has decided before rank 0 clears stale checkpoints
         if self.run is not None and self.dist.is_main:
             self.run.rewind(self.step)
+            if self.probes is not None:
+                self.probes.rewind(self.step)
             if not resumed:
                 remove_checkpoints(self.checkpoint_dir)
         self.timer = profiler.PhaseTimer()
@@ -210,7 +218,9 @@ class Trainer:
         record: dict[str, Any] = {}
         for step in progress:
             trace.step(step)
-            total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
+            probing = self.probes is not None and self.probes.due(step + 1)
+            with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
+                total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
             self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
             window["loss"] += self.dist.all_sum(total)
             window["targets"] += targets

@@ -91,6 +91,7 @@ def test_index_counts_every_table(runs_root: Path, tmp_path: Path) -> None:
         "evals": 2,
         "summaries": 3,            # final_loss, params_count, note
         "sweep_points": 0,
+        "probes": 0, "linear_probes": 0,
         "skipped_lines": 3,        # truncated metrics line, step-less line, truncated evals line
         "read_runs": 3, "deleted_runs": 0, "unchanged_runs": 0,
     }

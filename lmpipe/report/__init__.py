@@ -1,6 +1,6 @@
 """The HTML reports: self-contained pages drawn from the run database with Altair.
 
-`render_report(db_path, out_dir)` writes four pages into `out_dir`, each one file that renders
+`render_report(db_path, out_dir)` writes five pages into `out_dir`, each one file that renders
 offline (the Vega bundle is inlined, nothing is fetched):
 
 - `index.html`: links to the others, the sweep table (one row per sweep point with its parameters
@@ -11,7 +11,9 @@ offline (the Vega bundle is inlined, nothing is fetched):
 - `scaling.html`: knowledge bits against parameters with the 2 bits/param line, and contour maps of
   accuracy over (parameters, facts) with and without the tool (lmpipe.report.scaling, .contours);
 - `distillation.html`: teacher vs scratch vs distilled vs quantized per metric, and the
-  distillation curves (lmpipe.report.distillation).
+  distillation curves (lmpipe.report.distillation);
+- `probes.html`: probe statistics as layer x step heatmaps, and linear-probe accuracy per layer
+  and checkpoint (lmpipe.report.probes).
 
 A page with nothing to show says so. With `png=True` every chart is also written as
 `<page>-<chart>.png` beside the pages (vl-convert, offline). The store is read through one
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmpipe.report import curves, distillation, index, scaling
+from lmpipe.report import curves, distillation, index, probes, scaling
 from lmpipe.report.page import VL_VERSION, Page, chart_spec
 from lmpipe.report.source import Source
 
@@ -54,7 +56,8 @@ def render_report(db_path: Path, out_dir: Path, *, color_by: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     src = Source.open(Path(db_path))
     try:
-        pages = [curves.build(src, color_by), scaling.build(src), distillation.build(src)]
+        pages = [curves.build(src, color_by), scaling.build(src), distillation.build(src),
+                 probes.build(src)]
         pages.insert(0, index.build(src, pages))
     finally:
         src.close()

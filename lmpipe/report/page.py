@@ -27,6 +27,8 @@ PAGES = [
                             "contours over parameters × facts, with and without the tool")),
     ("distillation", "Distillation", ("teacher vs scratch vs distilled vs quantized, per metric; "
                                       "distillation curves")),
+    ("probes", "Probes", ("activation and gradient statistics per layer over training; linear "
+                          "probes per layer and checkpoint")),
 ]
 
 VL_VERSION = "_".join(alt.SCHEMA_VERSION.split(".")[:2])  # vl-convert's name for Altair's target

@@ -1,0 +1,131 @@
+"""probes.html: what the probes saw inside the network while it trained, and what linear probes
+read from each layer of each checkpoint.
+
+The first chart is a heatmap of one probe statistic over training: x = the recorded step, y = the
+probed point from the embeddings (top) down to the logits, colour = the statistic. Dropdowns pick
+the run, the statistic (mean, std, RMS, max |x|, fraction of zeros, quantiles, attention entropy)
+and the kind (forward values or gradients). At most `MAX_STEPS` evenly spaced recorded steps per
+run are drawn, for the `MAX_RUNS` most recent runs with probes. The second is the linear-probe
+accuracy per layer (y) and checkpoint step (x), one attribute (or their mean) at a time.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from lmpipe.report.page import NO_RUNS, Page, howto, note
+from lmpipe.report.source import Source
+
+MAX_STEPS = 120
+MAX_RUNS = 20
+
+PROBES_SQL = f"""
+WITH recent AS (
+    SELECT p.run_id FROM (SELECT DISTINCT run_id FROM probes) p JOIN runs USING (run_id)
+    ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT {MAX_RUNS}
+), steps AS (
+    SELECT run_id, step, row_number() OVER (PARTITION BY run_id ORDER BY step) - 1 AS i,
+           count(*) OVER (PARTITION BY run_id) AS n
+    FROM (SELECT DISTINCT run_id, step FROM probes WHERE run_id IN (SELECT run_id FROM recent))
+), kept AS (
+    SELECT run_id, step FROM steps
+    WHERE n <= {MAX_STEPS} OR i = n - 1 OR i % ceil(n / {MAX_STEPS})::BIGINT = 0
+)
+SELECT p.run_id, p.step, p.point, p.depth, p.site, p.kind, p.stat, p.value
+FROM probes p JOIN kept USING (run_id, step)
+WHERE isfinite(p.value) AND p.stat <> 'numel'
+ORDER BY p.run_id, p.depth, p.point, p.step
+"""
+
+LINEAR_SQL = """
+SELECT run_id, coalesce(step, -1) AS step, checkpoint, layer, attribute, accuracy, chance
+FROM linear_probes
+UNION ALL
+SELECT run_id, coalesce(step, -1), checkpoint, layer, 'mean of attributes', avg(accuracy),
+       avg(chance)
+FROM linear_probes GROUP BY ALL
+ORDER BY run_id, attribute, layer, step
+"""
+
+STAT_ORDER = ["rms", "mean", "std", "max_abs", "frac_zero", "q01", "q25", "q50", "q75", "q99",
+              "entropy", "entropy_norm"]
+
+
+def _dropdown(name: str, options: list[str], label: str) -> alt.Parameter:
+    return alt.param(name=name, value=options[0],
+                     bind=alt.binding_select(options=options, name=label))
+
+
+def probe_heatmap(frame: pd.DataFrame) -> alt.Chart:
+    runs = sorted(frame["run_id"].unique())
+    stats = [s for s in STAT_ORDER if s in set(frame["stat"])] + sorted(
+        set(frame["stat"]) - set(STAT_ORDER))
+    kinds = [k for k in ("forward", "grad") if k in set(frame["kind"])]
+    run, stat, kind = (_dropdown("run", runs, "run "), _dropdown("stat", stats, "statistic "),
+                       _dropdown("kind", kinds, "kind "))
+    points = frame.sort_values(["depth", "point"])["point"].drop_duplicates().tolist()
+    return (alt.Chart(frame).mark_rect()
+            .encode(x=alt.X("step:O", title="step", axis=alt.Axis(labelOverlap=True)),
+                    y=alt.Y("point:N", sort=points, title=None),
+                    color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=None),
+                    tooltip=["run_id:N", "point:N", "kind:N", "stat:N", "step:Q",
+                             alt.Tooltip("value:Q", format=".4g")])
+            .add_params(run, stat, kind)
+            .transform_filter((alt.datum.run_id == run) & (alt.datum.stat == stat)
+                              & (alt.datum.kind == kind))
+            .properties(width=760, height=max(120, 22 * len(points))))
+
+
+def linear_heatmap(frame: pd.DataFrame) -> alt.Chart:
+    runs = sorted(frame["run_id"].unique())
+    attributes = ["mean of attributes"] + sorted(set(frame["attribute"]) - {"mean of attributes"})
+    run, attribute = _dropdown("lp_run", runs, "run "), _dropdown("attribute", attributes,
+                                                                   "attribute ")
+    frame = frame.assign(checkpoint_label=[
+        "final" if c == "final" else str(s) for c, s in zip(frame["checkpoint"], frame["step"])])
+    order = (frame.sort_values("step")["checkpoint_label"].drop_duplicates().tolist())
+    base = (alt.Chart(frame).add_params(run, attribute)
+            .transform_filter((alt.datum.run_id == run) & (alt.datum.attribute == attribute))
+            .encode(x=alt.X("checkpoint_label:O", sort=order, title="checkpoint (step)"),
+                    y=alt.Y("layer:O", sort="descending", title="layer (0 = embeddings)")))
+    cells = base.mark_rect().encode(
+        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="blues")),
+        tooltip=["run_id:N", "attribute:N", "layer:Q", "checkpoint:N",
+                 alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("chance:Q", format=".3f")])
+    text = base.mark_text(fontSize=10).encode(
+        text=alt.Text("accuracy:Q", format=".2f"),
+        color=alt.condition(alt.datum.accuracy > 0.6, alt.value("white"), alt.value("black")))
+    return (cells + text).properties(width=min(760, 60 * len(order) + 80), height=220)
+
+
+def build(src: Source) -> Page:
+    page = Page("probes", "Probes")
+    if src.empty:
+        page.add(NO_RUNS)
+        return page
+    page.add("<h2>Inside the network while it trains</h2>")
+    frame = src.df(PROBES_SQL) if src.has("probes") else pd.DataFrame()
+    if frame.empty:
+        page.add("<p>No probe records: train with <code>train.probes.enabled: true</code> "
+                 "(lmpipe/probes.py).</p>")
+    else:
+        page.add(howto("Each row is a probed point (embeddings at the top, then each block's "
+                       "attention output, attention-weight entropy, MLP output and residual "
+                       "stream, then the logits), each column a recorded step. Pick the run, the "
+                       "statistic and forward values or gradients. A residual stream whose RMS "
+                       "keeps growing, gradients that vanish in early layers, or attention whose "
+                       "entropy collapses to 0 (one key) all show as bands."))
+        page.chart("probes", probe_heatmap(frame))
+    page.add("<h2>Linear probes: where the facts become readable</h2>")
+    linear = src.df(LINEAR_SQL) if src.has("linear_probes") else pd.DataFrame()
+    if linear.empty:
+        page.add("<p>No linear probes yet: <code>lmpipe probe runs/&lt;run&gt;</code>.</p>")
+    else:
+        page.add(howto("Accuracy of a linear classifier that reads an attribute from the hidden "
+                       "state at the last token of a person's name, trained on some people and "
+                       "tested on others, per layer and checkpoint. Compare with the chance level "
+                       "in the tooltip (always guessing the most common value)."))
+        page.chart("linear_probes", linear_heatmap(linear))
+        page.add(note("Checkpoint 'final' is the saved model."))
+    return page

@@ -1,0 +1,83 @@
+"""Reading a run's probe logs for the store: `probes.jsonl` (activation and gradient statistics
+while training, lmpipe/probes.py) and `linear_probes.jsonl` (what a linear classifier reads from
+each layer of each checkpoint, lmpipe/linear_probe.py).
+
+    probes(run_id, step, point, site, layer, depth, kind, stat, value)
+                        long format: one row per statistic of a recorded point
+    linear_probes(run_id, step, checkpoint, layer, attribute, accuracy, chance, n_train, n_test,
+                  n_classes)
+
+Unreadable lines are skipped and counted, like every other log the store reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("point", "VARCHAR"),
+                  ("site", "VARCHAR"), ("layer", "BIGINT"), ("depth", "BIGINT"),
+                  ("kind", "VARCHAR"), ("stat", "VARCHAR"), ("value", "DOUBLE")]
+LINEAR_PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("checkpoint", "VARCHAR"),
+                         ("layer", "BIGINT"), ("attribute", "VARCHAR"), ("accuracy", "DOUBLE"),
+                         ("chance", "DOUBLE"), ("n_train", "BIGINT"), ("n_test", "BIGINT"),
+                         ("n_classes", "BIGINT")]
+# what identifies a probe record; every other numeric field is a statistic
+PROBE_KEYS = {"step", "point", "site", "layer", "depth", "kind"}
+
+
+def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    if not path.is_file():
+        return [], 0
+    records, skipped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                skipped += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                skipped += 1
+    return records, skipped
+
+
+def _int(x: Any) -> int | None:
+    return x if type(x) is int else None
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if type(x) in (int, float) and math.isfinite(x) else None
+
+
+def read_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
+    """Append the rows of `folder/probes.jsonl` to `out`; return the skipped line count."""
+    records, skipped = _records(folder / "probes.jsonl")
+    for r in records:
+        if _int(r.get("step")) is None or not isinstance(r.get("point"), str):
+            skipped += 1
+            continue
+        head = (run_id, r["step"], r["point"], r.get("site"), _int(r.get("layer")),
+                _int(r.get("depth")), r.get("kind"))
+        out.extend((*head, name, float(value)) for name, value in r.items()
+                   if name not in PROBE_KEYS and type(value) in (int, float))
+    return skipped
+
+
+def read_linear_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
+    """Append the rows of `folder/linear_probes.jsonl` to `out`; return the skipped line count."""
+    records, skipped = _records(folder / "linear_probes.jsonl")
+    for r in records:
+        if _int(r.get("layer")) is None or _num(r.get("accuracy")) is None:
+            skipped += 1
+            continue
+        out.append((run_id, _int(r.get("step")), r.get("checkpoint"), r["layer"],
+                    r.get("attribute"), _num(r["accuracy"]), _num(r.get("chance")),
+                    _int(r.get("n_train")), _int(r.get("n_test")), _int(r.get("n_classes"))))
+    return skipped
