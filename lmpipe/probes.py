@@ -6,8 +6,9 @@ Named points (`train.probes.points` picks the sites, `layers` the blocks):
 
     embeddings                 the token embeddings (depth 0)
     layers.<i>.attention       block i's attention output, before the residual add (depth i+1)
-    layers.<i>.attention_weights  block i's attention rows, recomputed from its inputs on the side
-                               (only their entropy is kept; forward only)
+    layers.<i>.attention_weights  block i's attention rows, recomputed on the side from its
+                               inputs for the batch's first 4 sequences (only their entropy is
+                               kept; forward only)
     layers.<i>.mlp             block i's MLP output, before the residual add
     layers.<i>.residual        the residual stream after block i
     logits                     the output logits (depth n_layers+1)
@@ -32,6 +33,8 @@ import torch
 
 from lmpipe.config import ProbeParams
 from lmpipe.probe_stats import attention_entropy, summary_stats
+
+ATTENTION_SEQUENCES = 4
 
 
 class Probe(torch.nn.Module):
@@ -148,11 +151,17 @@ class ProbeRecorder:
 
     def _weights_hook(self, probe: Probe):
         def hook(module, args, kwargs, output):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            # the first ATTENTION_SEQUENCES sequences of the batch: the entropy is an average
+            # over rows, and recomputing every row would cost more than the step itself
+            hidden = kwargs.get("hidden_states", args[0] if args else None)[:ATTENTION_SEQUENCES]
+            cos, sin = kwargs["position_embeddings"]
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.size(0) > 1:
+                mask = mask[:ATTENTION_SEQUENCES]
             with torch.no_grad():
                 weights = attention_weights(module, hidden.detach(),
-                                            kwargs["position_embeddings"],
-                                            kwargs.get("attention_mask"))
+                                            (cos[:ATTENTION_SEQUENCES], sin[:ATTENTION_SEQUENCES]),
+                                            mask)
             self.see(probe, "forward", weights)
         return hook
 

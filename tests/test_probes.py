@@ -46,7 +46,7 @@ def test_a_probed_model_computes_exactly_what_the_unprobed_one_does():
     assert ("layers.1.attention_weights", "forward") in seen
     assert all(r["step"] == 7 for r in recorder.records)
     logits_record = next(r for r in recorder.records if r["point"] == "logits" and r["kind"] == "forward")
-    assert logits_record["mean"] == pytest.approx(logits.double().mean().item(), rel=1e-9)
+    assert logits_record["mean"] == pytest.approx(logits.double().mean().item(), rel=1e-6)
     assert logits_record["numel"] == logits.numel() and logits_record["depth"] == 3
     # detached: no hooks are left on the model
     assert not any(m._forward_hooks for m in probed.modules())
