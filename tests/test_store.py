@@ -176,15 +176,15 @@ def test_query_is_read_only_and_needs_a_database(runs_root: Path, tmp_path: Path
 # --- incremental indexing ---------------------------------------------------------------------
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The run ids store._read_run is called with, from now on."""
+    """The run ids the store reads (lmpipe.store_read.read_run), from now on."""
     read: list[str] = []
-    real = store._read_run
+    real = store.read_run
 
     def spy(run, rows, points):
         read.append(run.run_id)
         return real(run, rows, points)
 
-    monkeypatch.setattr(store, "_read_run", spy)
+    monkeypatch.setattr(store, "read_run", spy)
     return read
 
 
