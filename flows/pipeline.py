@@ -22,13 +22,19 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def stage_order(workdir: Path) -> list[str]:
-    """The pipeline's stages in dependency order, read from dvc.yaml through DVC itself."""
+    """The stages of `workdir/dvc.yaml` in dependency order, read through DVC itself.
+
+    DVC's index holds every dvc.yaml in the repository, recipes' included; only the root
+    pipeline's stages are this flow's to run.
+    """
     import networkx as nx
     from dvc.repo import Repo
 
+    root_file = (Path(workdir) / "dvc.yaml").resolve()
     with Repo(str(workdir)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))
+                if Path(stage.dvcfile.path).resolve() == root_file]
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lmpipe.config import ConfigError
-from lmpipe.paths import REPORTS, RUNS, STORE
+from lmpipe.paths import REPORTS, RUNS, STORE, WORLD
 
 
 def _index(args: argparse.Namespace) -> None:
@@ -78,6 +78,24 @@ def _generate(args: argparse.Namespace) -> None:
         generate(model, tokenizer, [prompt], sampling, tool=db.answer if db else None,
                  batch_size=1, on_token=lambda row, text: print(text, end="", flush=True))
     print()
+
+
+def _probe(args: argparse.Namespace) -> None:
+    """Linear probes on every checkpoint of a run: which layer, at which step, holds each fact."""
+    from lmpipe.linear_probe import FINAL, format_table, probe_run
+
+    try:
+        records, path = probe_run(Path(args.run), Path(args.db), people=args.people,
+                                  seed=args.seed, checkpoints=args.checkpoints,
+                                  context=args.context, tokenizer_dir=args.tokenizer)
+    except (ValueError, ImportError) as exc:  # too few people, scikit-learn missing: no traceback
+        raise SystemExit(f"lmpipe probe: error: {exc}") from None
+    shown = FINAL if any(r["checkpoint"] == FINAL for r in records) else records[-1]["checkpoint"]
+    print(f"linear probe accuracy by layer, {shown} model ({args.context} context; chance = "
+          "always the most frequent train label):")
+    print(format_table(records, shown))
+    checkpoints = len({r["checkpoint"] for r in records})
+    print(f"wrote {len(records)} rows ({checkpoints} model(s)) to {path}")
 
 
 def _run_recipe(args: argparse.Namespace) -> None:
@@ -160,6 +178,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stop-token", action="append", help="stop token, e.g. '<|end|>' (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate)
+    p = sub.add_parser("probe", help="fit linear probes on a run's checkpoints (hidden state at "
+                       "each trained person's name -> each attribute, per layer); writes "
+                       "RUN/linear_probes.jsonl")
+    p.add_argument("run", help="a training run folder, e.g. runs/teacher")
+    p.add_argument("--db", default=str(WORLD / "people.duckdb"), help="the run's people world")
+    p.add_argument("--people", type=int, help="at most this many trained people (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="fixes the people sample and the split")
+    p.add_argument("--checkpoints", choices=["all", "final"], default="all",
+                   help="every checkpoints/step_*/ and the final model, or the final model only")
+    p.add_argument("--context", choices=["bio", "question", "answer"], default="bio",
+                   help="bio: the name's last token after <|bos|>; question: in the recall "
+                   "question; answer: the recall prompt's last token (lmpipe/linear_probe.py)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: RUN/model, else data/tokens/"
+                   "tokenizer)")
+    p.set_defaults(func=_probe)
     p = sub.add_parser("run", help="make a recipe the params.yaml and run the pipeline (dvc repro)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value")

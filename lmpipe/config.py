@@ -315,6 +315,15 @@ class EvalParams(Section):
         "Hugging Face cache. Empty by default: it slows the eval stage")
     harness_limit: int | None = Field(None, ge=1, description="at most this many samples per "
                                       "harness task; None = all")
+    linear_probe: bool = Field(False, description="fit linear probes on every model's hidden "
+                               "states (lmpipe/linear_probe.py, needs scikit-learn: pip install "
+                               "'lmpipe[probes]'): linear_probe_accuracy per layer and attribute")
+    linear_probe_people: int = Field(1000, ge=4, description="trained people the probes use "
+                                     "(a seeded sample; 70% fit the probe, 30% score it)")
+    linear_probe_context: Literal["bio", "question", "answer"] = Field(
+        "bio", description="where the probe reads: bio = the name's last token at the start of a "
+        "biography; question = the name's last token in the recall question; answer = the recall "
+        "prompt's last token, where the model is about to answer")
 
 
 class Params(Section):

@@ -87,6 +87,11 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
     if db is not None:  # what the weights alone hold, in bits (lmpipe/knowledge.py)
         records += knowledge_records(model, tokenizer, db, count_parameters(model),
                                      params.batch_size, people=trained)
+    if params.linear_probe and db is not None:  # what each layer holds linearly about a person
+        from lmpipe.linear_probe import eval_records  # scikit-learn is an optional dependency
+        probed = sample_people(db, "train", params.linear_probe_people, params.seed)
+        records += eval_records(model, tokenizer, probed, params.linear_probe_context,
+                                params.seed, params.batch_size)
     transcripts = {}
     generation = {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size}
     for metric, split, people, tool in [("recall", "trained", trained, None),

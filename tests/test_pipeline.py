@@ -134,7 +134,9 @@ def test_store_and_report(project):
                            ).fetchone()[0] == 6
     html = (work / "reports/index.html").read_text()
     assert "quantized" in html and "<script src=\"http" not in html
-    assert "<h2>Distillation</h2>" in html and "loss_attention_kl" in html
+    distillation = (work / "reports/distillation.html").read_text()
+    assert "distillation.html" in html
+    assert "<h2>Distillation</h2>" in distillation and "loss_attention_kl" in distillation
 
 
 def test_distill_logs_each_term_and_refuses_a_cache_of_another_teacher(project, tmp_path):

@@ -1,0 +1,359 @@
+"""Linear probes: when, and at which layer, do a model's facts about a person become linearly
+readable from its hidden state at that person's name?
+
+For every checkpoint of a run (`RUN/checkpoints/step_*/`) and its final model (`RUN/model`), we
+run each trained person's name through the model and keep the hidden state at the name's last
+token at every layer (transformers' `output_hidden_states`: layer 0 is the token embedding, layer k
+the residual stream after block k; the last layer is taken after the final RMSNorm, as transformers
+returns it). Then, per attribute and per layer, a multinomial logistic regression on standardized
+features is fit on 70% of the people and scored on the other 30%. People, not examples, are split:
+a test person's name was never seen by the probe, so a probe can only succeed if the model writes
+the attribute into the name's representation along directions shared across people ("born in
+Paris" is a direction), not if the probe memorizes people itself.
+
+Context. The default (`bio`) is the opening of a biography, `<|bos|>{name}`: two of the three
+biography templates start "{name} was born on ..." / "{name} is a graduate of ...", so the model
+saw exactly this prefix in training, and the position is the same for every attribute (nothing
+after the name says which fact comes next), so all six probes read one representation. A causal
+model's state at the name's last token depends only on the tokens up to it, so the prefix is all
+we feed. Worlds without biographies (the default experiment: tool dialogs only) never show a name
+after BOS; `question` then uses each attribute's own recall question, cut after the name
+("<|bos|><|user|>Where was Ada Brown"), the context in which Q&A and tool dialogs name a person.
+With a subword tokenizer the cut may merge differently at the boundary than the full text does;
+with the byte tokenizer it is exact. `answer` is not a name position: the whole recall prompt, read
+at its last token (`<|assistant|>`), where the model retrieves the fact to write it. Measured on
+2- and 4-layer byte-level models that recall 97-99% of a small world's facts, the name position
+(`bio`, `question`) stays at chance at every layer and checkpoint (the fact is looked up at the
+answer position, by attention to the name's bytes), while at `answer` the top layer reads it
+(0.7-0.8 against ~0.25 chance); see tests/test_linear_probe.py. The top layer there holds mostly
+the answer's first byte: values sharing a first letter are told apart only in part.
+
+Labels. Attributes are probed as stored, except `birth_date`, a date with ~17,000 values, which is
+probed as its month (12 values): the year would be a 50-way label like a city, and the month gives
+the most examples per class for the same people. A test person whose label never occurs among the
+train people cannot be classified by any probe, so the test set is restricted to people whose
+label the probe has seen (`n_test` says how many were kept) and `chance`, the accuracy of always
+answering the most frequent train label (averaged over labels tied for most frequent), is
+measured on the same people. With 24-45 values per attribute, a few hundred people are needed for
+every value to appear a few times in training.
+
+Results go to `RUN/linear_probes.jsonl` (overwritten on every run), one line per (checkpoint,
+layer, attribute): step, checkpoint (`step_00000200` or `final`), layer, attribute, accuracy,
+chance, n_train, n_test, n_classes and context; `lmpipe index` loads it into the store's
+`linear_probes` table. An attribute none of whose test people has a label seen in training has no
+accuracy to report and no line (only with very few people). `lmpipe probe RUN` is the command
+line; `eval.linear_probe: true` adds the final model's accuracies to the eval stage's records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from lmpipe import protocol
+
+PROBE_FILE = "linear_probes.jsonl"
+CONTEXTS = ("bio", "question", "answer")
+Context = Literal["bio", "question", "answer"]
+FINAL = "final"
+MIN_PEOPLE = 4  # at least one test person and a few to fit on; useful figures need hundreds
+
+
+def require_sklearn() -> None:
+    """Fail before any model is loaded when the optional dependency is missing."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ImportError("linear probes need scikit-learn: pip install 'lmpipe[probes]'") from None
+
+
+# -- what is probed ------------------------------------------------------------------------------
+def probe_label(person: Mapping[str, str], attribute: str) -> str:
+    """The class a probe predicts: the attribute's value, but a birth date's month (see module
+    docstring: 12 classes instead of ~17,000)."""
+    value = person[attribute]
+    if attribute == "birth_date":
+        return value[5:7]  # ISO dates, YYYY-MM-DD (lmpipe/world.py)
+    return value
+
+
+def probe_text(name: str, attribute: str, context: Context = "bio") -> str:
+    """The text whose last token is read: up to the name's last character (`bio`, `question`),
+    or the whole recall prompt (`answer`)."""
+    if context == "bio":
+        return f"{protocol.BOS}{name}"
+    text = protocol.prompt(attribute, name, with_tool=False)
+    if context == "question":
+        return text[:text.index(name) + len(name)]
+    if context == "answer":
+        return text
+    raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+
+
+@torch.no_grad()
+def last_token_states(model: torch.nn.Module, tokenizer, texts: Sequence[str],
+                      batch_size: int = 256) -> np.ndarray:
+    """Hidden states at each text's last token, every layer: float32 (n_texts, n_layers + 1, d)."""
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(list(texts[start:start + batch_size]),
+                            add_special_tokens=False)["input_ids"]
+        width = max(len(ids) for ids in encoded)
+        # right padding and no attention mask: under causal attention a real token never sees the
+        # pads after it, so each row's last real state is exactly what the unpadded text gives
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        for row, seq in enumerate(encoded):
+            ids[row, :len(seq)] = torch.tensor(seq)
+        last = torch.tensor([len(seq) - 1 for seq in encoded])
+        hidden = model(input_ids=ids.to(device), output_hidden_states=True).hidden_states
+        rows, last = torch.arange(len(encoded), device=device), last.to(device)
+        # one position per row from each layer (not a stack of every position of every layer)
+        out.append(torch.stack([h[rows, last] for h in hidden], dim=1).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+# -- the split and the probe ---------------------------------------------------------------------
+def split_people(names: Iterable[str], test_fraction: float = 0.3,
+                 seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train, test) names: a seeded shuffle of the sorted names, so the split depends on who is
+    in it, not on the order the database returned them, and every checkpoint, layer and attribute
+    sees the same split."""
+    order = sorted(set(names))
+    if len(order) < 2:
+        raise ValueError(f"a linear probe needs at least 2 people, got {len(order)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    random.Random(f"linear-probe-{seed}").shuffle(order)
+    n_test = min(len(order) - 1, max(1, round(len(order) * test_fraction)))
+    return order[n_test:], order[:n_test]
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    accuracy: float
+    chance: float  # always the most frequent train label, on the same test people
+    n_train: int
+    n_test: int   # test people whose label occurs in train (the only ones a probe can get right)
+    n_classes: int  # distinct labels among the train people
+
+
+def fit_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
+              test_y: Sequence[str], c: float = 1.0, seed: int = 0) -> ProbeScore | None:
+    """Fit a standardized multinomial logistic regression and score it; None when no test person's
+    label occurs in train (nothing can be measured)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    counts = Counter(train_y.tolist())
+    keep = np.isin(test_y, list(counts))
+    if not keep.any():
+        return None
+    test_x, test_y = test_x[keep], test_y[keep]
+    # always answering the most frequent train label; when several tie, the expected accuracy
+    # of picking one of them at random (a name order would make the baseline arbitrary)
+    top = max(counts.values())
+    chance = float(np.mean([np.mean(test_y == label) for label, n in counts.items() if n == top]))
+    if len(counts) == 1:  # one class: the probe can only answer it, as the baseline does
+        accuracy = chance
+    else:
+        probe = make_pipeline(StandardScaler(),
+                              LogisticRegression(C=c, max_iter=2000, random_state=seed))
+        with warnings.catch_warnings():
+            # lbfgs may stop short of full convergence on separable data: the score is still
+            # what the probe reads, and a warning per (layer, attribute) would drown the table
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            # few people with many values: sklearn suspects a regression target; it is not one
+            warnings.filterwarnings("ignore", message="The number of unique classes")
+            probe.fit(train_x, train_y)
+        accuracy = float(probe.score(test_x, test_y))
+    return ProbeScore(accuracy, chance, len(train_y), int(keep.sum()), len(counts))
+
+
+def probe_model(model: torch.nn.Module, tokenizer, people: Sequence[Mapping[str, str]],
+                attributes: Sequence[str] = protocol.ATTRIBUTES, context: Context = "bio",
+                test_fraction: float = 0.3, seed: int = 0, batch_size: int = 256,
+                c: float = 1.0) -> list[dict[str, Any]]:
+    """One record per (layer, attribute): layer, attribute and the ProbeScore fields."""
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    by_name = {p["name"]: p for p in people}
+    train_names, test_names = split_people(by_name, test_fraction, seed)
+    names = train_names + test_names
+    n_train = len(train_names)
+    states: np.ndarray | None = None
+    records = []
+    for attribute in attributes:
+        if states is None or context != "bio":  # only a bio prefix is the same for every attribute
+            states = last_token_states(model, tokenizer,
+                                       [probe_text(n, attribute, context) for n in names],
+                                       batch_size)
+        labels = [probe_label(by_name[n], attribute) for n in names]
+        for layer in range(states.shape[1]):
+            score = fit_probe(states[:n_train, layer], labels[:n_train],
+                              states[n_train:, layer], labels[n_train:], c, seed)
+            if score is not None:
+                records.append({"layer": layer, "attribute": attribute, **asdict(score)})
+    return records
+
+
+# -- a run's checkpoints -------------------------------------------------------------------------
+def _tokenizer_for(run: Path, tokenizer_dir: Path | None):
+    from lmpipe.paths import TOKENIZER
+    from lmpipe.tokenizer import load_tokenizer
+
+    # checkpoints hold weights only: the tokenizer is the one saved with the final model, or the
+    # tokenize stage's
+    candidates = [tokenizer_dir] if tokenizer_dir is not None else [run / "model", TOKENIZER]
+    for folder in candidates:
+        if (Path(folder) / "tokenizer.json").is_file():
+            return load_tokenizer(folder)
+    raise FileNotFoundError(f"no tokenizer for {run}: none of {', '.join(map(str, candidates))} "
+                            "holds tokenizer.json (--tokenizer DIR)")
+
+
+def _final_step(run: Path, checkpoints: list[tuple[str, int, Path]]) -> int:
+    """The final model's training step: the run summary's `steps`, else its newest checkpoint's."""
+    try:
+        steps = json.loads((run / "summary.json").read_text(encoding="utf-8")).get("steps")
+        if isinstance(steps, int):
+            return steps
+    except (OSError, ValueError, AttributeError):
+        pass
+    return checkpoints[-1][1] if checkpoints else 0
+
+
+def run_models(run: str | Path,
+               which: Literal["all", "final"] = "all") -> list[tuple[str, int, Path]]:
+    """(checkpoint label, step, folder) of what to probe: each checkpoint oldest first, then the
+    final model (`RUN/model`) when it exists."""
+    from lmpipe.checkpoint import list_checkpoints
+    from lmpipe.checkpoint_eval import checkpoint_step
+
+    run = Path(run)
+    if which not in ("all", "final"):
+        raise ValueError(f"checkpoints must be 'all' or 'final', got {which!r}")
+    found = [(path.name, checkpoint_step(path), path)
+             for path in list_checkpoints(run / "checkpoints")]
+    models = found if which == "all" else []
+    if (run / "model" / "config.json").is_file():
+        models.append((FINAL, _final_step(run, found), run / "model"))
+    if not models:
+        raise FileNotFoundError(f"{run}: no model to probe (neither model/config.json nor "
+                                "checkpoints/step_*/)")
+    return models
+
+
+def _load(folder: Path, tokenizer):
+    from lmpipe.model import load_model
+
+    if folder.name != "model":  # a checkpoint: save_pretrained weights, no tokenizer
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model, _ = load_model(folder)  # the final model may be a packed ternary or int8 export
+    return model
+
+
+def probe_run(run: str | Path, db_path: str | Path, people: int | None = None, seed: int = 0,
+              checkpoints: Literal["all", "final"] = "all", context: Context = "bio",
+              test_fraction: float = 0.3, tokenizer_dir: str | Path | None = None,
+              batch_size: int = 256) -> tuple[list[dict[str, Any]], Path]:
+    """Probe every checkpoint and the final model of `run` on its world's trained people (at most
+    `people` of them, a seeded sample); write `RUN/linear_probes.jsonl`. Returns (records, path)."""
+    from lmpipe.tooldb import PeopleDB
+
+    run = Path(run)
+    require_sklearn()
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if people is not None and people < MIN_PEOPLE:
+        raise ValueError(f"people must be at least {MIN_PEOPLE}, got {people}")
+    models = run_models(run, checkpoints)  # fail on a wrong folder before loading anything
+    with PeopleDB(db_path) as db:
+        trained = db.people("train")  # people the model was trained on
+    if people is not None and people < len(trained):
+        trained = random.Random(f"linear-probe-people-{seed}").sample(trained, people)
+    tokenizer = _tokenizer_for(run, Path(tokenizer_dir) if tokenizer_dir else None)
+    records = []
+    for label, step, folder in models:
+        model = _load(folder, tokenizer)
+        for r in probe_model(model, tokenizer, trained, context=context,
+                             test_fraction=test_fraction, seed=seed, batch_size=batch_size):
+            records.append({"step": step, "checkpoint": label, **r, "context": context})
+        del model
+    path = run / PROBE_FILE
+    # written whole then renamed: a rerun replaces the file, a crash never leaves half of one
+    tmp = path.with_name(f".{PROBE_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+    return records, path
+
+
+# -- reading the results -------------------------------------------------------------------------
+def format_table(records: Sequence[Mapping[str, Any]], checkpoint: str = FINAL) -> str:
+    """Accuracy per attribute (rows) and layer (columns) for one checkpoint, chance and n_test."""
+    rows = [r for r in records if r["checkpoint"] == checkpoint] if records and \
+        "checkpoint" in records[0] else list(records)
+    if not rows:
+        return f"(no probe results for {checkpoint})"
+    layers = sorted({r["layer"] for r in rows})
+    attributes = [a for a in protocol.ATTRIBUTES if any(r["attribute"] == a for r in rows)]
+    cell = {(r["attribute"], r["layer"]): r for r in rows}
+    head = f"{'attribute':<14}" + "".join(f"{f'layer {k}':>9}" for k in layers) + \
+        f"{'chance':>9}{'n_test':>8}{'classes':>9}"
+    lines = [head]
+    for a in attributes:
+        some = next(cell[(a, k)] for k in layers if (a, k) in cell)
+        lines.append(f"{a:<14}" + "".join(
+            f"{cell[(a, k)]['accuracy']:>9.3f}" if (a, k) in cell else f"{'-':>9}" for k in layers)
+            + f"{some['chance']:>9.3f}{some['n_test']:>8}{some['n_classes']:>9}")
+    means = [np.mean([cell[(a, k)]["accuracy"] for a in attributes if (a, k) in cell])
+             for k in layers]
+    chance = np.mean([next(cell[(a, k)] for k in layers if (a, k) in cell)["chance"]
+                      for a in attributes])
+    lines.append(f"{'mean':<14}" + "".join(f"{m:>9.3f}" for m in means) + f"{chance:>9.3f}")
+    return "\n".join(lines)
+
+
+def eval_records(model: torch.nn.Module, tokenizer, people: Sequence[Mapping[str, str]],
+                 context: Context = "bio", seed: int = 0,
+                 batch_size: int = 256) -> list[dict[str, Any]]:
+    """The eval stage's records: `linear_probe_accuracy` per layer (split `layer<k>`) and
+    attribute, the mean over attributes per layer (attribute None), and `linear_probe_chance` per
+    attribute and on average (split `people`: the baseline does not depend on the layer)."""
+    require_sklearn()
+    scores = probe_model(model, tokenizer, people, context=context, seed=seed,
+                         batch_size=batch_size)
+    records = [{"metric": "linear_probe_accuracy", "split": f"layer{r['layer']}",
+                "attribute": r["attribute"], "value": r["accuracy"], "n": r["n_test"]}
+               for r in scores]
+    for layer in sorted({r["layer"] for r in scores}):
+        mine = [r for r in scores if r["layer"] == layer]
+        records.append({"metric": "linear_probe_accuracy", "split": f"layer{layer}",
+                        "attribute": None, "value": float(np.mean([r["accuracy"] for r in mine])),
+                        "n": sum(r["n_test"] for r in mine)})
+    chance = {r["attribute"]: r for r in scores if r["layer"] == 0}
+    records += [{"metric": "linear_probe_chance", "split": "people", "attribute": a,
+                 "value": r["chance"], "n": r["n_test"]} for a, r in chance.items()]
+    if chance:
+        records.append({"metric": "linear_probe_chance", "split": "people", "attribute": None,
+                        "value": float(np.mean([r["chance"] for r in chance.values()])),
+                        "n": sum(r["n_test"] for r in chance.values())})
+    return records
