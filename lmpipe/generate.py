@@ -1,6 +1,6 @@
 """Batched generation through the KV cache, with sampling and database tool calls inside the loop.
 
-`generate` runs a whole batch in lockstep over the model's `past_key_values`: prompts are left-
+`generate` runs a whole batch in lockstep over the model's KV `cache`: prompts are left-
 padded, every step feeds each live sequence one token and grows the cache by one position. A
 token is either sampled (greedy, temperature, top-k, top-p, repetition penalty, seeded) or
 *forced*: when a sequence finishes a tool query (an assistant turn `<|call|>QUERY<|end|>`, the
@@ -117,7 +117,7 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1].float()
+    past, logits = out.cache, out.logits[:, -1].float()
     next_position = positions[:, -1] + 1
     limit = getattr(model.config, "max_position_embeddings", None)
     end_id = next(iter(_ids(tokenizer, [protocol.END])), None)
@@ -178,8 +178,8 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
         mask = torch.cat([mask, live.long()[:, None]], dim=1)
         history = torch.cat([history, step_ids], dim=1)
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=next_position[:, None],
-                    past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1].float()
+                    cache=past, use_cache=True)
+        past, logits = out.cache, out.logits[:, -1].float()
         next_position = next_position + live.long()
     return [s.out for s in seqs]
 

@@ -58,7 +58,7 @@ def test_stop_strings_and_streaming(tiny_model, tokenizer):
 
 class ScriptedModel(torch.nn.Module):
     """Answers questions about "Direct" people straight away; for everyone else writes a query
-    (`queries[name]`), then copies whatever the database said. Its `past_key_values` is just
+    (`queries[name]`), then copies whatever the database said. Its `cache` is just
     the token history, so the real loop drives it exactly like a transformer."""
 
     def __init__(self, tokenizer, queries):
@@ -83,14 +83,14 @@ class ScriptedModel(torch.nn.Module):
         plan = self.tok(intended, add_special_tokens=False)["input_ids"]
         return plan[len(done)] if len(done) < len(plan) else self.tok.pad_token_id
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None,
                 use_cache=True):
-        history = input_ids if past_key_values is None else torch.cat([past_key_values, input_ids], 1)
+        history = input_ids if cache is None else torch.cat([cache, input_ids], 1)
         self.calls.append(input_ids.shape[1])
         logits = torch.full((input_ids.shape[0], 1, len(self.tok)), -1e9)
         for row, ids in enumerate(history.tolist()):
             logits[row, 0, self._next(ids)] = 0.0
-        return type("Out", (), {"logits": logits, "past_key_values": history})()
+        return type("Out", (), {"logits": logits, "cache": history})()
 
 
 def test_tool_calls_are_spliced_per_sequence_and_bad_queries_get_errors(tiny_world, tokenizer):
