@@ -150,7 +150,8 @@ class TrainParams(Section):
     probes: ProbeParams = Field(default_factory=ProbeParams)
     eval_people: int = Field(0, ge=0, description="people world: at each eval, ask this many "
                              "trained people's attributes without and with the tool (logs recall "
-                             "and tool_accuracy; lmpipe/train_accuracy.py)")
+                             "and tool_accuracy; lmpipe/train_accuracy.py); ignored when data.source "
+                             "is not people")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")

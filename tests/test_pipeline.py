@@ -25,12 +25,14 @@ TINY = {
     "world": {"people": 60, "heldout_people": 12},
     "teacher": {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2},
                 "train": {"steps": 60, "batch_size": 16, "lr": 0.01, "warmup_steps": 5,
-                          "log_every": 10, "eval_every": 30}},
+                          "log_every": 10, "eval_every": 30, "eval_people": 4}},
     "student": {"model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
-                "train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10}},
-    "distill": {"train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10}},
+                "train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10,
+                          "eval_people": 0}},
+    "distill": {"train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10,
+                          "eval_people": 0}},
     "quantize": {"train": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 10,
-                           "qat_warmup_steps": 10}},
+                           "qat_warmup_steps": 10, "eval_people": 0}},
     "eval": {"trained_people": 8, "heldout_people": 8, "max_new_tokens": 40},
 }
 
@@ -132,6 +134,10 @@ def test_store_and_report(project):
         assert models == {"teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"}
         assert con.execute("SELECT count(*) FROM metrics WHERE run_id='teacher' AND name='loss'"
                            ).fetchone()[0] == 6
+        accuracy = con.execute("SELECT name, list(step ORDER BY step) FROM metrics WHERE "
+                               "run_id='teacher' AND name IN ('recall', 'tool_accuracy') "
+                               "GROUP BY name").fetchall()
+        assert dict(accuracy) == {"recall": [30, 60], "tool_accuracy": [30, 60]}  # at each eval
     html = (work / "reports/index.html").read_text()
     assert "quantized" in html and "<script src=\"http" not in html
     distillation = (work / "reports/distillation.html").read_text()
@@ -244,6 +250,8 @@ def test_a_local_corpus_with_a_trained_bpe_runs_the_whole_pipeline(tmp_path):
         assert "val_loss" in figures and not any(k.startswith("tool") for k in figures)
     teacher = json.loads((work / "runs/teacher/summary.json").read_text())
     assert teacher["final_val_loss"] < 0.6 * teacher["initial_val_loss"]
+    logged = {k for line in (work / "runs/teacher/metrics.jsonl").open() for k in json.loads(line)}
+    assert "val_loss" in logged and not logged & {"recall", "tool_accuracy"}  # eval_people is idle without a people world
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared/data/tinyshakespeare.txt").is_file(),
