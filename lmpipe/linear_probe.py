@@ -275,6 +275,7 @@ def probe_run(run: str | Path, db_path: str | Path, people: int | None = None, s
               batch_size: int = 256) -> tuple[list[dict[str, Any]], Path]:
     """Probe every checkpoint and the final model of `run` on its world's trained people (at most
     `people` of them, a seeded sample); write `RUN/linear_probes.jsonl`. Returns (records, path)."""
+    from lmpipe.evaluate import sample_people
     from lmpipe.tooldb import PeopleDB
 
     run = Path(run)
@@ -284,10 +285,8 @@ def probe_run(run: str | Path, db_path: str | Path, people: int | None = None, s
     if people is not None and people < MIN_PEOPLE:
         raise ValueError(f"people must be at least {MIN_PEOPLE}, got {people}")
     models = run_models(run, checkpoints)  # fail on a wrong folder before loading anything
-    with PeopleDB(db_path) as db:
-        trained = db.people("train")  # people the model was trained on
-    if people is not None and people < len(trained):
-        trained = random.Random(f"linear-probe-people-{seed}").sample(trained, people)
+    with PeopleDB(db_path) as db:  # people the model was trained on, as the eval stage samples them
+        trained = db.people("train") if people is None else sample_people(db, "train", people, seed)
     tokenizer = _tokenizer_for(run, Path(tokenizer_dir) if tokenizer_dir else None)
     records = []
     for label, step, folder in models:
