@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 from lmpipe.config import ModelParams, TrainParams  # noqa: E402
 from lmpipe.model import build_model, count_parameters  # noqa: E402
 from lmpipe.runlog import RunLog  # noqa: E402
-from lmpipe.tokenizer import special_id  # noqa: E402
-from lmpipe.tokens import TokenSplit, write_split  # noqa: E402
+from lmpipe.tokenizer import VOCAB_SIZE, special_id  # noqa: E402
+from lmpipe.tokens import TokenSplit, write_meta, write_split  # noqa: E402
 from lmpipe.train import train  # noqa: E402
 
 NANOGPT = {"val_loss": 1.886, "ms_per_step_2_threads": 46.6, "tokens_per_s_2_threads": 16_500,
@@ -48,8 +48,9 @@ def main() -> None:
     raw = np.frombuffer(data.read_bytes(), dtype=np.uint8).astype(np.int64).tolist()
     cut = int(0.9 * len(raw))
     work = Path(tempfile.mkdtemp(prefix="lmpipe-throughput-"))
-    write_split(work, "train", [raw[:cut]], "all")
-    write_split(work, "val", [raw[cut:]], "all")
+    splits = {"train": write_split(work, "train", [raw[:cut]], "all"),
+              "val": write_split(work, "val", [raw[cut:]], "all")}
+    write_meta(work, VOCAB_SIZE, np.uint16, "all", splits)
     tp = TrainParams(steps=args.steps, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, sampling="windows",
                      block_size=64, loss_on="all", log_every=100, eval_every=args.steps,

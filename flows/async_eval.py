@@ -1,6 +1,6 @@
 """Prefect flow: evaluate a training run's checkpoints while it trains, without ever blocking it.
 
-`watch_and_evaluate` polls `<run>/checkpoints/` and submits one Prefect task per new finished
+`watch_and_evaluate` polls the run's `checkpoints/` (in its staging folder while it trains) and submits one Prefect task per new finished
 checkpoint (`step_N`); each task runs lmpipe.checkpoint_eval.evaluate_checkpoint, which appends
 the step's validation loss and tool accuracy to the run's `evals.jsonl`. The flow ends once the
 run's `summary.json` appears (or the training process named by `train_pid` exits) and every
@@ -35,10 +35,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from lmpipe.checkpoint import fingerprint, latest_checkpoint, remove_checkpoints
 from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished, checkpoint_step,
-                                    clear_eval_series, eval_log, evaluate_checkpoint,
-                                    evaluated_steps, pending_checkpoints, preload)
+                                    eval_log, evaluate_checkpoint, evaluated_steps,
+                                    live_run_folder, pending_checkpoints, preload)
 from lmpipe.config import ConfigError, load_params
 from lmpipe.paths import PARAMS, TOKENS, WORLD, run_dir
 
@@ -97,6 +96,17 @@ def _training_finished(run: Path, stop_when_summary: bool, not_before: float | N
     return False
 
 
+def _opened_since(run: Path, not_before: float | None) -> bool:
+    """Whether the training process started at `not_before` has opened its run folder yet: until
+    then the folder may hold checkpoints of an earlier run that the trainer is about to clear."""
+    if not_before is None:
+        return True
+    try:
+        return (run / "params.json").stat().st_mtime >= not_before
+    except FileNotFoundError:
+        return False
+
+
 @flow(name="lmpipe-async-eval", log_prints=True,
       # more workers than max_concurrent: the flow itself throttles submissions
       task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -117,7 +127,8 @@ def watch_and_evaluate(config_json: str, poll_seconds: float = 2.0, stop_when_su
         raise ValueError(f"poll_seconds must be > 0 and max_concurrent >= 1, got {poll_seconds} "
                          f"and {max_concurrent}")
     config = CheckpointEvalConfig.model_validate_json(config_json)
-    run = Path(config.run_dir)
+    final = Path(config.run_dir)
+    run = live_run_folder(final)
     done = evaluated_steps(run)
     if done:
         logger.info("%s: steps %s already evaluated", run, sorted(done))
@@ -127,9 +138,12 @@ def watch_and_evaluate(config_json: str, poll_seconds: float = 2.0, stop_when_su
     while True:
         # decided before the scan: training writes its last checkpoint before summary.json and
         # before exiting, so once finished, this scan sees every checkpoint there will be
-        finished = _training_finished(run, stop_when_summary, not_before, train_pid)
+        finished = _training_finished(final, stop_when_summary, not_before, train_pid)
         timed_out = deadline is not None and time.monotonic() > deadline
-        pending = [] if timed_out else pending_checkpoints(run, done | set(running))
+        # checkpoints live in the staging folder while the run trains, in the run folder after
+        run = live_run_folder(final)
+        pending = ([] if timed_out or not _opened_since(run, not_before)
+                   else pending_checkpoints(run, done | set(running)))
         for checkpoint in pending[:max(0, max_concurrent - len(running))]:
             running[checkpoint_step(checkpoint)] = evaluate_checkpoint_task.submit(
                 config_json, str(checkpoint))
@@ -184,10 +198,11 @@ def train_with_async_eval(name: str, workdir: str | Path = PROJECT, overrides: S
     checkpoint is evaluated. Returns the training exit time, the eval log entries and the
     watcher's outcomes. Raises RuntimeError (after the evals) if training failed.
 
-    A run that will start afresh (no checkpoint of these exact parameters to resume) has its old
-    checkpoints and eval series cleared first, as the trainer clears its metrics: the watcher must
-    not evaluate a previous run's checkpoint. `train_threads` applies through OMP_NUM_THREADS, so
-    the run's fingerprint (its checkpoints' identity) stays that of `train.threads` in params.
+    The run trains in its staging folder (`runs/.staging/<name>`) and is published to
+    runs/<name> when it finishes; the watcher follows it there. A run that cannot resume (no
+    checkpoint of its identity) starts from an empty staging folder, so no previous run's
+    checkpoint is evaluated. `train_threads` applies through OMP_NUM_THREADS, so the run's
+    identity keeps `train.threads` from params.
     """
     workdir = Path(workdir).resolve()
     if workdir.is_file():
@@ -205,11 +220,9 @@ def train_with_async_eval(name: str, workdir: str | Path = PROJECT, overrides: S
                           "trained, so it has no checkpoints to evaluate")
     if not section.train.checkpoint_every:
         print(f"note: {name}.train.checkpoint_every is 0: only the final checkpoint is evaluated")
+    # a run that cannot resume clears its own staging folder (checkpoints and eval series with
+    # it) before it writes params.json; the watcher waits for that (`_opened_since`)
     run = workdir / run_dir(name)
-    # the same fingerprint the trainer computes (lmpipe.runs.train_from_scratch's run_params)
-    if latest_checkpoint(run / "checkpoints", fingerprint(section.model_dump(mode="json"))) is None:
-        remove_checkpoints(run / "checkpoints")
-        clear_eval_series(run)
     config = CheckpointEvalConfig(
         run_dir=str(run), tokens_dir=str(workdir / TOKENS), run_name=name,
         db_path=str(workdir / WORLD / "people.duckdb") if params.data.source == "people" else None,

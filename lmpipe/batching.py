@@ -69,7 +69,9 @@ class LengthGroupedBatches:
             raise ValueError(f"a document has {self.lengths.max()} tokens, more than the model's "
                              f"max_seq_len ({max_len}); raise model.max_seq_len or use "
                              "train.sampling: windows")
-        self.batches_per_epoch = -(-len(self.lengths) // batch_size)
+        # an epoch's remainder (fewer documents than a batch) is dropped: every batch is full,
+        # so every process and micro-batch gets its rows (the next epoch reshuffles them in)
+        self.batches_per_epoch = len(self.lengths) // batch_size
         self._cached: tuple[int, list[np.ndarray]] | None = None
 
     def _epoch(self, epoch: int) -> list[np.ndarray]:
@@ -85,10 +87,14 @@ class LengthGroupedBatches:
         for start in range(0, len(order), window):
             chunk = order[start:start + window]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i:i + self.batch_size]
+                        for i in range(0, len(chunk) - self.batch_size + 1, self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def doc_ids(self, index: int) -> np.ndarray:
+        if not self.batches_per_epoch:  # evaluation only reads `sequential`, which has no limit
+            raise ValueError(f"a batch of {self.batch_size} documents is more than the split's "
+                             f"{len(self.lengths)}; lower train.batch_size or grad_accum")
         epoch, position = divmod(index, self.batches_per_epoch)
         return self._epoch(epoch)[position]
 

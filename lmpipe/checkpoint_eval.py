@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmpipe.outputs import staging_dir
 from lmpipe.checkpoint import PREFIX, list_checkpoints
 
 EVALS_FILE = "evals.jsonl"
@@ -96,6 +97,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if isinstance(obj, dict):
                 records.append(obj)
     return records
+
+
+def live_run_folder(run_dir: str | Path) -> Path:
+    """Where a run's files are now: its staging folder while it trains (lmpipe/outputs.py), the
+    run folder itself once it has finished and been published."""
+    staging = staging_dir(run_dir)
+    return staging if staging.is_dir() else Path(run_dir)
 
 
 def evaluated_steps(run_folder: str | Path) -> set[int]:
@@ -243,7 +251,8 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
     from lmpipe.tokens import TokenSplit
     from lmpipe.tooldb import PeopleDB
 
-    run, checkpoint = Path(config.run_dir), Path(checkpoint_dir)
+    checkpoint = Path(checkpoint_dir)
+    run = live_run_folder(config.run_dir)
     train_step_at_start = latest_logged_step(run)
     if config.threads:
         # process-wide: the watcher process does nothing else heavy; training has its own process
@@ -282,6 +291,8 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
                             for ex in exchanges)
                 records.append({"metric": "tool_call_rate", "split": split, "attribute": None,
                                 "value": valid / len(exchanges), "n": len(exchanges)})
+    # the run may have been published (staging renamed into place) while we evaluated
+    run = live_run_folder(config.run_dir)
     name = _run_name(config, run)
     records = [{"model": name, **r, "step": step} for r in records]
     append_jsonl(run / EVALS_FILE, records)

@@ -141,7 +141,7 @@ def headline(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, params: Params,
-                 out: Path, metrics_path: Path) -> dict[str, dict[str, float]]:
+                 out: Path, metrics_path: Path | None = None) -> dict[str, dict[str, float]]:
     """Evaluate every model on the same questions; write the eval run folder and DVC metrics.
 
     Without a people world (`data.source` shakespeare or corpus) there is no database and no
@@ -180,6 +180,7 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
                         f.write(json.dumps({"model": name, "prompt": ep.sample_prompt,
                                             "text": text}) + "\n")
         run.finish(models=list(models), trained_people=len(trained), heldout_people=len(heldout))
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(table, indent=2) + "\n")
+    if metrics_path is not None:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(table, indent=2) + "\n")
     return table

@@ -93,6 +93,21 @@ def _ids(tokenizer, tokens: list[str]) -> list[int]:
             if i is not None and i != tokenizer.unk_token_id]
 
 
+def _left_padded(tokenizer, prompts: list[str], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of the prompts, left-padded with `pad`. Padded here, not by the
+    tokenizer: asking it to pad switches padding on in its backend, which the caller shares and
+    a later `save_pretrained` would write into tokenizer.json."""
+    rows = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    width = max(map(len, rows), default=0)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], sampling: Sampling = Sampling(),
              tool: Tool | None = None, batch_size: int = 32, max_tool_calls: int = 1,
@@ -112,9 +127,9 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling = Sampling
 def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, generator,
                     on_token) -> list[Generation]:
     device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
-                    add_special_tokens=False)
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = _left_padded(tokenizer, prompts, pad)
+    ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     past, logits = out.cache, out.logits[:, -1].float()
@@ -125,7 +140,6 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
     if tokenizer.eos_token_id is not None:
         stop_ids.add(tokenizer.eos_token_id)
     call_prefix = protocol.CALL
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     processors = sampling.processors()
     history = ids
     seqs = [_Sequence(p) for p in prompts]

@@ -50,6 +50,15 @@ def _task_yaml(name: str, data_file: Path, **fields: Any) -> dict[str, Any]:
             "target_delimiter": "", "metadata": {"version": 1.0}, **fields}
 
 
+def relocate_people_tasks(task_dir: str | Path, old_dir: str | Path) -> None:
+    """Point the task YAMLs in `task_dir` at their data files there, after the folder was moved
+    from `old_dir` (the eval stage writes in staging, then publishes: lm-eval wants absolute
+    data paths)."""
+    old, new = str(Path(old_dir).resolve()), str(Path(task_dir).resolve())
+    for config in Path(task_dir).glob("*.yaml"):
+        config.write_text(config.read_text().replace(old, new))
+
+
 def write_people_tasks(db_path: str | Path | PeopleDB, people: list[dict[str, str]],
                        out_dir: str | Path, max_gen_toks: int = 48) -> list[str]:
     """Write lm-eval tasks asking every attribute of `people` into `out_dir`; return their names.

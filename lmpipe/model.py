@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -64,10 +66,39 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+@contextlib.contextmanager
+def _no_transient_state(tokenizer) -> Iterator[None]:
+    """Padding and truncation switched off in the tokenizer's backend for the duration, then
+    restored: they are per-call state (any padded call switches padding on), not part of the
+    tokenizer, and must not be written into tokenizer.json."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer keeps no such state
+        yield
+        return
+    padding, truncation = backend.padding, backend.truncation
+    backend.no_padding()
+    backend.no_truncation()
+    try:
+        yield
+    finally:
+        if padding is not None:
+            backend.enable_padding(**padding)
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """`save_pretrained` without the backend's transient padding/truncation state, so the same
+    tokenizer always saves the same tokenizer.json."""
+    with _no_transient_state(tokenizer):
+        tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 def save_model(model: torch.nn.Module, tokenizer, folder: str | Path) -> Path:
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
     return folder
 
 

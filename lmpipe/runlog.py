@@ -143,5 +143,11 @@ class RunLog:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._metrics.closed:
-            self.finish("completed" if exc is None else "failed",
-                        **({} if exc is None else {"error": f"{exc_type.__name__}: {exc}"}))
+            if exc is None:
+                self.finish("completed")
+                return
+            # an exception may name its own status (lmpipe.train.Diverged: "diverged")
+            details = {"error": f"{exc_type.__name__}: {exc}"}
+            if getattr(exc, "step", None) is not None:
+                details["failed_at_step"] = exc.step
+            self.finish(getattr(exc, "status", "failed"), **details)

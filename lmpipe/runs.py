@@ -8,12 +8,15 @@ everything else (run folder, logging, saving) is this one code path. A `train` s
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from lmpipe.artifacts import tokenizer_identity
 from lmpipe.batching import make_batches
+from lmpipe.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
 from lmpipe.config import ConfigError, ModelParams, Params, TrainParams
 from lmpipe.context import extend_context
 from lmpipe.distill import build_objective
@@ -23,14 +26,16 @@ from lmpipe.distributed import init_distributed, shutdown
 from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.model import build_model, count_parameters, load_model, save_model
 from lmpipe.model_card import write_model_card
+from lmpipe.outputs import discard, publish, staged, staging_dir
 from lmpipe.paths import WORLD
 from lmpipe.pretrained import import_pretrained
+from lmpipe.run_identity import data_identity, model_identity, run_identity
 from lmpipe.runlog import RunLog
-from lmpipe.teacher_cache import TeacherCache, file_sha256, model_fingerprint
+from lmpipe.teacher_cache import TeacherCache, model_fingerprint
 from lmpipe.ternary_export import export_ternary
 from lmpipe.tokenizer import load_tokenizer
 from lmpipe.tokens import TokenSplit
-from lmpipe.train import Objective, train
+from lmpipe.train import Diverged, Objective, train
 from lmpipe.train_accuracy import accuracy_hook
 
 
@@ -56,56 +61,109 @@ def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> t
     return model.train()
 
 
+def _check_data_fits(train_key: str, model_key: str, model_params: ModelParams,
+                     tp: TrainParams, train_split: TokenSplit, val_split: TokenSplit) -> None:
+    """Refuse, before anything is built or written, data the run could not train on."""
+    if tp.sampling == "windows":
+        if train_split.n_tokens <= tp.block_size + 1:
+            raise ConfigError(f"{train_key}.block_size = {tp.block_size}: the train split has only "
+                              f"{train_split.n_tokens} tokens; expected block_size + 1 < "
+                              f"{train_split.n_tokens}")
+        return
+    longest = int(max(train_split.lengths().max(initial=0), val_split.lengths().max(initial=0)))
+    if longest > model_params.max_seq_len:
+        raise ConfigError(f"{model_key}.max_seq_len = {model_params.max_seq_len}: the longest "
+                          f"document has {longest} tokens; expected max_seq_len >= {longest} "
+                          f"(or {train_key}.sampling: windows)")
+    documents, rows = len(train_split.docs), tp.batch_size * tp.grad_accum
+    if documents < rows:
+        raise ConfigError(f"{train_key}.batch_size x grad_accum = {rows}: more than the "
+                          f"{documents} training documents; expected at most {documents}")
+
+
 def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
          tokens_dir: Path, tokenizer_dir: Path, out: Path,
          make_objective: Callable[[torch.nn.Module], Objective], section: dict,
-         teacher: str | None = None) -> dict:
-    """`section`: the parameters that define this run; a checkpoint resumes only if they match.
-    `make_objective(model)` builds the objective (it may give the model extra trainable parts,
-    which it removes again in `objective.detach(model)` before the model is saved). `teacher`:
-    the model this one learns from, named in its model card."""
+         teacher: str | None = None, inputs: dict | None = None,
+         keys: tuple[str, str] | None = None) -> dict:
+    """Train one run into a staging folder and publish it over `out` when it has finished.
+
+    `section`: the parameters that define this run; `inputs`: content hashes of what it reads
+    beyond the tokens and tokenizer (a teacher, a cache): with the code, they make the run's
+    identity, and a checkpoint resumes only a run of the same identity. `make_objective(model)`
+    builds the objective (it may give the model extra trainable parts, which it removes again in
+    `objective.detach(model)` before the model is saved). `teacher`: the model this one learns
+    from, named in its model card. `keys`: the params keys of the train and model sections, for
+    error messages."""
+    train_key, model_key = keys or (f"{name}.train", f"{name}.model")
     tokenizer = load_tokenizer(tokenizer_dir)
     train_split = TokenSplit.open(tokens_dir, "train")
     val_split = TokenSplit.open(tokens_dir, "val")
+    _check_data_fits(train_key, model_key, model_params, tp, train_split, val_split)
+    asks_people = bool(tp.eval_people) and params.data.source == "people"
+    identity_inputs = {**data_identity(tokens_dir, tokenizer_dir, WORLD if asks_people else None),
+                       **(inputs or {})}
+    if tp.init_from is not None:
+        identity_inputs["init_from"] = model_identity(tp.init_from)
+    identity = run_identity(section, identity_inputs)
     model = start_model(model_params, tp, tokenizer)
     objective = make_objective(model)
     dist = init_distributed()
     reason = getattr(objective, "single_process_only", None)
     if dist.enabled and reason:
         raise ConfigError(f"{stage}: {reason} is not supported under torchrun (data parallel)")
+    work = staging_dir(out)
+    if dist.is_main and latest_checkpoint(work / "checkpoints", fingerprint(identity)) is None:
+        discard(work)  # nothing of this identity to resume: start from an empty folder
+    dist.barrier()
     resolved = {"run": {"stage": stage, "name": name}, **params.model_dump(mode="json")}
     # Only rank 0 writes the run folder; the other data-parallel processes just train.
-    run = RunLog(out, stage, name, resolved) if dist.is_main else None
-    with run or contextlib.nullcontext():
-        n_params = count_parameters(model) - sum(
-            p.numel() for p in getattr(model, "distill_projectors", torch.nn.Module()).parameters())
+    run = RunLog(work, stage, name, resolved) if dist.is_main else None
+    try:
+        with run or contextlib.nullcontext():
+            n_params = count_parameters(model) - sum(
+                p.numel() for p in getattr(model, "distill_projectors", torch.nn.Module()).parameters())
+            if dist.is_main:
+                print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of "
+                      f"{tp.batch_size * tp.grad_accum} {tp.sampling} on {dist.world} process(es)")
+            hook = None
+            if tp.eval_people and params.data.source != "people":
+                # like eval.trained_people: a setting of the people world, idle on other data
+                print(f"{name}.train.eval_people = {tp.eval_people} ignored: data.source = "
+                      f"{params.data.source!r} has no people to ask")
+            elif tp.eval_people:
+                hook = accuracy_hook(WORLD / "people.duckdb", tokenizer, tp.eval_people, tp.seed,
+                                     params.eval.max_new_tokens)
+            summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
+                            objective=objective, desc=f"{stage} {name}", run_params=identity,
+                            folder=work, eval_hook=hook)
+            if hasattr(objective, "detach"):
+                objective.detach(model)
+            if run is not None:
+                if tp.qat:  # what was trained is a ternary model: save it packed, as it runs
+                    quantization = export_ternary(model, tokenizer, work / "model",
+                                                  tp.qat_skip_modules)
+                    summary = {**summary, "packed_ratio": quantization["ratio"],
+                               "file_bytes": quantization["file_bytes"]}
+                else:
+                    save_model(model, tokenizer, work / "model")
+                write_model_card(work / "model", name=name, stage=stage,
+                                 params=params.model_dump(mode="json"),
+                                 summary={"params_count": n_params, **summary}, teacher=teacher)
+                run.finish(params_count=n_params, **summary)
+    except ConfigError:
+        # refused input: leave no trace unless there are checkpoints a corrected rerun may resume
+        if dist.is_main and not list_checkpoints(work / "checkpoints"):
+            discard(work)
+        raise
+    except Diverged as exc:
         if dist.is_main:
-            print(f"{stage} {name}: {n_params:,} parameters, {tp.steps} steps of "
-                  f"{tp.batch_size * tp.grad_accum} {tp.sampling} on {dist.world} process(es)")
-        hook = None
-        if tp.eval_people and params.data.source != "people":
-            # like eval.trained_people: a setting of the people world, idle on other data
-            print(f"{name}.train.eval_people = {tp.eval_people} ignored: data.source = "
-                  f"{params.data.source!r} has no people to ask")
-        elif tp.eval_people:
-            hook = accuracy_hook(WORLD / "people.duckdb", tokenizer, tp.eval_people, tp.seed,
-                                 params.eval.max_new_tokens)
-        summary = train(model, train_split, val_split, tp, run, tokenizer.pad_token_id,
-                        objective=objective, desc=f"{stage} {name}", run_params=section,
-                        folder=out, eval_hook=hook)
-        if hasattr(objective, "detach"):
-            objective.detach(model)
-        if run is not None:
-            if tp.qat:  # what was trained is a ternary model: save it packed, as it runs
-                quantization = export_ternary(model, tokenizer, out / "model", tp.qat_skip_modules)
-                summary = {**summary, "packed_ratio": quantization["ratio"],
-                           "file_bytes": quantization["file_bytes"]}
-            else:
-                save_model(model, tokenizer, out / "model")
-            write_model_card(out / "model", name=name, stage=stage,
-                             params=params.model_dump(mode="json"),
-                             summary={"params_count": n_params, **summary}, teacher=teacher)
-            run.finish(params_count=n_params, **summary)
+            print(f"{stage} {name}: {exc}; the run is kept in {work} (status diverged) and "
+                  f"{out} is unchanged", file=sys.stderr)
+        raise
+    if dist.is_main:
+        publish(work, out)
+    dist.barrier()
     shutdown(dist)
     return summary
 
@@ -116,8 +174,8 @@ def import_teacher(name: str, params: Params, tokens_dir: Path, tokenizer_dir: P
     section = getattr(params, name)
     tokenizer = load_tokenizer(tokenizer_dir)
     resolved = {"run": {"stage": "train", "name": name}, **params.model_dump(mode="json")}
-    with RunLog(out, "train", name, resolved) as run:
-        model = import_pretrained(section.pretrained, tokenizer, out / "model")
+    with staged(out) as work, RunLog(work, "train", name, resolved) as run:
+        model = import_pretrained(section.pretrained, tokenizer, work / "model")
         tp = section.train
         val = make_batches(TokenSplit.open(tokens_dir, "val"), tp.sampling, tp.batch_size,
                            tp.block_size, tp.seed, tokenizer.pad_token_id,
@@ -129,7 +187,7 @@ def import_teacher(name: str, params: Params, tokens_dir: Path, tokenizer_dir: P
               f"val loss {val_loss:.4f}")
         summary = {"initial_val_loss": val_loss, "final_val_loss": val_loss, "steps": 0,
                    "tokens_seen": 0, "pretrained": section.pretrained}
-        write_model_card(out / "model", name=name, stage="train",
+        write_model_card(work / "model", name=name, stage="train",
                          params=params.model_dump(mode="json"),
                          summary={"params_count": n_params, **summary},
                          base_model=section.pretrained)
@@ -152,15 +210,13 @@ def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_di
     identifies them (so a checkpoint never resumes against another teacher)."""
     if params.distill.teacher == "live":
         model, _ = load_model(teacher_dir)
-        tokenizer_hash = file_sha256(Path(tokenizer_dir) / "tokenizer.json")
-        teacher_tokenizer = file_sha256(Path(teacher_dir) / "tokenizer.json")
-        if tokenizer_hash != teacher_tokenizer:
+        if tokenizer_identity(tokenizer_dir) != tokenizer_identity(teacher_dir):
             raise ConfigError(f"distill.teacher = live: {teacher_dir} was saved with another "
                               f"tokenizer than {tokenizer_dir}; retrain or re-import the teacher")
         return LiveTeacher(model), model_fingerprint(teacher_dir)
-    expect = {"tokenizer_sha256": file_sha256(Path(tokenizer_dir) / "tokenizer.json")}
+    expect = {"tokenizer_sha256": tokenizer_identity(tokenizer_dir)}
     if (Path(teacher_dir) / "model.safetensors").is_file():  # the cache must be this teacher's
-        expect["teacher_sha256"] = file_sha256(Path(teacher_dir) / "model.safetensors")
+        expect["teacher_sha256"] = model_fingerprint(teacher_dir)["teacher_sha256"]
     cache = TeacherCache.open(cache_dir, expect=expect)
     if cache.manifest["positions"] != TokenSplit.open(tokens_dir, "train").n_tokens:
         raise ConfigError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
@@ -189,5 +245,6 @@ def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Pa
     return _run(stage, name, params, params.student.model, d.train, tokens_dir,
                 tokenizer_dir, out, make_objective,
                 {"distill": d.model_dump(mode="json"),
-                 "model": params.student.model.model_dump(mode="json"), "teacher": identity},
-                teacher=str(teacher_dir))
+                 "model": params.student.model.model_dump(mode="json")},
+                teacher=str(teacher_dir), inputs={"teacher": identity},
+                keys=(f"{stage}.train", "student.model"))

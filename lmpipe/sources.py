@@ -16,6 +16,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from lmpipe.artifacts import file_sha256
+
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -24,14 +26,6 @@ CORPUS_FORMATS = {"text": "text", "jsonl": "json", "parquet": "parquet"}
 
 class SourceError(ValueError):
     """A data source that cannot be read: the message names the file or URL and what to do."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tiny_shakespeare(local_path: str | None, cache_dir: Path, url: str = SHAKESPEARE_URL,
@@ -44,7 +38,7 @@ def tiny_shakespeare(local_path: str | None, cache_dir: Path, url: str = SHAKESP
         _check_sha(path, f"data.path = {local_path}")
         return path
     cached = Path(cache_dir) / "tinyshakespeare.txt"
-    if cached.is_file() and sha256_of(cached) == SHAKESPEARE_SHA256:
+    if cached.is_file() and file_sha256(cached) == SHAKESPEARE_SHA256:
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".part")
@@ -61,7 +55,7 @@ def tiny_shakespeare(local_path: str | None, cache_dir: Path, url: str = SHAKESP
 
 
 def _check_sha(path: Path, what: str) -> None:
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != SHAKESPEARE_SHA256:
         raise SourceError(f"{what}: sha256 {actual} is not tiny Shakespeare's "
                           f"({SHAKESPEARE_SHA256})")
@@ -76,7 +70,7 @@ def load_corpus(path: str, fmt: str, cache_dir: Path, field: str = "text") -> li
     source = Path(path)
     if not source.is_file():
         return _hub_corpus(path, field)
-    key = hashlib.sha256(f"{fmt}\0{field}\0{sha256_of(source)}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{fmt}\0{field}\0{file_sha256(source)}".encode()).hexdigest()[:24]
     cached = Path(cache_dir) / key
     if not cached.is_dir():
         # datasets' own cache lives in a scratch dir deleted right after: the only lasting copy

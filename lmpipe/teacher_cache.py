@@ -9,13 +9,14 @@ position's row covers the keys from its document's start, so rows are ragged and
 with offsets). Arrays are split into shards of `shard_positions` positions, each its own
 `.npy` file, memory-mapped on read and addressed by the flat position in the train token stream.
 
-`manifest.json` records the format version, k, the encodings, the shards, and the teacher weights'
-and tokenizer's content hashes, so a distillation run refuses a cache built for other inputs.
+`manifest.json` records the format version, k, the encodings, the shards, the sha256 of every
+shard file (checked before a file is memory-mapped, so a corrupt or truncated shard is refused by
+name), and the teacher weights' and tokenizer's identities, so a distillation run refuses a cache
+built for other inputs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,11 +26,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+# file_sha256 stays importable from here: other modules take it from lmpipe.teacher_cache
+from lmpipe.artifacts import ArtifactError, file_sha256, tokenizer_identity, verify_sha256
 from lmpipe.batching import LengthGroupedBatches
 from lmpipe.config import ConfigError
 from lmpipe.tokens import TokenSplit
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the manifest holds every shard file's sha256
+REBUILD = "rebuild it: dvc repro -f teacher_cache"
+SHARD_BOUNDS = ("start", "end")
 LOGPROB_STEP = 1.0 / 16.0  # u8 log-prob codes: logp = -code * step, so codes span [-15.94, 0]
 LOGPROB_DTYPES = {"u8": np.uint8, "fp16": np.float16, "fp32": np.float32}
 # the missing mass is a log, often tiny or -inf: keep it in a float, wide when log-probs are fp32
@@ -37,19 +42,17 @@ MISSING_DTYPES = {"u8": np.float16, "fp16": np.float16, "fp32": np.float32}
 HIDDEN_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_fingerprint(model_dir: str | Path) -> dict[str, str]:
-    """Content hashes of a model directory's weights and tokenizer."""
+    """What identifies a model directory: its weights' file hash and its tokenizer's identity
+    (`tokenizer_identity`: what maps text to ids, not transient padding state)."""
     model_dir = Path(model_dir)
     return {"teacher_sha256": file_sha256(model_dir / "model.safetensors"),
-            "tokenizer_sha256": file_sha256(model_dir / "tokenizer.json")}
+            "tokenizer_sha256": tokenizer_identity(model_dir)}
+
+
+def shard_files(shard: dict) -> dict[str, str]:
+    """A manifest shard entry's arrays: name -> file name."""
+    return {name: file for name, file in shard.items() if name not in SHARD_BOUNDS}
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -242,13 +245,15 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
         written += int(real.sum())
     writer.close()
     seconds = time.perf_counter() - started
+    hashes = {file: file_sha256(out / file) for shard in writer.files
+              for file in shard_files(shard).values()}
     manifest = {"format_version": FORMAT_VERSION, "top_k": spec.top_k, "positions": n,
                 "vocab_size": vocab, "ids_dtype": str(id_dtype(vocab)),
                 "logprobs": spec.logprobs, "logprob_step": LOGPROB_STEP,
                 "hidden_layers": list(spec.hidden_layers), "hidden_dtype": spec.hidden_dtype,
                 "hidden_size": model.config.hidden_size, "teacher_layers": n_hidden,
                 "attention_layers": list(spec.attention_layers),
-                "shard_positions": spec.shard_positions, "shards": writer.files,
+                "shard_positions": spec.shard_positions, "shards": writer.files, "sha256": hashes,
                 "seconds": round(seconds, 3), "tokens_per_s": round(written / max(seconds, 1e-9), 1),
                 **fingerprint}
     manifest["bytes_per_token"] = round(cache_bytes(out, manifest) / max(n, 1), 2)
@@ -261,8 +266,8 @@ def cache_bytes(folder: str | Path, manifest: dict, hidden: bool = False) -> int
     with `hidden`, the cached hidden states and attention rows too."""
     total = 0
     for shard in manifest["shards"]:
-        for name, file in shard.items():
-            if name in ("start", "end") or (name.startswith(("hidden", "attn")) and not hidden):
+        for name, file in shard_files(shard).items():
+            if name.startswith(("hidden", "attn")) and not hidden:
                 continue
             total += (Path(folder) / file).stat().st_size
     return total
@@ -279,6 +284,38 @@ class CachedRows:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> (n, keys)
 
 
+def _load_verified(path: Path, manifest_path: Path, expected: str | None) -> np.ndarray:
+    """Memory-map one shard file after checking its bytes against the manifest's sha256."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard file listed in {manifest_path} is missing")
+    if expected is None:
+        raise ArtifactError(f"{manifest_path}: no sha256 recorded for {path.name}; {REBUILD}")
+    verify_sha256(path, expected, REBUILD)
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:  # numpy's messages ("mmap length ...") name no file
+        raise ArtifactError(f"{path}: unreadable shard file ({exc}); {REBUILD}") from None
+
+
+def _open_shard(folder: Path, manifest_path: Path, manifest: dict,
+                shard: dict) -> dict[str, np.ndarray]:
+    """One shard's arrays, each verified and checked against the row counts the manifest and
+    the attention offsets imply."""
+    arrays = {}
+    for name, file in shard_files(shard).items():
+        path = folder / file
+        arrays[name] = _load_verified(path, manifest_path, manifest["sha256"].get(file))
+        rows = shard["end"] - shard["start"] + (name == "attn_offsets")
+        if not name.startswith("attn") or name == "attn_offsets":
+            if len(arrays[name]) != rows:
+                raise ArtifactError(f"{path}: {len(arrays[name])} rows, the manifest says "
+                                    f"{rows}; {REBUILD}")
+        elif len(arrays[name]) != arrays["attn_offsets"][-1]:
+            raise ArtifactError(f"{path}: {len(arrays[name])} values, its offsets say "
+                                f"{arrays['attn_offsets'][-1]}; {REBUILD}")
+    return arrays
+
+
 @dataclass
 class TeacherCache:
     folder: Path
@@ -287,7 +324,8 @@ class TeacherCache:
 
     @classmethod
     def open(cls, folder: str | Path, expect: dict[str, str] | None = None) -> "TeacherCache":
-        """Memory-map a cache; `expect` (e.g. the tokenizer hash) must match the manifest."""
+        """Memory-map a cache after checking every shard file against the manifest's sha256;
+        `expect` (e.g. the tokenizer identity) must match the manifest."""
         folder = Path(folder)
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
@@ -300,25 +338,8 @@ class TeacherCache:
             if manifest.get(key) != value:
                 raise ConfigError(f"{manifest_path}: {key} is {manifest.get(key)}, expected {value}; "
                                  "the cache was built for other inputs, rebuild it")
-        shards = []
-        for shard in manifest["shards"]:
-            arrays = {}
-            for name, file in shard.items():
-                if name in ("start", "end"):
-                    continue
-                path = folder / file
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path}: shard file listed in {manifest_path} is missing")
-                arrays[name] = np.load(path, mmap_mode="r")
-                rows = shard["end"] - shard["start"] + (name == "attn_offsets")
-                if not name.startswith("attn") or name == "attn_offsets":
-                    if len(arrays[name]) != rows:
-                        raise ValueError(f"{path}: {len(arrays[name])} rows, the manifest says "
-                                         f"{rows}; rebuild the cache")
-                elif len(arrays[name]) != arrays["attn_offsets"][-1]:
-                    raise ValueError(f"{path}: {len(arrays[name])} values, its offsets say "
-                                     f"{arrays['attn_offsets'][-1]}; rebuild the cache")
-            shards.append(arrays)
+        shards = [_open_shard(folder, manifest_path, manifest, shard)
+                  for shard in manifest["shards"]]
         return cls(folder, manifest, shards)
 
     @property

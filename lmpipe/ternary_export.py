@@ -104,7 +104,9 @@ def _write_directory(model: nn.Module, tokenizer: Any, out_dir: Path,
     weights = out_dir / WEIGHTS_FILE
     save_file(tensors, str(weights), metadata={"format": "pt"})
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        from lmpipe.model import save_tokenizer  # no transient padding state in the saved file
+
+        save_tokenizer(tokenizer, out_dir)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out_dir)
     return weights

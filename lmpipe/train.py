@@ -35,6 +35,17 @@ from lmpipe.tracking import make_tracker
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient: the run stops at that step, before the optimizer applies
+    it, and nothing from it is saved (the run log records status `diverged`)."""
+
+    status = "diverged"
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"diverged at step {step}: {what}")
+        self.step = step
+
+
 def _autocast(device: torch.device, precision: str):
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
@@ -77,6 +88,11 @@ class Trainer:
         self.per_step_metrics = set(getattr(objective, "per_step_metrics", ()))
         self.folder = folder if folder is not None else (run.folder if run is not None else None)
         self.dist = init_distributed()
+        if tp.batch_size < self.dist.world:
+            # every process must get at least one row of every micro-batch
+            raise ConfigError(f"train.batch_size = {tp.batch_size}: fewer rows than the "
+                              f"{self.dist.world} data-parallel processes; expected batch_size "
+                              f">= {self.dist.world}")
         self.device = resolve_device(tp.device, self.dist)
         if tp.qat:  # before the optimizer and DDP see the model: same parameters, new forward
             convert_to_bitlinear(model, tp.qat_skip_modules)
@@ -177,14 +193,25 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(), tp.grad_clip if tp.grad_clip > 0 else math.inf)
+            if not self.scaler.is_enabled():  # fp16 loss scaling skips non-finite steps itself
+                self._check_finite(step + 1, total, grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         return total, global_targets, extras, n_tokens, lr, grad_norm
 
+    def _check_finite(self, step: int, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Raise Diverged (on every process alike) when the loss or the gradient is not finite."""
+        bad = torch.stack([(~torch.isfinite(loss_sum)).float(), (~torch.isfinite(grad_norm)).float()])
+        bad = self.dist.all_sum(bad)
+        if bad.any():
+            what = " and ".join(name for name, flag in zip(("loss", "gradient norm"), bad) if flag)
+            raise Diverged(step, f"non-finite {what}")
+
     def fit(self) -> dict[str, float]:
         tp = self.tp
         resumed = self.resume()
+        resumed_from = self.step if resumed else None
         self.dist.barrier()  # every process has decided before rank 0 clears stale checkpoints
         if self.run is not None and self.dist.is_main:
             self.run.rewind(self.step)
@@ -209,7 +236,7 @@ class Trainer:
         # Everything allocated so far lives for the whole run: keep it out of every later
         # collection (a full gc.collect() over a loaded transformers costs ~0.3 s here).
         gc.freeze()
-        val_loss = self.initial_val
+        val_loss, val_step = self.initial_val, self.step if not resumed else None
         window = {"loss": torch.zeros((), device=self.device), "targets": torch.zeros((), device=self.device),
                   "tokens": 0, "steps": 0, "extras": {}}
         progress = tqdm(range(self.step, tp.steps), desc=self.desc, unit="step", mininterval=2.0,
@@ -253,6 +280,7 @@ class Trainer:
                         val_loss, memory = self.validation_loss()
                         extra = self.eval_hook(self.model) if self.eval_hook else {}
                     record.update(val_loss=val_loss, **memory, **extra)
+                    val_step = self.step
                 self._log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}")
                 window = {"loss": torch.zeros((), device=self.device),
@@ -262,11 +290,14 @@ class Trainer:
                 self.save()
         trace.close()
         gc.unfreeze()
+        if val_step != self.step:  # resumed at the last step: measure the model as it ends
+            val_loss, _ = self.validation_loss()
         if self.tracker is not None:
             self.tracker.close()
         return {"initial_val_loss": self.initial_val, "final_val_loss": val_loss,
                 "final_train_loss": record.get("loss", float("nan")),
                 "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
+                "resumed_from": resumed_from,
                 "world_size": self.dist.world}
 
     def _log(self, record: dict[str, Any]) -> None:

@@ -2,11 +2,12 @@
 
 from lmpipe.entry import stage
 from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
-from lmpipe.runs import distill
 
 
 @stage
 def main(params, argv):
+    from lmpipe.runs import distill  # torch: only once the params are valid
+
     distill(params, TOKENS, TOKENIZER, TEACHER_CACHE, model_dir("teacher"), run_dir("distill"))
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from lmpipe.config import Params
 from lmpipe.entry import stage
-from lmpipe.evaluate import evaluate_run
-from lmpipe.model_card import write_model_card
 from lmpipe.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
 
 MODELS = {"teacher": "teacher", "student": "student", "distilled": "distill", "quantized": "quantize"}
@@ -31,6 +29,8 @@ MADE_FROM = {"distilled": "teacher", "quantized": "distilled", "quantized_ptq": 
 def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], params: Params,
                 out: Path) -> dict[str, Path]:
     """`out/<model>/README.md` for every evaluated model, each with the whole comparison table."""
+    from lmpipe.model_card import write_model_card
+
     resolved = params.model_dump(mode="json")
     cards = {}
     for name, folder in models.items():
@@ -56,11 +56,21 @@ def eval(params, argv):
     if not argv:
         models |= {name: run_dir(path) for name, path in EXTRA.items()
                    if (run_dir(path) / "config.json").is_file()}
-    table = evaluate_run(models, WORLD / "people.duckdb", TOKENS, params, run_dir("eval"),
-                         METRICS / "eval.json")
+    from lmpipe.evaluate import evaluate_run  # torch: only once the params are valid
+    from lmpipe.outputs import staged, write_atomic
+
+    # the run folder and the metrics file are replaced together, only once every model is scored
+    with staged(run_dir("eval")) as out:
+        table = evaluate_run(models, WORLD / "people.duckdb", TOKENS, params, out)
+        write_cards(models, table, params, out / "cards")
+        staged_tasks = (out / "harness_tasks").resolve()
+    if (run_dir("eval") / "harness_tasks").is_dir():
+        from lmpipe.harness import relocate_people_tasks
+
+        relocate_people_tasks(run_dir("eval") / "harness_tasks", staged_tasks)
+    write_atomic(METRICS / "eval.json", json.dumps(table, indent=2) + "\n")
     for name, figures in table.items():
         print(f"eval {name:>10}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
-    write_cards(models, table, params, run_dir("eval") / "cards")
 
 
 if __name__ == "__main__":

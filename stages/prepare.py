@@ -4,15 +4,18 @@ from pathlib import Path
 
 from lmpipe.entry import stage
 from lmpipe.paths import WORLD
-from lmpipe.sources import load_corpus, paragraphs, tiny_shakespeare, write_text_documents
-from lmpipe.world import write_world
 
 
 @stage
 def prepare(params, argv):
+    from lmpipe.outputs import staged
+    from lmpipe.sources import load_corpus, paragraphs, tiny_shakespeare, write_text_documents
+    from lmpipe.world import write_world
+
     data = params.data
     if data.source == "people":
-        stats = write_world(params.world, WORLD)
+        with staged(WORLD) as out:
+            stats = write_world(params.world, out)
         print(f"prepare: {stats['people']} trained + {stats['heldout_people']} held-out people, "
               f"{stats['documents']} documents -> {WORLD}")
         return
@@ -21,7 +24,8 @@ def prepare(params, argv):
     else:
         texts = load_corpus(data.path, data.format, Path(data.cache_dir), data.field)
     texts = texts[:data.max_documents]
-    stats = write_text_documents(texts, WORLD, {"source": data.source, "path": data.path})
+    with staged(WORLD) as out:
+        stats = write_text_documents(texts, out, {"source": data.source, "path": data.path})
     print(f"prepare: {stats['documents']} {data.source} documents ({stats['bytes']:,} bytes) -> {WORLD}")
 
 

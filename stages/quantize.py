@@ -1,15 +1,19 @@
 """DVC stage `quantize`: the distilled student as a ternary BitNet b1.58 model (QAT or PTQ),
-packed 2 bits per weight, beside an int8 weight-only baseline."""
+packed 2 bits per weight, beside an int8 weight-only baseline. The whole folder is built in
+staging and replaces `runs/quantize` only when every export is written."""
 
 from lmpipe.entry import stage
 from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
-from lmpipe.quantize import quantize_run
 
 
 @stage
 def quantize(params, argv):
-    quantize_run(params, model_dir("distill"), run_dir("quantize"), TOKENS, TOKENIZER,
-                 TEACHER_CACHE, model_dir("teacher"))
+    from lmpipe.outputs import staged
+    from lmpipe.quantize import quantize_run  # torch: only once the params are valid
+
+    with staged(run_dir("quantize")) as out:
+        quantize_run(params, model_dir("distill"), out, TOKENS, TOKENIZER, TEACHER_CACHE,
+                     model_dir("teacher"))
 
 
 if __name__ == "__main__":

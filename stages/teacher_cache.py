@@ -1,17 +1,21 @@
 """DVC stage `teacher_cache`: run the teacher once over the train tokens, keep its top-k
 distribution (and optionally hidden states) per position, compressed and sharded."""
 
-from lmpipe.batching import make_batches
-from lmpipe.distill.layers import teacher_layers_used
 from lmpipe.entry import stage
-from lmpipe.model import load_model
 from lmpipe.paths import TEACHER_CACHE, TOKENS, model_dir
-from lmpipe.teacher_cache import CacheSpec, model_fingerprint, write_cache
-from lmpipe.tokens import TokenSplit
 
 
 @stage
 def teacher_cache(params, argv):
+    # torch: only once the params are valid
+    from lmpipe.batching import make_batches
+    from lmpipe.config import ConfigError
+    from lmpipe.distill.layers import teacher_layers_used
+    from lmpipe.model import load_model
+    from lmpipe.outputs import staged
+    from lmpipe.teacher_cache import CacheSpec, model_fingerprint, write_cache
+    from lmpipe.tokens import TokenSplit
+
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)
     p = params.teacher_cache
@@ -29,8 +33,13 @@ def teacher_cache(params, argv):
     split = TokenSplit.open(TOKENS, "train")
     batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0,
                            tokenizer.pad_token_id, model.config.max_position_embeddings, "all")
-    manifest = write_cache(model, split, spec, tokenizer.pad_token_id, TEACHER_CACHE,
-                           p.batch_size, model_fingerprint(teacher), batches)
+    if not 1 <= p.top_k <= model.config.vocab_size:
+        raise ConfigError(f"teacher_cache.top_k = {p.top_k}: the teacher's vocabulary has "
+                          f"{model.config.vocab_size} ids; expected 1 <= top_k <= "
+                          f"{model.config.vocab_size}")
+    with staged(TEACHER_CACHE) as out:
+        manifest = write_cache(model, split, spec, tokenizer.pad_token_id, out, p.batch_size,
+                               model_fingerprint(teacher), batches)
     print(f"teacher_cache: top-{p.top_k} over {manifest['positions']:,} positions, "
           f"{manifest['bytes_per_token']} bytes/token, {manifest['tokens_per_s']:,.0f} tokens/s "
           f"-> {TEACHER_CACHE}")

@@ -85,3 +85,46 @@ def test_killed_ddp_run_resumes_on_every_process(tiny_tokens, tmp_path):
     assert b["resumed"] is True and b["world_size"] == 2
     assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-5)
     assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-5)
+
+
+def test_default_checkpoint_interval_bounds_what_a_kill_costs(tiny_tokens, tmp_path):
+    """With TrainParams' default interval (100), a SIGKILL at step 115 resumes from step 100 and
+    ends where an uninterrupted run ends."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _train(tiny_tokens, straight, 120)
+    died = _train(tiny_tokens, killed, 120, "--kill-at", "115", check=False)
+    assert died.returncode == -9
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_00000100"]
+    _train(tiny_tokens, killed, 120)
+    a, b = _summary(straight), _summary(killed)
+    assert a["resumed_from"] is None and b["resumed_from"] == 100
+    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], abs=1e-6)
+    assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], abs=1e-6)
+
+
+def test_an_infinite_loss_stops_the_run_as_diverged(tiny_tokens, tmp_path):
+    run = tmp_path / "nan"
+    result = _train(tiny_tokens, run, 40, "--inf-at", "25", "--set", "checkpoint_every=10",
+                    check=False)
+    assert result.returncode != 0
+    assert "diverged at step 25: non-finite loss" in result.stderr
+    summary = _summary(run)
+    assert summary["status"] == "diverged" and summary["failed_at_step"] == 25
+    # the last good checkpoint stays; nothing from the diverged step (or after) was saved
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000010",
+                                                                        "step_00000020"]
+    assert max(_steps(run)) < 25
+
+
+def test_an_epoch_remainder_never_makes_an_empty_micro_batch(tiny_tokens, tmp_path):
+    """351 train documents in global batches of 5 x 7 = 35 leave a remainder of 1: the last batch
+    of an epoch is dropped (not split into 6 empty micro-batches), in one process and in two."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    options = ("--set", "batch_size=5", "grad_accum=7")
+    _train(tiny_tokens, single, 12, *options)  # steps 11 and 12 are the second epoch's
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    _train(tiny_tokens, ddp, 12, *options, launcher=torchrun)
+    a, b = _summary(single), _summary(ddp)
+    assert a["status"] == b["status"] == "completed" and b["world_size"] == 2
+    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-5)
+    assert b["tokens_seen"] == a["tokens_seen"]

@@ -104,5 +104,5 @@ def test_manifest_mismatch_bad_k_and_missing_shards_are_refused(tiny_model, tiny
         TeacherCache.open(tmp_path)
     manifest["format_version"] = 1
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="format_version 1, expected 2; rebuild the cache"):
+    with pytest.raises(ValueError, match="format_version 1, expected 3; rebuild the cache"):
         TeacherCache.open(tmp_path)

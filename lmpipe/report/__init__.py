@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmpipe.outputs import write_atomic
 from lmpipe.report import curves, distillation, index, probes, scaling
 from lmpipe.report.page import VL_VERSION, Page, chart_spec
 from lmpipe.report.source import Source
@@ -62,7 +63,7 @@ def render_report(db_path: Path, out_dir: Path, *, color_by: str | None = None,
     finally:
         src.close()
     for page in pages:
-        (out_dir / f"{page.stem}.html").write_text(page.html(), encoding="utf-8")
+        write_atomic(out_dir / f"{page.stem}.html", page.html())  # a page is whole or old
         if png:
             save_png(page, out_dir)
     return out_dir / "index.html"

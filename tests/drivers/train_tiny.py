@@ -1,10 +1,11 @@
 """Test driver: train a tiny model on a token folder, optionally SIGKILL itself mid-run.
 
-usage: python train_tiny.py TOKENS_DIR RUN_DIR STEPS [--kill-at N] [--set key=value ...]
+usage: python train_tiny.py TOKENS_DIR RUN_DIR STEPS [--kill-at N] [--inf-at N] [--set key=value ...]
 Run it under `torchrun` for data parallelism; it writes RUN_DIR/summary.json like a stage does.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -25,13 +26,16 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("steps", type=int)
     parser.add_argument("--kill-at", type=int, default=0, help="SIGKILL on this objective call")
+    parser.add_argument("--inf-at", type=int, default=0,
+                        help="make the loss of this objective call infinite (a forced divergence)")
     parser.add_argument("--set", nargs="*", default=[])
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
-    tp = TrainParams(steps=args.steps, batch_size=int(overrides.get("batch_size", 8)),
-                     grad_accum=int(overrides.get("grad_accum", 1)), warmup_steps=3, lr=3e-3,
-                     log_every=5, eval_every=10, checkpoint_every=int(overrides.get("checkpoint_every", 0)),
-                     threads=1)
+    # checkpoint_every: TrainParams' default unless set
+    tp = TrainParams(steps=args.steps, batch_size=int(overrides.pop("batch_size", 8)),
+                     grad_accum=int(overrides.pop("grad_accum", 1)), warmup_steps=3, lr=3e-3,
+                     log_every=5, eval_every=10, threads=1,
+                     **{k: int(v) for k, v in overrides.items()})
     model = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=0)
     calls = 0
 
@@ -40,15 +44,20 @@ def main() -> None:
         calls += 1
         if args.kill_at and calls == args.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return cross_entropy_objective(m, batch)
+        loss, parts = cross_entropy_objective(m, batch)
+        if args.inf_at and calls == args.inf_at:
+            loss = loss + float("inf")
+        return loss, parts
 
     dist = init_distributed()
     run = RunLog(Path(args.run), "train", "tiny", {"tp": tp.model_dump()}) if dist.is_main else None
-    summary = train(model, TokenSplit.open(args.tokens, "train"), TokenSplit.open(args.tokens, "val"),
-                    tp, run, special_id("<|pad|>"), objective=objective, desc="tiny",
-                    run_params=tp.model_dump(mode="json"), folder=Path(args.run))
-    if run is not None:
-        run.finish(**summary)
+    with run or contextlib.nullcontext():  # a failure is recorded in summary.json, as in a stage
+        summary = train(model, TokenSplit.open(args.tokens, "train"),
+                        TokenSplit.open(args.tokens, "val"), tp, run, special_id("<|pad|>"),
+                        objective=objective, desc="tiny", run_params=tp.model_dump(mode="json"),
+                        folder=Path(args.run))
+        if run is not None:
+            run.finish(**summary)
 
 
 if __name__ == "__main__":
