@@ -3,11 +3,18 @@
 `params.yaml` has one section per stage. `load_params` reads it, applies command-line overrides
 (`teacher.train.steps=100`), and validates the whole tree, so a typo or a wrong type in any section
 fails the first stage that runs, with the key named, instead of surfacing mid-pipeline.
+
+Each section checks its own keys here; what ties sections together (people counts, vocabulary
+sizes, sequence lengths, layer maps, paths) is `lmpipe/params_checks.py`. A `ConfigError` has one
+line per problem: `params.yaml: <dotted.key>: <what is wrong>; expected <what>`. Nothing here
+imports torch or transformers: `python -m stages.validate` answers in well under two seconds.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +57,8 @@ class DataParams(Section):
     @model_validator(mode="after")
     def _corpus_needs_a_path(self) -> "DataParams":
         if self.source == "corpus" and not self.path:
-            raise ValueError("data.source = corpus needs data.path (a text, JSONL or Parquet file)")
+            raise ValueError("path: not set, and data.source = corpus reads it; expected a text, "
+                             "JSONL or Parquet file")
         return self
 
 
@@ -71,10 +79,11 @@ class ModelParams(Section):
     d_model: int = Field(64, ge=8)
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(2, ge=1)
-    n_kv_heads: int | None = None
-    d_ff: int | None = Field(None, description="MLP width; default 4 * d_model")
+    n_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention heads; "
+                                   "default n_heads")
+    d_ff: int | None = Field(None, ge=1, description="MLP width; default 4 * d_model")
     max_seq_len: int = Field(256, ge=16)
-    rope_theta: float = 10000.0
+    rope_theta: float = Field(10000.0, gt=0.0)
     rope_scaling: Literal["none", "linear", "dynamic", "yarn"] = Field(
         "none", description="RoPE scaling to run past the trained context (context extension)")
     rope_factor: float = Field(1.0, ge=1.0, description="context extension factor for rope_scaling")
@@ -87,10 +96,17 @@ class ModelParams(Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelParams":
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ValueError(f"n_heads: d_model ({self.d_model}) is not divisible by n_heads "
+                             f"({self.n_heads}); expected a divisor of d_model")
+        if (self.d_model // self.n_heads) % 2:
+            # RoPE rotates pairs of dimensions: transformers refuses an odd head width
+            raise ValueError(f"n_heads: the head width d_model / n_heads = "
+                             f"{self.d_model // self.n_heads} is odd; expected an even head width "
+                             "(RoPE rotates pairs)")
         kv = self.n_kv_heads or self.n_heads
         if self.n_heads % kv:
-            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({kv})")
+            raise ValueError(f"n_kv_heads: n_heads ({self.n_heads}) is not divisible by n_kv_heads "
+                             f"({kv}); expected a divisor of n_heads")
         return self
 
 
@@ -112,7 +128,8 @@ class ProbeParams(Section):
     @model_validator(mode="after")
     def _window(self) -> "ProbeParams":
         if self.dump_steps and (len(self.dump_steps) != 2 or self.dump_steps[0] > self.dump_steps[1]):
-            raise ValueError(f"dump_steps: expected [first, last], got {self.dump_steps}")
+            raise ValueError(f"dump_steps: {_short(self.dump_steps)} is not a window; expected "
+                             "[first, last] with first <= last")
         return self
 
 
@@ -152,7 +169,8 @@ class TrainParams(Section):
                              "trained people's attributes without and with the tool (logs recall "
                              "and tool_accuracy; lmpipe/train_accuracy.py); ignored when data.source "
                              "is not people")
-    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    checkpoint_every: int = Field(100, ge=0, description="checkpoint every N steps and at the end, "
+                                  "so a killed run loses at most N steps; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -178,8 +196,8 @@ class TrainParams(Section):
     def _profile_window(self) -> "TrainParams":
         if self.profile_steps and (len(self.profile_steps) != 2
                                    or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
-            raise ValueError(f"profile_steps must be [] or [start, end) with 0 <= start < end, "
-                             f"got {self.profile_steps}")
+            raise ValueError(f"profile_steps: {_short(self.profile_steps)} is not a window; "
+                             "expected [] or [start, end) with 0 <= start < end")
         return self
 
 
@@ -252,30 +270,34 @@ class DistillParams(Section):
     def _objective_terms(self) -> "DistillParams":
         for term, weight in self.objective.items():
             if term not in OBJECTIVE_TERMS:
-                raise ValueError(f"objective.{term}: unknown term; expected one of "
+                near = difflib.get_close_matches(term, OBJECTIVE_TERMS, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ValueError(f"objective.{term}: unknown term{hint}; expected one of "
                                  f"{', '.join(OBJECTIVE_TERMS)}")
             if weight < 0:
-                raise ValueError(f"objective.{term}: weight {weight} is negative")
+                raise ValueError(f"objective.{term}: weight {weight} is negative; expected >= 0")
         if not any(w > 0 for w in self.objective.values()):
-            raise ValueError("objective: at least one term needs a positive weight")
+            raise ValueError("objective: no term has a positive weight; expected at least one")
         if isinstance(self.layers, str) and not re.match(LAYER_MAPS, self.layers):
-            raise ValueError(f"layers = {self.layers!r}: expected all, last, last-K, uniform or "
-                             "[[student, teacher], ...]")
+            raise ValueError(f"layers: {_short(self.layers)} is not a layer map; expected all, "
+                             "last, last-K, uniform or [[student, teacher], ...]")
         if isinstance(self.layers, list) and (not self.layers or any(
                 len(pair) != 2 or min(pair) < 0 for pair in self.layers)):
-            raise ValueError(f"layers = {self.layers}: expected a non-empty list of "
-                             "[student_layer, teacher_layer] pairs of layer indices >= 0")
+            raise ValueError(f"layers: {_short(self.layers)} is not a list of pairs; expected a "
+                             "non-empty list of [student_layer, teacher_layer] indices >= 0")
         if self.gradient_conflict == "pcgrad":
             logit = [t for t, w in self.objective.items() if w > 0 and t not in HIDDEN_LOSSES]
             hidden = [t for t, w in self.objective.items() if w > 0 and t in HIDDEN_LOSSES]
             if not logit or not hidden:
-                raise ValueError("gradient_conflict = pcgrad needs a logit term (ce or a "
-                                 "divergence) and a hidden-state term, both with weight > 0")
+                raise ValueError("gradient_conflict: pcgrad has nothing to reconcile; expected a "
+                                 "logit term (ce or a divergence) and a hidden-state term in "
+                                 "objective, both with weight > 0")
         if self.freeze_embeddings and not self.copy_embeddings:
-            raise ValueError("freeze_embeddings needs copy_embeddings (freezing a random "
-                             "embedding is never what you want)")
+            raise ValueError("freeze_embeddings: would freeze a random embedding; expected "
+                             "copy_embeddings: true with it")
         if self.freeze_lm_head and not self.copy_lm_head:
-            raise ValueError("freeze_lm_head needs copy_lm_head")
+            raise ValueError("freeze_lm_head: would freeze a random lm head; expected "
+                             "copy_lm_head: true with it")
         return self
 
     def hidden_terms(self) -> list[str]:
@@ -327,7 +349,18 @@ class EvalParams(Section):
         "prompt's last token, where the model is about to answer")
 
 
+class ParamsProblems(ValueError):
+    """Problems between sections (lmpipe/params_checks.py), carried whole through pydantic so
+    that each becomes its own line."""
+
+    def __init__(self, problems: list[Any]) -> None:
+        super().__init__("; ".join(p.line("params") for p in problems))
+        self.problems = problems
+
+
 class Params(Section):
+    """The whole params.yaml: every section, and the checks between them (params_checks.py)."""
+
     data: DataParams = DataParams()
     world: WorldParams = WorldParams()
     tokenize: TokenizeParams = TokenizeParams()
@@ -340,17 +373,11 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
-        from lmpipe.tokenizer import VOCAB_SIZE
+        from lmpipe.params_checks import problems  # it reads the sections defined above
 
-        if self.tokenize.kind == "byte" and self.teacher_cache.top_k > VOCAB_SIZE:
-            raise ValueError(
-                f"teacher_cache.top_k = {self.teacher_cache.top_k} exceeds the vocabulary size "
-                f"({VOCAB_SIZE}); expected 1 <= top_k <= {VOCAB_SIZE}"
-            )
-        for name in ("teacher", "student"):
-            if getattr(self, name).pretrained == "smollm2" and self.tokenize.kind != "smollm2":
-                raise ValueError(f"{name}.pretrained = smollm2 needs tokenize.kind = smollm2 (the "
-                                 f"model's own tokenizer), got {self.tokenize.kind!r}")
+        found = problems(self)
+        if found:
+            raise ParamsProblems(found)
         return self
 
 
@@ -360,7 +387,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for key in parents:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: '{key}' is a value, not a section")
+            raise ConfigError(f"override {dotted}: '{key}' is a value, not a section; expected "
+                              f"{key}=VALUE")
         node = child
     node[leaf] = value
 
@@ -369,33 +397,147 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `key.sub=value` overrides; values are parsed as YAML scalars (`3`, `1e-3`, `true`)."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key.sub=value")
+            raise ConfigError(f"override '{item}': no '='; expected key.sub=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     return tree
 
 
-def _describe(err: dict[str, Any], source: str) -> str:
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
-    return f"{source}: {key}: {err['msg']} (got {err.get('input')!r})"
+# --- messages -------------------------------------------------------------------------------------
+
+_SHORT = 60
+# PyYAML follows YAML 1.1, where 1e-3 (no dot, unsigned exponent) is a string, not a float
+_EXPONENT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_SUBKEY = re.compile(r"^([A-Za-z_]\w*)((?:\.[\w-]+)*): (.*)$", re.S)
 
 
-def validate_params(tree: dict[str, Any], source: str = "params") -> Params:
+def _short(value: Any) -> str:
+    """A value as it may appear in a one-line message: never a whole section or a long list (a
+    string, often a path, is worth showing whole up to a few lines' length)."""
+    limit = 200 if isinstance(value, str) else _SHORT
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _section_of(annotation: Any) -> type[Section] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None
+
+
+def _key_path(loc: tuple) -> tuple[list[str], type[Section]]:
+    """The keys of the params tree an error location names, and the section holding the last one.
+
+    pydantic appends union members (`str`, `list[int]`) and list indexes after the key; they are
+    not keys of the file, so the path stops before them."""
+    parts: list[str] = []
+    section: type[Section] = Params
+    node: type[Section] | None = Params
+    for item in loc:
+        if not isinstance(item, str) or node is None:
+            break  # a list index or a union member: not a key of the file
+        parts.append(item)
+        if node is dict:  # a mapping's key (distill.objective.<term>) ends the path
+            break
+        section = node
+        field = node.model_fields.get(item)
+        if field is None:  # an unknown key
+            break
+        node = _section_of(field.annotation)
+        if node is None and typing.get_origin(field.annotation) is dict:
+            node = dict  # type: ignore[assignment]
+    return parts, section
+
+
+def _unknown_key(parts: list[str], section: type[Section], source: str) -> str:
+    key, name, parent = ".".join(parts), parts[-1], ".".join(parts[:-1])
+    allowed = list(section.model_fields)
+    near = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    if near:
+        expected = f"'{parent + '.' if parent else ''}{near[0]}'"
+        return f"{source}: unknown key '{key}'; expected {expected} or another key of " \
+               f"{parent or 'the file'}"
+    if len(allowed) <= 12:
+        return f"{source}: unknown key '{key}'; expected one of {', '.join(allowed)}"
+    return f"{source}: unknown key '{key}'; expected a key of {parent} (lmpipe/config.py)"
+
+
+def _value_line(errors: list[dict[str, Any]], parts: list[str], source: str) -> str:
+    first = errors[0]
+    if first["type"] == "value_error":  # a section's own check: "<subkey>: <what>; expected ..."
+        text = str(first["ctx"]["error"]) if "ctx" in first else first["msg"]
+        match = _SUBKEY.match(text)
+        node: type[Section] | None = Params
+        for part in parts:
+            field = node.model_fields.get(part) if node else None
+            node = _section_of(field.annotation) if field else None
+        if match and node is not None and match.group(1) in node.model_fields:
+            parts = [*parts, match.group(1) + match.group(2)]
+            text = match.group(3)
+        return f"{source}: {'.'.join(parts) or '(top level)'}: {text}"
+    messages = list(dict.fromkeys(e["msg"] for e in errors))
+    value = first.get("input")
+    got = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
+    hint = ""
+    if isinstance(value, str) and _EXPONENT_TEXT.fullmatch(value.strip()):
+        hint = (f"; YAML reads {value!r} as text: write it with a dot and a signed exponent "
+                "(1.0e-3) or as a decimal (0.001)")
+    return f"{source}: {'.'.join(parts) or '(top level)'}: {' or '.join(messages)}{got}{hint}"
+
+
+def _describe(exc: ValidationError, source: str) -> list[str]:
+    """One line per problem: pydantic's errors for one key (one per union member) become one."""
+    lines: list[str] = []
+    by_key: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for err in exc.errors():
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, ParamsProblems):
+            lines += [problem.line(source) for problem in error.problems]
+            continue
+        parts, section = _key_path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(_unknown_key(parts, section, source))
+            continue
+        by_key.setdefault(tuple(parts), []).append(err)
+    lines += [_value_line(errors, list(parts), source) for parts, errors in by_key.items()]
+    return lines
+
+
+def validate_params(tree: dict[str, Any], source: str = "params", *, environment: bool = False,
+                    root: str | Path = ".") -> Params:
+    """The validated params of `tree`, or a ConfigError with one line per problem.
+
+    `environment`: also check what the file asks of this machine (input files exist, lm-eval
+    knows the harness tasks, optional packages are installed; lmpipe/params_checks.py), relative
+    to the project folder `root`. Sweeps and recipes leave it off: a grid point may name a file
+    that only the run's own workspace has."""
     try:
-        return Params.model_validate(tree)
+        params = Params.model_validate(tree)
     except ValidationError as exc:
-        lines = [_describe(e, source) for e in exc.errors()]
-        raise ConfigError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("\n".join(_describe(exc, source))) from None
+    if environment:
+        from lmpipe.params_checks import environment_problems
+
+        found = environment_problems(params, Path(root))
+        if found:
+            raise ConfigError("\n".join(problem.line(source) for problem in found))
+    return params
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read, override and validate a params file. Raises ConfigError naming the bad key."""
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None, *,
+                environment: bool = False) -> Params:
+    """Read, override and validate a params file (see `validate_params`; paths in it are relative
+    to the working directory, the project). Raises ConfigError naming the bad key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found")
-    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)}); "
+                          "expected a mapping of sections") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
-    return validate_params(apply_overrides(tree, overrides or []), source=str(path))
+        raise ConfigError(f"{path}: a {type(tree).__name__} at the top; expected a mapping of "
+                          "sections")
+    return validate_params(apply_overrides(tree, overrides or []), source=str(path),
+                           environment=environment)

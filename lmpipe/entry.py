@@ -10,22 +10,35 @@ from lmpipe.config import ConfigError, Params, load_params
 from lmpipe.paths import PARAMS
 from lmpipe.sources import SourceError
 
+StageBody = Callable[[Params, list[str]], None]
+StageMain = Callable[[], None]
 
-def stage(fn: Callable[[Params, list[str]], None]) -> Callable[[], None]:
+
+def fail(name: str, exc: BaseException) -> None:
+    """Print `exc` as `lmpipe <name>: error: ...`, one line per problem, and exit 2."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"lmpipe {name}: error: {line.strip()}", file=sys.stderr)
+    sys.exit(2)
+
+
+def stage(fn: StageBody | None = None, *,
+          environment: bool = False) -> StageMain | Callable[[StageBody], StageMain]:
     """Wrap a stage body: params.yaml is validated whole before it runs; input errors exit 2.
 
     Command-line arguments of the form `key.sub=value` override params.yaml (defaults, then the
-    file, then the command line); the others are passed on to the stage.
+    file, then the command line); the others are passed on to the stage. `@stage(environment=True)`
+    also checks what the file asks of this machine (`validate_params`).
     """
+    if fn is None:
+        return functools.partial(stage, environment=environment)
 
     @functools.wraps(fn)
     def main() -> None:
         overrides = [a for a in sys.argv[1:] if "=" in a]
         rest = [a for a in sys.argv[1:] if "=" not in a]
         try:
-            fn(load_params(PARAMS, overrides), rest)
+            fn(load_params(PARAMS, overrides, environment=environment), rest)
         except (ConfigError, FileNotFoundError, SourceError) as exc:
-            print(f"lmpipe {fn.__name__}: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            fail(fn.__name__, exc)
 
     return main

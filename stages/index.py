@@ -1,6 +1,14 @@
-"""DVC stage `index`: load every run folder into the DuckDB store."""
+"""DVC stage `index`: load every run folder into the DuckDB store (incrementally)."""
 
-from lmpipe.cli import main
+from lmpipe.paths import RUNS, STORE
+
+
+def main() -> None:
+    from lmpipe.store import index_runs
+
+    counts = index_runs(RUNS, STORE)
+    print(f"indexed into {STORE}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
 
 if __name__ == "__main__":
-    main(["index"])
+    main()

@@ -1,6 +1,13 @@
-"""DVC stage `report`: render reports/index.html from the DuckDB store."""
+"""DVC stage `report`: render the HTML report pages (reports/*.html) from the DuckDB store."""
 
-from lmpipe.cli import main
+from lmpipe.paths import REPORTS, STORE
+
+
+def main() -> None:
+    from lmpipe.report import render_report
+
+    print(render_report(STORE, REPORTS))
+
 
 if __name__ == "__main__":
-    main(["report"])
+    main()

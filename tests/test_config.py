@@ -68,3 +68,11 @@ def test_resolved_params_serialize_to_plain_json():
 
     tree = Params().model_dump(mode="json")
     assert json.loads(json.dumps(tree)) == tree
+
+
+def test_runs_checkpoint_every_100_steps_by_default():
+    from lmpipe.config import QuantizeParams, TrainParams
+
+    # a killed run loses at most one interval (README "Checkpoints and resume")
+    assert TrainParams().checkpoint_every == 100
+    assert QuantizeParams().train.checkpoint_every == 100

@@ -53,6 +53,7 @@ def params() -> dict:
     # not the defaults, so a round trip cannot pass by accident; 1e-05 checks float dumping
     return validate_params({
         "world": {"people": 300, "heldout_people": 40, "qa_dialogs": True, "bios_per_person": 2},
+        "eval": {"heldout_people": 40},
         "distill": {"objective": {"reverse_kl": 0.7, "ce": 0.3}, "temperature": 2.0,
                     "train": {"steps": 40, "lr": 1e-05, "profile_steps": [1, 3]}},
     }).model_dump(mode="json")

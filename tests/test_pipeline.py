@@ -7,11 +7,13 @@ fail before any compute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -169,31 +171,200 @@ def test_second_repro_runs_nothing_and_a_param_change_reruns_downstream(project)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = _run(["dvc", "repro"], work, env).stdout
     ran = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
-    assert ran == {"distill", "quantize", "eval", "index", "report"}
+    # validate reads the whole file; its unchanged output reruns nothing by itself
+    assert ran == {"validate", "distill", "quantize", "eval", "index", "report"}
 
 
-@pytest.mark.parametrize("section, key, value, message, not_written", [
-    ("teacher.train", "stepz", 5, "unknown key 'teacher.train.stepz'", "runs/teacher"),
-    ("world", "people", "many", "world.people: Input should be a valid integer", "data/world"),
-    ("teacher_cache", "top_k", 999, "teacher_cache.top_k = 999 exceeds the vocabulary size (265)",
-     "data/teacher_cache"),
-])
-def test_bad_params_fail_before_compute_naming_the_key(project, tmp_path, section, key, value,
-                                                        message, not_written):
-    """The first stage whose inputs changed refuses to start (DVC restores unchanged ones)."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checksums(work: Path) -> dict[str, str]:
+    """Every file (hidden ones too) under the folders the pipeline writes."""
+    return {str(p.relative_to(work)): _sha256(p)
+            for top in ("data", "runs", "store", "metrics", "reports")
+            for p in sorted((work / top).rglob("*")) if p.is_file()}
+
+
+def _set(params: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _trained_steps(run: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r]
+
+
+def test_a_code_or_data_change_retrains_every_step(project, tmp_path):
+    """`runs/teacher` is a persistent output: a rerun after a code or data change must not resume
+    the old run's final checkpoint and report it as a new model."""
+    work, env = project
+    copy = tmp_path / "changed"
+    shutil.copytree(work, copy)
+    teacher = copy / "runs/teacher"
+    models = [_sha256(teacher / "model/model.safetensors")]
+    # a line of training code that dvc.yaml lists: halve the learning rate
+    schedule = copy / "lmpipe/schedule.py"
+    code = schedule.read_text()
+    assert "    return base_lr * (min_lr_ratio" in code
+    schedule.write_text(code.replace("    return base_lr * (min_lr_ratio",
+                                     "    return 0.5 * base_lr * (min_lr_ratio"))
+    # and then the data: ten more people
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    for change in ("code", "data"):
+        if change == "data":
+            params["world"]["people"] += 10
+            (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        ran = _run(["dvc", "repro", "train@teacher"], copy, env).stdout
+        assert "Running stage 'train@teacher'" in ran, change
+        summary = json.loads((teacher / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["resumed_from"] is None, change
+        assert _trained_steps(teacher) == [10, 20, 30, 40, 50, 60], change
+        models.append(_sha256(teacher / "model/model.safetensors"))
+        assert models[-1] != models[-2], f"{change}: the model did not change"
+    assert json.loads((teacher / "params.json").read_text())["world"]["people"] == 70
+    assert not (copy / "runs/.staging").exists()  # published, nothing left behind
+
+
+def test_a_killed_new_run_leaves_the_previous_run_intact_and_resumes(project, tmp_path):
+    work, env = project
+    copy = tmp_path / "killed"
+    shutil.copytree(work, copy)
+    student = copy / "runs/student"
+    before = {k: v for k, v in _checksums(copy).items() if k.startswith("runs/student/")}
+    overrides = ["student.train.lr=0.002", "student.train.checkpoint_every=5"]  # a new run
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "student", *overrides],
+                            cwd=copy, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoints = copy / "runs/.staging/student/checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints.is_dir() and any(p.name.startswith("step_")
+                                            for p in checkpoints.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    after = {k: v for k, v in _checksums(copy).items() if k.startswith("runs/student/")}
+    assert after == before  # the previous run, every byte of it
+    _run([sys.executable, "-m", "stages.train", "student", *overrides], copy, env)
+    summary = json.loads((student / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"] in (5, 10, 15, 20, 25)
+    assert json.loads((student / "params.json").read_text())["student"]["train"]["lr"] == 0.002
+    assert _trained_steps(student) == [10, 20, 30]
+    assert not (copy / "runs/.staging").exists()
+
+
+def test_a_diverging_run_fails_loudly_and_replaces_nothing(project, tmp_path):
+    work, env = project
+    copy = tmp_path / "diverged"
+    shutil.copytree(work, copy)
+    before = _checksums(copy)
+    result = _run([sys.executable, "-m", "stages.train", "student", "student.train.lr=1.0e+12"],
+                  copy, env, check=False)
+    assert result.returncode != 0 and "diverged at step" in result.stderr
+    staged = copy / "runs/.staging/student"
+    summary = json.loads((staged / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["failed_at_step"] >= 1
+    assert not (staged / "model").exists()  # nothing non-finite saved as a model
+    assert {k: v for k, v in _checksums(copy).items() if not k.startswith("runs/.staging/")} \
+        == before
+
+
+def test_saved_tokenizers_are_the_tokenize_stage_s_whatever_the_eval_schedule(project):
+    """The teacher's last step is an eval step with generation (left padding): its saved
+    tokenizer still carries no padding state and has the tokenize stage's identity, so the
+    teacher cache and distillation accept it (the pipeline ran end to end)."""
+    from lmpipe.artifacts import tokenizer_identity
+
+    work, _ = project
+    assert 60 % 30 == 0  # TINY: teacher steps 60, eval_every 30, eval_people 4
+    saved = json.loads((work / "runs/teacher/model/tokenizer.json").read_text())
+    assert saved.get("padding") is None and saved.get("truncation") is None
+    assert tokenizer_identity(work / "runs/teacher/model") == \
+        tokenizer_identity(work / "data/tokens/tokenizer")
+    assert (work / "runs/distill/summary.json").is_file()
+
+
+
+# (changes to params.yaml, a fragment the error must contain). Most are refused by the `validate`
+# stage before DVC runs anything; those that only the data can reveal (sequence lengths, batch
+# sizes) by the stage itself, before it writes anything.
+INVALID = [
+    ({"teacher.train.stepz": 5}, "teacher.train.stepz"),
+    ({"world.people": "many"}, "world.people"),
+    ({"world.people": 0}, "world.people"),
+    ({"world.people": 100_000}, "world.people"),
+    ({"world.heldout_people": -1}, "world.heldout_people"),
+    ({"world.tool_dialogs": False}, "world"),
+    ({"teacher_cache.top_k": 999}, "teacher_cache.top_k"),
+    ({"extra_section": {"a": 1}}, "extra_section"),
+    ({"eval.trained_people": 10_000}, "eval.trained_people"),
+    ({"eval.heldout_people": 5_000}, "eval.heldout_people"),
+    ({"teacher.train.eval_people": 5_000}, "teacher.train.eval_people"),
+    ({"distill.objective": {"skew_reverse_kl": 1.0}, "distill.skew_alpha": 0.0,
+      "distill.missing_mass": "zero"}, "skew_reverse_kl"),
+    ({"distill.objective": {"reverse_kl": 1.0}, "distill.missing_mass": "zero"}, "reverse_kl"),
+    ({"distill.objective": {}}, "distill.objective"),
+    ({"distill.objective": {"bogus": 1.0}}, "bogus"),
+    ({"distill.objective": {"forward_kl": -1.0, "ce": 1.0}}, "forward_kl"),
+    ({"distill.layers": "middle"}, "distill.layers"),
+    ({"distill.temperature": 0}, "distill.temperature"),
+    ({"distill.gradient_conflict": "pcgrad", "distill.objective": {"ce": 1.0}}, "pcgrad"),
+    ({"distill.freeze_embeddings": True}, "freeze_embeddings"),
+    ({"data.cache_dir": "../somewhere"}, "data.cache_dir"),
+    ({"data.source": "corpus"}, "data.path"),
+    ({"data.source": "corpus", "data.path": "/no/such/corpus.txt"}, "data.path"),
+    ({"eval.harness_tasks": ["no_such_task_xyz"]}, "no_such_task_xyz"),
+    ({"tokenize.kind": "wordpiece"}, "tokenize.kind"),
+    ({"tokenize.kind": "bpe"}, "tokenize.vocab_size"),
+    ({"tokenize.kind": "hf_dir"}, "tokenize.path"),
+    ({"tokenize.val_fraction": 1.5}, "tokenize.val_fraction"),
+    ({"teacher.model.n_heads": 3}, "n_heads"),
+    ({"teacher.pretrained": "/no/such/model"}, "teacher.pretrained"),
+    ({"teacher.train.sampling": "windows", "teacher.train.block_size": 400}, "block_size"),
+    ({"student.train.lr": -1.0}, "student.train.lr"),
+    ({"student.train.optimizer": "adam"}, "student.train.optimizer"),
+    ({"teacher.train.device": "tpu"}, "teacher.train.device"),
+    ({"teacher.train.profile_steps": [5, 2]}, "profile_steps"),
+    ({"quantize.method": "gptq"}, "quantize.method"),
+    # only the data can tell: refused by the stage, before it writes anything
+    ({"teacher.model.max_seq_len": 32}, "teacher.model.max_seq_len"),
+    ({"student.model.max_seq_len": 32}, "student.model.max_seq_len"),
+    ({"teacher.train.batch_size": 10_000}, "teacher.train.batch_size"),
+]
+
+
+def test_invalid_params_are_refused_and_touch_nothing(project, tmp_path):
+    """Each invalid params.yaml, in a fresh `dvc repro`: refused with the key named, and every file
+    under data/ runs/ store/ metrics/ reports/ byte-identical afterwards."""
+    assert len(INVALID) >= 30
     work, env = project
     bad = tmp_path / "bad"
-    shutil.copytree(work, bad, ignore=shutil.ignore_patterns("data", "runs", "store", "reports"))
-    params = yaml.safe_load((bad / "params.yaml").read_text())
-    node = params
-    for part in section.split("."):
-        node = node[part]
-    node[key] = value
-    (bad / "params.yaml").write_text(yaml.safe_dump(params))
-    result = _run(["dvc", "repro"], bad, env, check=False)
-    assert result.returncode != 0
-    assert message in result.stderr + result.stdout
-    assert not (bad / not_written).exists()
+    shutil.copytree(work, bad)
+    _run(["dvc", "repro"], bad, env)  # the copy is up to date (the other tests edit params)
+    good = (bad / "params.yaml").read_text()
+    before = _checksums(bad)
+    failures = []
+    for changes, fragment in INVALID:
+        params = yaml.safe_load(good)
+        for key, value in changes.items():
+            _set(params, key, value)
+        (bad / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = _run(["dvc", "repro"], bad, env, check=False)
+        output = result.stdout + result.stderr
+        if result.returncode == 0 or fragment not in output:
+            failures.append(f"{changes}: exit {result.returncode}, {fragment!r} not named:\n"
+                            f"{output[-1500:]}")
+        elif _checksums(bad) != before:
+            changed = {k for k in before.keys() | _checksums(bad).keys()
+                       if before.get(k) != _checksums(bad).get(k)}
+            failures.append(f"{changes}: touched {sorted(changed)[:5]}")
+            before = _checksums(bad)
+    (bad / "params.yaml").write_text(good)
+    assert not failures, "\n".join(failures)
 
 
 def test_missing_input_file_is_named(tmp_path):
@@ -216,7 +387,10 @@ def test_command_line_overrides_reach_the_stage_and_are_validated(tmp_path):
     env = _env(tmp_path)
     bad = _run([sys.executable, "-m", "stages.prepare", "world.peeple=5"], tmp_path, env, check=False)
     assert bad.returncode == 2 and "unknown key 'world.peeple'" in bad.stderr
-    _run([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2"],
+    # every stage cross-checks the whole file: the eval samples must fit the smaller world
+    _run([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2",
+          "eval.trained_people=7", "eval.heldout_people=2",
+          *(f"{s}.train.eval_people=0" for s in ("teacher", "student", "distill", "quantize"))],
          tmp_path, env)
     assert json.loads((tmp_path / "data/world/world.json").read_text())["documents"] == 7 * 6
 

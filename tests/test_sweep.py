@@ -51,7 +51,7 @@ def test_top_level_dotted_keys_still_make_a_grid():
     ("zip:\n  - {world.people: [1, 2], world.seed: [1]}\n", r"equal lengths"),
     ("world.people: [1, 2]\ncross: {world.people: [3]}\n", r"more than one axis"),
     ("world.people: []\n", r"'world.people' has no values"),
-    ("jobs: 0\nworld.people: [1]\n", r"'jobs' must be an integer >= 1"),
+    ("jobs: 0\nworld.seed: [1]\n", r"'jobs' must be an integer >= 1"),
     ("job: 2\nworld.people: [1]\n", r"unknown option"),
     ("pipeline: nowhere/dvc.yaml\nworld.people: [1]\n", r"pipeline file nowhere/dvc.yaml not found"),
 ])
@@ -181,7 +181,7 @@ def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
     tiny = ["teacher.model.d_model=16", "teacher.model.n_layers=1", "world.people=8",
             "teacher.train.steps=20", "teacher.train.batch_size=8", "teacher.train.eval_every=10",
             "teacher.train.warmup_steps=2", "eval.trained_people=8", "world.heldout_people=4",
-            "eval.heldout_people=4", "eval.max_new_tokens=24"]
+            "eval.heldout_people=4", "eval.max_new_tokens=24", "teacher.train.eval_people=3"]
     result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep",
                    "recipes/knowledge-capacity/grid.yaml", *tiny, "--json"], work, env)
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,0 +1,84 @@
+"""Every lmpipe module a DVC stage can run is among that stage's deps, so a code change reruns it.
+
+The modules a stage can run are the closure of the imports, at any depth and inside functions
+too, starting from its script in stages/. A module missing from `dvc.yaml` would let an edit to
+it leave a stale output that DVC calls up to date.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(path: Path) -> set[str]:
+    """Names of the lmpipe/stages modules `path` imports anywhere in its body."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import inside a package
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            names.add(base)
+            names |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+    return {n for n in names if n.split(".")[0] in ("lmpipe", "stages")}
+
+
+def code_closure(script: Path) -> set[Path]:
+    """Every lmpipe/stages source file reachable from `script` through imports."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported(path):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+                found = _module_file(".".join(parts[:i]))
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return seen
+
+
+def _stages() -> list[tuple[str, str, list[str]]]:
+    """(stage name, script module, deps) for every stage of the root dvc.yaml."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    found = []
+    for name, stage in spec.items():
+        items = stage["foreach"] if "foreach" in stage else [None]
+        body = stage["do"] if "foreach" in stage else stage
+        for item in items:
+            cmd = body["cmd"].replace("${item}", str(item))
+            module = cmd.split("-m ", 1)[1].split()[0]
+            deps = [str(d).replace("${item}", str(item)) for d in body.get("deps", [])]
+            found.append((name if item is None else f"{name}@{item}", module, deps))
+    return found
+
+
+@pytest.mark.parametrize("stage, module, deps", _stages(), ids=[s[0] for s in _stages()])
+def test_every_module_a_stage_runs_is_a_dep(stage, module, deps):
+    script = _module_file(module)
+    assert script is not None, f"{stage}: {module} not found"
+    covered = [ROOT / d for d in deps]
+    missing = sorted(str(p.relative_to(ROOT)) for p in code_closure(script)
+                     if not any(p == d or d in p.parents for d in covered))
+    assert not missing, f"dvc.yaml stage {stage} runs code it does not list as deps: {missing}"
