@@ -23,7 +23,8 @@ def fail(name: str, exc: BaseException) -> None:
 
 def stage(fn: StageBody | None = None, *,
           environment: bool = False) -> StageMain | Callable[[StageBody], StageMain]:
-    """Wrap a stage body: params.yaml is validated whole before it runs; input errors exit 2.
+    """Wrap a stage body: params.yaml is validated whole before it runs; input errors exit 2, a
+    diverged training run exits 3.
 
     Command-line arguments of the form `key.sub=value` override params.yaml (defaults, then the
     file, then the command line); the others are passed on to the stage. `@stage(environment=True)`
@@ -40,5 +41,11 @@ def stage(fn: StageBody | None = None, *,
             fn(load_params(PARAMS, overrides, environment=environment), rest)
         except (ConfigError, FileNotFoundError, SourceError) as exc:
             fail(fn.__name__, exc)
+        except RuntimeError as exc:
+            # lmpipe.train.Diverged (not imported here: it would pull in torch before validation)
+            if getattr(exc, "status", None) != "diverged":
+                raise
+            print(f"lmpipe {fn.__name__}: {exc}", file=sys.stderr)
+            sys.exit(3)
 
     return main

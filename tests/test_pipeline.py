@@ -264,7 +264,7 @@ def test_a_diverging_run_fails_loudly_and_replaces_nothing(project, tmp_path):
     before = _checksums(copy)
     result = _run([sys.executable, "-m", "stages.train", "student", "student.train.lr=1.0e+12"],
                   copy, env, check=False)
-    assert result.returncode != 0 and "diverged at step" in result.stderr
+    assert result.returncode == 3 and "diverged at step" in result.stderr
     staged = copy / "runs/.staging/student"
     summary = json.loads((staged / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["failed_at_step"] >= 1
