@@ -58,7 +58,14 @@ def evaluate_checkpoint_task(config_json: str, checkpoint_dir: str) -> dict[str,
     config = CheckpointEvalConfig.model_validate_json(config_json)
     step = checkpoint_step(Path(checkpoint_dir))
     try:
-        records = evaluate_checkpoint(config, checkpoint_dir)
+        try:
+            records = evaluate_checkpoint(config, checkpoint_dir)
+        except CheckpointVanished:
+            # the run finished meanwhile: its staging folder was published as the run folder
+            moved = live_run_folder(config.run_dir) / "checkpoints" / Path(checkpoint_dir).name
+            if moved == Path(checkpoint_dir) or not moved.is_dir():
+                raise
+            records = evaluate_checkpoint(config, moved)
     except CheckpointVanished as exc:
         logger.warning("skipping step %d: %s", step, exc)
         return {"step": step, "status": "vanished"}

@@ -88,6 +88,7 @@ def workspace(tmp_path, tiny_world, tiny_tokens, tokenizer) -> Path:
     tokenizer.save_pretrained(work / "data" / "tokens" / "tokenizer")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["teacher"] = TEACHER
+    params["distill"]["layers"] = "last"  # a 1-block teacher: `all` would pair missing blocks
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return work
 
