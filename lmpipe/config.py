@@ -63,12 +63,22 @@ class DataParams(Section):
 
 
 class TokenizeParams(Section):
-    """The tokenizer and the train/val split written by `tokenize`."""
+    """The tokenizer and the train/val split written by `tokenize`.
+
+    Plain corpora (shakespeare, corpus) are split per document. The people world is split by
+    people (`prepare` marks every document; lmpipe/tokens.py): every document about a trained
+    person is trained on, so every fact the evaluator asks is in training text, and validation
+    text is about people who are never trained (held-out people, or dedicated validation people
+    when world.heldout_people is 0)."""
 
     kind: Literal["byte", "char", "bpe", "hf_dir", "tiktoken", "sentencepiece", "smollm2"] = "byte"
     vocab_size: int | None = Field(None, ge=1, description="bpe: vocabulary size to train")
     path: str | None = Field(None, description="hf_dir / tiktoken / sentencepiece: the file or folder")
-    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0, description=(
+        "plain corpora: the share of documents drawn (seeded) into validation; people world: "
+        "validation holds the documents of max(1, round(val_fraction x world.people)) untrained "
+        "people (at most as many as the world renders: its held-out people, or "
+        "ceil(world.people / 10) validation people), no trained person's document is held out"))
     loss_on: Literal["assistant", "all"] = "assistant"
     seed: int = 0
 

@@ -6,9 +6,21 @@ and `<split>.docs.npy` (one `[start, end)` row per document), all memory-mapped 
 Documents stay whole so a batch never starts mid-dialog.
 
 `meta.json` records the vocabulary size, the id dtype, the loss rule, per split its counts
-(documents, tokens, target tokens, the longest document in tokens) and the sha256 of every file;
-`TokenSplit.open` checks a split's files against those hashes, so a corrupted array is refused
-with the file named instead of being trained on.
+(documents, tokens, target tokens, the longest document in tokens), how the split was made
+(`split`: by document or by people) and the sha256 of every file; `TokenSplit.open` checks a
+split's files against those hashes, so a corrupted array is refused with the file named instead
+of being trained on.
+
+Two ways to split (issue 15). Plain corpora (shakespeare, corpus) are split per document, seeded,
+`val_fraction` of them to validation. The people world arrives already split by `prepare`
+(lmpipe/world.py): each document carries `split` ("train" or "val") and the `facts` it states,
+every document about a trained person is a training document and validation documents are about
+people who are never trained. A per-document split would be wrong there: each fact has one Q&A
+(or tool) dialog, so a dialog drawn into validation is a fact the evaluator asks but the model
+never saw. `world_split` keeps every training document, takes the validation documents of
+max(1, round(val_fraction x trained people)) validation people (seeded), and
+`check_trained_facts` refuses the result unless every trained person's every attribute value is
+stated by one of their training documents and no validation document is about a trained person.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpipe import protocol
 from lmpipe.artifacts import ArtifactError, file_sha256, verify_sha256
 from lmpipe.tokenizer import loss_mask
 from lmpipe.tokenizer_kinds import token_dtype
@@ -84,8 +97,69 @@ class TokenSplit:
         )
 
 
+def read_documents(world_dir: str | Path) -> list[dict]:
+    """`prepare`'s documents: `documents.jsonl`, then `validation.jsonl` when the world wrote one
+    (the people world: every row then carries its `split`)."""
+    folder = Path(world_dir)
+    source = folder / "documents.jsonl"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: missing input (run the prepare stage first)")
+    rows = [json.loads(line) for line in source.open(encoding="utf-8")]
+    held = folder / "validation.jsonl"
+    if held.is_file():
+        rows += [json.loads(line) for line in held.open(encoding="utf-8")]
+    return rows
+
+
+def check_trained_facts(documents: list[dict], trained_people: int | None = None) -> None:
+    """Refuse a split that loses trained facts (documents that carry `split` and `facts`).
+
+    Trained people are the people named by a training document that states facts. Each must
+    have every attribute of `protocol.ATTRIBUTES` stated (value in the text) by a training
+    document about them, and no validation document may be about one of them. With
+    `trained_people` (world.json's count), exactly that many people must be trained."""
+    stated: dict[str, set[str]] = {}
+    for doc in documents:
+        if doc.get("facts") and doc["split"] == "train":
+            stated.setdefault(doc["name"], set()).update(
+                a for a, v in doc["facts"].items() if v in doc["text"])
+    problems = [f"validation {d.get('kind', 'document')} about trained person {d['name']}"
+                for d in documents if d["split"] != "train" and d.get("name") in stated]
+    problems += [f"{name}'s {a} is in no training document"
+                 for name, attributes in stated.items()
+                 for a in protocol.ATTRIBUTES if a not in attributes]
+    if trained_people is not None and len(stated) != trained_people:
+        problems.insert(0, f"world.json counts {trained_people} trained people but training "
+                           f"documents state the facts of {len(stated)}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError("the split loses trained facts: " + "; ".join(problems[:5]) + more
+                         + "; rebuild the world: dvc repro -f prepare")
+
+
+def world_split(documents: list[dict], val_fraction: float, seed: int,
+                trained_people: int | None = None) -> tuple[list[dict], int]:
+    """The documents to tokenize for a world that marks each document's `split`: every training
+    document, and the validation documents of n = max(1, round(val_fraction x trained people))
+    validation people (fewer if the world has fewer), drawn with `seed`. Returns them, in their
+    order, with n; checked with `check_trained_facts`."""
+    if any(d.get("split") not in ("train", "val") for d in documents):
+        bad = next(d.get("split") for d in documents if d.get("split") not in ("train", "val"))
+        raise ValueError(f"document split {bad!r}: expected 'train' or 'val'")
+    trained = {d["name"] for d in documents if d["split"] == "train" and "name" in d}
+    candidates = sorted({d["name"] for d in documents if d["split"] == "val"})
+    if not candidates:
+        raise ValueError("the world has no validation documents; rebuild it: dvc repro -f prepare")
+    wanted = max(1, round(val_fraction * len(trained)))
+    chosen = set(random.Random(seed).sample(candidates, min(wanted, len(candidates))))
+    kept = [d for d in documents if d["split"] == "train" or d["name"] in chosen]
+    check_trained_facts(kept, trained_people)
+    return kept, len(chosen)
+
+
 def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded split of document indices into (train, val); val holds at least one document."""
+    """A seeded split of document indices into (train, val); val holds at least one document.
+    For plain corpora only: see the module docstring for why the people world is not split so."""
     order = list(range(n_docs))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(n_docs * val_fraction)) if n_docs > 1 else 0
@@ -112,27 +186,45 @@ def write_split(folder: Path, split: str, encoded: list[list[int]], loss_on: str
 
 
 def write_meta(folder: str | Path, vocab_size: int, dtype: np.dtype, loss_on: str,
-               splits: dict[str, dict[str, int]]) -> dict:
-    """Write `meta.json` for splits already written by `write_split`, hashing their files."""
+               splits: dict[str, dict[str, int]], split_rule: dict | None = None) -> dict:
+    """Write `meta.json` for splits already written by `write_split`, hashing their files;
+    `split_rule` says how the documents were split."""
     folder = Path(folder)
     hashes = {name: file_sha256(folder / name) for split in splits for name in split_files(split)}
     meta = {"vocab_size": vocab_size, "dtype": np.dtype(dtype).name, "loss_on": loss_on,
             "splits": splits, "sha256": hashes}
+    if split_rule is not None:
+        meta["split"] = split_rule
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
 def tokenize_documents(texts: list[str], tokenizer, out_dir: str | Path, val_fraction: float,
-                       loss_on: str, seed: int) -> dict[str, dict[str, int]]:
-    """Encode documents, split them and write both splits plus `meta.json`."""
+                       loss_on: str, seed: int, splits: list[str] | None = None,
+                       split_rule: dict | None = None) -> dict[str, dict[str, int]]:
+    """Encode documents, split them and write both splits plus `meta.json`.
+
+    `splits`: each document's split ("train" or "val"), as `world_split` chose it; without it,
+    the seeded per-document split of plain corpora (`val_fraction`, `seed`). `split_rule` is
+    recorded in `meta.json` (default: the rule that was applied)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    train_idx, val_idx = split_documents(len(encoded), val_fraction, seed)
+    if splits is None:
+        train_idx, val_idx = split_documents(len(encoded), val_fraction, seed)
+        split_rule = split_rule or {"by": "document", "val_fraction": val_fraction, "seed": seed}
+    else:
+        if len(splits) != len(texts) or not set(splits) <= {"train", "val"}:
+            raise ValueError("splits: expected one 'train' or 'val' per document")
+        train_idx = [i for i, s in enumerate(splits) if s == "train"]
+        val_idx = [i for i, s in enumerate(splits) if s == "val"]
+        if not train_idx or not val_idx:
+            raise ValueError("splits: expected at least one training and one validation document")
+        split_rule = split_rule or {"by": "given"}
     dtype = token_dtype(len(tokenizer))
     stats = {
         "train": write_split(out, "train", [encoded[i] for i in train_idx], loss_on, tokenizer, dtype),
         "val": write_split(out, "val", [encoded[i] for i in val_idx], loss_on, tokenizer, dtype),
     }
-    write_meta(out, len(tokenizer), dtype, loss_on, stats)
+    write_meta(out, len(tokenizer), dtype, loss_on, stats, split_rule)
     return stats

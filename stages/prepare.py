@@ -1,7 +1,9 @@
-"""DVC stage `prepare`: the training documents (and, for the people world, its database)."""
+"""DVC stage `prepare`: the training documents (and, for the people world, its database and its
+validation documents: `validation.jsonl`, about people who are never trained; lmpipe/world.py)."""
 
 from pathlib import Path
 
+from lmpipe.config import ConfigError
 from lmpipe.entry import stage
 from lmpipe.paths import WORLD
 
@@ -14,10 +16,14 @@ def prepare(params, argv):
 
     data = params.data
     if data.source == "people":
-        with staged(WORLD) as out:
-            stats = write_world(params.world, out)
+        try:
+            with staged(WORLD) as out:
+                stats = write_world(params.world, out)
+        except ValueError as exc:  # no name left for validation, or a split losing facts
+            raise ConfigError(f"world: {exc}") from None
         print(f"prepare: {stats['people']} trained + {stats['heldout_people']} held-out people, "
-              f"{stats['documents']} documents -> {WORLD}")
+              f"{stats['documents']} training documents, {stats['validation_documents']} "
+              f"validation documents (untrained people: {stats['validation_people']}) -> {WORLD}")
         return
     if data.source == "shakespeare":
         texts = paragraphs(tiny_shakespeare(data.path, Path(data.cache_dir)).read_text())

@@ -1,4 +1,8 @@
-"""DVC stage `tokenize`: the tokenizer (`tokenize.kind`), token arrays, loss masks, train/val split."""
+"""DVC stage `tokenize`: the tokenizer (`tokenize.kind`), token arrays, loss masks, train/val split.
+
+The people world comes split by `prepare` (every document marks its split; lmpipe/tokens.py
+`world_split` takes val_fraction x trained people of its validation people and checks that no
+trained fact is missing from training text); plain corpora are split per document, seeded."""
 
 import json
 
@@ -12,22 +16,34 @@ def tokenize(params, argv):
     from lmpipe.model import save_tokenizer
     from lmpipe.outputs import staged
     from lmpipe.tokenizer_kinds import build_tokenizer
-    from lmpipe.tokens import tokenize_documents
+    from lmpipe.tokens import read_documents, tokenize_documents, world_split
 
-    source = WORLD / "documents.jsonl"
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: missing input (run the prepare stage first)")
-    texts = [json.loads(line)["text"] for line in source.open(encoding="utf-8")]
+    docs = read_documents(WORLD)
     p = params.tokenize
+    splits, rule = None, None
+    if all("split" in d for d in docs):  # the people world: split by people in `prepare`
+        info = WORLD / "world.json"
+        trained = json.loads(info.read_text()).get("people") if info.is_file() else None
+        try:
+            docs, n_val = world_split(docs, p.val_fraction, p.seed, trained)
+        except ValueError as exc:
+            raise ConfigError(f"{WORLD}: {exc}") from None
+        splits = [d["split"] for d in docs]
+        rule = {"by": "people", "validation_people": n_val, "val_fraction": p.val_fraction,
+                "seed": p.seed}
+    texts = [d["text"] for d in docs]
     try:
         tokenizer = build_tokenizer(p.kind, texts, vocab_size=p.vocab_size, path=p.path)
     except (ValueError, ImportError, OSError) as exc:  # bad kind/file/vocab: the input's fault
         raise ConfigError(f"tokenize.kind = {p.kind}: {exc}") from None
     with staged(TOKENS) as out:
         save_tokenizer(tokenizer, out / TOKENIZER.relative_to(TOKENS))
-        stats = tokenize_documents(texts, tokenizer, out, p.val_fraction, p.loss_on, p.seed)
+        stats = tokenize_documents(texts, tokenizer, out, p.val_fraction, p.loss_on, p.seed,
+                                   splits=splits, split_rule=rule)
+    n = rule["validation_people"] if rule else stats["val"]["documents"]
+    by = f"{n} validation {('person' if n == 1 else 'people') if rule else 'documents'}"
     print(f"tokenize: {p.kind} tokenizer ({len(tokenizer):,} ids), {stats['train']['tokens']} train "
-          f"/ {stats['val']['tokens']} val tokens -> {TOKENS}")
+          f"/ {stats['val']['tokens']} val tokens ({by}) -> {TOKENS}")
 
 
 if __name__ == "__main__":
