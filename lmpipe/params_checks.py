@@ -17,6 +17,7 @@ import ast
 import functools
 import importlib.util
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -138,9 +139,13 @@ def _world(p: Params) -> Iterator[Problem]:
         return
     w, e = p.world, p.eval
     space = name_space()
-    if w.people + w.heldout_people > space:
-        yield Problem("world.people", f"= {w.people} plus world.heldout_people = "
-                      f"{w.heldout_people} exceeds the {space} unique names the world can make",
+    # without held-out people the world draws ceil(people / 10) validation people (world.py)
+    untrained = w.heldout_people or max(1, math.ceil(w.people / 10))
+    if w.people + untrained > space:
+        what = ("world.heldout_people = " + str(w.heldout_people) if w.heldout_people
+                else f"the {untrained} validation people a world without held-out people makes")
+        yield Problem("world.people", f"= {w.people} plus {what} exceeds the {space} unique "
+                      "names the world can make",
                       f"world.people + world.heldout_people <= {space}")
     if not (w.tool_dialogs or w.qa_dialogs or w.bios_per_person):
         yield Problem("world.tool_dialogs", "false, and so are world.qa_dialogs and "
