@@ -1,8 +1,26 @@
-"""Benchmark: the default experiment from a cold start, per-stage and total wall time.
+"""Benchmark: the default experiment from a cold start, per-stage and total wall time, and its
+headline figures with their spread over seeds.
 
 Copies the project into a fresh temporary DVC workspace (no cache, no outputs), runs every stage
 in dependency order with `dvc repro --single-item`, and prints a table of wall times, the eval
-headline, and each quantized model's size and accuracy against its float twin. Usage: `.venv/bin/python bench/pipeline.py [--keep DIR]`.
+headline, and each quantized model's size and accuracy against its float twin.
+
+`--seeds N` runs the experiment N times, one cold workspace after another, with the training and
+eval seeds (every `<section>.train.seed` and `eval.seed`, as a sweep's `seeds` axis sets them,
+lmpipe/sweep.py) at 0, 1, ... N-1 and the data fixed, then prints the headline table (per model:
+parameters, validation loss, tool accuracy on trained and held-out people, weight bytes) as the
+mean and, in brackets, the lowest and highest over the seeds (aggregated with DuckDB).
+`--write-readme` rewrites the README's "Latest figures of the default experiment" block (between
+`<!-- bench:pipeline:start -->` and `<!-- bench:pipeline:end -->`) from that table, with the date
+and the machine; `--out` keeps the raw figures as JSON, and `--from` rebuilds the table (and the
+README block) from such a file without running anything. `key=value` arguments (or `--tiny`, a
+seconds-long configuration for trying the bench itself) override params.yaml in the workspaces;
+the README is not written from an overridden experiment unless `--write-readme` names a file.
+
+    .venv/bin/python bench/pipeline.py [--keep DIR]               # one cold run (~5 minutes)
+    .venv/bin/python bench/pipeline.py --seeds 3 --out bench-seeds.json --write-readme
+    .venv/bin/python bench/pipeline.py --from bench-seeds.json --write-readme   # no rerun
+    .venv/bin/python bench/pipeline.py --tiny --seeds 2 --write-readme /tmp/README.md
 """
 
 from __future__ import annotations
@@ -11,45 +29,88 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.pipeline import stage_order  # noqa: E402
+from lmpipe.config import apply_overrides, validate_params  # noqa: E402
+from lmpipe.sweep import default_seed_keys  # noqa: E402
+
+README = ROOT / "README.md"
+START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
+COPIED = ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe")
+# a configuration that runs every stage in well under a minute: for trying the bench, not for
+# figures (the same scale as tests/test_pipeline.py)
+TINY = ["world.people=60", "world.heldout_people=12",
+        "teacher.model.d_model=32", "teacher.model.n_layers=1", "teacher.train.steps=60",
+        "teacher.train.batch_size=16", "teacher.train.lr=0.01", "teacher.train.warmup_steps=5",
+        "teacher.train.eval_every=30", "teacher.train.eval_people=4",
+        "student.model.d_model=16", "student.model.n_layers=1", "student.train.steps=30",
+        "student.train.batch_size=16", "student.train.warmup_steps=5",
+        "student.train.eval_people=0",
+        "distill.train.steps=30", "distill.train.batch_size=16", "distill.train.warmup_steps=5",
+        "distill.train.eval_people=0",
+        "quantize.train.steps=20", "quantize.train.batch_size=16",
+        "quantize.train.warmup_steps=2", "quantize.train.qat_warmup_steps=10",
+        "quantize.train.eval_people=0",
+        "eval.trained_people=8", "eval.heldout_people=8", "eval.max_new_tokens=40"]
+# the README table: (eval.json key, column title, number format)
+COLUMNS = [("parameters", "params", "{:,.0f}"), ("val_loss", "val loss", "{:#.3g}"),
+           ("tool_accuracy_trained", "tool acc., trained", "{:.3f}"),
+           ("tool_accuracy_heldout", "tool acc., held-out", "{:.3f}"),
+           ("weight_bytes", "weight bytes", "{:,.0f}")]
+TERMS = {"forward_kl": "KL", "reverse_kl": "reverse KL", "ce": "CE", "jsd": "JSD", "tvd": "TVD",
+         "attention_kl": "attention KL", "hidden_mse": "hidden MSE",
+         "hidden_cosine": "hidden cosine"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", help="run in this directory and keep it (default: a temp dir)")
-    args = parser.parse_args()
-    work = Path(args.keep or tempfile.mkdtemp(prefix="lmpipe-bench-"))
+def params_for(base: dict[str, Any], overrides: list[str], seed: int | None) -> dict[str, Any]:
+    """The workspace's params: the project's, then `overrides`, then the seed in every seed key."""
+    tree = apply_overrides(json.loads(json.dumps(base)), overrides)
+    if seed is not None:
+        tree = apply_overrides(tree, [f"{key}={seed}" for key in default_seed_keys(base)])
+    validate_params(tree, source="bench params")
+    return tree
+
+
+def run_once(work: Path, params: dict[str, Any], label: str) -> dict[str, Any]:
+    """Run the pipeline cold in `work`; return its stage timings, eval table and exports."""
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe"):
+    for name in COPIED:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"),
                             dirs_exist_ok=True)
         else:
             shutil.copy(src, work / name)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
     subprocess.run(["dvc", "init", "--no-scm", "-q", "-f"], cwd=work, env=env, check=True)
     timings = {}
-    log = open(work / "bench.log", "w")
-    print(f"workspace {work} (stage output in bench.log)")
+    print(f"{label}: workspace {work} (stage output in bench.log)")
     total0 = time.perf_counter()
-    for stage in stage_order(work):
-        t0 = time.perf_counter()
-        subprocess.run(["dvc", "repro", "--single-item", stage], cwd=work, env=env, check=True,
-                       stdout=log, stderr=subprocess.STDOUT)
-        timings[stage] = time.perf_counter() - t0
-        print(f"{stage:>15}: {timings[stage]:7.1f} s", flush=True)
+    with open(work / "bench.log", "w") as log:
+        for stage in stage_order(work):
+            t0 = time.perf_counter()
+            subprocess.run(["dvc", "repro", "--single-item", stage], cwd=work, env=env,
+                           check=True, stdout=log, stderr=subprocess.STDOUT)
+            timings[stage] = time.perf_counter() - t0
+            print(f"{stage:>15}: {timings[stage]:7.1f} s", flush=True)
     total = time.perf_counter() - total0
     print(f"{'total':>15}: {total:7.1f} s  (budget 300 s; {os.cpu_count()} cores, "
           f"{platform.machine()}, python {platform.python_version()})")
@@ -62,11 +123,192 @@ def main() -> None:
     twin = eval_table["distilled"]["tool_accuracy_heldout"]
     for model, figures in exports.items():
         accuracy = eval_table.get(model, {}).get("tool_accuracy_heldout", float("nan"))
+        share = f"{accuracy / twin:.1%}" if twin else "n/a"
         print(f"{model:>15}: linear weights at {figures['ratio']:.4f} of fp32 "
               f"(1/{1 / figures['ratio']:.1f}); held-out tool accuracy {accuracy:.3f} = "
-              f"{accuracy / twin:.1%} of the float twin's {twin:.3f}")
-    if not args.keep:
-        shutil.rmtree(work)
+              f"{share} of the float twin's {twin:.3f}")
+    return {"timings": timings, "total_s": total, "eval": eval_table,
+            "exports": {m: {"ratio": f["ratio"]} for m, f in exports.items()}}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cores": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# --- the spread over seeds ----------------------------------------------------------------------
+
+def spread(results: dict[str, Any]) -> pd.DataFrame:
+    """model, metric, mean, min, max, n over the runs, in eval.json's model order; plus the rows
+    of model `total_s` (wall time) and `qat_share` (quantized / distilled held-out accuracy)."""
+    rows = [(run["seed"], model, metric, float(value))
+            for run in results["runs"] for model, figures in run["eval"].items()
+            for metric, value in figures.items()]
+    rows += [(run["seed"], "run", "total_s", run["total_s"]) for run in results["runs"]]
+    frame = pd.DataFrame(rows, columns=["seed", "model", "metric", "value"])
+    order = list(dict.fromkeys(frame["model"]))
+    with duckdb.connect() as con:
+        con.register("figures", frame)
+        out = con.execute("""
+            WITH share AS (  -- per seed, then over seeds: QAT's share of its float twin
+                SELECT q.seed, 'run' AS model, 'qat_share' AS metric,
+                       q.value / nullif(d.value, 0) AS value
+                FROM figures q JOIN figures d USING (seed, metric)
+                WHERE q.model = 'quantized' AND d.model = 'distilled'
+                  AND metric = 'tool_accuracy_heldout'
+            )
+            SELECT model, metric, avg(value) AS mean, min(value) AS min, max(value) AS max,
+                   count(value) AS n
+            FROM (SELECT * FROM figures UNION ALL SELECT * FROM share)
+            GROUP BY model, metric""").df()
+    out["order"] = out["model"].map({m: i for i, m in enumerate(order)})
+    return out.sort_values(["order", "metric"]).drop(columns="order").reset_index(drop=True)
+
+
+def cell(row: pd.Series | None, number: str) -> str:
+    """mean (min–max), or the value alone with one run or no spread."""
+    if row is None or pd.isna(row["mean"]):
+        return "–"
+    text = number.format(row["mean"])
+    low, high = number.format(row["min"]), number.format(row["max"])
+    return text if row["n"] <= 1 or low == high else f"{text} ({low}–{high})"
+
+
+def model_label(model: str, params: dict[str, Any]) -> str:
+    """What the model is, from the params it was trained with."""
+    def steps(section: str) -> str:
+        return f"{params[section]['train']['steps']:,} steps"
+
+    teacher, student = params["teacher"]["model"], params["student"]["model"]
+    terms = [TERMS.get(t, t.replace("_", " ")) for t, w in params["distill"]["objective"].items()
+             if w > 0]
+    return {
+        "teacher": f"teacher (d={teacher['d_model']}, {teacher['n_layers']} "
+                   f"layer{'s' if teacher['n_layers'] != 1 else ''}, {steps('teacher')})",
+        "student": f"student from scratch (d={student['d_model']}, {steps('student')})",
+        "distilled": f"distilled student ({' + '.join(terms)}, {steps('distill')})",
+        "quantized": f"quantized: ternary {params['quantize']['method'].upper()} of the distilled "
+                     f"({steps('quantize')})",
+        "quantized_ptq": "quantized_ptq: ternary PTQ of the distilled",
+        "int8": "int8: weight-only int8 of the distilled",
+    }.get(model, model)
+
+
+def figures_block(results: dict[str, Any]) -> str:
+    """The README block: the date and machine line, the headline table, and what every model
+    shares (recall and knowledge bits) with QAT's share of its float twin."""
+    table = spread(results)
+    rows = {(r.model, r.metric): r._asdict() for r in table.itertuples(index=False)}
+    seeds = [run["seed"] for run in results["runs"]]
+    m = results["machine"]
+    device = m["gpu"] or "no GPU"
+    total = cell(rows.get(("run", "total_s")), "{:.0f}")
+    command = "bench/pipeline.py" + (f" --seeds {len(seeds)}" if len(seeds) > 1 else "")
+    if len(seeds) > 1:
+        what = (f"{len(seeds)} cold starts with the training and eval seeds at "
+                f"{', '.join(map(str, seeds))} (the data fixed), {total} s a run; each figure is "
+                "the mean over the seeds and, in brackets, the lowest and highest")
+    else:
+        what = f"cold start, {total} s in all"
+    if results.get("overrides"):
+        what += f"; overrides: `{' '.join(results['overrides'])}`"
+    lines = [f"Measured with `{command}` on {results['date']} ({m['cores']} CPU cores, "
+             f"{m['arch']}, {device}, Python {m['python']}, torch {m['torch']}; {what}):", "",
+             "| model | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    models = [model for model in dict.fromkeys(table["model"]) if model != "run"]
+    for model in models:
+        lines.append(f"| {model_label(model, results['params'])} | " + " | ".join(
+            cell(rows.get((model, key)), number) for key, _, number in COLUMNS) + " |")
+    shared = []
+    for metric, name, number in (("recall_trained", "recall without the tool is", "{:.3f}"),
+                                 ("knowledge_bits_trained", "knowledge bits are", "{:,.0f}")):
+        values = {cell(rows.get((model, metric)), number) for model in models}
+        if len(values) == 1 and values != {"–"}:
+            shared.append(f"{name} {values.pop()} for every model")
+    share = rows.get(("run", "qat_share"))
+    text = "; ".join(shared)
+    if share is not None and pd.notna(share["mean"]):
+        text += ("; " if text else "") + ("ternary QAT keeps " + cell(share, "{:.1%}") +
+                                          " of the distilled student's held-out tool accuracy")
+    if text:
+        lines += ["", text[0].upper() + text[1:] + "."]
+    return "\n".join(lines)
+
+
+def headline(results: dict[str, Any]) -> str:
+    """The printed table: per model, every headline column as mean (min–max)."""
+    table = spread(results)
+    rows = {(r.model, r.metric): r._asdict() for r in table.itertuples(index=False)}
+    models = [m for m in dict.fromkeys(table["model"]) if m != "run"]
+    frame = pd.DataFrame([{"model": m, **{title: cell(rows.get((m, key)), number)
+                                          for key, title, number in COLUMNS}} for m in models])
+    seeds = [run["seed"] for run in results["runs"]]
+    return (f"headline over seeds {seeds} (mean (min–max)); run wall time "
+            f"{cell(rows.get(('run', 'total_s')), '{:.1f}')} s\n" + frame.to_string(index=False))
+
+
+def write_readme(path: Path, block: str) -> None:
+    """Replace what lies between the two markers of `path` with `block`."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(START) + r"\n.*?" + re.escape(END), re.DOTALL)
+    if len(pattern.findall(text)) != 1:
+        raise SystemExit(f"{path}: expected one {START} ... {END} block")
+    path.write_text(pattern.sub(lambda _: f"{START}\n{block}\n{END}", text), encoding="utf-8")
+    print(f"wrote the figures into {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override params.yaml in the workspaces "
+                        "(e.g. teacher.train.steps=100)")
+    parser.add_argument("--keep", help="run in this directory and keep it (default: a temp dir; "
+                        "with --seeds, one subfolder per seed)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run N times with the training and eval seeds at 0..N-1")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a seconds-long configuration, to try the bench (not for figures)")
+    parser.add_argument("--out", type=Path, help="write the raw figures of every run as JSON")
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="read the figures from a previous --out file instead of running")
+    parser.add_argument("--write-readme", nargs="?", const=README, type=Path, metavar="FILE",
+                        help="rewrite the figures block of the README (default README.md)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    overrides = (TINY if args.tiny else []) + args.overrides
+
+    if args.source:
+        results = json.loads(args.source.read_text())
+    else:
+        base = yaml.safe_load((ROOT / "params.yaml").read_text())
+        seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
+        results = {"date": date.today().isoformat(), "machine": machine(),
+                   "overrides": overrides, "seed_keys": default_seed_keys(base),
+                   "params": params_for(base, overrides, None), "runs": []}
+        for seed in seeds:
+            params = params_for(base, overrides, seed)
+            if args.keep:
+                work = Path(args.keep) / (f"seed{seed}" if seed is not None else "")
+            else:
+                work = Path(tempfile.mkdtemp(prefix="lmpipe-bench-"))
+            label = f"seed {seed}" if seed is not None else "run"
+            run = run_once(work, params, label)
+            results["runs"].append({"seed": seed if seed is not None else 0, **run})
+            if not args.keep:
+                shutil.rmtree(work)
+            if args.out:  # after every run: a crash keeps what was measured
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(headline(results))
+    if args.write_readme:
+        if results.get("overrides") and args.write_readme.resolve() == README.resolve():
+            raise SystemExit("refusing to write README.md from an overridden experiment; name "
+                             "another file (--write-readme FILE)")
+        write_readme(args.write_readme, figures_block(results))
 
 
 if __name__ == "__main__":

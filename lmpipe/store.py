@@ -5,12 +5,14 @@ Run folders. Walking down from `runs_root` (hidden directories skipped), a direc
 `checkpoints/` ...). Its run id is its path relative to the root with "/" separators: `teacher`,
 `sweeps/itl-3fa1/p03/teacher`. A sweep writes `sweeps/<sweep>/sweep.json` (its points: params,
 status, DVC experiment, attempts, wall time, error) and collects each point's run folders under
-`sweeps/<sweep>/<point>/`, beside a `point.json`; a run folder takes `sweep` and `point` from the
-nearest `point.json` among its ancestors below the root (null outside a sweep).
+`sweeps/<sweep>/<point>/`, beside a `point.json`; a run folder takes `sweep`, `point`,
+`point_group` and `seed` from the nearest `point.json` among its ancestors below the root (null
+outside a sweep; the group is the point itself and the seed null in a sweep without `seeds`).
 
 Tables (timestamps in UTC):
 
-    runs(run_id, stage, name, sweep, point, status, started_at, ended_at, wall_time_s,
+    runs(run_id, stage, name, sweep, point, point_group, seed, status, started_at, ended_at,
+         wall_time_s,
          peak_rss_mb, git_commit, git_dirty, host, device, lmpipe_version, torch, transformers,
          path, skipped_lines)           status "incomplete" without summary.json (crashed hard,
                                         or still running); skipped_lines: the run's unparseable
@@ -28,10 +30,17 @@ Tables (timestamps in UTC):
                                         measured (lmpipe/checkpoint_eval.py); null for the eval
                                         stage's rows
     summaries(run_id, key, value, value_num)   summary.json keys beyond the fixed ones
-    sweep_points(sweep, point, status, exp, attempts, wall_time_s, error, params)
-                                        every point of every sweep.json, params as JSON text
+    sweep_points(sweep, point, status, exp, attempts, wall_time_s, error, params,
+                 point_group, seed, group_params)
+                                        every point of every sweep.json, params as JSON text;
+                                        group_params: params without the sweep's seed keys
     probes, linear_probes               probe statistics and linear-probe accuracies
                                         (lmpipe/store_probes.py)
+
+Views (lmpipe/store_spread.py): `run_groups`, `eval_spread`, `metric_spread` and `sweep_groups`
+aggregate the replicates of a sweep with `seeds` (runs that differ only in their seed) as mean,
+min, max and n, e.g. `SELECT point_group, model, mean, min, max, n FROM eval_spread
+WHERE metric = 'tool_accuracy' AND split = 'heldout' AND attribute IS NULL AND step IS NULL`.
 
 Incremental rule. `_ingested(run_id, signature)` remembers, for each run, the name, size, mtime
 (ns) and inode of the files it was read from (params.json, summary.json, env.json, metrics.jsonl,
@@ -61,20 +70,22 @@ import pandas as pd
 
 from lmpipe.store_probes import LINEAR_PROBES_COLUMNS, PROBES_COLUMNS
 from lmpipe.store_read import Rows, discover_runs, read_run, row_key, sweep_rows, walk
+from lmpipe.store_spread import VIEWS
 
 __all__ = ["SCHEMA", "discover_runs", "export_parquet", "index_runs", "query"]
 
 log = logging.getLogger(__name__)
 
 # Bump when a table's meaning changes without its columns changing: older files are rebuilt.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 # No PRIMARY KEY on runs: DuckDB before 1.2 refuses to re-insert a key deleted earlier in the same
 # transaction, which is exactly what re-reading a changed run does; discovery keeps ids unique.
 SCHEMA: dict[str, list[tuple[str, str]]] = {
     "runs": [
         ("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("name", "VARCHAR"), ("sweep", "VARCHAR"),
-        ("point", "VARCHAR"), ("status", "VARCHAR"), ("started_at", "TIMESTAMP"),
+        ("point", "VARCHAR"), ("point_group", "VARCHAR"), ("seed", "BIGINT"),
+        ("status", "VARCHAR"), ("started_at", "TIMESTAMP"),
         ("ended_at", "TIMESTAMP"), ("wall_time_s", "DOUBLE"), ("peak_rss_mb", "DOUBLE"),
         ("git_commit", "VARCHAR"), ("git_dirty", "BOOLEAN"), ("host", "VARCHAR"),
         ("device", "VARCHAR"), ("lmpipe_version", "VARCHAR"), ("torch", "VARCHAR"),
@@ -93,7 +104,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
                   ("value_num", "DOUBLE")],
     "sweep_points": [("sweep", "VARCHAR"), ("point", "VARCHAR"), ("status", "VARCHAR"),
                      ("exp", "VARCHAR"), ("attempts", "BIGINT"), ("wall_time_s", "DOUBLE"),
-                     ("error", "VARCHAR"), ("params", "VARCHAR")],
+                     ("error", "VARCHAR"), ("params", "VARCHAR"), ("point_group", "VARCHAR"),
+                     ("seed", "BIGINT"), ("group_params", "VARCHAR")],
     "probes": PROBES_COLUMNS,
     "linear_probes": LINEAR_PROBES_COLUMNS,
 }
@@ -141,11 +153,24 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
         return False
     if tables:
         log.info("store schema changed (version %s -> %s): rebuilding", version, SCHEMA_VERSION)
+    for view in VIEWS:
+        con.execute(f"DROP VIEW IF EXISTS {view}")
     for table in {**SCHEMA, **INTERNAL}:
-        con.execute(f"DROP TABLE IF EXISTS {table}")  # an old file may also hold views: none known
+        con.execute(f"DROP TABLE IF EXISTS {table}")
         _create(con, table)
     con.execute("INSERT INTO _store VALUES ('schema_version', ?)", [SCHEMA_VERSION])
     return True
+
+
+def _ensure_views(con: duckdb.DuckDBPyConnection) -> bool:
+    """Create the replicate views (lmpipe/store_spread.py) that are missing; True if any was."""
+    have = {name for (name,) in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main'"
+    ).fetchall()}
+    for view, sql in VIEWS.items():
+        if view not in have:
+            con.execute(f"CREATE VIEW {view} AS {sql()}")
+    return bool(set(VIEWS) - have)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
@@ -236,6 +261,7 @@ def index_runs(runs_root: Path, db_path: Path) -> dict[str, int]:
     try:
         con.execute("BEGIN TRANSACTION")
         rebuilt = _ensure_schema(con)
+        rebuilt = _ensure_views(con) or rebuilt
         known = dict(con.execute("SELECT run_id, signature FROM _ingested").fetchall())
         current = {r.run_id for r in found.runs}
         changed = [r for r in found.runs if known.get(r.run_id) != r.signature]

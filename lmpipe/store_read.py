@@ -328,7 +328,7 @@ def read_run(run: RunFolder, rows: Rows, points: dict[Path, dict[str, Any]]) -> 
     folder, run_id = run.path, run.run_id
     summary = _read_json(folder / "summary.json")
     env = _read_json(folder / "env.json")
-    sweep = point = None
+    sweep = point = group = seed = None
     if run.point_file is not None:
         if run.point_file not in points:
             points[run.point_file] = _read_json(run.point_file)
@@ -336,6 +336,9 @@ def read_run(run: RunFolder, rows: Rows, points: dict[Path, dict[str, Any]]) -> 
         # point.json names its sweep and point; the folder names stand in for a damaged file
         point = _text(info.get("point")) or run.point_file.parent.name
         sweep = _text(info.get("sweep")) or run.point_file.parent.parent.name
+        # replicates of a seeds axis share a group; without one a point is its own group
+        group = _text(info.get("group")) or point
+        seed = _integer(info.get("seed"))
 
     params = rows.tables["params"]
     for key, value in flatten(_read_json(folder / "params.json")):
@@ -351,7 +354,7 @@ def read_run(run: RunFolder, rows: Rows, points: dict[Path, dict[str, Any]]) -> 
     skipped += read_linear_probes(folder, run_id, rows.tables["linear_probes"])
 
     rows.tables["runs"].append((
-        run_id, _text(summary.get("stage")), _text(summary.get("name")), sweep, point,
+        run_id, _text(summary.get("stage")), _text(summary.get("name")), sweep, point, group, seed,
         _text(summary.get("status")) or "incomplete",
         _timestamp(summary.get("started_at") or env.get("started_at")),
         _timestamp(summary.get("ended_at") or env.get("ended_at")),
@@ -362,18 +365,29 @@ def read_run(run: RunFolder, rows: Rows, points: dict[Path, dict[str, Any]]) -> 
 
 
 def sweep_rows(sweep_files: list[Path]) -> list[tuple]:
+    """The `sweep_points` rows of every sweep.json; a point's group params are its params without
+    the sweep's seed keys (`axes.seed_keys`, lmpipe/sweep.py)."""
     rows = []
     for path in sorted(sweep_files):
         sweep = _read_json(path)
         sweep_id = _text(sweep.get("sweep")) or path.parent.name
+        axes = sweep.get("axes")
+        seed_keys = axes.get("seed_keys") if isinstance(axes, dict) else None
+        seed_keys = set(seed_keys) if isinstance(seed_keys, list) else set()
         points = sweep.get("points")
         for p in points if isinstance(points, list) else []:
             if not isinstance(p, dict):
                 continue
-            rows.append((sweep_id, _text(p.get("point")), _text(p.get("status")), _text(p.get("exp")),
+            params = p.get("params")
+            group_params = ({k: v for k, v in params.items() if k not in seed_keys}
+                            if isinstance(params, dict) else params)
+            point = _text(p.get("point"))
+            rows.append((sweep_id, point, _text(p.get("status")), _text(p.get("exp")),
                          _integer(p.get("attempts")), _number(p.get("wall_time_s")),
                          _text(p.get("error")),
-                         None if p.get("params") is None else _json_text(p.get("params"))))
+                         None if params is None else _json_text(params),
+                         _text(p.get("group")) or point, _integer(p.get("seed")),
+                         None if group_params is None else _json_text(group_params)))
     return sorted(rows, key=row_key)
 
 

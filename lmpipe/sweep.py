@@ -18,6 +18,26 @@ Dotted keys at the top level are crossed too, so `key: [a, b]` alone is a grid. 
 product of the crossed axes and the zipped groups, in file order (the last axis varies fastest),
 named p00, p01, ... The sweep id is the name plus a hash of the pipeline, the params file and the
 points, so rerunning the same grid reuses its id (and its folder under runs/sweeps/).
+
+Seeds: repeating every point to measure its spread.
+
+    seeds: 3                    # or a list: seeds: [0, 1, 2]; every point runs once per seed
+    seed_keys: [teacher.train.seed, eval.seed]   # optional: which keys take the seed
+
+With `seeds`, every combination of the axes becomes a *group* of replicates that differ only in
+their seed: group p03 runs as points p03s0, p03s1, p03s2, each with the seed written into every
+seed key. By default the seed keys are the pipeline's training and evaluation seeds, every
+`<section>.train.seed` of its params file plus `eval.seed` (in the default experiment: teacher,
+student, distill and quantize training, and the sample of people eval asks): the question is how
+much a result depends on the model's initialization, batch order and eval sample, so the data
+stays fixed (`world.seed` and `tokenize.seed` do not vary; list them in `seed_keys` to vary the
+data too). A seed key may not also be an axis. The points run seed by seed (every group with the
+first seed, then with the second ...), so an interrupted sweep covers the whole grid once before
+it repeats it. Each point's record (sweep.json, point.json) carries its `group` and `seed`, and the
+store aggregates the replicates of a group as mean, min, max and n (lmpipe/store_spread.py, and
+every report). A grid of seeds alone (`seeds: 3` and no axis) repeats the pipeline as it is; the
+override `seeds=1` runs one replicate of each group (a quick trial of a long sweep). Without
+`seeds`, each point is its own group and has no seed.
 """
 
 from __future__ import annotations
@@ -34,7 +54,10 @@ import yaml
 
 from lmpipe.config import ConfigError, apply_overrides, validate_params
 
-OPTIONS = {"name", "pipeline", "params", "jobs", "retries", "cross", "zip"}
+OPTIONS = {"name", "pipeline", "params", "jobs", "retries", "cross", "zip", "seeds", "seed_keys"}
+# the default seed keys: every training section's seed and the eval sample's (see the docstring)
+TRAIN_SEED = re.compile(r"(?:.+\.)?train\.seed")
+EVAL_SEED = "eval.seed"
 
 
 def render_value(value: Any) -> str:
@@ -50,10 +73,18 @@ def render_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One combination: its name and the dotted-key overrides that make it."""
+    """One combination: its name and the dotted-key overrides that make it; with a seeds axis,
+    also its group (the replicates that differ only in `seed`) and its seed."""
 
     name: str
     overrides: dict[str, Any]
+    group: str | None = None
+    seed: int | None = None
+
+    @property
+    def group_id(self) -> str:
+        """The replicate group: the point itself when the grid has no seeds."""
+        return self.group or self.name
 
     def assignments(self) -> list[str]:
         return [f"{key}={render_value(value)}" for key, value in self.overrides.items()]
@@ -75,6 +106,8 @@ class Grid:
     retries: int
     axes: dict[str, Any]
     points: list[Point]
+    seeds: tuple[int, ...] = ()
+    seed_keys: tuple[str, ...] = ()
 
 
 def _axis_lists(mapping: Any, where: str) -> dict[str, list]:
@@ -125,10 +158,56 @@ def pin(cross: dict[str, list], groups: list[dict[str, list]], overrides: list[s
             cross[key] = [value]
 
 
+def parse_seeds(value: Any, where: str) -> list[int]:
+    """`seeds: N` (seeds 0..N-1) or `seeds: [s, ...]` (distinct integers) as a list."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"{where}: 'seeds' must be at least 1, got {value}")
+        return list(range(value))
+    if (isinstance(value, list) and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{where}: 'seeds' lists a seed twice: {value}")
+        return list(value)
+    raise ConfigError(f"{where}: 'seeds' must be a count (seeds: 3) or a list of distinct "
+                      f"integers (seeds: [0, 1, 2]), got {value!r}")
+
+
+def default_seed_keys(base: dict[str, Any]) -> list[str]:
+    """The params file's training seeds (`<section>.train.seed`) and `eval.seed`, in file order."""
+    keys = []
+
+    def walk(tree: dict[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, f"{dotted}.")
+            elif TRAIN_SEED.fullmatch(dotted) or dotted == EVAL_SEED:
+                keys.append(dotted)
+
+    walk(base, "")
+    return keys
+
+
+def _seed_keys(value: Any, base: dict[str, Any], where: str) -> list[str]:
+    if value is None:
+        keys = default_seed_keys(base)
+        if not keys:
+            raise ConfigError(f"{where}: 'seeds' needs seed keys, and the params file has no "
+                              "<section>.train.seed or eval.seed; list them in 'seed_keys'")
+        return keys
+    keys = value if isinstance(value, list) else [value]
+    if not keys or not all(isinstance(k, str) and "." in k for k in keys):
+        raise ConfigError(f"{where}: 'seed_keys' must be a list of dotted parameter keys "
+                          f"(e.g. [teacher.train.seed, eval.seed]), got {value!r}")
+    return list(dict.fromkeys(keys))
+
+
 def load_grid(path: str | Path, project: str | Path = ".",
               overrides: list[str] | None = None) -> Grid:
     """Read, expand and check a grid: every point must be a valid params file for its pipeline.
-    `overrides` (`key=value`) pin keys to one value; points that become equal run once.
+    `overrides` (`key=value`) pin keys to one value; points that become equal run once;
+    `seeds=N` (or `seeds=[...]`) replaces the grid's seeds.
 
     Raises ConfigError naming the grid, the point and the key at fault, before any compute."""
     path, project = Path(path), Path(project)
@@ -159,12 +238,20 @@ def load_grid(path: str | Path, project: str | Path = ".",
         if len(set(lengths.values())) != 1:
             raise ConfigError(f"{path} zip group {i + 1}: lists must have equal lengths, got {lengths}")
         groups.append(group)
-    pin(cross, groups, overrides or [])
+    overrides = list(overrides or [])
+    seeds_spec = spec.get("seeds")
+    for item in [o for o in overrides if "=" in o and o.split("=", 1)[0].strip() == "seeds"]:
+        overrides.remove(item)  # a pin of the seeds axis itself, not of a parameter
+        seeds_spec = yaml.safe_load(item.split("=", 1)[1])
+    seeds = parse_seeds(seeds_spec, str(path)) if seeds_spec is not None else []
+    if "seed_keys" in spec and not seeds:
+        raise ConfigError(f"{path}: 'seed_keys' without 'seeds'")
+    pin(cross, groups, overrides)
     keys = list(cross) + [k for g in groups for k in g]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ConfigError(f"{path}: key(s) {repeated} appear in more than one axis")
-    if not keys:
+    if not keys and not seeds:
         raise ConfigError(f"{path}: no parameters to sweep")
 
     pipeline = Path(spec.get("pipeline", "dvc.yaml"))
@@ -173,14 +260,25 @@ def load_grid(path: str | Path, project: str | Path = ".",
         if not (project / file).is_file():
             raise ConfigError(f"{path}: {label} file {file} not found (relative to {project})")
     base = yaml.safe_load((project / params).read_text()) or {}
+    seed_keys = _seed_keys(spec.get("seed_keys"), base, str(path)) if seeds else []
+    crossed = sorted(set(seed_keys) & set(keys))
+    if crossed:
+        raise ConfigError(f"{path}: seed key(s) {crossed} are also an axis; the seeds axis sets "
+                          "them (drop them from the axes, or from seed_keys)")
     points = []
     combos = []
-    for combo in expand(cross, groups):
+    for combo in expand(cross, groups) if keys else [{}]:
         if combo not in combos:
             combos.append(combo)
     width = max(2, len(str(len(combos) - 1)))
-    for i, overrides in enumerate(combos):
-        point = Point(f"p{i:0{width}d}", overrides)
+    names = [f"p{i:0{width}d}" for i in range(len(combos))]
+    if seeds:
+        # seed by seed: every group once before any is repeated
+        todo = [Point(f"{name}s{seed}", {**combo, **dict.fromkeys(seed_keys, seed)}, name, seed)
+                for seed in seeds for name, combo in zip(names, combos)]
+    else:
+        todo = [Point(name, combo) for name, combo in zip(names, combos)]
+    for point in todo:
         tree = apply_overrides(json.loads(json.dumps(base)), point.assignments())
         validate_params(tree, source=f"{path} point {point.name} ({point.label()})")
         points.append(point)
@@ -192,7 +290,10 @@ def load_grid(path: str | Path, project: str | Path = ".",
     digest = hashlib.sha256(json.dumps(
         [str(pipeline), str(params), [p.overrides for p in points]], sort_keys=True,
         default=str).encode()).hexdigest()[:8]
+    axes: dict[str, Any] = {"cross": cross, "zip": groups}
+    if seeds:
+        axes |= {"seeds": seeds, "seed_keys": seed_keys}
     return Grid(name=name, sweep_id=f"{name}-{digest}", source=path, pipeline=pipeline,
                 params=params, jobs=_positive(spec.get("jobs", 1), "jobs", path, 1),
                 retries=_positive(spec.get("retries", 0), "retries", path, 0),
-                axes={"cross": cross, "zip": groups}, points=points)
+                axes=axes, points=points, seeds=tuple(seeds), seed_keys=tuple(seed_keys))

@@ -38,8 +38,18 @@ def sweep_point(project: str, grid: Grid, point: Point, threads: int) -> dict[st
     return run_point(project, grid, point, attempt=attempt, threads=threads)
 
 
+def pending_records(grid: Grid) -> dict[str, dict[str, Any]]:
+    """Every point's manifest record before it runs: its replicate group and seed (a grid with
+    `seeds`; else the point itself and null) with its params."""
+    return {p.name: {"point": p.name, "group": p.group_id, "seed": p.seed,
+                     "params": p.overrides, "status": "pending",
+                     "exp": None, "attempts": 0, "wall_time_s": None, "error": None}
+            for p in grid.points}
+
+
 def write_manifest(project: Path, grid: Grid, records: dict[str, dict[str, Any]]) -> Path:
-    """runs/sweeps/<id>/sweep.json: the grid and every point's latest status."""
+    """runs/sweeps/<id>/sweep.json: the grid (its axes, and `seeds`/`seed_keys` when it repeats
+    points) and every point's latest status, replicate group and seed."""
     path = sweep_dir(project, grid) / "sweep.json"
     created = None
     if path.is_file():
@@ -76,7 +86,8 @@ def _artifacts(grid: Grid, records: dict[str, dict[str, Any]], report: Path | No
         create_link_artifact(key=f"{key}-report", link=report.resolve().as_uri(),
                              link_text=f"lmpipe reports for sweep {grid.sweep_id}")
     create_table_artifact(key=f"{key}-points", description=f"sweep {grid.sweep_id}", table=[
-        {"point": r["point"], **{k: str(v) for k, v in r["params"].items()},
+        {"point": r["point"], **({"group": r.get("group")} if grid.seeds else {}),
+         **{k: str(v) for k, v in r["params"].items()},
          "status": r["status"], "cached": r.get("cached"), "wall_time_s": r.get("wall_time_s"),
          "exp": r.get("exp")} for r in records.values()])
 
@@ -90,9 +101,7 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
     grid = load_grid(root / grid_path, root, overrides)  # an absolute grid_path stays itself
     jobs = jobs or grid.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    records = {p.name: {"point": p.name, "params": p.overrides, "status": "pending",
-                        "exp": None, "attempts": 0, "wall_time_s": None, "error": None}
-               for p in grid.points}
+    records = pending_records(grid)
     manifest = write_manifest(root, grid, records)
     logger.info("sweep %s: %d points, %d at a time, %d retries", grid.sweep_id,
                 len(grid.points), jobs, grid.retries)

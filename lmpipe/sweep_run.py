@@ -7,7 +7,9 @@ what reruns: a stage whose command, dependencies and parameters were run before 
 run, so a rerun sweep skips its finished points in seconds. The experiment is committed as a git
 ref; the point's run folders (their JSON/JSONL/CSV logs, not model weights, which stay in the
 experiment: `dvc exp apply NAME`) are copied to `runs/sweeps/<sweep>/<point>/<run>/` beside a
-`point.json` with the sweep id and the point's parameters, which the store attaches to each run.
+`point.json` with the sweep id, the point's parameters, and its replicate `group` and `seed` (a
+grid with `seeds`, lmpipe/sweep.py; else the group is the point and the seed null), which the
+store attaches to each run.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def run_point(project: str | Path, grid: Grid, point: Point, attempt: int = 1,
     folder.mkdir(parents=True, exist_ok=True)
     exp_name = f"{grid.sweep_id}-{point.name}-{time.strftime('%Y%m%d%H%M%S')}-a{attempt}"
     record: dict[str, Any] = {"sweep": grid.sweep_id, "point": point.name,
+                              "group": point.group_id, "seed": point.seed,
                               "params": point.overrides, "exp": exp_name, "attempts": attempt,
                               "pid": os.getpid()}
     _write_json(folder / "point.json", {**record, "status": "running"})

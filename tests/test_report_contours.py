@@ -68,3 +68,18 @@ def test_missing_nodes_are_masked_and_a_one_row_lattice_has_no_lines() -> None:
                                np.array([0.0, 1.0]))
     assert contours.contour_lines(*one_row[:3]).empty
     assert len(contours.cells(*one_row)) == 2
+
+
+def test_lattice_range_gives_each_nodes_lowest_and_highest() -> None:
+    x = np.array([10, 10, 10, 100, 10])
+    y = np.array([5, 5, 5, 5, 50])
+    z = np.array([0.2, 0.6, 0.4, 0.9, np.nan])   # three replicates at (10, 5); a NaN is ignored
+    low, high = contours.lattice_range(x, y, z)
+    lx, ly, mean, count = contours.lattice(x, y, z)
+    assert low.shape == high.shape == mean.shape == (1, 2)   # (10, 50) was never measured
+    np.testing.assert_allclose(low[0], [0.2, 0.9])
+    np.testing.assert_allclose(high[0], [0.6, 0.9])
+    cells = contours.cells(lx, ly, mean, count, low, high)
+    assert cells[["value", "lo", "hi", "n"]].values.tolist() == [[pytest.approx(0.4), 0.2, 0.6, 3],
+                                                                 [0.9, 0.9, 0.9, 1]]
+    assert "lo" not in contours.cells(lx, ly, mean, count)    # without a range: as before

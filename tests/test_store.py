@@ -359,6 +359,58 @@ def test_sweeps_are_discovered_with_their_points(runs_root: Path, tmp_path: Path
     assert joined.values.tolist() == [["sweeps/itl-3fa1/p00/teacher", 1], ["sweeps/itl-3fa1/p01/teacher", 2]]
 
 
+def test_without_seeds_a_point_is_its_own_group_and_the_views_say_so(runs_root: Path,
+                                                                     tmp_path: Path) -> None:
+    _write_sweep(runs_root)
+    db = tmp_path / "runs.duckdb"
+    index_runs(runs_root, db)
+    runs = query(db, "SELECT run_id, point_group, seed FROM runs WHERE sweep IS NOT NULL "
+                     "AND stage = 'train' ORDER BY run_id")
+    assert runs["point_group"].tolist() == ["p00", "p01"] and runs["seed"].isna().all()
+    points = query(db, "SELECT point, point_group, group_params, params FROM sweep_points ORDER BY point")
+    assert points["point_group"].tolist() == ["p00", "p01", "p02"]
+    assert points["group_params"].tolist() == points["params"].tolist()   # no seed keys to drop
+    groups = query(db, "SELECT run_id, group_id, replicates FROM run_groups ORDER BY run_id")
+    assert dict(zip(groups["run_id"], groups["group_id"]))["sweeps/itl-3fa1/p01/teacher"] == \
+        "itl-3fa1/p01/teacher"
+    assert set(groups["replicates"]) == {1}
+    spread = query(db, "SELECT group_id, model, mean, min, max, n FROM eval_spread "
+                       "WHERE metric = 'recall' AND attribute IS NULL")
+    assert spread.values.tolist() == [["eval", "teacher", 0.8125, 0.8125, 0.8125, 1]]
+    assert query(db, "SELECT count(*) AS n FROM metric_spread")["n"][0] == 8 + 2  # one per row
+
+
+def test_replicates_aggregate_as_mean_min_max_in_the_views(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    sweep = root / "sweeps" / "rep-1"
+    points = []
+    for seed, accuracy in ((0, 0.5), (1, 0.75), (2, 0.625)):
+        record = {"point": f"p00s{seed}", "group": "p00", "seed": seed, "status": "completed",
+                  "params": {"world.people": 25, "teacher.train.seed": seed}}
+        points.append(record)
+        (sweep / record["point"]).mkdir(parents=True)
+        (sweep / record["point"] / "point.json").write_text(json.dumps({"sweep": "rep-1", **record}))
+        write_run(sweep / record["point"], "eval", summary={"stage": "eval", "status": "completed"},
+                  evals=[json.dumps({"model": "m", "metric": "tool_accuracy", "split": "trained",
+                                     "attribute": None, "value": accuracy, "n": 8})],
+                  metrics=[json.dumps({"step": 1, "loss": 1.0 + seed})])
+    (sweep / "sweep.json").write_text(json.dumps({
+        "sweep": "rep-1", "axes": {"cross": {}, "zip": [], "seeds": [0, 1, 2],
+                                   "seed_keys": ["teacher.train.seed"]}, "points": points}))
+    db = tmp_path / "runs.duckdb"
+    index_runs(root, db)
+    row = query(db, "SELECT group_id, point_group, mean, min, max, n, seeds, runs FROM eval_spread"
+                ).iloc[0]
+    assert (row["group_id"], row["point_group"], row["n"]) == ("rep-1/p00/eval", "p00", 3)
+    assert (row["mean"], row["min"], row["max"]) == (pytest.approx(0.625), 0.5, 0.75)
+    assert list(row["seeds"]) == [0, 1, 2] and len(row["runs"]) == 3
+    loss = query(db, "SELECT mean, min, max, n FROM metric_spread WHERE name = 'loss'").iloc[0]
+    assert loss.tolist() == [2.0, 1.0, 3.0, 3]
+    group = query(db, "SELECT params, points, n FROM sweep_groups").iloc[0]
+    assert json.loads(group["params"]) == {"world.people": 25} and group["n"] == 3
+    assert list(group["points"]) == ["p00s0", "p00s1", "p00s2"]
+
+
 def test_params_wide_has_one_typed_column_per_key(runs_root: Path, tmp_path: Path) -> None:
     _write_sweep(runs_root)
     db = tmp_path / "runs.duckdb"
@@ -432,8 +484,11 @@ def test_a_database_of_the_old_schema_is_rebuilt(runs_root: Path, tmp_path: Path
     assert (counts["runs"], counts["metrics"], counts["read_runs"]) == (3, 8, 3)
     assert "ghost" not in query(db, "SELECT run_id FROM runs")["run_id"].tolist()
     columns = query(db, "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")
-    assert {"sweep", "point", "skipped_lines"} <= set(columns["column_name"])
+    assert {"sweep", "point", "point_group", "seed", "skipped_lines"} <= set(columns["column_name"])
     assert index_runs(runs_root, db)["read_runs"] == 0  # and from then on, incremental
+    views = query(db, "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1")
+    assert views["view_name"].tolist() == ["eval_spread", "metric_spread", "run_groups",
+                                           "sweep_groups"]
 
 
 def test_export_writes_one_parquet_file_per_table(runs_root: Path, tmp_path: Path,

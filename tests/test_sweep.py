@@ -45,6 +45,81 @@ def test_top_level_dotted_keys_still_make_a_grid():
                                             "distill.objective.attention_kl=1.0"]
 
 
+def test_seeds_repeat_every_point_in_groups_that_differ_only_by_seed(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: 3\ndistill.temperature: [1.0, 2.0]\n")
+    loaded = load_grid(grid, ROOT)
+    # the default experiment's training seeds and the eval sample's; the data stays fixed
+    assert loaded.seed_keys == ("teacher.train.seed", "student.train.seed", "distill.train.seed",
+                                "quantize.train.seed", "eval.seed")
+    assert [p.name for p in loaded.points] == ["p00s0", "p01s0", "p00s1", "p01s1", "p00s2",
+                                               "p01s2"]          # seed by seed
+    by_name = {p.name: p for p in loaded.points}
+    assert by_name["p01s2"].group_id == "p01" and by_name["p01s2"].seed == 2
+    assert by_name["p01s2"].overrides == {"distill.temperature": 2.0,
+                                          **dict.fromkeys(loaded.seed_keys, 2)}
+    assert "world.seed" not in by_name["p00s1"].overrides
+    assert loaded.axes["seeds"] == [0, 1, 2] and loaded.axes["seed_keys"] == list(loaded.seed_keys)
+    plain = load_grid(ROOT / "grid.yaml", ROOT)              # no seeds: a point is its own group
+    assert plain.points[0].group_id == "p00" and plain.points[0].seed is None
+    assert "seeds" not in plain.axes
+
+
+def test_seed_keys_seeds_alone_and_a_seeds_pin(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: [7, 42]\nseed_keys: [teacher.train.seed, world.seed]\n")
+    loaded = load_grid(grid, ROOT)                          # seeds alone repeat the pipeline
+    assert [(p.name, p.group_id, p.overrides) for p in loaded.points] == [
+        ("p00s7", "p00", {"teacher.train.seed": 7, "world.seed": 7}),
+        ("p00s42", "p00", {"teacher.train.seed": 42, "world.seed": 42})]
+    assert [p.name for p in load_grid(grid, ROOT, ["seeds=1"]).points] == ["p00s0"]
+    itl = load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT, ["seeds=2"])
+    assert len(itl.points) == 36 and itl.seed_keys == ("teacher.train.seed", "eval.seed")
+    assert itl.sweep_id != load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT).sweep_id
+
+
+def test_the_manifest_records_group_and_seed_and_the_store_reads_them(tmp_path):
+    from lmpipe.store import index_runs
+    from lmpipe.sweep_flow import pending_records, write_manifest
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: 2\nworld.people: [1000, 2000]\n")
+    loaded = load_grid(grid, ROOT)
+    records = pending_records(loaded)
+    records["p01s1"] |= {"status": "completed"}
+    path = write_manifest(tmp_path, loaded, records)
+    manifest = json.loads(path.read_text())
+    assert manifest["axes"]["seeds"] == [0, 1]
+    assert [(p["point"], p["group"], p["seed"]) for p in manifest["points"]] == [
+        ("p00s0", "p00", 0), ("p01s0", "p01", 0), ("p00s1", "p00", 1), ("p01s1", "p01", 1)]
+    index_runs(tmp_path / "runs", tmp_path / "store.duckdb")
+    with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT point, point_group, seed, status, group_params FROM sweep_points "
+                           "ORDER BY point").fetchall()
+        groups = con.execute("SELECT point_group, n, completed, seeds FROM sweep_groups "
+                             "ORDER BY point_group").fetchall()
+    assert [r[:4] for r in rows] == [("p00s0", "p00", 0, "pending"), ("p00s1", "p00", 1, "pending"),
+                                     ("p01s0", "p01", 0, "pending"), ("p01s1", "p01", 1, "completed")]
+    assert json.loads(rows[3][4]) == {"world.people": 2000}     # the seed keys are not group params
+    assert groups == [("p00", 2, 0, [0, 1]), ("p01", 2, 1, [0, 1])]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds: 0\n", r"'seeds' must be at least 1"),
+    ("seeds: [1, 1]\n", r"lists a seed twice"),
+    ("seeds: [1, x]\n", r"'seeds' must be a count"),
+    ("seeds: 2\nteacher.train.seed: [1, 2]\n", r"seed key\(s\) \['teacher.train.seed'\] are also an axis"),
+    ("seeds: 2\nseed_keys: [nope]\n", r"'seed_keys' must be a list of dotted"),
+    ("seeds: 2\nseed_keys: [teacher.train.nope]\n", r"teacher.train.nope"),
+    ("seed_keys: [eval.seed]\nworld.people: [1]\n", r"'seed_keys' without 'seeds'"),
+])
+def test_a_bad_seeds_option_is_refused(tmp_path, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_grid(grid, ROOT)
+
+
 @pytest.mark.parametrize("text, message", [
     ("distill.jsd_beta: [0.5, 1.5]\n", r"point p01 \(distill.jsd_beta=1.5\).*distill.jsd_beta"),
     ("distill.nope: [1]\n", r"distill.nope"),

@@ -2,7 +2,9 @@
 
 Sweep points sit on a lattice of (parameters, facts). `lattice` averages the measurements that
 fall on each lattice node (NaN where a node was not measured; when one axis takes too many
-distinct values they are first grouped into log-spaced bins), `cells` gives each node a rectangle
+distinct values they are first grouped into log-spaced bins), `lattice_range` gives the lowest and
+highest of them (the spread of a node's replicates, when a sweep repeats points over seeds),
+`cells` gives each node a rectangle
 reaching half way to its neighbours in log space (the heatmap), and `contour_lines` traces
 iso-lines at the given levels with contourpy on (log10 x, log10 y), linear between nodes, so a line
 passes between two neighbouring nodes where the interpolated value crosses the level; no line is
@@ -32,19 +34,28 @@ def _nodes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centers, np.searchsorted(used, which)
 
 
+def _placed(x: np.ndarray, y: np.ndarray, z: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(log10 x nodes, log10 y nodes, each kept z, its x node, its y node)."""
+    x, y, z = (np.asarray(a, dtype=float) for a in (x, y, z))
+    keep = np.isfinite(z) & (x > 0) & (y > 0)
+    x, y, z = x[keep], y[keep], z[keep]
+    if not len(z):
+        return np.array([]), np.array([]), z, np.array([], int), np.array([], int)
+    lx, ix = _nodes(x)
+    ly, iy = _nodes(y)
+    return lx, ly, z, ix, iy
+
+
 def lattice(x: np.ndarray, y: np.ndarray, z: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(log10 x nodes, log10 y nodes, mean z per node [y, x] with NaN gaps, count per node).
 
     x and y must be positive; points with a non-finite z are ignored.
     """
-    x, y, z = (np.asarray(a, dtype=float) for a in (x, y, z))
-    keep = np.isfinite(z) & (x > 0) & (y > 0)
-    x, y, z = x[keep], y[keep], z[keep]
+    lx, ly, z, ix, iy = _placed(x, y, z)
     if not len(z):
         return np.array([]), np.array([]), np.empty((0, 0)), np.empty((0, 0))
-    lx, ix = _nodes(x)
-    ly, iy = _nodes(y)
     total = np.zeros((len(ly), len(lx)))
     count = np.zeros((len(ly), len(lx)))
     np.add.at(total, (iy, ix), z)
@@ -52,6 +63,16 @@ def lattice(x: np.ndarray, y: np.ndarray, z: np.ndarray
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return lx, ly, mean, count
+
+
+def lattice_range(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest z per node [y, x] of `lattice(x, y, z)`'s nodes (NaN gaps)."""
+    lx, ly, z, ix, iy = _placed(x, y, z)
+    low = np.full((len(ly), len(lx)), np.inf)
+    high = np.full((len(ly), len(lx)), -np.inf)
+    np.minimum.at(low, (iy, ix), z)
+    np.maximum.at(high, (iy, ix), z)
+    return np.where(np.isfinite(low), low, np.nan), np.where(np.isfinite(high), high, np.nan)
 
 
 def _edges(nodes: np.ndarray) -> np.ndarray:
@@ -63,13 +84,18 @@ def _edges(nodes: np.ndarray) -> np.ndarray:
                            [nodes[-1] + (nodes[-1] - mid[-1])]])
 
 
-def cells(lx: np.ndarray, ly: np.ndarray, mean: np.ndarray, count: np.ndarray) -> pd.DataFrame:
-    """One rectangle per measured node: x, x2, y, y2 (linear units), value, n."""
+def cells(lx: np.ndarray, ly: np.ndarray, mean: np.ndarray, count: np.ndarray,
+          low: np.ndarray | None = None, high: np.ndarray | None = None) -> pd.DataFrame:
+    """One rectangle per measured node: x, x2, y, y2 (linear units), value, n; and lo, hi (the
+    lowest and highest measurement) when `low` and `high` are given."""
     ex, ey = _edges(lx), _edges(ly)
+    spread = low is not None and high is not None
     rows = [{"x": 10 ** ex[i], "x2": 10 ** ex[i + 1], "y": 10 ** ey[j], "y2": 10 ** ey[j + 1],
-             "xc": 10 ** lx[i], "yc": 10 ** ly[j], "value": mean[j, i], "n": int(count[j, i])}
+             "xc": 10 ** lx[i], "yc": 10 ** ly[j], "value": mean[j, i], "n": int(count[j, i]),
+             **({"lo": low[j, i], "hi": high[j, i]} if spread else {})}
             for j in range(len(ly)) for i in range(len(lx)) if count[j, i] > 0]
-    return pd.DataFrame(rows, columns=["x", "x2", "y", "y2", "xc", "yc", "value", "n"])
+    columns = ["x", "x2", "y", "y2", "xc", "yc", "value", "n"] + (["lo", "hi"] if spread else [])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def contour_lines(lx: np.ndarray, ly: np.ndarray, mean: np.ndarray,

@@ -7,6 +7,12 @@ value per run (`color_by`; by default the first parameter that varies across swe
 run). Long curves are thinned in SQL to an evenly strided subset that keeps both ends, with a
 per-curve budget so a thousand runs still make a page of a few MB; the points travel as inline CSV
 joined to a small per-run table inside Vega (lookup), which keeps the page small.
+
+Replicates (a sweep with `seeds`, lmpipe/sweep.py): the runs of one group (same sweep point but for
+the seed, same run name) become one curve, their mean at each step, with a band from the lowest to
+the highest replicate, aggregated in SQL before thinning (lmpipe/store_spread.py). Colouring by a
+seed key (`--color-by teacher.train.seed`, or `seed`) draws every replicate's own line instead.
+Without replicates the charts are one line per run, as ever.
 """
 
 from __future__ import annotations
@@ -26,19 +32,20 @@ MIN_POINTS_PER_CURVE = 12    # however many curves there are
 POINT_BUDGET = 120_000       # points of all curves together, before the per-curve floor
 FIRST_METRICS = ["loss", "val_loss", "recall", "tool_accuracy", "lr", "grad_norm", "tokens_per_s"]
 TOOL_SERIES = ["recall", "tool_accuracy", "tool_accuracy (held-out)"]
-RUN_COLUMNS = {"run_id", "stage", "name", "status", "sweep", "point", "host", "device",
-               "git_commit", "lmpipe_version"}
+RUN_COLUMNS = {"run_id", "stage", "name", "status", "sweep", "point", "point_group", "seed",
+               "host", "device", "git_commit", "lmpipe_version"}
+BAND_OPACITY = 0.18
 MAX_LEGEND = 20              # more colours than this: no legend (tooltips name the run)
 
 # {rows}: a query of (run_id, metric, step, value); {keep}: points kept per curve at most
 THIN_SQL = """
 WITH numbered AS (
-    SELECT *, row_number() OVER (PARTITION BY run_id, metric ORDER BY step) - 1 AS i,
-              count(*) OVER (PARTITION BY run_id, metric) AS n
+    SELECT *, row_number() OVER (PARTITION BY run_id, metric ORDER BY step) - 1 AS _i,
+              count(*) OVER (PARTITION BY run_id, metric) AS _n
     FROM ({rows})
 )
-SELECT run_id, metric, step, value FROM numbered  -- an even stride, and always the last point
-WHERE i % greatest(1, ceil(n / {keep}))::BIGINT = 0 OR i = n - 1
+SELECT * EXCLUDE (_i, _n) FROM numbered  -- an even stride, and always the last point
+WHERE _i % greatest(1, ceil(_n / {keep}))::BIGINT = 0 OR _i = _n - 1
 """
 
 # a resumed run may log a step twice: the duplicates are averaged
@@ -61,6 +68,15 @@ SELECT run_id, metric || CASE WHEN split = 'heldout' THEN ' (held-out)' ELSE '' 
 WHERE step IS NOT NULL AND attribute IS NULL AND isfinite(value)
   AND metric IN ('recall', 'tool_accuracy') AND coalesce(split, 'trained') IN ('trained', 'heldout')
 GROUP BY ALL
+"""
+
+
+# replicates: one curve per group (its id in run_id), the mean with the lowest and highest replicate
+GROUP_ROWS = """
+SELECT g.group_id AS run_id, r.metric, r.step, avg(r.value) AS value, min(r.value) AS lo,
+       max(r.value) AS hi
+FROM ({rows}) r JOIN ({groups}) g USING (run_id)
+GROUP BY g.group_id, r.metric, r.step
 """
 
 
@@ -140,12 +156,41 @@ def color_encoding(raw: dict[str, Any], title: str) -> Colors:
                             scale=alt.Scale(scheme=scheme)), "c", legend)
 
 
-def run_table(src: Source, run_ids: list[str], fields: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """The per-run lookup table: index r, run id, sweep point, colour fields."""
+def run_table(src: Source, run_ids: list[str], fields: dict[str, dict[str, Any]],
+              groups: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The per-run lookup table: index r, run id, sweep point, colour fields; with `groups`
+    (one row per group id: sweep, point_group, replicates) the curves are groups, and `n` is the
+    number of replicates."""
+    if groups is not None:
+        rows = [{"r": i, "run": g, "point": (f"{groups.at[g, 'sweep']}/"
+                                             f"{groups.at[g, 'point_group']}"
+                                             if isinstance(groups.at[g, "sweep"], str) else "–"),
+                 "n": int(groups.at[g, "replicates"]), **fields[g]}
+                for i, g in enumerate(run_ids)]
+        return pd.DataFrame(rows)
     points = {r: f"{s}/{p}" for r, s, p in src.run_points.itertuples(index=False)}
     rows = [{"r": i, "run": run_id, "point": points.get(run_id, "–"), **fields[run_id]}
             for i, run_id in enumerate(run_ids)]
     return pd.DataFrame(rows)
+
+
+def aggregates(src: Source, color_by: str) -> bool:
+    """Whether curves are drawn per group of replicates: some group has several, and the colour
+    is not a seed (which asks to see each replicate)."""
+    return src.replicated and color_by not in src.seed_keys and color_by != "seed"
+
+
+def group_colors(src: Source, color_by: str, group_ids: list[str]
+                 ) -> tuple[dict[str, Any], str | None]:
+    """group id -> raw colour value: that of the group's first run (the replicates share every
+    parameter but the seed)."""
+    if color_by == "run_id":
+        return {g: g for g in group_ids}, None
+    first = src.run_groups.drop_duplicates("group_id").set_index("group_id")["run_id"]
+    raw, fallback = run_colors(src, color_by, [first[g] for g in group_ids])
+    if fallback:
+        return {g: g for g in group_ids}, fallback
+    return {g: raw[first[g]] for g in group_ids}, None
 
 
 def inline_csv(frame: pd.DataFrame, numbers: list[str]) -> alt.InlineData:
@@ -163,7 +208,10 @@ LOG_LABELS = "logy ? format(pow(10, datum.value), '.3~g') : format(datum.value, 
 
 def metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame, colors: Colors,
                  title: str) -> alt.TopLevelMixin:
-    """The dropdown-driven curve chart: value against step and, when logged, against tokens."""
+    """The dropdown-driven curve chart: value against step and, when logged, against tokens; with
+    replicates (columns l and h: the lowest and highest), each mean line over its min–max band."""
+    if "l" in points:
+        return band_metric_chart(points, metrics, runs, colors, title)
     metric = alt.param(name="metric", value=0, bind=alt.binding_select(
         options=list(range(len(metrics))), labels=metrics, name="metric "))
     logy = alt.param(name="logy", value=True, bind=alt.binding_checkbox(name="log y "))
@@ -202,9 +250,62 @@ def metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame, c
     return top.add_params(metric, logy)
 
 
+def band_metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame,
+                      colors: Colors, title: str) -> alt.TopLevelMixin:
+    """metric_chart over groups of replicates: per panel a min–max band under the mean line."""
+    metric = alt.param(name="metric", value=0, bind=alt.binding_select(
+        options=list(range(len(metrics))), labels=metrics, name="metric "))
+    logy = alt.param(name="logy", value=True, bind=alt.binding_checkbox(name="log y "))
+    pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
+    lookup = [c for c in runs.columns if c != "r"]
+    tooltip = [alt.Tooltip("run:N", title="group"), alt.Tooltip("point:N"),
+               alt.Tooltip("n:Q", title="replicates"),
+               alt.Tooltip("c:N", title=title), alt.Tooltip("s:Q", title="step"),
+               alt.Tooltip("t:Q", title="tokens", format=","),
+               alt.Tooltip("v:Q", title="mean", format=".5~g"),
+               alt.Tooltip("l:Q", title="min", format=".5~g"),
+               alt.Tooltip("h:Q", title="max", format=".5~g")]
+    names = json.dumps(metrics).replace("'", "\\'")
+    axis = alt.Axis(labelExpr=LOG_LABELS)
+    panels = []
+    has_tokens = points["t"].notna().any()
+    for k, (x, x_title) in enumerate([("s", "step")] + ([("t", "tokens")] if has_tokens else [])):
+        title_expr = f"{names}[metric] + ' against {x_title}' + (logy ? ' (log scale)' : '')"
+        band = alt.Chart().mark_area(opacity=BAND_OPACITY).encode(
+            y=alt.Y("yl:Q", title="value", scale=alt.Scale(zero=False), axis=axis), y2="yh:Q")
+        line = (alt.Chart().mark_line(strokeWidth=1.2, point=alt.OverlayMarkDef(size=8, opacity=0))
+                .encode(y=alt.Y("y:Q", title="value", scale=alt.Scale(zero=False), axis=axis),
+                        tooltip=tooltip))
+        if pick is not None:
+            band = band.encode(fillOpacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)))
+            line = line.encode(strokeOpacity=alt.condition(pick, alt.value(1.0),
+                                                           alt.value(0.12)))
+            if k == 0:
+                line = line.add_params(pick)
+        panels.append(
+            alt.layer(band, line, title=alt.Title(text=alt.ExprRef(expr=title_expr)))
+            .transform_filter("datum.m == metric")
+            .transform_filter(f"isValid(datum.{x})")
+            .transform_filter("!logy || datum.v > 0")
+            .transform_lookup(lookup="r", from_=alt.LookupData(data=runs, key="r", fields=lookup))
+            # a band edge at or below 0 sits on the mean in log scale rather than at -infinity
+            .transform_calculate(y="logy ? log(datum.v) / LN10 : datum.v",
+                                 yl="logy ? (datum.l > 0 ? log(datum.l) / LN10 : datum.y) "
+                                    ": datum.l",
+                                 yh="logy ? log(datum.h) / LN10 : datum.h")
+            .encode(x=alt.X(f"{x}:Q", title=x_title), color=colors.encoding, detail="r:N")
+            .properties(width=460, height=300))
+    data = inline_csv(points, ["r", "m", "s", "t", "v", "l", "h"])
+    top = alt.hconcat(*panels, data=data) if len(panels) > 1 else panels[0].properties(data=data)
+    return top.add_params(metric, logy)
+
+
 def tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
                title: str) -> alt.TopLevelMixin:
-    """Recall (no tool) and tool accuracy against step: colour = run/param, dash = metric."""
+    """Recall (no tool) and tool accuracy against step: colour = run/param, dash = metric; with
+    replicates (columns l and h), each mean line over its min–max band."""
+    if "l" in points:
+        return band_tool_chart(points, runs, colors, title)
     pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
     series = [s for s in TOOL_SERIES if s in set(points["metric"])] + sorted(
         set(points["metric"]) - set(TOOL_SERIES))
@@ -229,6 +330,38 @@ def tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
     return chart
 
 
+def band_tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
+                    title: str) -> alt.TopLevelMixin:
+    """tool_chart over groups of replicates: a min–max band under each mean line."""
+    pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
+    series = [s for s in TOOL_SERIES if s in set(points["metric"])] + sorted(
+        set(points["metric"]) - set(TOOL_SERIES))
+    y = alt.Y("v:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]))
+    band = alt.Chart().mark_area(opacity=BAND_OPACITY).encode(
+        y=alt.Y("l:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])), y2="h:Q",
+        detail=["r:N", "metric:N"])
+    line = (alt.Chart().mark_line(point=True, strokeWidth=1.2)
+            .encode(y=y, strokeDash=alt.StrokeDash("metric:N", title="metric", sort=series),
+                    detail="r:N",
+                    tooltip=[alt.Tooltip("run:N", title="group"), alt.Tooltip("point:N"),
+                             alt.Tooltip("n:Q", title="replicates"),
+                             alt.Tooltip("c:N", title=title),
+                             alt.Tooltip("metric:N"), alt.Tooltip("s:Q", title="step"),
+                             alt.Tooltip("v:Q", title="mean", format=".4f"),
+                             alt.Tooltip("l:Q", title="min", format=".4f"),
+                             alt.Tooltip("h:Q", title="max", format=".4f")]))
+    if pick is not None:
+        band = band.encode(fillOpacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)))
+        line = line.encode(opacity=alt.condition(pick, alt.value(1.0), alt.value(0.12))
+                           ).add_params(pick)
+    return (alt.layer(band, line, data=inline_csv(points, ["r", "s", "v", "l", "h"]),
+                      title="accuracy with (tool_accuracy) vs without (recall) the tool")
+            .transform_lookup(lookup="r", from_=alt.LookupData(
+                data=runs, key="r", fields=[c for c in runs.columns if c != "r"]))
+            .encode(x=alt.X("s:Q", title="step"), color=colors.encoding)
+            .properties(width=560, height=300))
+
+
 # ---------------------------------------------------------------------------------------------
 # the page
 
@@ -238,19 +371,35 @@ def build(src: Source, color_by: str | None = None) -> Page:
     if src.empty:
         page.add(NO_RUNS)
         return page
-    curves = thinned(src, METRIC_ROWS)
+    key = color_by or default_color_by(src)
+    grouped = aggregates(src, key)
+    metric_rows = METRIC_ROWS
     tool_rows = TOOL_ROWS.format(evals=TOOL_EVAL_ROWS if src.has("evals", "step") else "")
+    token_rows = ("SELECT run_id, step, avg(value) AS t FROM metrics "
+                  "WHERE name = 'tokens' AND isfinite(value) GROUP BY ALL")
+    if grouped:  # one curve per group of replicates: the SQL folds them before thinning
+        groups_sql = src.run_groups_sql()
+        metric_rows = GROUP_ROWS.format(rows=metric_rows, groups=groups_sql)
+        tool_rows = GROUP_ROWS.format(rows=tool_rows, groups=groups_sql)
+        token_rows = (f"SELECT g.group_id AS run_id, m.step, avg(m.t) AS t FROM ({token_rows}) m "
+                      f"JOIN ({groups_sql}) g USING (run_id) GROUP BY ALL")
+    curves = thinned(src, metric_rows)
     tool = thinned(src, tool_rows)
     run_ids = sorted(set(curves["run_id"]) | set(tool["run_id"]))
     if not run_ids:
         page.add("<h2>Training curves</h2>", "<p>No run has logged a metric yet.</p>")
         return page
 
-    key = color_by or default_color_by(src)
-    raw, fallback = run_colors(src, key, run_ids)
+    if grouped:
+        raw, fallback = group_colors(src, key, run_ids)
+        groups = (src.run_groups.drop_duplicates("group_id").set_index("group_id")
+                  [["sweep", "point_group", "replicates"]])
+    else:
+        raw, fallback = run_colors(src, key, run_ids)
+        groups = None
     title = "run" if fallback or key == "run_id" else key
     colors = color_encoding(raw, title)
-    runs = run_table(src, run_ids, colors.fields)
+    runs = run_table(src, run_ids, colors.fields, groups)
     index = {run_id: i for i, run_id in enumerate(run_ids)}
 
     page.add("<h2>Training curves</h2>")
@@ -260,19 +409,24 @@ def build(src: Source, color_by: str | None = None) -> Page:
         page.add("<p>No run has logged a metric yet.</p>")
     else:
         metrics = metric_order(sorted(set(curves["metric"])))
-        tokens = src.df("SELECT run_id, step, avg(value) AS t FROM metrics "
-                        "WHERE name = 'tokens' AND isfinite(value) GROUP BY ALL")
-        points = curves.merge(tokens, on=["run_id", "step"], how="left")
+        tokens = src.df(token_rows)
+        merged = curves.merge(tokens, on=["run_id", "step"], how="left")
         points = pd.DataFrame({
-            "r": points["run_id"].map(index), "m": points["metric"].map(
+            "r": merged["run_id"].map(index), "m": merged["metric"].map(
                 {m: i for i, m in enumerate(metrics)}),
-            "s": points["step"], "t": points["t"].round().astype("Int64"), "v": points["value"]})
+            "s": merged["step"], "t": merged["t"].round().astype("Int64"), "v": merged["value"]})
+        if grouped:
+            points["l"], points["h"] = merged["lo"], merged["hi"]
         page.chart("curves", metric_chart(points, metrics, runs, colors, title))
         kept = points_per_curve(curves.groupby(["run_id", "metric"]).ngroups)
+        lines = (("One line per group of replicates (runs that differ only in their seed): the "
+                  "mean at each step over a band from the lowest to the highest replicate (colour "
+                  "by a seed key to see each replicate), ")
+                 if grouped else "One line per run, ")
         page.add(howto(
             f"Pick the metric in the dropdown under the chart. Left: its value against the "
             f"optimizer step; right (when runs log <code>tokens</code>): against the tokens seen. "
-            f"One line per run, coloured by <code>{esc(title)}</code>"
+            f"{lines}coloured by <code>{esc(title)}</code>"
             + (" (click a legend entry to highlight it)" if colors.clickable else "") +
             "; hover for the run, its sweep point and the exact value. The y axis is logarithmic "
             "while <em>log y</em> is ticked (non-positive values are then hidden); losses are "
@@ -287,6 +441,8 @@ def build(src: Source, color_by: str | None = None) -> Page:
     else:
         points = pd.DataFrame({"r": tool["run_id"].map(index), "metric": tool["metric"],
                                "s": tool["step"], "v": tool["value"]})
+        if grouped:
+            points["l"], points["h"] = tool["lo"], tool["hi"]
         page.chart("step_accuracy", tool_chart(points, runs, colors, title))
         page.add(howto(
             "Accuracy on the trained people's facts at each evaluated step (the dash pattern tells "

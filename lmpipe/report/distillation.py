@@ -4,7 +4,10 @@ distillation runs' curves.
 The comparison comes from one eval run: the latest whose eval-stage rows (step null) include the
 pipeline's models (teacher, student = scratch, distilled, quantized, quantized_ptq, int8), else the
 latest outside a sweep; its overall rows (attribute null) become a faceted bar chart, one panel per
-metric and split, and a model × metric table. The curves are the validation loss of the distilled
+metric and split, and a model × metric table. When that run has replicates (the default experiment
+swept with `seeds`, lmpipe/sweep.py), the comparison is over all of them: each bar is the mean
+with a whisker from the lowest to the highest replicate, each table cell "mean (min–max)",
+aggregated in SQL (lmpipe/store_spread.py). The curves are the validation loss of the distilled
 and scratch students at equal steps, and each logged distillation term (`loss_<term>`).
 """
 
@@ -16,8 +19,9 @@ import altair as alt
 import pandas as pd
 
 from lmpipe.report.curves import thinned
-from lmpipe.report.page import NO_RUNS, Page, esc, fmt, howto, note, table
+from lmpipe.report.page import NO_RUNS, Page, esc, fmt_spread, howto, note, table
 from lmpipe.report.source import Source
+from lmpipe.store_spread import spread_sql
 
 MODEL_ORDER = ["teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"]
 FIRST_PANELS = ["recall / trained", "tool_accuracy / trained", "tool_accuracy / heldout",
@@ -36,10 +40,13 @@ WHERE known > 0 OR {not_in_sweep}  -- a sweep's eval runs (one model each) belon
 ORDER BY known > 0 DESC, started_at DESC NULLS LAST, run_id DESC LIMIT 1
 """
 
-OVERALL_EVALS_SQL = """
-SELECT model, metric, split, avg(value) AS value, max(n) AS n
-FROM evals WHERE run_id = ? AND attribute IS NULL AND {stage_rows}
-GROUP BY ALL ORDER BY metric, split, model
+# the overall rows of every replicate of the eval run's group (a group of one without seeds),
+# each run's rows averaged first; spread_sql adds value_min, value_max and value_n (replicates)
+OVERALL_RUN_ROWS = """
+SELECT run_id, model, metric, split, avg(value) AS value, max(n) AS n
+FROM evals WHERE run_id IN (SELECT run_id FROM ({groups}) WHERE group_id = ?)
+  AND attribute IS NULL AND {stage_rows}
+GROUP BY ALL
 """
 
 # the students: distilled runs and from-scratch training runs other than the teacher
@@ -80,8 +87,23 @@ def _bar_label(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def overall_spread(src: Source, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(model, metric, split, value, value_min, value_max, value_n, n) over the replicates of
+    `run_id`'s group, and the group's runs (run_id, seed)."""
+    groups = src.run_groups_sql()
+    group = src.scalar(f"SELECT group_id FROM ({groups}) WHERE run_id = ?", [run_id])
+    rows = OVERALL_RUN_ROWS.format(groups=groups, stage_rows=src.stage_rows())
+    overall = src.df(spread_sql(rows, ["model", "metric", "split"], ["value", "n"])
+                     + " ORDER BY metric, split, model", [group])
+    overall = overall.drop(columns=["n_min", "n_max", "n_n"])
+    members = src.df(f"SELECT run_id, seed FROM ({groups}) WHERE group_id = ? "
+                     "ORDER BY seed, run_id", [group])
+    return overall, members
+
+
 def comparison_chart(overall: pd.DataFrame) -> alt.FacetChart:
-    """One small bar chart per metric (own y scale), one bar per model, the value on top."""
+    """One small bar chart per metric (own y scale), one bar per model, the value on top; over
+    replicates, the mean with a whisker from the lowest to the highest."""
     data = overall.assign(panel=[_panel(m, s) for m, s in zip(overall["metric"], overall["split"])],
                           text=overall["value"].map(_bar_label))
     panels = [p for p in FIRST_PANELS if p in set(data["panel"])] + sorted(
@@ -94,21 +116,39 @@ def comparison_chart(overall: pd.DataFrame) -> alt.FacetChart:
         tooltip=["model:N", "metric:N", "split:N", alt.Tooltip("value:Q", format=",.5~g"), "n:Q"])
     bars = base.mark_bar()
     text = base.mark_text(dy=-5, fontSize=9, color="#333").encode(text="text:N")
-    return (alt.layer(bars, text, data=data)
+    layers = [bars, text]
+    if "value_n" in data and (data["value_n"] > 1).any():
+        text = text.encode(y=alt.Y("value_max:Q", title=None))  # the label above the whisker
+        layers = [bars, text]
+        whisker = alt.Chart().mark_rule(color="#222", strokeWidth=1.5).encode(
+            x=alt.X("model:N", sort=models), y=alt.Y("value_min:Q", title=None), y2="value_max:Q",
+            tooltip=["model:N", "metric:N", "split:N",
+                     alt.Tooltip("value:Q", title="mean", format=",.5~g"),
+                     alt.Tooltip("value_min:Q", title="min", format=",.5~g"),
+                     alt.Tooltip("value_max:Q", title="max", format=",.5~g"),
+                     alt.Tooltip("value_n:Q", title="replicates")])
+        layers.insert(1, whisker)
+    return (alt.layer(*layers, data=data)
             .properties(width=max(120, 26 * len(models)), height=150)
             .facet(facet=alt.Facet("panel:N", sort=panels, title=None), columns=4)
             .resolve_scale(y="independent").resolve_axis(x="independent"))
 
 
 def overall_table(overall: pd.DataFrame) -> pd.DataFrame:
-    """model × 'metric / split' pivot of the overall numbers, formatted for reading."""
+    """model × 'metric / split' pivot of the overall numbers, formatted for reading: over
+    replicates, 'mean (min–max)'."""
     column = [_panel(m, s) for m, s in zip(overall["metric"], overall["split"])]
-    wide = overall.assign(column=column).pivot_table(index="model", columns="column",
-                                                     values="value", aggfunc="mean")
+    if "value_n" not in overall:
+        overall = overall.assign(value_min=overall["value"], value_max=overall["value"],
+                                 value_n=1)
+    cells = [fmt_spread(v, lo, hi, n) for v, lo, hi, n in zip(
+        overall["value"], overall["value_min"], overall["value_max"], overall["value_n"])]
+    wide = overall.assign(column=column, cell=cells).pivot(index="model", columns="column",
+                                                           values="cell")
     first = [c for c in ACCURACY_PANELS if c in wide]
     wide = wide.reindex(index=model_order(list(wide.index)),
                         columns=first + sorted(c for c in wide.columns if c not in first))
-    wide = wide.map(fmt).reset_index()
+    wide = wide.fillna("–").reset_index()
     wide.columns.name = None
     return wide
 
@@ -160,9 +200,19 @@ def build(src: Source) -> Page:
             '<a href="scaling.html">scaling page</a> and in the sweep table of the '
             '<a href="index.html">index</a>).</p>')
     else:
-        overall = src.df(OVERALL_EVALS_SQL.format(stage_rows=src.stage_rows()), [latest])
-        page.add(f"<p>From eval run <code>{esc(latest)}</code> (the latest with the pipeline's "
-                 "models), over all attributes.</p>")
+        overall, members = overall_spread(src, latest)
+        if len(members) > 1:
+            seeds = ", ".join(str(int(s)) for s in members["seed"].dropna())
+            group = src.scalar(f"SELECT group_id FROM ({src.run_groups_sql()}) WHERE run_id = ?",
+                               [latest])
+            page.add(f"<p>From the {len(members)} replicates of eval run <code>{esc(group)}</code>"
+                     + (f" (seeds {esc(seeds)})" if seeds else "") +
+                     ", the latest with the pipeline's models, over all attributes: each bar and "
+                     "cell is the mean over the replicates; the whiskers and the brackets give the "
+                     "lowest and the highest replicate.</p>")
+        else:
+            page.add(f"<p>From eval run <code>{esc(latest)}</code> (the latest with the "
+                     "pipeline's models), over all attributes.</p>")
         if overall.empty:
             page.add("<p>This eval run has no overall rows.</p>")
         else:

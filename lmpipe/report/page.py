@@ -70,6 +70,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_spread(mean: Any, low: Any, high: Any, n: Any, number: Any = fmt) -> str:
+    """A figure over replicates: 'mean (min–max)' when more than one run made it and they differ,
+    else the figure alone (`number` formats each part)."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    if n is None or pd.isna(n) or n <= 1 or number(low) == number(high):
+        return number(mean)
+    return f"{number(mean)} ({number(low)}–{number(high)})"
+
+
 def duration(seconds: Any) -> str:
     """Seconds as '12.3s', '20m 34.5s' or '2h 05m'; '–' if missing."""
     if seconds is None or pd.isna(seconds):

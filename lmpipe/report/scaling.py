@@ -6,7 +6,9 @@ step null): its `parameters`, `knowledge_bits` (trained split), `recall` and `to
 (trained people), joined to the eval run's world (`params`: world.people, world.tool_dialogs,
 world.qa_dialogs) and, in a sweep, its point's `mode`. Facts = people × the six attributes. Within a
 sweep only the latest eval run of each point and model counts (a retried point is not counted
-twice). The contour panels are drawn by `lmpipe.report.contours`.
+twice). The contour panels are drawn by `lmpipe.report.contours`; a lattice node measured more than
+once (the replicates of a sweep with `seeds`) shows the mean, and its lowest and highest
+measurement in the tooltip and the table.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 
 from lmpipe.protocol import ATTRIBUTES
 from lmpipe.report import contours
-from lmpipe.report.page import NO_RUNS, Page, howto, note, table
+from lmpipe.report.page import NO_RUNS, Page, fmt_spread, howto, note, table
 from lmpipe.report.source import Source, label, parse_json
 
 BITS_PER_PARAM = 2.0
@@ -138,9 +140,11 @@ def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
 
 def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.LayerChart, dict]:
     """Heatmap cells, contour lines with level labels, and measured points for one accuracy."""
-    lx, ly, mean, count = contours.lattice(models["parameters"].to_numpy(),
-                                           models["facts"].to_numpy(), models[column].to_numpy())
-    cells = contours.cells(lx, ly, mean, count)
+    where = (models["parameters"].to_numpy(), models["facts"].to_numpy(),
+             models[column].to_numpy())
+    lx, ly, mean, count = contours.lattice(*where)
+    low, high = contours.lattice_range(*where) if count.size and count.max() > 1 else (None, None)
+    cells = contours.cells(lx, ly, mean, count, low, high)
     lines = contours.contour_lines(lx, ly, mean)
     labels = contours.line_labels(lines)
     # the panel spans the lattice's cells exactly (no "nice" padding to whole decades)
@@ -148,14 +152,17 @@ def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.La
     y_scale = alt.Scale(type="log", nice=False, domain=[cells["y"].min(), cells["y2"].max()])
     color = alt.Color("value:Q", title="accuracy",
                       scale=alt.Scale(domain=[0, 1], scheme=ACCURACY_SCHEME))
+    tooltip = [alt.Tooltip("xc:Q", title="parameters", format=","),
+               alt.Tooltip("yc:Q", title="facts", format=","),
+               alt.Tooltip("value:Q", title="mean accuracy", format=".3f"),
+               alt.Tooltip("n:Q", title="models")]
+    if low is not None:
+        tooltip[3:3] = [alt.Tooltip("lo:Q", title="min", format=".3f"),
+                        alt.Tooltip("hi:Q", title="max", format=".3f")]
     layers = [alt.Chart(cells).mark_rect(opacity=0.9, stroke="white", strokeWidth=0.5).encode(
         x=alt.X("x:Q", title="parameters (log scale)", scale=x_scale), x2="x2:Q",
         y=alt.Y("y:Q", title="facts = people × 6 (log scale)", scale=y_scale), y2="y2:Q",
-        color=color,
-        tooltip=[alt.Tooltip("xc:Q", title="parameters", format=","),
-                 alt.Tooltip("yc:Q", title="facts", format=","),
-                 alt.Tooltip("value:Q", title="mean accuracy", format=".3f"),
-                 alt.Tooltip("n:Q", title="models")])]
+        color=color, tooltip=tooltip)]
     if not lines.empty:
         # dark lines and labels over a white halo, readable on light and dark cells alike
         for stroke, width, opacity in (("white", 4.0, 0.8), ("#111", 1.6, 1.0)):
@@ -178,15 +185,23 @@ def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.La
     info = {"nodes": (len(lx), len(ly)), "measured": int((count > 0).sum()),
             "missing": int((count == 0).sum()), "models": len(measured),
             "lines": lines["level"].nunique() if not lines.empty else 0,
-            "grid": _grid_table(lx, ly, mean)}
+            "spread": low is not None,
+            "grid": _grid_table(lx, ly, mean, count, low, high)}
     return alt.layer(*layers).properties(width=430, height=340, title=title), info
 
 
-def _grid_table(lx: np.ndarray, ly: np.ndarray, mean: np.ndarray) -> pd.DataFrame:
-    """facts (rows, largest first) × parameters (columns) mean accuracy, for exact reading."""
-    frame = pd.DataFrame(mean, index=[f"{10 ** v:,.0f}" for v in ly],
+def _grid_table(lx: np.ndarray, ly: np.ndarray, mean: np.ndarray, count: np.ndarray,
+                low: np.ndarray | None = None, high: np.ndarray | None = None) -> pd.DataFrame:
+    """facts (rows, largest first) × parameters (columns) mean accuracy, for exact reading; a
+    cell measured more than once also gives its lowest and highest, "mean (min–max)"."""
+    low = mean if low is None else low
+    high = mean if high is None else high
+    three = "{:.3f}".format
+    text = [[fmt_spread(mean[j, i], low[j, i], high[j, i], count[j, i], three)
+             for i in range(len(lx))] for j in range(len(ly))]
+    frame = pd.DataFrame(text, index=[f"{10 ** v:,.0f}" for v in ly],
                          columns=[f"{10 ** v:,.0f}" for v in lx])
-    frame = frame.iloc[::-1].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    frame = frame.iloc[::-1]
     frame.index.name = "facts \\ parameters"
     return frame.reset_index()
 
@@ -275,6 +290,8 @@ def build(src: Source) -> Page:
         "(every size answers). Compare where the 0.5 line sits in the two panels."))
     for key, title, info in infos:
         if info is not None and len(info["grid"]) <= 16 and len(info["grid"].columns) <= 17:
-            page.add(f"<h3>{title}: mean accuracy per lattice cell</h3>", table(info["grid"]))
+            spread = " (min–max where measured more than once)" if info["spread"] else ""
+            page.add(f"<h3>{title}: mean accuracy per lattice cell{spread}</h3>",
+                     table(info["grid"]))
     return page
 

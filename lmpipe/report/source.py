@@ -1,7 +1,8 @@
 """What the report reads from the run database: one read-only DuckDB connection per render, the
 schema probes that let the pages work on older and newer stores (with or without `evals.step`,
 `runs.sweep`/`runs.point`, `sweep_points`), and the per-run facts several pages share: sweep points
-with their parameters, and one parameter's value per run.
+with their parameters, one parameter's value per run, and the replicate group of each run (a sweep
+with `seeds`; lmpipe/store_spread.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+
+from lmpipe.store_spread import run_groups_sql
 
 
 def parse_json(text: Any) -> Any:
@@ -107,20 +110,46 @@ class Source:
         if self.has("sweep_points", "sweep", "point"):
             cols = self.columns["sweep_points"]
             wanted = [c for c in ("sweep", "point", "status", "exp", "attempts", "wall_time_s",
-                                  "error", "params") if c in cols]
+                                  "error", "params", "point_group", "seed", "group_params")
+                      if c in cols]
             points = self.df(f"SELECT {', '.join(wanted)} FROM sweep_points ORDER BY sweep, point")
         elif len(self.run_points):
             points = (self.run_points.groupby(["sweep", "point"], as_index=False).size()
                       .drop(columns="size").sort_values(["sweep", "point"]))
         else:
             points = pd.DataFrame(columns=["sweep", "point"])
-        if "params" in points:
-            points["params"] = [p if isinstance(p, dict) else (parse_json(p) or {})
-                                for p in points["params"]]
-            points["params"] = [p if isinstance(p, dict) else {} for p in points["params"]]
-        else:
+        for column in ("params", "group_params"):
+            if column in points:
+                points[column] = [p if isinstance(p, dict) else (parse_json(p) or {})
+                                  for p in points[column]]
+                points[column] = [p if isinstance(p, dict) else {} for p in points[column]]
+        if "params" not in points:
             points["params"] = [{} for _ in range(len(points))]
         return points.reset_index(drop=True)
+
+    @cached_property
+    def seed_keys(self) -> set[str]:
+        """The parameters a seeds axis sets: in a point's params but not in its group's."""
+        points = self.sweep_points
+        if "group_params" not in points:
+            return set()
+        return {key for params, group in zip(points["params"], points["group_params"])
+                for key in params if key not in group}
+
+    @cached_property
+    def run_groups(self) -> pd.DataFrame:
+        """run_id, sweep, point_group, seed, group_id, replicates of every run
+        (lmpipe/store_spread.py): runs that differ only in their seed share a group id."""
+        return self.df(run_groups_sql(self.columns) + " ORDER BY group_id, run_id")
+
+    def run_groups_sql(self) -> str:
+        """The SQL behind `run_groups`, for joining in a query."""
+        return run_groups_sql(self.columns)
+
+    @cached_property
+    def replicated(self) -> bool:
+        """Whether any group of runs has more than one replicate."""
+        return bool(len(self.run_groups)) and int(self.run_groups["replicates"].max()) > 1
 
     @cached_property
     def point_keys(self) -> list[str]:
@@ -131,9 +160,12 @@ class Source:
         return list(keys)
 
     def varying_point_keys(self) -> list[str]:
-        """Point parameter keys taking more than one value across sweep points."""
+        """Point parameter keys taking more than one value across sweep points (a seeds axis's
+        keys are not parameters of the experiment, and do not count)."""
         out = []
         for key in self.point_keys:
+            if key in self.seed_keys:
+                continue
             values = {label(p.get(key)) for p in self.sweep_points["params"]}
             if len(values) > 1:
                 out.append(key)
