@@ -2,7 +2,13 @@
 
 People world (needs the default pipeline's outputs: run `make run` first): the cache at k=32 in
 the default encoding (u8 log-probs) and in fp16, bytes per token and the mean KL(teacher || cache
-reconstruction) over every cached position and over target positions only.
+reconstruction) over every cached position and over target positions only, then what u8 costs
+against fp16 as ratios of those KLs:
+
+    KL ratio = KL(teacher || u8 reconstruction) / KL(teacher || fp16 reconstruction)
+
+over all positions (dominated by the tail the top-k leaves out, which both share) and over
+target positions (where the top-k holds nearly all the mass, so the log-prob encoding shows).
 
 SmolLM2-135M-Instruct on tiny Shakespeare (needs the smollm2 extra): the same two figures at k=32
 and k=128, the cache's throughput (tokens/s of teacher forward + compression + writes), then the
@@ -31,6 +37,7 @@ from lmpipe.batching import make_batches  # noqa: E402
 from lmpipe.config import DistillParams, load_params  # noqa: E402
 from lmpipe.distill import build_objective  # noqa: E402
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
+from lmpipe.masks import model_attention_mask  # noqa: E402
 from lmpipe.model import build_model, load_model  # noqa: E402
 from lmpipe.sources import paragraphs  # noqa: E402
 from lmpipe.teacher_cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
@@ -39,14 +46,16 @@ from lmpipe.tokens import TokenSplit, tokenize_documents  # noqa: E402
 
 @torch.no_grad()
 def reconstruction_kl(model, cache: TeacherCache, batches, batch_size: int,
-                      max_positions: int) -> tuple[float, float, float]:
+                      max_positions: int, attention: str = "causal",
+                      token_mask=None) -> tuple[float, float, float]:
     """Mean KL(teacher's full distribution || the cache's reconstruction), over all cached
     positions and over target positions, for up to `max_positions` positions; and the mean
-    probability mass the top-k covers."""
+    probability mass the top-k covers. The teacher reads with the mask the cache was written
+    with (`attention`, `token_mask`: lmpipe/masks.py)."""
     total, count, target_total, target_count, covered = 0.0, 0, 0.0, 0, 0.0
     for batch in batches.sequential(batch_size):
-        logits = model(input_ids=batch.input_ids,
-                       attention_mask=(batch.positions >= 0).long()).logits[:, :-1]
+        mask = model_attention_mask(attention, batch.positions, token_mask)
+        logits = model(input_ids=batch.input_ids, attention_mask=mask).logits[:, :-1]
         real = (batch.positions[:, :-1] >= 0) & (batch.positions[:, 1:] >= 0)
         logp = torch.log_softmax(logits[real].float(), -1)
         rows = cache.rows(batch.positions[:, :-1][real].numpy())
@@ -68,9 +77,10 @@ def cache_figures(label: str, model, split: TokenSplit, tp, pad_id: int, k: int,
     batches = make_batches(split, tp.sampling, batch_size, tp.block_size, 0, pad_id,
                            model.config.max_position_embeddings, tp.loss_on)
     manifest = write_cache(model, split, CacheSpec(k, fmt), pad_id, folder, batch_size,
-                           {}, batches)
-    kl_all, kl_targets, covered = reconstruction_kl(model, TeacherCache.open(folder), batches,
-                                                    batch_size, max_positions)
+                           {}, batches, attention=tp.attention, loss_on=tp.loss_on)
+    kl_all, kl_targets, covered = reconstruction_kl(
+        model, TeacherCache.open(folder), batches, batch_size, max_positions, tp.attention,
+        split.mask if tp.loss_on == "mask" else None)
     row = {"teacher": label, "k": k, "logprobs": fmt, "bytes_per_token": manifest["bytes_per_token"],
            "kl_all": kl_all, "kl_targets": kl_targets, "top_k_mass": covered,
            "cache_tokens_per_s": manifest["tokens_per_s"],
@@ -82,13 +92,28 @@ def cache_figures(label: str, model, split: TokenSplit, tp, pad_id: int, k: int,
     return row
 
 
-def people(project: Path) -> list[dict]:
+def u8_cost(u8: dict, fp16: dict) -> dict:
+    """What u8 log-probs cost against fp16 at the same k: the KL ratios (module docstring) and
+    the bytes saved per token."""
+    return {"kl_all_ratio": u8["kl_all"] / fp16["kl_all"],
+            "kl_targets_ratio": u8["kl_targets"] / fp16["kl_targets"],
+            "bytes_saved_per_token": fp16["bytes_per_token"] - u8["bytes_per_token"]}
+
+
+def people(project: Path) -> tuple[list[dict], dict]:
     params = load_params(project / "params.yaml")
     model, tokenizer = load_model(project / "runs/teacher/model")
     split = TokenSplit.open(project / "data/tokens", "train")
     print("people world teacher (runs/teacher), every train position:")
-    return [cache_figures("people", model, split, params.teacher.train, tokenizer.pad_token_id,
+    rows = [cache_figures("people", model, split, params.teacher.train, tokenizer.pad_token_id,
                           32, fmt, 64, 10**9) for fmt in ("u8", "fp16")]
+    cost = u8_cost(*rows)
+    u8, fp16 = rows
+    print(f"  u8 vs fp16 at k=32: KL over all positions {u8['kl_all']:.3g} vs {fp16['kl_all']:.3g} "
+          f"nats ({cost['kl_all_ratio']:.2f}x), over targets {u8['kl_targets']:.3g} vs "
+          f"{fp16['kl_targets']:.3g} nats ({cost['kl_targets_ratio']:.1f}x); u8 saves "
+          f"{cost['bytes_saved_per_token']:.0f} bytes/token", flush=True)
+    return rows, cost
 
 
 def time_steps(student, objective, batches, steps: int) -> float:
@@ -151,13 +176,13 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}")
-    rows = people(Path(args.project))
+    rows, cost = people(Path(args.project))
     speed = {}
     if not args.skip_smollm2:
         more, speed = smollm2(Path(args.shakespeare), args.documents, args.steps)
         rows += more
     print(json.dumps({"caches": [{k: v for k, v in r.items() if k != "folder"} for r in rows],
-                      "distill_speed": speed}, indent=1))
+                      "u8_vs_fp16": cost, "distill_speed": speed}, indent=1))
 
 
 if __name__ == "__main__":

@@ -237,15 +237,18 @@ def _tokenizer(config: CheckpointEvalConfig, run: Path):
 def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path) -> list[dict[str, Any]]:
     """Evaluate one checkpoint, append its records to the run's evals.jsonl, and return them.
 
-    Records: val_loss (split val), and when the config names a people world, tool_accuracy and
-    tool_call_rate on trained and held-out people (attribute None), each with `step`. Raises
+    Records: val_loss (split val), and when the config names a people world, tool_accuracy,
+    tool_call_rate, tool_call_wrong_person and tool_call_wrong_attribute (lmpipe/evaluate.py:
+    a valid call is a well-formed query for the asked person and attribute) on trained and
+    held-out people (attribute None), each with `step`. Raises
     CheckpointVanished if the checkpoint is pruned before its weights are read.
     """
     started = time.time()
     import torch
 
     from lmpipe.batching import make_batches
-    from lmpipe.evaluate import accuracy_records, questions_for, sample_people
+    from lmpipe.evaluate import (accuracy_records, questions_for, sample_people,
+                                 tool_call_records)
     from lmpipe.generate import answer_questions
     from lmpipe.losses import evaluate_loss
     from lmpipe.tokens import TokenSplit
@@ -287,10 +290,7 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
                                              batch_size=config.batch_size)
                 records += [r for r in accuracy_records("tool_accuracy", split, questions, exchanges)
                             if r["attribute"] is None]
-                valid = sum(ex.db_reply is not None and not ex.db_reply.startswith("ERROR")
-                            for ex in exchanges)
-                records.append({"metric": "tool_call_rate", "split": split, "attribute": None,
-                                "value": valid / len(exchanges), "n": len(exchanges)})
+                records += tool_call_records(split, questions, exchanges)
     # the run may have been published (staging renamed into place) while we evaluated
     run = live_run_folder(config.run_dir)
     name = _run_name(config, run)

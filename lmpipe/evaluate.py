@@ -4,6 +4,20 @@ Recall asks a trained person's attribute with no tool available: the answer must
 weights. Tool accuracy offers the database: the model must write a valid query, and the evaluator
 runs it, inserts the reply and lets the model finish. On held-out people, who never appear in
 training text, only tool use can succeed. Answers are scored by exact match.
+
+Tool calls (`tool_call_records`), over the n questions asked with the tool:
+
+    tool_call_rate             well-formed queries (protocol.parse_query) for the asked person
+                               and the asked attribute / n
+    tool_call_wrong_person     well-formed queries naming another person / n
+    tool_call_wrong_attribute  well-formed queries asking another attribute / n
+
+(a query wrong in both counts in both; no call or a malformed one counts in none). A database
+reply alone does not make a call valid: the database answers any existing person's attribute.
+
+Bits per byte (`val_bpb`) is measured on exactly the targets the validation loss is
+(lmpipe/losses.py: the same `eval_batches`), over the UTF-8 bytes of their text, special tokens
+counting 0 bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +31,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from lmpipe import protocol
@@ -26,11 +39,10 @@ from lmpipe.generate import Exchange, answer_questions, sample_text
 from lmpipe.knowledge import knowledge_records
 from lmpipe.model import count_parameters, load_model, tensor_headers
 from lmpipe.runlog import RunLog
-from lmpipe.tokenizer_kinds import bits_per_byte
 from lmpipe.tokens import TokenSplit
 from lmpipe.tooldb import PeopleDB
 from lmpipe.batching import make_batches
-from lmpipe.losses import evaluate_loss
+from lmpipe.losses import evaluate_split
 
 
 def sample_people(db: PeopleDB, split: str, count: int, seed: int) -> list[dict[str, str]]:
@@ -55,11 +67,37 @@ def accuracy_records(metric: str, split: str, questions: list[tuple[str, str, st
              "value": sum(v) / len(v), "n": len(v)} for attr, v in hits.items()]
 
 
-def val_bits_per_byte(val_loss: float, val_split: TokenSplit, tokenizer) -> float:
-    """Validation loss in bits per byte of the target text: comparable across tokenizers."""
-    targets = np.asarray(val_split.tokens)[np.asarray(val_split.mask) == 1]
-    n_bytes = len(tokenizer.decode(targets.tolist()).encode("utf-8"))
-    return bits_per_byte(val_loss, len(targets), n_bytes)
+TOOL_CALL_METRICS = ("tool_call_rate", "tool_call_wrong_person", "tool_call_wrong_attribute")
+
+
+def tool_call_kind(attribute: str, name: str, query: str | None) -> set[str]:
+    """Which of TOOL_CALL_METRICS one exchange counts in (module docstring): the query the model
+    wrote, parsed with the protocol's grammar, against the asked attribute and person."""
+    if query is None:
+        return set()
+    try:
+        parsed = protocol.parse_query(query)
+    except protocol.QueryError:
+        return set()
+    kinds = set()
+    if parsed.name != name:
+        kinds.add("tool_call_wrong_person")
+    if parsed.attribute != attribute:
+        kinds.add("tool_call_wrong_attribute")
+    return kinds or {"tool_call_rate"}
+
+
+def tool_call_records(split: str, questions: list[tuple[str, str, str]],
+                      exchanges: list[Exchange]) -> list[dict[str, Any]]:
+    """The rate of valid tool calls, and of well-formed calls for the wrong person or attribute,
+    over every question asked (module docstring), as eval records."""
+    counts = dict.fromkeys(TOOL_CALL_METRICS, 0)
+    for (attribute, name, _), ex in zip(questions, exchanges):
+        for kind in tool_call_kind(attribute, name, ex.query):
+            counts[kind] += 1
+    n = len(exchanges)
+    return [{"metric": metric, "split": split, "attribute": None, "value": count / max(n, 1),
+             "n": n} for metric, count in counts.items()]
 
 
 def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
@@ -72,14 +110,17 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
     model, tokenizer = load_model(model_dir)
     # every model is scored on the same batches, read the way the teacher was trained
     tp = val_sampling
-    val_loss = evaluate_loss(model, make_batches(
+    # loss and bits per byte from the same targets (the first eval_batches batches)
+    val = evaluate_split(model, make_batches(
         val_split, tp.sampling, 64, tp.block_size, 0, tokenizer.pad_token_id,
-        model.config.max_position_embeddings, tp.loss_on), max_batches=tp.eval_batches)
+        model.config.max_position_embeddings, tp.loss_on), max_batches=tp.eval_batches,
+        tokenizer=tokenizer)
+    val_loss = val.loss
     records = [
         {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None},
         {"metric": "val_ppl", "split": "val", "attribute": None, "value": math.exp(val_loss), "n": None},
-        {"metric": "val_bpb", "split": "val", "attribute": None,
-         "value": val_bits_per_byte(val_loss, val_split, tokenizer), "n": None},
+        {"metric": "val_bpb", "split": "val", "attribute": None, "value": val.bits_per_byte,
+         "n": None},
         {"metric": "parameters", "split": "model", "attribute": None,
          "value": float(count_parameters(model)), "n": None},
         *size_records(Path(model_dir)),
@@ -104,10 +145,7 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
                                      **generation)
         records += accuracy_records(metric, split, questions, exchanges)
         if tool is not None:
-            valid = sum(ex.db_reply is not None and not ex.db_reply.startswith("ERROR")
-                        for ex in exchanges)
-            records.append({"metric": "tool_call_rate", "split": split, "attribute": None,
-                            "value": valid / len(exchanges), "n": len(exchanges)})
+            records += tool_call_records(split, questions, exchanges)
         transcripts[f"{metric}/{split}"] = exchanges
     if params.harness_tasks:
         from lmpipe.harness import harness_records  # lm-eval is an optional dependency

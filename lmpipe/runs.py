@@ -213,7 +213,10 @@ def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_di
         if tokenizer_identity(tokenizer_dir) != tokenizer_identity(teacher_dir):
             raise ConfigError(f"distill.teacher = live: {teacher_dir} was saved with another "
                               f"tokenizer than {tokenizer_dir}; retrain or re-import the teacher")
-        return LiveTeacher(model), model_fingerprint(teacher_dir)
+        tp = params.teacher.train  # the teacher reads text with its own attention mask
+        mask = TokenSplit.open(tokens_dir, "train").mask if tp.loss_on == "mask" else None
+        return (LiveTeacher(model, attention=tp.attention, token_mask=mask),
+                model_fingerprint(teacher_dir))
     expect = {"tokenizer_sha256": tokenizer_identity(tokenizer_dir)}
     if (Path(teacher_dir) / "model.safetensors").is_file():  # the cache must be this teacher's
         expect["teacher_sha256"] = model_fingerprint(teacher_dir)["teacher_sha256"]

@@ -13,6 +13,25 @@ with offsets). Arrays are split into shards of `shard_positions` positions, each
 shard file (checked before a file is memory-mapped, so a corrupt or truncated shard is refused by
 name), and the teacher weights' and tokenizer's identities, so a distillation run refuses a cache
 built for other inputs.
+
+The tempered tail. A distillation at temperature T != 1 needs, besides the missing mass m, the
+tail's tempered sum (lmpipe/distill/support.py):
+
+    log S_T = log sum_{j not in top-k} p_j^(1/T)      (S_1 = m)
+
+which m does not determine (m^(1/T) <= S_T <= (V - k)^(1 - 1/T) m^(1/T) for T > 1). When the
+cache is written for a temperature T != 1 (`CacheSpec.temperature`, the stage passes
+`distill.temperature`) and k < V, each shard gets one more column, `tail` (log S_T, exact: a
+logsumexp over the teacher's V - k other log-probs / T, in the missing mass's float type), and
+the manifest records `tail_model: exact` and `tail_temperature: T`; a distillation at another
+T != 1 is refused by the reader (lmpipe/distill/teacher.py). A cache without `tail_temperature`
+(written before it existed) holds the tail at T = 1 only. The addition is optional per cache and
+leaves every other file as it was, so the format version stays 3: a reader that knows nothing of
+`tail` reads such a cache as before, and this reader knows what an older cache lacks.
+
+The teacher runs with its own attention mask (`attention`: causal, or prefix-LM as it was trained
+with `train.attention: prefix_lm`, the given spans taken from the split's loss mask when it trained
+with `loss_on: mask`; lmpipe/masks.py), recorded in the manifest as `attention`.
 """
 
 from __future__ import annotations
@@ -30,9 +49,10 @@ from tqdm import tqdm
 from lmpipe.artifacts import ArtifactError, file_sha256, tokenizer_identity, verify_sha256
 from lmpipe.batching import LengthGroupedBatches
 from lmpipe.config import ConfigError
+from lmpipe.masks import model_attention_mask
 from lmpipe.tokens import TokenSplit
 
-FORMAT_VERSION = 3  # 3: the manifest holds every shard file's sha256
+FORMAT_VERSION = 3  # 3: the manifest holds every shard file's sha256 (+ optional `tail` column)
 REBUILD = "rebuild it: dvc repro -f teacher_cache"
 SHARD_BOUNDS = ("start", "end")
 LOGPROB_STEP = 1.0 / 16.0  # u8 log-prob codes: logp = -code * step, so codes span [-15.94, 0]
@@ -86,6 +106,13 @@ def top_k_with_missing(logprobs: torch.Tensor, k: int) -> tuple[torch.Tensor, to
     return top.indices, top.values, rest
 
 
+def log_tempered_tail(logprobs: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log sum_{j not in ids} p_j^(1/T) per row (the tempered tail, module docstring), exactly
+    from the full log-probs; -inf when `ids` covers the vocabulary."""
+    rest = logprobs.float().scatter(-1, ids, float("-inf"))
+    return (rest / temperature).logsumexp(-1)
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     """What to store: k, the log-prob encoding, the shard size and the hidden layers to keep
@@ -98,6 +125,11 @@ class CacheSpec:
     hidden_layers: tuple[int, ...] = ()
     hidden_dtype: str = "fp16"
     attention_layers: tuple[int, ...] = ()  # blocks 1..L; stored in hidden_dtype
+    temperature: float = 1.0  # the distill temperature whose tempered tail to store (if != 1)
+
+    def stores_tail(self, vocab_size: int) -> bool:
+        """Whether the tempered tail needs its own column: T != 1 and a non-empty tail."""
+        return self.temperature != 1.0 and self.top_k < vocab_size
 
 
 def _ramp(lengths: np.ndarray) -> np.ndarray:
@@ -130,6 +162,8 @@ class _ShardWriter:
         columns = {"ids": (id_dtype(vocab), (spec.top_k,)),
                    "logprobs": (np.dtype(LOGPROB_DTYPES[spec.logprobs]), (spec.top_k,)),
                    "missing": (np.dtype(MISSING_DTYPES[spec.logprobs]), ())}
+        if spec.stores_tail(vocab):
+            columns["tail"] = (np.dtype(MISSING_DTYPES[spec.logprobs]), ())
         for layer in spec.hidden_layers:
             columns[f"hidden{layer}"] = (np.dtype(HIDDEN_DTYPES[spec.hidden_dtype]), (hidden_width,))
         self.files: list[dict[str, str]] = []
@@ -181,12 +215,14 @@ class _ShardWriter:
 @torch.no_grad()
 def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_id: int,
                 out_dir: str | Path, batch_size: int, fingerprint: dict[str, str],
-                batches=None) -> dict:
+                batches=None, attention: str = "causal", loss_on: str = "mask") -> dict:
     """Run the teacher over `split` once and store its top-k next-token distribution at every
     position that has a next token (a document's last token has none; its row stays empty).
 
     `batches` (anything with `.sequential(batch_size)`, default whole documents) should match how
     the teacher was trained: windows for window-trained teachers, so no input exceeds its context.
+    `attention` and `loss_on` are the teacher's `train.attention` and `train.loss_on`: a prefix-LM
+    teacher reads each batch with the prefix-LM mask it trained with (lmpipe/masks.py).
     """
     vocab = model.config.vocab_size
     if not 1 <= spec.top_k <= vocab:
@@ -211,13 +247,17 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
     n = split.n_tokens
     lengths = attention_row_lengths(split) if spec.attention_layers else None
     writer = _ShardWriter(out, n, spec, vocab, model.config.hidden_size, lengths)
+    tail = spec.stores_tail(vocab)
     model.eval()
     if spec.attention_layers:
         model.set_attn_implementation("eager")  # the only implementation that returns weights
     started, written = time.perf_counter(), 0
+    # the teacher's own written tokens: the split's loss mask, whatever `batches` masks
+    token_mask = split.mask if loss_on == "mask" else None
     for batch in tqdm(source.sequential(batch_size), desc="teacher_cache", mininterval=2.0,
                       disable=None):
-        out_ = model(input_ids=batch.input_ids, attention_mask=(batch.positions >= 0).long(),
+        mask = model_attention_mask(attention, batch.positions, token_mask)
+        out_ = model(input_ids=batch.input_ids, attention_mask=mask,
                      output_hidden_states=bool(spec.hidden_layers),
                      output_attentions=bool(spec.attention_layers))
         # a row is the distribution of the *next* token: only positions whose next token is in
@@ -228,6 +268,9 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
         columns = {"ids": ids.numpy().astype(writer.arrays[0]["ids"].dtype),
                    "logprobs": encode_logprobs(values, spec.logprobs),
                    "missing": missing.numpy().astype(MISSING_DTYPES[spec.logprobs])}
+        if tail:
+            columns["tail"] = log_tempered_tail(logp, ids, spec.temperature).numpy().astype(
+                MISSING_DTYPES[spec.logprobs])
         for layer in spec.hidden_layers:
             columns[f"hidden{layer}"] = out_.hidden_states[layer][:, :-1][real].float().numpy(
             ).astype(HIDDEN_DTYPES[spec.hidden_dtype])
@@ -253,6 +296,10 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
                 "hidden_layers": list(spec.hidden_layers), "hidden_dtype": spec.hidden_dtype,
                 "hidden_size": model.config.hidden_size, "teacher_layers": n_hidden,
                 "attention_layers": list(spec.attention_layers),
+                # the tempered tail (module docstring): exact log S_T at tail_temperature, in the
+                # `tail` column when T != 1 and k < V (at T = 1 it is the `missing` column)
+                "tail_model": "exact", "tail_temperature": float(spec.temperature),
+                "attention": attention, "loss_on": loss_on,
                 "shard_positions": spec.shard_positions, "shards": writer.files, "sha256": hashes,
                 "seconds": round(seconds, 3), "tokens_per_s": round(written / max(seconds, 1e-9), 1),
                 **fingerprint}
@@ -282,6 +329,7 @@ class CachedRows:
     log_missing: torch.Tensor    # (n,) float32
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (n, d) float32
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> (n, keys)
+    log_tail: torch.Tensor | None = None  # (n,) float32 log S_T at the cache's tail_temperature
 
 
 def _load_verified(path: Path, manifest_path: Path, expected: str | None) -> np.ndarray:
@@ -346,6 +394,16 @@ class TeacherCache:
     def top_k(self) -> int:
         return self.manifest["top_k"]
 
+    @property
+    def tail_temperature(self) -> float:
+        """The T != 1 whose tempered tail the cache holds besides T = 1 (1.0: none; a cache
+        written before the field existed holds T = 1 only)."""
+        return float(self.manifest.get("tail_temperature", 1.0))
+
+    @property
+    def has_tail(self) -> bool:
+        return any("tail" in shard for shard in self.shards)
+
     def rows(self, positions: np.ndarray, hidden_layers: tuple[int, ...] = (),
              attention_layers: tuple[int, ...] = ()) -> CachedRows:
         """The cached rows at flat train-stream `positions`, gathered across shards. Attention
@@ -366,6 +424,7 @@ class TeacherCache:
         ids = np.empty((n, k), dtype=np.int64)
         logprobs = np.empty((n, k), dtype=np.float32)
         missing = np.empty(n, dtype=np.float32)
+        tail = np.empty(n, dtype=np.float32) if self.has_tail else None
         hidden = {layer: np.empty((n, self.manifest["hidden_size"]), dtype=np.float32)
                   for layer in hidden_layers}
         size = self.manifest["shard_positions"]
@@ -380,6 +439,8 @@ class TeacherCache:
             ids[target] = arrays["ids"][rows]
             logprobs[target] = decode_logprobs(arrays["logprobs"][rows], self.manifest["logprobs"])
             missing[target] = arrays["missing"][rows]
+            if tail is not None:
+                tail[target] = arrays["tail"][rows]
             for layer in hidden_layers:
                 hidden[layer][target] = arrays[f"hidden{layer}"][rows]
             if attention_layers:
@@ -398,7 +459,8 @@ class TeacherCache:
                 attention[block] = torch.from_numpy(padded)
         return CachedRows(torch.from_numpy(ids), torch.from_numpy(logprobs),
                           torch.from_numpy(missing),
-                          {layer: torch.from_numpy(h) for layer, h in hidden.items()}, attention)
+                          {layer: torch.from_numpy(h) for layer, h in hidden.items()}, attention,
+                          None if tail is None else torch.from_numpy(tail))
 
 
 def reconstruct(rows: CachedRows, vocab_size: int) -> torch.Tensor:

@@ -4,6 +4,11 @@ One loop, a pluggable objective: `train` minimises cross-entropy on target token
 weighted sum of divergences from the teacher (lmpipe/distill/). The loop resumes from the run's last checkpoint, runs data-
 parallel under `torchrun`, accumulates gradients, and logs every `log_every` steps to the run
 folder's metrics.jsonl: loss, lr, grad norm, tokens/s, time per phase, MFU and memory.
+
+Validation runs on its own schedule, every `eval_every` steps and after the last, whatever
+`log_every` is: on a step that is also a log step its figures join that step's record; on any
+other it logs a record of its own (step, tokens, val_loss, eval memory, the eval hook's figures)
+and leaves the training window running, so the log records are the same with or without it.
 """
 
 from __future__ import annotations
@@ -256,7 +261,9 @@ class Trainer:
             for key, value in extras.items():
                 window["extras"][key] = window["extras"].get(key, 0) + self.dist.all_sum(value)
             last = self.step == tp.steps
-            if self.step % tp.log_every == 0 or last:
+            log_due = self.step % tp.log_every == 0 or last
+            eval_due = self.step % tp.eval_every == 0 or last
+            if log_due:
                 with self.timer.phase("logging"):
                     phases = self.timer.pop()
                     busy = sum(phases.values())
@@ -275,12 +282,19 @@ class Trainer:
                                     if k in self.per_step_metrics else window["targets"])).item()
                            for k, v in window["extras"].items()},
                     }
-                if self.step % tp.eval_every == 0 or last:
-                    with self.timer.phase("eval"):
-                        val_loss, memory = self.validation_loss()
-                        extra = self.eval_hook(self.model) if self.eval_hook else {}
-                    record.update(val_loss=val_loss, **memory, **extra)
-                    val_step = self.step
+            if eval_due:
+                # eval time lands in the next log window's phases, as it always has
+                with self.timer.phase("eval"):
+                    val_loss, memory = self.validation_loss()
+                    extra = self.eval_hook(self.model) if self.eval_hook else {}
+                val_step = self.step
+                evaluated = {"val_loss": val_loss, **memory, **extra}
+                if log_due:
+                    record.update(evaluated)
+                else:  # its own record: the training window keeps accumulating to the log step
+                    self._log({"step": self.step, "tokens": self.tokens_seen, **evaluated})
+                    progress.set_postfix(val=f"{val_loss:.3f}")
+            if log_due:
                 self._log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}")
                 window = {"loss": torch.zeros((), device=self.device),

@@ -2,8 +2,10 @@
 
 With `train.eval_people: N` (people world only), each eval step asks the same N trained people's
 six attributes twice, greedily: once with no tool (the answer must come from the weights: logged as
-`recall`) and once with the database tool (`tool_accuracy`). The curves show when a model learns
-to look facts up and when, if ever, it memorizes them.
+`recall`) and once with the database tool (`tool_accuracy`, beside the rates of valid calls and of
+well-formed calls for the wrong person or attribute: `tool_call_rate`, `tool_call_wrong_person`,
+`tool_call_wrong_attribute`, as lmpipe/evaluate.py defines them). The curves show when a model
+learns to look facts up and when, if ever, it memorizes them.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from typing import Callable
 
 import torch
 
-from lmpipe.evaluate import accuracy_records, questions_for, sample_people
+from lmpipe.evaluate import accuracy_records, questions_for, sample_people, tool_call_records
 from lmpipe.generate import answer_questions
 from lmpipe.tooldb import PeopleDB
 
 
 def accuracy_hook(db_path: Path, tokenizer, people: int, seed: int = 0,
                   max_new_tokens: int = 48) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """A function of the model returning {"recall": .., "tool_accuracy": ..} on a fixed sample."""
+    """A function of the model returning {"recall": .., "tool_accuracy": .., and the three
+    tool-call rates} on a fixed sample."""
     with PeopleDB(db_path) as db:
         questions = questions_for(sample_people(db, "train", people, seed))
     asked = [(attribute, name) for attribute, name, _ in questions]
@@ -36,6 +39,9 @@ def accuracy_hook(db_path: Path, tokenizer, people: int, seed: int = 0,
                 [overall] = [r for r in accuracy_records(metric, "trained", questions, exchanges)
                              if r["attribute"] is None]
                 out[metric] = overall["value"]
+                if tool is not None:
+                    out.update((r["metric"], r["value"])
+                               for r in tool_call_records("trained", questions, exchanges))
         model.train(was_training)
         return out
 

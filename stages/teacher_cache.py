@@ -1,5 +1,10 @@
 """DVC stage `teacher_cache`: run the teacher once over the train tokens, keep its top-k
-distribution (and optionally hidden states) per position, compressed and sharded."""
+distribution (and optionally hidden states) per position, compressed and sharded.
+
+The teacher runs with the attention mask it trained with (`teacher.train.attention`, its given
+spans from `teacher.train.loss_on`), and the tail outside the top-k is also stored tempered at
+`distill.temperature` when that is not 1 (lmpipe/teacher_cache.py), so this stage reads
+`distill.temperature` (a DVC param of the stage)."""
 
 from lmpipe.entry import stage
 from lmpipe.paths import TEACHER_CACHE, TOKENS, model_dir
@@ -29,7 +34,8 @@ def teacher_cache(params, argv):
     spec = CacheSpec(p.top_k, p.logprobs, p.shard_positions,
                      hidden if p.hidden_layers == "auto" else tuple(p.hidden_layers),
                      p.hidden_dtype,
-                     attention if p.attention_layers == "auto" else tuple(p.attention_layers))
+                     attention if p.attention_layers == "auto" else tuple(p.attention_layers),
+                     temperature=params.distill.temperature)
     split = TokenSplit.open(TOKENS, "train")
     batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0,
                            tokenizer.pad_token_id, model.config.max_position_embeddings, "all")
@@ -39,7 +45,8 @@ def teacher_cache(params, argv):
                           f"{model.config.vocab_size}")
     with staged(TEACHER_CACHE) as out:
         manifest = write_cache(model, split, spec, tokenizer.pad_token_id, out, p.batch_size,
-                               model_fingerprint(teacher), batches)
+                               model_fingerprint(teacher), batches, attention=tp.attention,
+                               loss_on=tp.loss_on)
     print(f"teacher_cache: top-{p.top_k} over {manifest['positions']:,} positions, "
           f"{manifest['bytes_per_token']} bytes/token, {manifest['tokens_per_s']:,.0f} tokens/s "
           f"-> {TEACHER_CACHE}")

@@ -11,9 +11,9 @@ from lmpipe.distill.jsd import jsd
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.reverse_kl import reverse_kl
 from lmpipe.distill.skew_kl import skew_kl, skew_reverse_kl
-from lmpipe.distill.support import TeacherDistribution, aligned
+from lmpipe.distill.support import TailTemperatureError, TeacherDistribution, aligned
 from lmpipe.distill.tvd import tvd
-from lmpipe.teacher_cache import top_k_with_missing
+from lmpipe.teacher_cache import log_tempered_tail, top_k_with_missing
 
 
 def _pair(seed=0, n=5, v=9):
@@ -114,3 +114,25 @@ def test_residual_bucket_holds_the_exact_tails_and_full_k_is_the_full_distributi
         full_t, full_s = aligned(student, TeacherDistribution(teacher_logp), temperature)
         torch.testing.assert_close(forward_kl(t, s), forward_kl(full_t, full_s))
         torch.testing.assert_close(reverse_kl(t, s), reverse_kl(full_t, full_s))
+
+
+def test_the_rest_bucket_at_t_is_the_tempered_tail_not_the_tempered_mass():
+    """k < V at T = 2: the teacher side equals softmax(log p / T) over the vocabulary with the
+    tail summed into one bucket, for every term alike; without the tail at T it is an error."""
+    teacher_logp, student_logits = _pair(6, v=12)[0], torch.randn(5, 12)
+    temperature = 2.0
+    ids, values, missing = top_k_with_missing(teacher_logp, 4)
+    tail = log_tempered_tail(teacher_logp, ids, temperature)
+    student = torch.log_softmax(student_logits / temperature, -1)
+    t, s = aligned(student, TeacherDistribution(values, ids, missing, tail, temperature),
+                   temperature)
+    tempered = torch.softmax(teacher_logp / temperature, -1)
+    torch.testing.assert_close(t.exp()[:, :4], tempered.gather(-1, ids))
+    torch.testing.assert_close(t.exp()[:, 4], 1 - tempered.gather(-1, ids).sum(-1))
+    # the old one-token tail, log m / T, is visibly wrong here
+    old = torch.log_softmax(torch.cat([values, missing[:, None]], -1) / temperature, -1)
+    assert (old.exp()[:, 4] - t.exp()[:, 4]).abs().max() > 0.05
+    with pytest.raises(TailTemperatureError, match="known at T = 1 only, not at T = 2"):
+        aligned(student, TeacherDistribution(values, ids, missing), temperature)
+    with pytest.raises(TailTemperatureError, match="T = 1 and T = 3"):
+        aligned(student, TeacherDistribution(values, ids, missing, tail, 3.0), temperature)

@@ -71,6 +71,31 @@ def test_k32_budget_fits_128_bytes_per_token(tiny_model, tiny_tokens, tmp_path, 
     assert cache_bytes(tmp_path, cache.manifest) / cache.manifest["positions"] <= 128
 
 
+def test_the_tail_is_stored_tempered_for_the_distill_temperature(tiny_model, tiny_tokens, tmp_path,
+                                                                 tokenizer):
+    """At T != 1 and k < V each shard gets a `tail` column: log sum_{j not in top-k} p_j^(1/T),
+    exact (up to its fp16 storage); at T = 1 or k = V there is nothing to add."""
+    split, cache = _cache(tiny_model, tiny_tokens, tmp_path / "t2", tokenizer, top_k=5,
+                          temperature=2.0)
+    assert cache.manifest["tail_model"] == "exact" and cache.manifest["tail_temperature"] == 2.0
+    assert all("tail" in shard for shard in cache.manifest["shards"])
+    start, end, logp = _teacher_logprobs(tiny_model, split, 0)
+    rows = cache.rows(np.arange(start, end))
+    top = logp.topk(5, -1)
+    expected = (logp.scatter(-1, top.indices, float("-inf")) / 2.0).logsumexp(-1)
+    torch.testing.assert_close(rows.log_tail, expected, atol=5e-3, rtol=1e-3)  # fp16
+    # a 260-token tail tempered is far more than its mass tempered as one token
+    assert (rows.log_tail > rows.log_missing / 2.0 + 1.0).all()
+    _, plain = _cache(tiny_model, tiny_tokens, tmp_path / "t1", tokenizer, top_k=5)
+    assert plain.manifest["tail_temperature"] == 1.0 and plain.rows(np.arange(3)).log_tail is None
+    assert not any("tail" in shard for shard in plain.manifest["shards"])
+    extra = cache.manifest["bytes_per_token"] - plain.manifest["bytes_per_token"]
+    assert 2.0 <= extra <= 2.1  # one fp16 per position (+ .npy headers)
+    _, whole = _cache(tiny_model, tiny_tokens, tmp_path / "kv", tokenizer, top_k=VOCAB_SIZE,
+                      logprobs="fp32", temperature=2.0)
+    assert not any("tail" in shard for shard in whole.manifest["shards"])  # an empty tail
+
+
 def test_reconstruction_is_exact_with_the_whole_vocabulary(tiny_model, tiny_tokens, tmp_path, tokenizer):
     split, cache = _cache(tiny_model, tiny_tokens, tmp_path, tokenizer, top_k=VOCAB_SIZE,
                           logprobs="fp32")

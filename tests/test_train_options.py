@@ -90,3 +90,26 @@ def test_profile_window_writes_a_trace_into_the_run_folder(tiny_tokens, tokenize
 def test_compiled_training_matches_eager(tiny_tokens, tokenizer):
     eager, compiled = _train_with_and_without("compile", tiny_tokens, tokenizer, 3)
     assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
+
+
+def test_eval_runs_on_its_own_schedule_whatever_log_every_is(tiny_tokens, tokenizer, tmp_path):
+    """eval_every = 2 with log_every = 3 over 7 steps: val_loss at 0, 2, 4, 6 and 7 (the end),
+    training records at 3, 6 and 7; an eval-only step logs val_loss without training figures,
+    and the training records' windows are those of a run without those evals."""
+    tp = TrainParams(steps=7, batch_size=4, warmup_steps=1, log_every=3, eval_every=2)
+    with RunLog(tmp_path / "split", "train", "split", {}) as run:
+        summary = train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+                        TokenSplit.open(tiny_tokens, "val"), tp, run, tokenizer.pad_token_id)
+    records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 2, 4, 6, 7]
+    assert [r["step"] for r in records if "loss" in r] == [3, 6, 7]
+    assert "loss" not in next(r for r in records if r["step"] == 2)
+    assert summary["final_val_loss"] == records[-1]["val_loss"]
+    # the same run with evals only at the end logs the same training losses
+    rare = tp.model_copy(update={"eval_every": 7})
+    with RunLog(tmp_path / "rare", "train", "rare", {}) as run:
+        train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+              TokenSplit.open(tiny_tokens, "val"), rare, run, tokenizer.pad_token_id)
+    baseline = [json.loads(line) for line in (tmp_path / "rare" / "metrics.jsonl").open()]
+    assert [r["loss"] for r in records if "loss" in r] == \
+        pytest.approx([r["loss"] for r in baseline if "loss" in r], abs=1e-6)

@@ -3,7 +3,8 @@
     loss = sum_term weight_term * term,   term in ce, logit divergences, hidden-state terms
 
 Logit divergences are computed on the aligned support (support.py) at temperature T and scaled
-by T^2; every term is summed over target positions only (padding and prompt tokens never count),
+by T^2 (a truncated teacher's rest bucket tempered as sum_j p_j^(1/T) over its tail, for every
+term alike); every term is summed over target positions only (padding and prompt tokens never count),
 and the training loop divides by the global number of targets. Each term is logged as
 `loss_<term>` (per target, unweighted). With `gradient_conflict: pcgrad` the logit terms' and
 hidden terms' gradients are combined by gradient surgery and their cosine logged as `grad_cosine`.
@@ -60,6 +61,9 @@ class DistillObjective:
                               f"puts mass outside the teacher's top-{teacher.top_k}, where the "
                               "teacher's is taken as zero, so the divergence is infinite; use "
                               "distill.missing_mass = residual")
+        if any(t not in HIDDEN_LOSSES and t != "ce" for t in self.terms):
+            # a cache holds its tempered tail at one temperature: refuse another before training
+            teacher.check_temperature(dp.temperature, dp.missing_mass)
         hidden_terms = [t for t in self.terms if t in ("hidden_mse", "hidden_cosine")]
         self.pairs = (layer_pairs(dp.layers, student_config.num_hidden_layers, teacher.num_layers)
                       if hidden_terms or "attention_kl" in self.terms else [])
@@ -129,7 +133,8 @@ class DistillObjective:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     output_hidden_states=bool(self.hidden_terms),
                     output_attentions=bool(self.attention_blocks))
-        signals = self.teacher.signals(batch, targets, self.teacher_hidden, self.attention_blocks)
+        signals = self.teacher.signals(batch, targets, self.teacher_hidden, self.attention_blocks,
+                                       self.dp.temperature)
         terms: dict[str, torch.Tensor] = {}
         diagnostics: dict[str, torch.Tensor] = {}
         # one (targets x vocabulary) view of the logits serves every logit term: with a large
