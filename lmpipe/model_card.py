@@ -40,6 +40,10 @@ METRICS = {
     "tool_accuracy_heldout": ("tool acc., held-out", "accuracy with the tool, held-out people"),
     "tool_call_rate_trained": ("valid calls, trained", "valid tool-call rate, trained people"),
     "tool_call_rate_heldout": ("valid calls, held-out", "valid tool-call rate, held-out people"),
+    "tool_call_wrong_person_heldout": ("wrong-person calls, held-out",
+                                       "tool calls naming another person, held-out people"),
+    "tool_call_wrong_attribute_heldout": ("wrong-attribute calls, held-out",
+                                          "tool calls asking another attribute, held-out people"),
     "knowledge_bits_trained": ("knowledge bits", "knowledge stored in the weights (bits)"),
     "bits_per_param_trained": ("bits/param", "knowledge bits per parameter"),
 }
