@@ -12,8 +12,9 @@ from flows.pipeline import eval_markdown, stage_order  # noqa: E402
 
 def test_stage_order_respects_every_dependency():
     order = stage_order(ROOT)
-    assert set(order) == {"prepare", "tokenize", "train@teacher", "train@student", "teacher_cache",
-                          "distill", "quantize", "eval", "index", "report"}
+    assert set(order) == {"validate", "prepare", "tokenize", "train@teacher", "train@student",
+                          "teacher_cache", "distill", "quantize", "eval", "index", "report"}
+    assert order[0] == "validate"  # every other stage depends on it
     before = [("prepare", "tokenize"), ("tokenize", "train@teacher"), ("train@teacher", "teacher_cache"),
               ("teacher_cache", "distill"), ("distill", "quantize"), ("quantize", "eval"),
               ("train@student", "eval"), ("eval", "index"), ("index", "report")]
