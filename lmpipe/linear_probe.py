@@ -25,8 +25,10 @@ at its last token (`<|assistant|>`), where the model retrieves the fact to write
 2- and 4-layer byte-level models that recall 97-99% of a small world's facts, the name position
 (`bio`, `question`) stays at chance at every layer and checkpoint (the fact is looked up at the
 answer position, by attention to the name's bytes), while at `answer` the top layer reads it
-(0.7-0.8 against ~0.25 chance); see tests/test_linear_probe.py. The top layer there holds mostly
-the answer's first byte: values sharing a first letter are told apart only in part.
+(0.7-0.8 against ~0.25 chance); see tests/test_linear_probe.py. What it reads there is the
+answer's first byte and, as far as a linear probe can tell, nothing more: its accuracy matches the
+next-token baseline below, also when values share first letters in pairs and the model still
+writes them whole (bench/name_probe.py, `--values shared`).
 
 Labels. Attributes are probed as stored, except `birth_date`, a date with ~17,000 values, which is
 probed as its month (12 values): the year would be a 50-way label like a city, and the month gives
@@ -37,12 +39,39 @@ answering the most frequent train label (averaged over labels tied for most freq
 measured on the same people. With 24-45 values per attribute, a few hundred people are needed for
 every value to appear a few times in training.
 
+Controls (issue 15). A probe's accuracy alone does not say what the model adds: at `answer` the
+position is the one whose next token is the answer's first, and a model that has learned to write
+the answer holds that token there, so a probe can read "the next byte" and nothing else. Each
+probe is therefore reported beside two controls, on the same split and the same test people:
+
+- `control_next_token_accuracy`, the next-token baseline: an exact lookup classifier whose only
+  input is the identity of the token that follows the probed position in training text (the
+  answer's first token at `answer`; the token after the name at `bio` and `question`, the same for
+  everyone, so there the baseline is chance). It answers, for a test person's next token, the
+  label most frequent among the train people with that token (the overall most frequent for a
+  token no train person has; ties averaged, as for `chance`): the best any classifier of that
+  token alone can do on the train people, so `accuracy - control_next_token_accuracy` is what the
+  probe reads beyond the next token. It does not depend on the layer.
+- `control_task_accuracy` and `selectivity` (Hewitt & Liang 2019): the same probe, fit on a control
+  task in which each person's label is replaced by a random label fixed per person (a seeded
+  permutation of the people's labels, so the control labels have the real labels' frequencies;
+  H&L assign them per word type, and the type here is the person), and `selectivity = accuracy -
+  control_task_accuracy`. H&L's control catches a probe that memorizes types; with the split by
+  person no test person is ever seen in training, so the control task cannot be memorized and its
+  accuracy is an empirical chance level for this probe on these test people: selectivity is the
+  probe's margin over it. It does not separate the next token from the fact (a state holding only
+  the next token has high selectivity whenever that token predicts the label): that is the
+  next-token baseline's job.
+
 Results go to `RUN/linear_probes.jsonl` (overwritten on every run), one line per (checkpoint,
 layer, attribute): step, checkpoint (`step_00000200` or `final`), layer, attribute, accuracy,
-chance, n_train, n_test, n_classes and context; `lmpipe index` loads it into the store's
-`linear_probes` table. An attribute none of whose test people has a label seen in training has no
-accuracy to report and no line (only with very few people). `lmpipe probe RUN` is the command
-line; `eval.linear_probe: true` adds the final model's accuracies to the eval stage's records.
+chance, n_train, n_test, n_classes, control_next_token_accuracy, control_task_accuracy,
+selectivity and context (a control is null only when it has no test person to score); `lmpipe
+index` loads it into the store's `linear_probes` table. An attribute none of whose test people has
+a label seen in training has no accuracy to report and no line (only with very few people).
+`lmpipe probe RUN` is the command line (it prints the controls beside the accuracies);
+`eval.linear_probe: true` adds the final model's accuracies to the eval stage's records (without
+the controls).
 """
 
 from __future__ import annotations
@@ -97,6 +126,42 @@ def probe_text(name: str, attribute: str, context: Context = "bio") -> str:
     if context == "answer":
         return text
     raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+
+
+def probe_continuation(person: Mapping[str, str], attribute: str,
+                       context: Context = "bio") -> str:
+    """What follows the probed position in training text, whose first token the next-token
+    baseline sees: the answer as a recall dialog writes it (`answer`), the rest of the question
+    (`question`), or the rest of a biography opening with the name (`bio`)."""
+    name = person["name"]
+    if context == "answer":
+        return f"{person[attribute]}{protocol.END}"  # protocol.qa_dialog: prompt, answer, END
+    if context == "question":
+        text = protocol.question(attribute, name)
+        return f"{text[text.index(name) + len(name):]}{protocol.END}{protocol.ASSISTANT}"
+    if context == "bio":
+        from lmpipe.world import BIO_TEMPLATES
+
+        # the first template that opens with the name, up to its next fact: " was born on "
+        template = next(t for t in BIO_TEMPLATES if t.startswith("{name}"))
+        return template[len("{name}"):].split("{", 1)[0]
+    raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+
+
+def next_token_ids(tokenizer, texts: Sequence[str], continuations: Sequence[str]) -> list[int]:
+    """The id of the token that follows each text's last token when the text is followed by its
+    continuation, as in training. Where a subword tokenizer merges across the boundary (the text's
+    own tokens are not a prefix of the whole's), the continuation's first token on its own."""
+    heads = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    wholes = tokenizer([t + c for t, c in zip(texts, continuations)],
+                       add_special_tokens=False)["input_ids"]
+    ids = []
+    for head, whole, continuation in zip(heads, wholes, continuations):
+        if len(whole) > len(head) and whole[:len(head)] == head:
+            ids.append(whole[len(head)])
+        else:
+            ids.append(tokenizer(continuation, add_special_tokens=False)["input_ids"][0])
+    return ids
 
 
 @torch.no_grad()
@@ -184,11 +249,53 @@ def fit_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
     return ProbeScore(accuracy, chance, len(train_y), int(keep.sum()), len(counts))
 
 
+def _expected_hit(counts: Counter, label: str) -> float:
+    """Accuracy of answering the most frequent label of `counts` on one person labelled `label`;
+    when several tie, the expectation over picking one of them (as `chance` does)."""
+    top = max(counts.values())
+    tied = [value for value, n in counts.items() if n == top]
+    return (label in tied) / len(tied)
+
+
+def next_token_baseline(train_tokens: Sequence[int], train_y: Sequence[str],
+                        test_tokens: Sequence[int], test_y: Sequence[str]) -> float | None:
+    """Accuracy of the exact lookup classifier from the next token's identity to the label, on
+    the test people whose label occurs in train (those the probe is scored on); None when there
+    are none. A token no train person has gets the overall most frequent train label."""
+    overall = Counter(train_y)
+    by_token: dict[int, Counter] = {}
+    for token, label in zip(train_tokens, train_y):
+        by_token.setdefault(token, Counter())[label] += 1
+    hits = [_expected_hit(by_token.get(token, overall), label)
+            for token, label in zip(test_tokens, test_y) if label in overall]
+    return float(np.mean(hits)) if hits else None
+
+
+def control_labels(names: Sequence[str], labels: Sequence[str], seed: int = 0,
+                   attribute: str = "") -> list[str]:
+    """Hewitt & Liang's control task, with the person as the type: each person's label replaced by
+    a random one fixed per person, in the order of `names`. A seeded permutation of the labels
+    over the sorted names, so the control labels have the real ones' frequencies (its chance is
+    the probe's) and a person's control label depends on who is probed and the seed, not on the
+    order the names come in; each attribute gets its own permutation."""
+    if len(names) != len(labels):
+        raise ValueError(f"{len(names)} names but {len(labels)} labels")
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    shuffled = [labels[i] for i in order]
+    random.Random(f"linear-probe-control-{seed}-{attribute}").shuffle(shuffled)
+    control = [""] * len(names)
+    for i, label in zip(order, shuffled):
+        control[i] = label
+    return control
+
+
 def probe_model(model: torch.nn.Module, tokenizer, people: Sequence[Mapping[str, str]],
                 attributes: Sequence[str] = protocol.ATTRIBUTES, context: Context = "bio",
                 test_fraction: float = 0.3, seed: int = 0, batch_size: int = 256,
-                c: float = 1.0) -> list[dict[str, Any]]:
-    """One record per (layer, attribute): layer, attribute and the ProbeScore fields."""
+                c: float = 1.0, controls: bool = True) -> list[dict[str, Any]]:
+    """One record per (layer, attribute): layer, attribute, the ProbeScore fields and, with
+    `controls`, control_next_token_accuracy, control_task_accuracy and selectivity (module
+    docstring; the control task fits a second probe per layer and attribute)."""
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     by_name = {p["name"]: p for p in people}
@@ -198,17 +305,40 @@ def probe_model(model: torch.nn.Module, tokenizer, people: Sequence[Mapping[str,
     states: np.ndarray | None = None
     records = []
     for attribute in attributes:
+        texts = [probe_text(n, attribute, context) for n in names]
         if states is None or context != "bio":  # only a bio prefix is the same for every attribute
-            states = last_token_states(model, tokenizer,
-                                       [probe_text(n, attribute, context) for n in names],
-                                       batch_size)
+            states = last_token_states(model, tokenizer, texts, batch_size)
         labels = [probe_label(by_name[n], attribute) for n in names]
+        if controls:
+            tokens = next_token_ids(tokenizer, texts, [probe_continuation(by_name[n], attribute,
+                                                                          context) for n in names])
+            control = control_labels(names, labels, seed, attribute)
         for layer in range(states.shape[1]):
             score = fit_probe(states[:n_train, layer], labels[:n_train],
                               states[n_train:, layer], labels[n_train:], c, seed)
-            if score is not None:
-                records.append({"layer": layer, "attribute": attribute, **asdict(score)})
+            if score is None:
+                continue
+            record = {"layer": layer, "attribute": attribute, **asdict(score)}
+            if controls:
+                record.update(control_scores(states[:, layer], labels, tokens, control, n_train,
+                                             score.accuracy, c, seed))
+            records.append(record)
     return records
+
+
+def control_scores(states: np.ndarray, labels: Sequence[str], tokens: Sequence[int],
+                   control: Sequence[str], n_train: int, accuracy: float, c: float = 1.0,
+                   seed: int = 0) -> dict[str, float | None]:
+    """The controls of one probe whose people are the first `n_train` rows (train) and the rest
+    (test): the next-token baseline on `tokens`, the same probe fit on the `control` labels, and
+    selectivity, the probe's `accuracy` less the control task's."""
+    baseline = next_token_baseline(tokens[:n_train], labels[:n_train], tokens[n_train:],
+                                   labels[n_train:])
+    task = fit_probe(states[:n_train], control[:n_train], states[n_train:], control[n_train:], c,
+                     seed)
+    return {"control_next_token_accuracy": baseline,
+            "control_task_accuracy": None if task is None else task.accuracy,
+            "selectivity": None if task is None else accuracy - task.accuracy}
 
 
 # -- a run's checkpoints -------------------------------------------------------------------------
@@ -306,8 +436,19 @@ def probe_run(run: str | Path, db_path: str | Path, people: int | None = None, s
 
 
 # -- reading the results -------------------------------------------------------------------------
+def _cell(value: Any, width: int = 9) -> str:
+    return f"{value:>{width}.3f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    values = [v for v in values if isinstance(v, (int, float))]
+    return float(np.mean(values)) if values else None
+
+
 def format_table(records: Sequence[Mapping[str, Any]], checkpoint: str = FINAL) -> str:
-    """Accuracy per attribute (rows) and layer (columns) for one checkpoint, chance and n_test."""
+    """Accuracy per attribute (rows) and layer (columns) for one checkpoint, chance, the
+    next-token baseline (`next tok`, when recorded), n_test and the number of classes; then, when
+    recorded, the selectivity (accuracy - control task accuracy) per attribute and layer."""
     rows = [r for r in records if r["checkpoint"] == checkpoint] if records and \
         "checkpoint" in records[0] else list(records)
     if not rows:
@@ -315,19 +456,32 @@ def format_table(records: Sequence[Mapping[str, Any]], checkpoint: str = FINAL) 
     layers = sorted({r["layer"] for r in rows})
     attributes = [a for a in protocol.ATTRIBUTES if any(r["attribute"] == a for r in rows)]
     cell = {(r["attribute"], r["layer"]): r for r in rows}
-    head = f"{'attribute':<14}" + "".join(f"{f'layer {k}':>9}" for k in layers) + \
-        f"{'chance':>9}{'n_test':>8}{'classes':>9}"
-    lines = [head]
-    for a in attributes:
-        some = next(cell[(a, k)] for k in layers if (a, k) in cell)
-        lines.append(f"{a:<14}" + "".join(
-            f"{cell[(a, k)]['accuracy']:>9.3f}" if (a, k) in cell else f"{'-':>9}" for k in layers)
-            + f"{some['chance']:>9.3f}{some['n_test']:>8}{some['n_classes']:>9}")
-    means = [np.mean([cell[(a, k)]["accuracy"] for a in attributes if (a, k) in cell])
-             for k in layers]
-    chance = np.mean([next(cell[(a, k)] for k in layers if (a, k) in cell)["chance"]
-                      for a in attributes])
-    lines.append(f"{'mean':<14}" + "".join(f"{m:>9.3f}" for m in means) + f"{chance:>9.3f}")
+    first = {a: next(cell[(a, k)] for k in layers if (a, k) in cell) for a in attributes}
+    controls = any("control_task_accuracy" in r for r in rows)
+    layer_head = f"{'attribute':<14}" + "".join(f"{f'layer {k}':>9}" for k in layers)
+
+    def per_layer(field: str) -> list[str]:
+        lines = [f"{a:<14}" + "".join(_cell(cell[(a, k)].get(field)) if (a, k) in cell
+                                      else f"{'-':>9}" for k in layers) for a in attributes]
+        means = [_mean(cell[(a, k)].get(field) for a in attributes if (a, k) in cell)
+                 for k in layers]
+        return lines + [f"{'mean':<14}" + "".join(_cell(m) for m in means)]
+
+    head = layer_head + f"{'chance':>9}" + (f"{'next tok':>9}" if controls else "") + \
+        f"{'n_test':>8}{'classes':>9}"
+    body = per_layer("accuracy")
+    # the columns that do not depend on the layer, after each attribute's row and the mean's
+    for i, a in enumerate(attributes):
+        body[i] += _cell(first[a]["chance"]) + \
+            (_cell(first[a].get("control_next_token_accuracy")) if controls else "") + \
+            f"{first[a]['n_test']:>8}{first[a]['n_classes']:>9}"
+    body[-1] += _cell(_mean(first[a]["chance"] for a in attributes)) + \
+        (_cell(_mean(first[a].get("control_next_token_accuracy") for a in attributes))
+         if controls else "")
+    lines = [head, *body]
+    if controls:
+        lines += ["selectivity (accuracy - control task accuracy):", layer_head,
+                  *per_layer("selectivity")]
     return "\n".join(lines)
 
 
@@ -338,8 +492,9 @@ def eval_records(model: torch.nn.Module, tokenizer, people: Sequence[Mapping[str
     attribute, the mean over attributes per layer (attribute None), and `linear_probe_chance` per
     attribute and on average (split `people`: the baseline does not depend on the layer)."""
     require_sklearn()
+    # the eval stage reports accuracy and chance only: no control probes to fit
     scores = probe_model(model, tokenizer, people, context=context, seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size, controls=False)
     records = [{"metric": "linear_probe_accuracy", "split": f"layer{r['layer']}",
                 "attribute": r["attribute"], "value": r["accuracy"], "n": r["n_test"]}
                for r in scores]

@@ -5,7 +5,10 @@ each layer of each checkpoint, lmpipe/linear_probe.py).
     probes(run_id, step, point, site, layer, depth, kind, stat, value)
                         long format: one row per statistic of a recorded point
     linear_probes(run_id, step, checkpoint, layer, attribute, accuracy, chance, n_train, n_test,
-                  n_classes)
+                  n_classes, control_next_token_accuracy, control_task_accuracy, selectivity,
+                  context)
+                        the controls (next-token baseline, Hewitt & Liang's control task and
+                        selectivity) are NULL in files written before they were recorded
 
 Unreadable lines are skipped and counted, like every other log the store reads.
 """
@@ -23,7 +26,9 @@ PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("point", "VARCHAR"
 LINEAR_PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("checkpoint", "VARCHAR"),
                          ("layer", "BIGINT"), ("attribute", "VARCHAR"), ("accuracy", "DOUBLE"),
                          ("chance", "DOUBLE"), ("n_train", "BIGINT"), ("n_test", "BIGINT"),
-                         ("n_classes", "BIGINT")]
+                         ("n_classes", "BIGINT"), ("control_next_token_accuracy", "DOUBLE"),
+                         ("control_task_accuracy", "DOUBLE"), ("selectivity", "DOUBLE"),
+                         ("context", "VARCHAR")]
 # what identifies a probe record; every other numeric field is a statistic
 PROBE_KEYS = {"step", "point", "site", "layer", "depth", "kind"}
 
@@ -79,5 +84,8 @@ def read_linear_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
             continue
         out.append((run_id, _int(r.get("step")), r.get("checkpoint"), r["layer"],
                     r.get("attribute"), _num(r["accuracy"]), _num(r.get("chance")),
-                    _int(r.get("n_train")), _int(r.get("n_test")), _int(r.get("n_classes"))))
+                    _int(r.get("n_train")), _int(r.get("n_test")), _int(r.get("n_classes")),
+                    _num(r.get("control_next_token_accuracy")),
+                    _num(r.get("control_task_accuracy")), _num(r.get("selectivity")),
+                    r.get("context") if isinstance(r.get("context"), str) else None))
     return skipped

@@ -1,7 +1,9 @@
 """Linear probes (lmpipe/linear_probe.py): the split is by person, the probe scores only what it
-can score, the JSONL is one line per (checkpoint, layer, attribute), and on a model trained for real
-to memorize a small world the facts are linearly readable at the top layer while an untrained
-model of the same shape stays at chance."""
+can score, the JSONL is one line per (checkpoint, layer, attribute), the controls (next-token
+baseline, Hewitt & Liang's control task, selectivity) are right on hidden states built to hold the
+next token only, the label, or nothing, the store and the report carry them, and on a model trained
+for real to memorize a small world the facts are linearly readable at the top layer while an
+untrained model of the same shape stays at chance."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from lmpipe import protocol, world
 from lmpipe.checkpoint import TrainerState, save_checkpoint
 from lmpipe.cli import main
 from lmpipe.config import EvalParams, ModelParams, TrainParams, WorldParams
-from lmpipe.linear_probe import (FINAL, PROBE_FILE, fit_probe, format_table,
-                                 last_token_states, probe_label, probe_model, probe_run,
-                                 probe_text, split_people)
+from lmpipe.linear_probe import (FINAL, PROBE_FILE, control_labels, control_scores, fit_probe,
+                                 format_table, last_token_states, next_token_baseline,
+                                 next_token_ids, probe_continuation, probe_label, probe_model,
+                                 probe_run, probe_text, split_people)
 from lmpipe.model import build_model, save_model
 from lmpipe.tokens import TokenSplit, tokenize_documents
 from lmpipe.tooldb import PeopleDB
@@ -28,8 +31,9 @@ from lmpipe.train import train
 pytest.importorskip("sklearn", reason="pip install 'lmpipe[probes]'")
 
 TINY_MODEL = ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256)  # conftest's
+CONTROL_KEYS = {"control_next_token_accuracy", "control_task_accuracy", "selectivity"}
 RECORD_KEYS = {"step", "checkpoint", "layer", "attribute", "accuracy", "chance", "n_train",
-               "n_test", "n_classes", "context"}
+               "n_test", "n_classes", "context"} | CONTROL_KEYS
 
 
 def _rows(path: Path) -> list[dict]:
@@ -98,6 +102,188 @@ def test_the_probe_scores_only_labels_it_has_seen():
     assert tied.n_classes == 3 and tied.chance == 0.25  # "a" and "b" (6 each): 1/4 either way
     tied = fit_probe(train_x[4:], train_y[4:], test_x[:2], ["a", "a"])
     assert tied.chance == 0.5
+
+
+# -- the controls ---------------------------------------------------------------------------------
+def test_the_next_token_is_the_one_training_text_puts_after_the_probed_position(tokenizer):
+    person = {"name": "Ada Brown", "birth_date": "1975-03-25", "birth_city": "Paris"}
+    assert probe_continuation(person, "birth_city", "answer") == f"Paris{protocol.END}"
+    assert probe_continuation(person, "birth_city", "question") == \
+        f" born?{protocol.END}{protocol.ASSISTANT}"
+    assert probe_continuation(person, "birth_city", "bio") == " was born on "
+    # each continuation completes its probe text into the training document it comes from
+    assert probe_text("Ada Brown", "birth_city", "answer") + \
+        probe_continuation(person, "birth_city", "answer") + protocol.EOS == \
+        protocol.qa_dialog("birth_city", "Ada Brown", "Paris")
+    assert probe_text("Ada Brown", "birth_city", "question") + \
+        probe_continuation(person, "birth_city", "question") == \
+        protocol.prompt("birth_city", "Ada Brown", with_tool=False)
+    texts = [probe_text("Ada Brown", a, c) for a, c in
+             (("birth_date", "answer"), ("birth_city", "answer"), ("major", "bio"),
+              ("major", "question"))]
+    continuations = [probe_continuation(person, a, c) for a, c in
+                     (("birth_date", "answer"), ("birth_city", "answer"), ("birth_city", "bio"),
+                      ("birth_city", "question"))]
+    byte = {c: tokenizer.encode(c, add_special_tokens=False)[0] for c in "1P "}
+    assert next_token_ids(tokenizer, texts, continuations) == \
+        [byte["1"], byte["P"], byte[" "], byte[" "]]  # every date's answer starts with "1"
+
+
+def test_the_next_token_baseline_is_a_lookup_from_the_token_to_the_label():
+    # token 1 -> "a" 3 times, "b" once; token 2 -> "c" and "d" twice each (a tie); overall "a"
+    train_tokens = [1, 1, 1, 1, 2, 2, 2, 2]
+    train_y = ["a", "a", "a", "b", "c", "c", "d", "d"]
+    test_tokens = [1, 1, 2, 2, 2, 9, 9, 1]
+    test_y = ["a", "b", "c", "d", "a", "a", "c", "z"]  # "z": never in train, not scored
+    # 1/"a" hit, 1/"b" miss, 2/"c" and 2/"d" half each (c or d), 2/"a" miss, unseen token 9:
+    # the overall most frequent ("a"): 9/"a" hit, 9/"c" miss
+    assert next_token_baseline(train_tokens, train_y, test_tokens, test_y) == \
+        pytest.approx((1 + 0 + 0.5 + 0.5 + 0 + 1 + 0) / 7)
+    assert next_token_baseline(train_tokens, train_y, [1], ["z"]) is None
+    # one token for everyone (bio, question): the baseline is chance, the most frequent label
+    constant = next_token_baseline([0] * 8, train_y, [0] * 4, ["a", "b", "a", "c"])
+    assert constant == 0.5
+
+
+def test_control_labels_are_a_random_label_fixed_per_person():
+    names = [f"Person {i:03d}" for i in range(60)]
+    labels = ["x"] * 30 + ["y"] * 20 + ["z"] * 10
+    control = control_labels(names, labels, seed=0, attribute="major")
+    assert sorted(control) == sorted(labels)  # the real labels' frequencies
+    assert control != labels
+    # fixed per person: the same whatever order the people come in
+    order = list(range(60))
+    random.Random(1).shuffle(order)
+    shuffled = control_labels([names[i] for i in order], [labels[i] for i in order], 0, "major")
+    assert shuffled == [control[i] for i in order]
+    assert control_labels(names, labels, seed=1, attribute="major") != control
+    assert control_labels(names, labels, seed=0, attribute="employer") != control
+    with pytest.raises(ValueError, match="labels"):
+        control_labels(names, labels[:-1])
+
+
+# Constructed people: two next tokens ("A", "B"), two labels per token, like cities sharing their
+# first letter. Train: A -> a1 x60, a2 x40; B -> b1 x50, b2 x50. Test: A -> a1 x12, a2 x8;
+# B -> b1 x10, b2 x10. Knowing the token, the best guess is a1 for A (12 of 20 right) and either
+# b1 or b2 for B (10 of 20 either way): 22/40 = 0.55, with chance (always a1) 12/40 = 0.3.
+TRAIN = [("A", "a1")] * 60 + [("A", "a2")] * 40 + [("B", "b1")] * 50 + [("B", "b2")] * 50
+TEST = [("A", "a1")] * 12 + [("A", "a2")] * 8 + [("B", "b1")] * 10 + [("B", "b2")] * 10
+NEXT_TOKEN_ONLY = 22 / 40
+
+
+def _embed(values: list[str], rng: np.random.Generator, width: int = 8) -> np.ndarray:
+    """Each distinct value a random direction of width `width` (every coordinate carries it, so
+    standardizing the features does not blow the noise up in coordinates that hold nothing)."""
+    table = {v: rng.normal(0, 1, width) for v in sorted(set(values))}
+    return np.stack([table[v] for v in values])
+
+
+def _controls(states: np.ndarray) -> dict:
+    tokens = [t for t, _ in TRAIN + TEST]
+    labels = [y for _, y in TRAIN + TEST]
+    names = [f"Person {i:03d}" for i in range(len(labels))]
+    score = fit_probe(states[:len(TRAIN)], labels[:len(TRAIN)], states[len(TRAIN):],
+                      labels[len(TRAIN):])
+    assert score.chance == pytest.approx(12 / 40) and score.n_test == 40
+    return {"accuracy": score.accuracy,
+            **control_scores(states, labels, tokens, control_labels(names, labels), len(TRAIN),
+                             score.accuracy)}
+
+
+def test_controls_on_hidden_states_that_hold_the_next_token_the_label_or_nothing():
+    rng = np.random.default_rng(0)
+    tokens = [t for t, _ in TRAIN + TEST]
+    labels = [y for _, y in TRAIN + TEST]
+    noise = rng.normal(0, 0.01, (len(labels), 8))
+
+    # states that hold the next token and nothing else (the same state for everyone with the same
+    # token): the probe answers one label per token, at best the token's majority, so it scores
+    # exactly the next-token baseline, nothing beyond it; the control task (random labels per
+    # person) cannot be learned across people, so selectivity stays near accuracy - chance:
+    # selectivity does not tell the next token from the fact, the next-token baseline does
+    token_only = _controls(_embed(tokens, rng))
+    assert token_only["control_next_token_accuracy"] == pytest.approx(NEXT_TOKEN_ONLY)
+    assert token_only["accuracy"] == pytest.approx(NEXT_TOKEN_ONLY)
+    assert token_only["selectivity"] == \
+        pytest.approx(token_only["accuracy"] - token_only["control_task_accuracy"])
+    assert token_only["control_task_accuracy"] <= 0.4
+
+    # states that hold the label: the probe reads it all, beyond the next token (0.45) and well
+    # above the control task
+    label = _controls(_embed(labels, rng) + noise)
+    assert label["accuracy"] == 1.0
+    assert label["control_next_token_accuracy"] == pytest.approx(NEXT_TOKEN_ONLY)  # not the states'
+    assert label["accuracy"] - label["control_next_token_accuracy"] == pytest.approx(0.45)
+    assert label["selectivity"] >= 0.6
+
+    # states that hold nothing about the person: probe and control task both near chance
+    nothing = _controls(rng.normal(0, 1, (len(labels), 8)))
+    assert abs(nothing["selectivity"]) <= 0.2
+    assert nothing["accuracy"] <= NEXT_TOKEN_ONLY
+
+
+def test_probe_model_records_the_controls_and_the_table_prints_them(tiny_model, tokenizer,
+                                                                    tiny_world):
+    with PeopleDB(tiny_world / "people.duckdb") as db:
+        people = db.people("train")
+    records = probe_model(tiny_model, tokenizer, people, attributes=["birth_date", "birth_city"],
+                          context="answer")
+    assert records and all(CONTROL_KEYS <= set(r) for r in records)
+    for r in records:
+        assert r["selectivity"] == pytest.approx(r["accuracy"] - r["control_task_accuracy"])
+    by_attribute = {r["attribute"]: r for r in records}
+    # every date's answer starts with "1": the next token says nothing, its baseline is chance
+    date = by_attribute["birth_date"]
+    assert date["control_next_token_accuracy"] == pytest.approx(date["chance"])
+    table = format_table(records, FINAL)
+    assert "next tok" in table and "selectivity" in table
+    plain = probe_model(tiny_model, tokenizer, people, attributes=["birth_city"], controls=False)
+    assert plain and not any(CONTROL_KEYS & set(r) for r in plain)
+    assert "next tok" not in format_table(plain) and "selectivity" not in format_table(plain)
+
+
+def test_the_store_and_the_report_carry_the_controls(tmp_path):
+    from lmpipe.report import probes as report
+    from lmpipe.report.source import Source
+    from lmpipe.store import index_runs, query
+
+    base = {"step": 10, "checkpoint": FINAL, "attribute": "major", "chance": 0.25, "n_train": 42,
+            "n_test": 18, "n_classes": 4, "context": "answer"}
+    runs = tmp_path / "runs"
+    for run, rows in (
+            ("new", [{**base, "layer": k, "accuracy": 0.5 + 0.25 * k,
+                      "control_next_token_accuracy": 1.0, "control_task_accuracy": 0.25,
+                      "selectivity": 0.25 + 0.25 * k} for k in range(3)]),
+            ("old", [{**base, "layer": k, "accuracy": 0.3} for k in range(3)])):  # no controls
+        (runs / run).mkdir(parents=True)
+        (runs / run / "summary.json").write_text(json.dumps({"stage": "train", "name": run}))
+        (runs / run / PROBE_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "runs.duckdb"
+    index_runs(runs, db)
+    table = query(db, "SELECT * FROM linear_probes ORDER BY run_id, layer")
+    new = table[table["run_id"].str.endswith("new")]
+    old = table[table["run_id"].str.endswith("old")]
+    assert new["selectivity"].tolist() == [0.25, 0.5, 0.75]
+    assert new["control_next_token_accuracy"].tolist() == [1.0] * 3
+    assert new["control_task_accuracy"].tolist() == [0.25] * 3
+    assert set(new["context"]) == {"answer"}
+    assert old["selectivity"].isna().all() and old["control_task_accuracy"].isna().all()
+
+    src = Source.open(db)
+    try:
+        frame = src.df(report.linear_sql(src.has("linear_probes", *report.CONTROL_COLUMNS)))
+        page = report.build(src)
+    finally:
+        src.close()
+    mine = frame[frame["run_id"].str.endswith("new") & (frame["attribute"] == "major")]
+    assert mine.sort_values("layer")["beyond_next_token"].tolist() == \
+        pytest.approx([-0.5, -0.25, 0.0])
+    html = page.html()
+    assert "selectivity" in html and "next-token baseline" in html
+    # a store indexed before the controls: accuracy only
+    assert report.linear_sql(False) and len(report.linear_heatmap(
+        frame.assign(**{c: None for c in (*report.CONTROL_COLUMNS, "beyond_next_token")}))
+        .to_dict()["params"]) == 2
 
 
 # -- a run's checkpoints, the JSONL, the command, the eval option --------------------------------
@@ -239,7 +425,11 @@ def test_a_memorizing_model_makes_facts_linearly_readable_at_the_top_layer(memor
     trained 0.69-0.83 against chance 0.19-0.27 (margin >= 0.45); the untrained twin 0.13-0.29
     (chance - 0.13 to chance + 0.09); on this seed the halfway checkpoint reads 0.30. At the
     name's last token (`bio`, `question`) the same trained models stay at chance at every layer
-    (not asserted: it is a finding about tiny byte-level models, not a property of the probe)."""
+    (not asserted: it is a finding about tiny byte-level models, not a property of the probe).
+    Beside the controls (seed 3, final model, top layer, mean of attributes): accuracy 0.772,
+    next-token baseline 0.844 (1.0 for every attribute but the month, whose first byte is always
+    "1"), selectivity 0.587: the probe reads the answer's first byte, not more (not asserted
+    either)."""
     db = memorized / "world" / "people.duckdb"
     records, _ = probe_run(memorized / "run", db, context="answer")
     for checkpoint in sorted({r["checkpoint"] for r in records}):
@@ -252,6 +442,12 @@ def test_a_memorizing_model_makes_facts_linearly_readable_at_the_top_layer(memor
     assert np.mean([r["accuracy"] for r in layer0]) == pytest.approx(chance, abs=0.1)
     assert {r["checkpoint"] for r in records} == {f"step_{STEPS // 2:08d}", f"step_{STEPS:08d}",
                                                   FINAL}
+    # the controls, end to end: each test value has its own first letter, so the answer's first
+    # byte names it (next-token baseline 1.0), while every date starts with "1" (baseline chance)
+    for r in records:
+        expected = r["chance"] if r["attribute"] == "birth_date" else 1.0
+        assert r["control_next_token_accuracy"] == pytest.approx(expected)
+        assert r["selectivity"] == pytest.approx(r["accuracy"] - r["control_task_accuracy"])
 
     # the same probe on an untrained model of the same shape reads nothing
     with PeopleDB(db) as people_db:

@@ -6,7 +6,11 @@ probed point from the embeddings (top) down to the logits, colour = the statisti
 the run, the statistic (mean, std, RMS, max |x|, fraction of zeros, quantiles, attention entropy)
 and the kind (forward values or gradients). At most `MAX_STEPS` evenly spaced recorded steps per
 run are drawn, for the `MAX_RUNS` most recent runs with probes. The second is the linear-probe
-accuracy per layer (y) and checkpoint step (x), one attribute (or their mean) at a time.
+accuracy per layer (y) and checkpoint step (x), one attribute (or their mean) at a time, beside its
+controls (lmpipe/linear_probe.py): the selectivity (accuracy - Hewitt & Liang's control-task
+accuracy) and the accuracy beyond the next-token baseline, each a heatmap of its own with the
+same run and attribute dropdowns. A store indexed before the controls were recorded has no
+control columns, and one whose probe files predate them has NULLs: then only accuracy is drawn.
 """
 
 from __future__ import annotations
@@ -38,15 +42,34 @@ WHERE isfinite(p.value) AND p.stat <> 'numel'
 ORDER BY p.run_id, p.depth, p.point, p.step
 """
 
-LINEAR_SQL = """
-SELECT run_id, coalesce(step, -1) AS step, checkpoint, layer, attribute, accuracy, chance
+CONTROL_COLUMNS = ("control_next_token_accuracy", "control_task_accuracy", "selectivity")
+
+
+def linear_sql(controls: bool) -> str:
+    """Per (run, checkpoint, layer, attribute) and the mean of attributes: accuracy, chance and,
+    from a store that has the columns, the controls and `beyond_next_token` (accuracy - the
+    next-token baseline); NULLs otherwise, so the frame has the same columns either way."""
+    if controls:
+        cols = ", ".join(CONTROL_COLUMNS) + \
+            ", accuracy - control_next_token_accuracy AS beyond_next_token"
+        means = ", ".join(f"avg({c})" for c in CONTROL_COLUMNS) + \
+            ", avg(accuracy - control_next_token_accuracy)"
+    else:
+        cols = ", ".join(f"NULL::DOUBLE AS {c}" for c in CONTROL_COLUMNS) + \
+            ", NULL::DOUBLE AS beyond_next_token"
+        means = ", ".join("NULL::DOUBLE" for _ in range(len(CONTROL_COLUMNS) + 1))
+    return f"""
+SELECT run_id, coalesce(step, -1) AS step, checkpoint, layer, attribute, accuracy, chance, {cols}
 FROM linear_probes
 UNION ALL
 SELECT run_id, coalesce(step, -1), checkpoint, layer, 'mean of attributes', avg(accuracy),
-       avg(chance)
-FROM linear_probes GROUP BY ALL
+       avg(chance), {means}
+FROM linear_probes GROUP BY run_id, coalesce(step, -1), checkpoint, layer
 ORDER BY run_id, attribute, layer, step
 """
+
+
+LINEAR_SQL = linear_sql(controls=False)  # what older stores (no control columns) are read with
 
 STAT_ORDER = ["rms", "mean", "std", "max_abs", "frac_zero", "q01", "q25", "q50", "q75", "q99",
               "entropy", "entropy_norm"]
@@ -77,7 +100,20 @@ def probe_heatmap(frame: pd.DataFrame) -> alt.Chart:
             .properties(width=760, height=max(120, 22 * len(points))))
 
 
-def linear_heatmap(frame: pd.DataFrame) -> alt.Chart:
+# (field, title, colour scale): the accuracy on [0, 1]; the controls' differences on [-1, 1],
+# centred on 0 where the probe reads no more than its control
+LINEAR_PANELS = [
+    ("accuracy", "probe accuracy", alt.Scale(domain=[0, 1], scheme="blues")),
+    ("selectivity", "selectivity: accuracy - control-task accuracy (Hewitt & Liang)",
+     alt.Scale(domain=[-1, 1], scheme="redblue", reverse=True)),
+    ("beyond_next_token", "accuracy - next-token baseline (what the probe reads beyond the "
+     "next token)", alt.Scale(domain=[-1, 1], scheme="redblue", reverse=True)),
+]
+TOOLTIP_FIELDS = ["accuracy", "chance", "control_next_token_accuracy", "control_task_accuracy",
+                  "selectivity", "beyond_next_token"]
+
+
+def linear_heatmap(frame: pd.DataFrame) -> alt.TopLevelMixin:
     runs = sorted(frame["run_id"].unique())
     attributes = ["mean of attributes"] + sorted(set(frame["attribute"]) - {"mean of attributes"})
     run, attribute = _dropdown("lp_run", runs, "run "), _dropdown("attribute", attributes,
@@ -85,18 +121,30 @@ def linear_heatmap(frame: pd.DataFrame) -> alt.Chart:
     frame = frame.assign(checkpoint_label=[
         "final" if c == "final" else str(s) for c, s in zip(frame["checkpoint"], frame["step"])])
     order = (frame.sort_values("step")["checkpoint_label"].drop_duplicates().tolist())
-    base = (alt.Chart(frame).add_params(run, attribute)
-            .transform_filter((alt.datum.run_id == run) & (alt.datum.attribute == attribute))
-            .encode(x=alt.X("checkpoint_label:O", sort=order, title="checkpoint (step)"),
-                    y=alt.Y("layer:O", sort="descending", title="layer (0 = embeddings)")))
-    cells = base.mark_rect().encode(
-        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="blues")),
-        tooltip=["run_id:N", "attribute:N", "layer:Q", "checkpoint:N",
-                 alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("chance:Q", format=".3f")])
-    text = base.mark_text(fontSize=10).encode(
-        text=alt.Text("accuracy:Q", format=".2f"),
-        color=alt.condition(alt.datum.accuracy > 0.6, alt.value("white"), alt.value("black")))
-    return (cells + text).properties(width=min(760, 60 * len(order) + 80), height=220)
+    tooltip = ["run_id:N", "attribute:N", "layer:Q", "checkpoint:N"] + [
+        alt.Tooltip(f"{f}:Q", format=".3f") for f in TOOLTIP_FIELDS if f in frame]
+    panels = []
+    for field, title, scale in LINEAR_PANELS:
+        if field not in frame or frame[field].isna().all():
+            continue  # probe files written before the controls: accuracy only
+        base = (alt.Chart(title=title)  # the data is the top-level chart's, once for all panels
+                .transform_filter((alt.datum.run_id == run) & (alt.datum.attribute == attribute)
+                                  & alt.expr.isValid(alt.datum[field]))
+                .encode(x=alt.X("checkpoint_label:O", sort=order, title="checkpoint (step)"),
+                        y=alt.Y("layer:O", sort="descending", title="layer (0 = embeddings)")))
+        cells = base.mark_rect().encode(color=alt.Color(f"{field}:Q", scale=scale, title=None),
+                                        tooltip=tooltip)
+        dark = alt.datum[field] > 0.6 if field == "accuracy" else \
+            (alt.datum[field] > 0.6) | (alt.datum[field] < -0.6)
+        text = base.mark_text(fontSize=10).encode(
+            text=alt.Text(f"{field}:Q", format=".2f"),
+            color=alt.condition(dark, alt.value("white"), alt.value("black")))
+        panels.append((cells + text).properties(width=min(760, 60 * len(order) + 80),
+                                                height=220))
+    # the dropdowns live on the top-level chart so that every panel filters on the same choice
+    chart = alt.vconcat(*panels, data=frame).resolve_scale(color="independent") \
+        if len(panels) > 1 else panels[0].properties(data=frame)
+    return chart.add_params(run, attribute)
 
 
 def build(src: Source) -> Page:
@@ -118,14 +166,21 @@ def build(src: Source) -> Page:
                        "entropy collapses to 0 (one key) all show as bands."))
         page.chart("probes", probe_heatmap(frame))
     page.add("<h2>Linear probes: where the facts become readable</h2>")
-    linear = src.df(LINEAR_SQL) if src.has("linear_probes") else pd.DataFrame()
+    linear = src.df(linear_sql(src.has("linear_probes", *CONTROL_COLUMNS))) \
+        if src.has("linear_probes") else pd.DataFrame()
     if linear.empty:
         page.add("<p>No linear probes yet: <code>lmpipe probe runs/&lt;run&gt;</code>.</p>")
     else:
         page.add(howto("Accuracy of a linear classifier that reads an attribute from the hidden "
                        "state at the last token of a person's name, trained on some people and "
                        "tested on others, per layer and checkpoint. Compare with the chance level "
-                       "in the tooltip (always guessing the most common value)."))
+                       "in the tooltip (always guessing the most common value) and with the "
+                       "controls below it: selectivity is the accuracy less that of the same "
+                       "probe trained on random labels fixed per person (with people split, "
+                       "about chance); the last heatmap is the accuracy less that of a classifier "
+                       "that sees only the next token (at <code>--context answer</code>, the "
+                       "answer's first token). Only what survives the last one is more than the "
+                       "next token."))
         page.chart("linear_probes", linear_heatmap(linear))
         page.add(note("Checkpoint 'final' is the saved model."))
     return page
