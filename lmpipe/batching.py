@@ -82,13 +82,15 @@ class LengthGroupedBatches:
     def _order_epoch(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.lengths))
+        # drop the remainder at random, before grouping by length: dropped after sorting it
+        # would always be the longest documents
+        order = order[:len(order) - len(order) % self.batch_size]
         window = self.batch_size * GROUP
         batches = []
         for start in range(0, len(order), window):
             chunk = order[start:start + window]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + self.batch_size]
-                        for i in range(0, len(chunk) - self.batch_size + 1, self.batch_size)]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def doc_ids(self, index: int) -> np.ndarray:
