@@ -1,12 +1,19 @@
-"""Bench: the flagship sweep (recipes/in-tool-learning) end to end, timed, and what it shows.
+"""Bench: the flagship sweep (recipes/in-tool-learning) end to end, timed, and what it shows with
+its spread over seeds.
 
 Clones the committed project into a temporary directory, runs `lmpipe sweep
-recipes/in-tool-learning/grid.yaml` there (18 DVC experiments, 2 at a time), and prints the wall
-time against the 30-minute budget, then recall without the tool and accuracy with it for every
-(model size, people) point, from the sweep's DuckDB store.
+recipes/in-tool-learning/grid.yaml` there (18 combinations x the grid's seeds, 2 points at a time),
+and prints the wall time, then per (mode, model size, people) the mean and min–max over the seeds
+of recall without the tool, accuracy with it, and knowledge bits (total and per parameter), from
+the sweep's DuckDB store. `--out` keeps that table as JSON; `--write-readme` writes it into the
+README's flagship block (between `<!-- bench:in-tool-learning:start -->` and `...:end -->`);
+`--from` rebuilds the table and the block from a kept JSON without running. `key=value` arguments
+go to the sweep (e.g. `seeds=1` for one replicate of each point).
 
-    .venv/bin/python bench/in_tool_learning.py                 # ~20 minutes on 2 cores
-    .venv/bin/python bench/in_tool_learning.py --project DIR   # only read an existing sweep's store
+    .venv/bin/python bench/in_tool_learning.py --out bench/in-tool-learning.json --write-readme
+    .venv/bin/python bench/in_tool_learning.py --project DIR   # read an existing sweep's store
+    .venv/bin/python bench/in_tool_learning.py --from bench/in-tool-learning.json --write-readme
+    .venv/bin/python bench/in_tool_learning.py --recipe knowledge-capacity --out bench/knowledge-capacity.json
 """
 
 from __future__ import annotations
@@ -14,76 +21,181 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET_S = 30 * 60
+sys.path.insert(0, str(ROOT / "bench"))
 
-TABLE_SQL = """
+from readme_block import markers, write_block  # noqa: E402
+
+READMES = (ROOT / "README.md", ROOT / "bench" / "README.md")
+METRICS = ("recall", "tool_acc", "knowledge_bits", "bits_per_param")
+
+# one row per eval run of the sweep: its replicate group, seed, axes and headline metrics
+POINTS_SQL = """
 WITH point_runs AS (
-    SELECT r.run_id, r.point,
+    SELECT r.run_id, g.point_group, g.seed,
            max(CASE WHEN p.key = 'teacher.model.d_model' THEN p.value_num END) AS d_model,
            max(CASE WHEN p.key = 'world.people' THEN p.value_num END) AS people,
+           max(CASE WHEN p.key = 'teacher.train.steps' THEN p.value_num END) AS steps,
            bool_or(p.key = 'world.tool_dialogs' AND p.value = 'true') AS tool
-    FROM runs r JOIN params p USING (run_id)
+    FROM runs r JOIN params p USING (run_id) JOIN run_groups g USING (run_id)
     WHERE r.sweep = ? AND r.stage = 'eval'
     GROUP BY ALL
 )
-SELECT pr.point, pr.d_model::INT AS d_model, pr.people::INT AS people,
+SELECT pr.point_group, pr.seed, pr.d_model::INT AS d_model, pr.people::INT AS people,
+       pr.steps::INT AS steps,
        CASE WHEN pr.tool THEN 'tool' ELSE 'no tool' END AS mode,
        max(CASE WHEN e.metric = 'parameters' THEN e.value END)::INT AS parameters,
        max(CASE WHEN e.metric = 'recall' AND e.split = 'trained' THEN e.value END) AS recall,
-       max(CASE WHEN e.metric = 'tool_accuracy' AND e.split = 'trained' THEN e.value END) AS tool_acc,
-       max(CASE WHEN e.metric = 'knowledge_bits' THEN e.value END) AS knowledge_bits
+       max(CASE WHEN e.metric = 'tool_accuracy' AND e.split = 'trained' THEN e.value END)
+           AS tool_acc,
+       max(CASE WHEN e.metric = 'knowledge_bits' THEN e.value END) AS knowledge_bits,
+       max(CASE WHEN e.metric = 'bits_per_param' THEN e.value END) AS bits_per_param
 FROM point_runs pr JOIN evals e USING (run_id)
-WHERE e.attribute IS NULL
-GROUP BY ALL ORDER BY mode, d_model, people
+WHERE e.attribute IS NULL AND e.step IS NULL
+GROUP BY ALL
 """
 
 
-def run_sweep(project: Path) -> tuple[dict, float]:
+def run_sweep(project: Path, recipe: str, overrides: list[str]) -> tuple[dict, float]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_HOME": str(project.parent / "prefect")}
     t0 = time.perf_counter()
     result = subprocess.run([str(Path(sys.executable).parent / "lmpipe"), "sweep",
-                             "recipes/in-tool-learning/grid.yaml", "--json"], cwd=project, env=env,
-                            capture_output=True, text=True)
+                             f"recipes/{recipe}/grid.yaml", *overrides, "--json"],
+                            cwd=project, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if not result.stdout.strip():
         raise SystemExit(f"sweep failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1]), elapsed
 
 
+def spread(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (mode, d_model, people): parameters, replicates n, and mean/min/max of every metric."""
+    parts = ", ".join(f"avg({m}) AS {m}, min({m}) AS {m}_min, max({m}) AS {m}_max"
+                      for m in METRICS)
+    with duckdb.connect() as con:
+        con.register("points", points)
+        return con.execute(f"""
+            SELECT mode, d_model, people, steps, any_value(parameters) AS parameters,
+                   count(*) AS n, {parts}
+            FROM points GROUP BY mode, d_model, people, steps
+            ORDER BY mode, people, d_model, steps""").df()
+
+
+def cell(row: Any, metric: str, number: str) -> str:
+    """mean (min–max), or the value alone with one replicate or no spread."""
+    mean = getattr(row, metric)
+    if mean is None or pd.isna(mean):
+        return "–"
+    low, high = number.format(getattr(row, f"{metric}_min")), number.format(
+        getattr(row, f"{metric}_max"))
+    text = number.format(mean)
+    return text if row.n <= 1 or low == high else f"{text} ({low}–{high})"
+
+
+def readme_block(results: dict[str, Any]) -> str:
+    """The README block: the measuring line and one row per (people, size, steps)."""
+    table = spread(pd.DataFrame(results["points"]))
+    m = results["machine"]
+    n = int(table["n"].max())
+    minutes = (f"{results['elapsed_s'] / 60:.1f} minutes for {len(results['points'])} points, "
+               "2 at a time; " if results.get("elapsed_s") else "")
+    recipe = results.get("recipe", "in-tool-learning")
+    command = "bench/in_tool_learning.py" + (f" --recipe {recipe}" if recipe != "in-tool-learning"
+                                             else "")
+    lines = [f"Measured with `{command}` on {results['date']} ({m['cores']} CPU "
+             f"cores, {m['arch']}, Python {m['python']}; {minutes}"
+             + (f"{n} seeds per point: mean and, in brackets, the lowest and highest" if n > 1
+                else "one seed") + "):", "",
+             "| people (facts) | model | params | steps | recall, no tool | knowledge bits "
+             "| bits/param | tool accuracy |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    keys = ["people", "d_model", "steps"]
+    no_tool = table[table["mode"] == "no tool"].set_index(keys)
+    tool = table[table["mode"] == "tool"].set_index(keys)
+    for key, row in no_tool.iterrows():
+        people, d_model, steps = key
+        r = _ns(row)
+        other = _ns(tool.loc[key]) if key in tool.index else None
+        lines.append(
+            f"| {people:,} ({people * 6:,}) | d={d_model} | {int(row['parameters']):,} "
+            f"| {steps:,} | {cell(r, 'recall', '{:.3f}')} "
+            f"| {cell(r, 'knowledge_bits', '{:,.0f}')} | {cell(r, 'bits_per_param', '{:.3f}')} "
+            f"| {cell(other, 'tool_acc', '{:.3f}') if other is not None else '–'} |")
+    return "\n".join(lines)
+
+
+def _ns(row: pd.Series) -> Any:
+    """A Series as an object with attribute access (n included)."""
+    return type("Row", (), {k: row[k] for k in row.index})
+
+
+def machine() -> dict[str, Any]:
+    return {"cores": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="passed to the sweep (e.g. seeds=1)")
     parser.add_argument("--project", type=Path, help="an existing project whose sweep to read")
+    parser.add_argument("--out", type=Path, help="write the per-point figures as JSON")
+    parser.add_argument("--from", dest="source", type=Path, help="read a previous --out file")
+    parser.add_argument("--recipe", default="in-tool-learning",
+                        help="the sweep recipe under recipes/ (default in-tool-learning)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite the recipe's figures block in README.md or bench/README.md")
     args = parser.parse_args()
-    if args.project:
-        project = args.project.resolve()
-        manifest = sorted((project / "runs/sweeps").glob("in-tool-learning-*/sweep.json"))[-1]
-        sweep_id, elapsed = json.loads(manifest.read_text())["sweep"], None
+    if args.source:
+        results = json.loads(args.source.read_text())
     else:
-        project = Path(tempfile.mkdtemp(prefix="lmpipe-itl-")) / "project"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
-        result, elapsed = run_sweep(project)
-        sweep_id = result["sweep"]
-        print(f"points: {result['points']}, failed: {result['failed'] or 'none'}")
-    with duckdb.connect(str(project / "store/lmpipe.duckdb"), read_only=True) as con:
-        table = con.execute(TABLE_SQL, [sweep_id]).df()
+        elapsed = None
+        if args.project:
+            project = args.project.resolve()
+            manifest = sorted((project / "runs/sweeps").glob(f"{args.recipe}-*/sweep.json"))[-1]
+            sweep_id = json.loads(manifest.read_text())["sweep"]
+        else:
+            project = Path(tempfile.mkdtemp(prefix="lmpipe-itl-")) / "project"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+            result, elapsed = run_sweep(project, args.recipe, args.overrides)
+            sweep_id = result["sweep"]
+            print(f"points: {result['points']}, failed: {result['failed'] or 'none'}")
+        with duckdb.connect(str(project / "store/lmpipe.duckdb"), read_only=True) as con:
+            points = con.execute(POINTS_SQL, [sweep_id]).df()
+        results = {"date": date.today().isoformat(), "machine": machine(), "sweep": sweep_id,
+                   "recipe": args.recipe,
+                   "elapsed_s": elapsed, "overrides": args.overrides,
+                   "points": json.loads(points.to_json(orient="records"))}
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    table = spread(pd.DataFrame(results["points"]))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    if elapsed is not None:
-        verdict = "PASS" if elapsed <= BUDGET_S else "FAIL"
-        print(f"sweep wall time: {elapsed / 60:.1f} min (budget 30 min) {verdict}")
+    if results.get("elapsed_s"):
+        print(f"sweep wall time: {results['elapsed_s'] / 60:.1f} min "
+              f"({len(results['points'])} points)")
     for mode, metric in (("no tool", "recall"), ("tool", "tool_acc")):
         rows = table[table["mode"] == mode].groupby("people")[metric].mean()
         print(f"{mode:>7}: mean {metric} by people: "
               + ", ".join(f"{int(n)}: {v:.3f}" for n, v in rows.items()))
+    if args.write_readme:
+        name = results.get("recipe", "in-tool-learning")
+        files = [f for f in READMES if markers(name)[0] in f.read_text(encoding="utf-8")]
+        if not files:
+            raise SystemExit(f"no README holds the block {markers(name)[0]}")
+        for path in files:
+            write_block(path, name, readme_block(results))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -44,14 +43,15 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from flows.pipeline import stage_order  # noqa: E402
 from lmpipe.config import apply_overrides, validate_params  # noqa: E402
 from lmpipe.sweep import default_seed_keys  # noqa: E402
+from readme_block import markers, write_block  # noqa: E402
 
 README = ROOT / "README.md"
-START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
+START, END = markers("pipeline")
 COPIED = ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe")
 # a configuration that runs every stage in well under a minute: for trying the bench, not for
 # figures (the same scale as tests/test_pipeline.py)
@@ -252,13 +252,8 @@ def headline(results: dict[str, Any]) -> str:
 
 
 def write_readme(path: Path, block: str) -> None:
-    """Replace what lies between the two markers of `path` with `block`."""
-    text = path.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(START) + r"\n.*?" + re.escape(END), re.DOTALL)
-    if len(pattern.findall(text)) != 1:
-        raise SystemExit(f"{path}: expected one {START} ... {END} block")
-    path.write_text(pattern.sub(lambda _: f"{START}\n{block}\n{END}", text), encoding="utf-8")
-    print(f"wrote the figures into {path}")
+    """Replace the pipeline block of `path` with `block`."""
+    write_block(path, "pipeline", block)
 
 
 def main(argv: list[str] | None = None) -> None:
