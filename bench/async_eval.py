@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 
 from lmpipe.config import WorldParams  # noqa: E402
 from lmpipe.tokenizer import build_byte_tokenizer  # noqa: E402
-from lmpipe.tokens import tokenize_documents  # noqa: E402
+from lmpipe.tokens import tokenize_world  # noqa: E402
 from lmpipe.world import write_world  # noqa: E402
 
 
@@ -41,10 +41,9 @@ def make_data(base: Path, people: int) -> None:
     write_world(WorldParams(seed=0, people=people, heldout_people=max(1, people // 5)),
                 base / "data" / "world")
     tokenizer = build_byte_tokenizer()
-    texts = [json.loads(line)["text"] for line in (base / "data/world/documents.jsonl").open()]
     tokenizer.save_pretrained(base / "data" / "tokens" / "tokenizer")
-    tokenize_documents(texts, tokenizer, base / "data" / "tokens", val_fraction=0.05,
-                       loss_on="assistant", seed=0)
+    tokenize_world(base / "data" / "world", tokenizer, base / "data" / "tokens", val_fraction=0.05,
+                   loss_on="assistant", seed=0)
 
 
 def workspace(base: Path, name: str, params: dict) -> Path:

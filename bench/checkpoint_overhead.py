@@ -33,17 +33,15 @@ from lmpipe.losses import cross_entropy_objective  # noqa: E402
 from lmpipe.model import build_model  # noqa: E402
 from lmpipe.runlog import RunLog  # noqa: E402
 from lmpipe.tokenizer import build_byte_tokenizer  # noqa: E402
-from lmpipe.tokens import TokenSplit, tokenize_documents  # noqa: E402
+from lmpipe.tokens import TokenSplit, tokenize_world  # noqa: E402
 from lmpipe.train import Trainer  # noqa: E402
 from lmpipe.world import write_world  # noqa: E402
 
 
 def default_data(work: Path, params: Params) -> Path:
     write_world(params.world, work / "world")
-    texts = [json.loads(line)["text"] for line in (work / "world/documents.jsonl").open()]
-    tokenizer = build_byte_tokenizer()
-    tokenize_documents(texts, tokenizer, work / "tokens", params.tokenize.val_fraction,
-                       params.tokenize.loss_on, params.tokenize.seed)
+    tokenize_world(work / "world", build_byte_tokenizer(), work / "tokens",
+                   params.tokenize.val_fraction, params.tokenize.loss_on, params.tokenize.seed)
     return work / "tokens"
 
 

@@ -59,13 +59,12 @@ def worker(mode: str, tokens: Path, steps: int) -> None:
 def make_tokens(out: Path) -> Path:
     from lmpipe.config import WorldParams
     from lmpipe.tokenizer import build_byte_tokenizer
-    from lmpipe.tokens import tokenize_documents
+    from lmpipe.tokens import tokenize_world
     from lmpipe.world import write_world
 
     write_world(WorldParams(people=400, heldout_people=50), out / "world")
-    texts = [json.loads(line)["text"] for line in (out / "world" / "documents.jsonl").open()]
-    tokenize_documents(texts, build_byte_tokenizer(), out / "tokens", val_fraction=0.05,
-                       loss_on="assistant", seed=0)
+    tokenize_world(out / "world", build_byte_tokenizer(), out / "tokens", val_fraction=0.05,
+                   loss_on="assistant", seed=0)
     return out / "tokens"
 
 

@@ -157,6 +157,24 @@ def world_split(documents: list[dict], val_fraction: float, seed: int,
     return kept, len(chosen)
 
 
+def world_documents(world_dir: str | Path, val_fraction: float,
+                    seed: int) -> tuple[list[dict], list[str] | None, dict | None]:
+    """What `tokenize` encodes from `prepare`'s folder: the documents, each one's split and the
+    split rule for `meta.json`. A world whose documents carry their `split` (the people world) is
+    split by people (`world_split`, with world.json's trained count); a plain corpus returns no
+    splits, for `tokenize_documents`' seeded per-document split."""
+    folder = Path(world_dir)
+    docs = read_documents(folder)
+    if not all("split" in d for d in docs):
+        return docs, None, None
+    info = folder / "world.json"
+    trained = json.loads(info.read_text()).get("people") if info.is_file() else None
+    docs, n_val = world_split(docs, val_fraction, seed, trained)
+    rule = {"by": "people", "validation_people": n_val, "val_fraction": val_fraction,
+            "seed": seed}
+    return docs, [d["split"] for d in docs], rule
+
+
 def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """A seeded split of document indices into (train, val); val holds at least one document.
     For plain corpora only: see the module docstring for why the people world is not split so."""
@@ -228,3 +246,13 @@ def tokenize_documents(texts: list[str], tokenizer, out_dir: str | Path, val_fra
     }
     write_meta(out, len(tokenizer), dtype, loss_on, stats, split_rule)
     return stats
+
+
+def tokenize_world(world_dir: str | Path, tokenizer, out_dir: str | Path, val_fraction: float,
+                   loss_on: str, seed: int) -> dict[str, dict[str, int]]:
+    """Tokenize `prepare`'s folder exactly as the `tokenize` stage does (split by people for the
+    people world, per document for a plain corpus), for tests and benchmarks that build their
+    own data."""
+    docs, splits, rule = world_documents(world_dir, val_fraction, seed)
+    return tokenize_documents([d["text"] for d in docs], tokenizer, out_dir, val_fraction,
+                              loss_on, seed, splits=splits, split_rule=rule)

@@ -4,8 +4,6 @@ The people world comes split by `prepare` (every document marks its split; lmpip
 `world_split` takes val_fraction x trained people of its validation people and checks that no
 trained fact is missing from training text); plain corpora are split per document, seeded."""
 
-import json
-
 from lmpipe.config import ConfigError
 from lmpipe.entry import stage
 from lmpipe.paths import TOKENIZER, TOKENS, WORLD
@@ -16,21 +14,13 @@ def tokenize(params, argv):
     from lmpipe.model import save_tokenizer
     from lmpipe.outputs import staged
     from lmpipe.tokenizer_kinds import build_tokenizer
-    from lmpipe.tokens import read_documents, tokenize_documents, world_split
+    from lmpipe.tokens import tokenize_documents, world_documents
 
-    docs = read_documents(WORLD)
     p = params.tokenize
-    splits, rule = None, None
-    if all("split" in d for d in docs):  # the people world: split by people in `prepare`
-        info = WORLD / "world.json"
-        trained = json.loads(info.read_text()).get("people") if info.is_file() else None
-        try:
-            docs, n_val = world_split(docs, p.val_fraction, p.seed, trained)
-        except ValueError as exc:
-            raise ConfigError(f"{WORLD}: {exc}") from None
-        splits = [d["split"] for d in docs]
-        rule = {"by": "people", "validation_people": n_val, "val_fraction": p.val_fraction,
-                "seed": p.seed}
+    try:
+        docs, splits, rule = world_documents(WORLD, p.val_fraction, p.seed)
+    except ValueError as exc:
+        raise ConfigError(f"{WORLD}: {exc}") from None
     texts = [d["text"] for d in docs]
     try:
         tokenizer = build_tokenizer(p.kind, texts, vocab_size=p.vocab_size, path=p.path)

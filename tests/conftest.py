@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from lmpipe.config import ModelParams, WorldParams
 from lmpipe.model import build_model
 from lmpipe.tokenizer import build_byte_tokenizer
-from lmpipe.tokens import tokenize_documents
+from lmpipe.tokens import tokenize_world
 from lmpipe.world import write_world
 
 TINY_MODEL = ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256)
@@ -37,8 +36,7 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokens(tiny_world, tokenizer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokens")
-    texts = [json.loads(line)["text"] for line in (tiny_world / "documents.jsonl").open()]
-    tokenize_documents(texts, tokenizer, out, val_fraction=0.1, loss_on="assistant", seed=0)
+    tokenize_world(tiny_world, tokenizer, out, val_fraction=0.1, loss_on="assistant", seed=0)
     return out
 
 

@@ -24,7 +24,7 @@ from lmpipe.linear_probe import (FINAL, PROBE_FILE, control_labels, control_scor
                                  next_token_ids, probe_continuation, probe_label, probe_model,
                                  probe_run, probe_text, split_people)
 from lmpipe.model import build_model, save_model
-from lmpipe.tokens import TokenSplit, tokenize_documents
+from lmpipe.tokens import TokenSplit, tokenize_world
 from lmpipe.tooldb import PeopleDB
 from lmpipe.train import train
 
@@ -396,9 +396,8 @@ def memorized(tmp_path_factory, tokenizer) -> Path:
             patch.setattr(world, name, values)
         world.write_world(WorldParams(seed=3, people=60, heldout_people=0, bios_per_person=1,
                                       qa_dialogs=True, tool_dialogs=False), root / "world")
-    texts = [json.loads(line)["text"] for line in (root / "world" / "documents.jsonl").open()]
-    tokenize_documents(texts, tokenizer, root / "tokens", val_fraction=0.01, loss_on="assistant",
-                       seed=0)
+    tokenize_world(root / "world", tokenizer, root / "tokens", val_fraction=0.05,
+                   loss_on="assistant", seed=0)
     run = root / "run"
     model = build_model(MEMORIZE_MODEL, seed=0)
     train(model, TokenSplit.open(root / "tokens", "train"), TokenSplit.open(root / "tokens", "val"),
