@@ -236,6 +236,11 @@ def figures_block(results: dict[str, Any]) -> str:
                                           " of the distilled student's held-out tool accuracy")
     if text:
         lines += ["", text[0].upper() + text[1:] + "."]
+    checks = headline_checks(results)
+    if checks:
+        passed = sum(line.endswith("PASS") for line in checks)
+        lines += ["", f"Headline (teacher held-out tool accuracy ≥ 0.9, distilled above scratch): "
+                      f"{passed} of {len(checks)} seed{'s' if len(checks) != 1 else ''} pass."]
     return "\n".join(lines)
 
 
@@ -249,6 +254,23 @@ def headline(results: dict[str, Any]) -> str:
     seeds = [run["seed"] for run in results["runs"]]
     return (f"headline over seeds {seeds} (mean (min–max)); run wall time "
             f"{cell(rows.get(('run', 'total_s')), '{:.1f}')} s\n" + frame.to_string(index=False))
+
+
+def headline_checks(results: dict[str, Any]) -> list[str]:
+    """Issue 15's headline, per seed: the teacher's held-out tool accuracy is at least 0.9 and
+    the distilled student's is above the scratch student's (same architecture and steps)."""
+    lines = []
+    for run in results["runs"]:
+        figures = run["eval"]
+        teacher = figures.get("teacher", {}).get("tool_accuracy_heldout")
+        distilled = figures.get("distilled", {}).get("tool_accuracy_heldout")
+        scratch = figures.get("student", {}).get("tool_accuracy_heldout")
+        if None in (teacher, distilled, scratch):
+            continue
+        ok = teacher >= 0.9 and distilled > scratch
+        lines.append(f"seed {run['seed']}: teacher held-out {teacher:.3f} (>= 0.9), distilled "
+                     f"{distilled:.3f} > scratch {scratch:.3f}: {'PASS' if ok else 'FAIL'}")
+    return lines
 
 
 def write_readme(path: Path, block: str) -> None:
@@ -299,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.out:  # after every run: a crash keeps what was measured
                 args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(headline(results))
+    print("\n".join(headline_checks(results)))
     if args.write_readme:
         if results.get("overrides") and args.write_readme.resolve() == README.resolve():
             raise SystemExit("refusing to write README.md from an overridden experiment; name "

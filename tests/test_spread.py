@@ -310,6 +310,14 @@ def test_the_bench_writes_the_readme_block_from_its_figures(tmp_path: Path,
     assert "Recall without the tool is 0.000 for every model; knowledge bits are 0" in text
     share = [held_out(3, s) / held_out(2, s) for s in SEEDS]
     assert f"ternary QAT keeps {sum(share) / 3:.1%} ({min(share):.1%}–{max(share):.1%})" in text
+    # made-up teachers reach 0.50-0.54 held-out: no seed passes the headline
+    assert text.rstrip().endswith(f"0 of 3 seeds pass.\n{bench.END}\n\nafter")
+    results = bench_results(params, [])
+    results["runs"][1]["eval"]["teacher"]["tool_accuracy_heldout"] = 0.9   # 0.9 counts
+    results["runs"][2]["eval"]["teacher"]["tool_accuracy_heldout"] = 0.95
+    results["runs"][2]["eval"]["distilled"]["tool_accuracy_heldout"] = held_out(1, 2)  # = scratch
+    assert [line.rsplit(": ", 1)[1] for line in bench.headline_checks(results)] == \
+        ["FAIL", "PASS", "FAIL"]
     bench.main(["--from", str(source), "--write-readme", str(readme)])   # idempotent
     assert readme.read_text() == text
     # figures from an overridden experiment never land in the project's README
