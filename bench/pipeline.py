@@ -21,6 +21,7 @@ the README is not written from an overridden experiment unless `--write-readme` 
     .venv/bin/python bench/pipeline.py --seeds 3 --out bench-seeds.json --write-readme
     .venv/bin/python bench/pipeline.py --from bench-seeds.json --write-readme   # no rerun
     .venv/bin/python bench/pipeline.py --tiny --seeds 2 --write-readme /tmp/README.md
+    .venv/bin/python bench/pipeline.py --write-lock    # the committed dvc.lock from a real run
 """
 
 from __future__ import annotations
@@ -292,12 +293,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the raw figures of every run as JSON")
     parser.add_argument("--from", dest="source", type=Path,
                         help="read the figures from a previous --out file instead of running")
+    parser.add_argument("--write-lock", action="store_true",
+                        help="copy the (seed 0) run's dvc.lock into the project: the committed "
+                        "lock then describes the committed code (tests/test_dvc_lock.py)")
     parser.add_argument("--write-readme", nargs="?", const=README, type=Path, metavar="FILE",
                         help="rewrite the figures block of the README (default README.md)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     overrides = (TINY if args.tiny else []) + args.overrides
+    if args.write_lock and (overrides or args.source):
+        parser.error("--write-lock takes the lock of a run of the unmodified experiment "
+                     "(no overrides, no --from)")
 
     if args.source:
         results = json.loads(args.source.read_text())
@@ -316,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
             label = f"seed {seed}" if seed is not None else "run"
             run = run_once(work, params, label)
             results["runs"].append({"seed": seed if seed is not None else 0, **run})
+            if args.write_lock and not overrides and seed in (None, 0):
+                shutil.copy(work / "dvc.lock", ROOT / "dvc.lock")
+                print(f"wrote {ROOT / 'dvc.lock'} from the {label}")
             if not args.keep:
                 shutil.rmtree(work)
             if args.out:  # after every run: a crash keeps what was measured

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import lmpipe  # noqa: F401  (sets the offline and no-analytics environment defaults)
@@ -40,7 +41,9 @@ def stage_order(workdir: Path) -> list[str]:
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
 def run_stage(stage: str, workdir: str) -> str:
     logger = get_run_logger()
-    result = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=workdir,
+    # this interpreter's DVC: `.venv/bin/python flows/pipeline.py` works without the venv on PATH
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                            cwd=workdir,
                             capture_output=True, text=True, env=os.environ.copy())
     for line in (result.stdout + result.stderr).splitlines():
         if line.strip() and "%|" not in line:  # keep progress bars out of the Prefect log

@@ -31,14 +31,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
 from lmpipe import protocol
 from lmpipe.config import EvalParams, Params, TrainParams
 from lmpipe.generate import Exchange, answer_questions, sample_text
 from lmpipe.knowledge import knowledge_records
 from lmpipe.model import count_parameters, load_model, tensor_headers
+from lmpipe.progress import progress
 from lmpipe.runlog import RunLog
+from lmpipe.ternary_packing import INT8_FILE
 from lmpipe.tokens import TokenSplit
 from lmpipe.tooldb import PeopleDB
 from lmpipe.batching import make_batches
@@ -155,10 +156,13 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
 
 def size_records(model_dir: Path) -> list[dict[str, Any]]:
     """Bytes of the weights file(s) on disk, and of the tensors in them (dtype size x elements,
-    packed codes as stored): a quantized model beside its full-precision twin."""
+    packed codes as stored; of an int8 directory, its compact file only): a quantized model beside
+    its full-precision twin."""
     file_bytes, tensor_bytes = 0, 0
     widths = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "I64": 8, "F64": 8}
-    for path in sorted(model_dir.glob("*.safetensors")):
+    # an int8 directory's model.safetensors is the dequantized float twin of its compact file
+    compact = model_dir / INT8_FILE
+    for path in [compact] if compact.is_file() else sorted(model_dir.glob("*.safetensors")):
         file_bytes += path.stat().st_size
         tensor_bytes += sum(widths.get(t["dtype"], 4) * math.prod(t["shape"])
                             for t in tensor_headers(path).values())
@@ -199,7 +203,7 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
         heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed) if db else []
         (out / "transcripts").mkdir(exist_ok=True)
         with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
-            for name, folder in tqdm(models.items(), desc="eval", unit="model"):
+            for name, folder in progress(models.items(), desc="eval", unit="model"):
                 records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
                                                       params.teacher.train,
                                                       harness_dir=out / "harness_tasks")

@@ -10,6 +10,7 @@ Grids of values to sweep are lmpipe/sweep.py's.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -35,4 +36,4 @@ def run_recipe(recipe: Path, overrides: list[str], project: Path = Path("."),
                stages: list[str] | None = None) -> int:
     """Install the recipe and reproduce the pipeline (or only up to `stages`)."""
     install_recipe(recipe, overrides, project / "params.yaml")
-    return subprocess.call(["dvc", "repro", *(stages or [])], cwd=project)
+    return subprocess.call([sys.executable, "-m", "dvc", "repro", *(stages or [])], cwd=project)

@@ -43,13 +43,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 # file_sha256 stays importable from here: other modules take it from lmpipe.teacher_cache
 from lmpipe.artifacts import ArtifactError, file_sha256, tokenizer_identity, verify_sha256
 from lmpipe.batching import LengthGroupedBatches
 from lmpipe.config import ConfigError
 from lmpipe.masks import model_attention_mask
+from lmpipe.progress import progress
 from lmpipe.tokens import TokenSplit
 
 FORMAT_VERSION = 3  # 3: the manifest holds every shard file's sha256 (+ optional `tail` column)
@@ -254,8 +254,7 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
     started, written = time.perf_counter(), 0
     # the teacher's own written tokens: the split's loss mask, whatever `batches` masks
     token_mask = split.mask if loss_on == "mask" else None
-    for batch in tqdm(source.sequential(batch_size), desc="teacher_cache", mininterval=2.0,
-                      disable=None):
+    for batch in progress(source.sequential(batch_size), desc="teacher_cache", unit="batch"):
         mask = model_attention_mask(attention, batch.positions, token_mask)
         out_ = model(input_ids=batch.input_ids, attention_mask=mask,
                      output_hidden_states=bool(spec.hidden_layers),

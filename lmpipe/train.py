@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm import tqdm
 
 from lmpipe import profiler
 from lmpipe.batching import Batch, make_batches
@@ -32,6 +31,7 @@ from lmpipe.distributed import Dist, init_distributed, resolve_device
 from lmpipe.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.optim import build_optimizer
 from lmpipe.probes import ProbeRecorder
+from lmpipe.progress import progress
 from lmpipe.runlog import RunLog
 from lmpipe.schedule import lr_at
 from lmpipe.tokens import TokenSplit
@@ -244,11 +244,10 @@ class Trainer:
         val_loss, val_step = self.initial_val, self.step if not resumed else None
         window = {"loss": torch.zeros((), device=self.device), "targets": torch.zeros((), device=self.device),
                   "tokens": 0, "steps": 0, "extras": {}}
-        progress = tqdm(range(self.step, tp.steps), desc=self.desc, unit="step", mininterval=2.0,
-                        disable=None if self.dist.is_main else True, initial=self.step,
-                        total=tp.steps)
+        bar = progress(range(self.step, tp.steps), desc=self.desc, unit="step",
+                       disable=not self.dist.is_main, initial=self.step, total=tp.steps)
         record: dict[str, Any] = {}
-        for step in progress:
+        for step in bar:
             trace.step(step)
             probing = self.probes is not None and self.probes.due(step + 1)
             with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
@@ -293,10 +292,11 @@ class Trainer:
                     record.update(evaluated)
                 else:  # its own record: the training window keeps accumulating to the log step
                     self._log({"step": self.step, "tokens": self.tokens_seen, **evaluated})
-                    progress.set_postfix(val=f"{val_loss:.3f}")
+                    bar.set_postfix(val=f"{val_loss:.3f}", refresh=False)
             if log_due:
                 self._log(record)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}")
+                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}",
+                                tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
                 window = {"loss": torch.zeros((), device=self.device),
                           "targets": torch.zeros((), device=self.device),
                           "tokens": 0, "steps": 0, "extras": {}}

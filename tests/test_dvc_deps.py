@@ -68,7 +68,8 @@ def _stages() -> list[tuple[str, str, list[str]]]:
         body = stage["do"] if "foreach" in stage else stage
         for item in items:
             cmd = body["cmd"].replace("${item}", str(item))
-            module = cmd.split("-m ", 1)[1].split()[0]
+            # `sh stages/run.sh NAME ...` runs `python -m stages.NAME ...`
+            module = "stages." + cmd.split("stages/run.sh ", 1)[1].split()[0]
             deps = [str(d).replace("${item}", str(item)) for d in body.get("deps", [])]
             found.append((name if item is None else f"{name}@{item}", module, deps))
     return found

@@ -273,6 +273,75 @@ def test_a_diverging_run_fails_loudly_and_replaces_nothing(project, tmp_path):
         == before
 
 
+def _experiments(shown: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` rows by experiment name: {name: {"params": ..., "metrics": ...}}."""
+    rows = {}
+
+    def visit(node: dict) -> None:
+        data = node.get("data") or {}
+        name = node.get("name") or data.get("name") or node.get("rev") or data.get("rev")
+        if data:
+            rows[name] = {"params": data.get("params", {}), "metrics": data.get("metrics", {})}
+        for child in node.get("experiments") or []:
+            for rev in child.get("revs", [child]):
+                visit(rev)
+
+    for baseline in shown:
+        visit(baseline)
+    return rows
+
+
+def test_dvc_experiments_carry_their_metrics_without_the_venv_on_path(project, tmp_path):
+    """A user's git clone: `.venv/bin/dvc exp run` with nothing activated runs the stages with the
+    project's .venv, and `dvc exp show` reads every experiment's eval metrics."""
+    work, env = project
+    repo = tmp_path / "repo"
+    shutil.copytree(work, repo, symlinks=True)
+    config = repo / ".dvc" / "config"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if "no_scm" not in line))
+    (repo / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    (repo / ".venv").symlink_to(BIN.parent)                # the project's venv, as `make` makes it
+    bare = {k: v for k, v in env.items() if k not in ("VIRTUAL_ENV", "LMPIPE_PYTHON")}
+    bare.update(PATH="/usr/bin:/bin", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    assert _run(["sh", "-c", "command -v python || true"], repo, bare).stdout.strip() != \
+        str(BIN / "python")                                # nothing of the venv on PATH
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "baseline"]):
+        _run(["git", *args], repo, bare)
+    dvc = str(repo / ".venv" / "bin" / "dvc")
+    for name, steps in (("short", 20), ("long", 40)):
+        _run([dvc, "exp", "run", "-n", name, "-S", f"student.train.steps={steps}"], repo, bare)
+    rows = _experiments(json.loads(_run([dvc, "exp", "show", "--json"], repo, bare).stdout))
+    tables = {}
+    for name, steps in (("short", 20), ("long", 40)):
+        assert rows[name]["params"]["params.yaml"]["data"]["student"]["train"]["steps"] == steps
+        tables[name] = rows[name]["metrics"]["metrics/eval.json"]["data"]
+        assert set(tables[name]) == {"teacher", "student", "distilled", "quantized",
+                                     "quantized_ptq", "int8"}
+    # the last experiment's results are in the workspace: its row is what its eval wrote
+    assert tables["long"] == json.loads((repo / "metrics/eval.json").read_text())
+    # the first row holds its own experiment's results: another student, the same teacher
+    assert tables["short"]["teacher"] == tables["long"]["teacher"]
+    assert tables["short"]["student"]["val_loss"] != tables["long"]["student"]["val_loss"]
+
+
+def test_dvc_plots_render_offline(project, tmp_path):
+    """`dvc plots show` with the template `make setup` installs: Vega inlined, nothing fetched."""
+    work, env = project
+    copy = tmp_path / "plots"
+    shutil.copytree(work, copy, symlinks=True)
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], copy, env)
+    assert 'src="https://cdn.jsdelivr.net' in (tmp_path / "cdn/index.html").read_text()  # DVC's own
+    _run([sys.executable, "-m", "lmpipe.dvc_plots", str(copy)], copy, env)
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "offline")], copy, env)
+    html = (tmp_path / "offline/index.html").read_text()
+    assert "src=\"http" not in html and "src='http" not in html and "cdn.jsdelivr" not in html
+    assert "vega-embed, Vega-Lite and Vega, inlined" in html
+    plots = yaml.safe_load((copy / "dvc.yaml").read_text())["plots"]
+    assert html.count("vegaEmbed('#") == len(plots)       # one chart per plot of dvc.yaml
+
+
 def test_saved_tokenizers_are_the_tokenize_stage_s_whatever_the_eval_schedule(project):
     """The teacher's last step is an eval step with generation (left padding): its saved
     tokenizer still carries no padding state and has the tokenize stage's identity, so the

@@ -1,0 +1,21 @@
+# Run one DVC stage with the project's Python: `sh stages/run.sh NAME [ARGS...]` runs
+# `python -m stages.NAME ARGS...`. DVC runs stage commands with the PATH of whoever started it,
+# and `.venv/bin/dvc repro` or `dvc exp run` from an unactivated venv would find no `python` with
+# torch; so the interpreter is $LMPIPE_PYTHON if set, else the active virtualenv's, else the
+# nearest `.venv` in this folder or above it (a `dvc exp run --temp` workspace lives inside the
+# project), else `python` on PATH. The project root goes on PYTHONPATH, so recipes whose stages
+# run in their own folder (recipes/*/dvc.yaml) import the same code.
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=${LMPIPE_PYTHON:-}
+if [ -z "$py" ] && [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+    py=$VIRTUAL_ENV/bin/python
+fi
+dir=$root
+while [ -z "$py" ] && [ -n "$dir" ]; do
+    if [ -x "$dir/.venv/bin/python" ]; then py=$dir/.venv/bin/python; fi
+    [ "$dir" = / ] && break
+    dir=$(dirname "$dir")
+done
+stage=$1
+shift
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "${py:-python}" -m "stages.$stage" "$@"
