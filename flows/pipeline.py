@@ -1,8 +1,10 @@
 """Prefect flow for the default experiment: every DVC stage as a task, in dependency order.
 
-Each task runs `dvc repro --single-item <stage>`, so DVC's cache still decides what actually reruns;
-Prefect adds the order, retries, logs and a markdown artifact with the eval metrics and a link to
-the report. Run it with `python flows/pipeline.py`, serve it with `python flows/pipeline.py --serve`,
+The flow asks `dvc status` once which stages changed, then runs a task for each of them and
+everything downstream, in dependency order: `dvc repro --single-item <stage>`, so DVC's cache still
+decides what actually reruns. Prefect adds the order, retries, logs and a markdown artifact with
+the eval metrics and a link to the report. On an up-to-date workspace the command line answers
+from the status alone, without starting Prefect (bench/flow_overhead.py times both). Run it with `python flows/pipeline.py`, serve it with `python flows/pipeline.py --serve`,
 or deploy it from `flows/prefect.yaml` (see the README).
 """
 
@@ -22,20 +24,43 @@ from prefect.artifacts import create_markdown_artifact
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def stage_order(workdir: Path) -> list[str]:
-    """The stages of `workdir/dvc.yaml` in dependency order, read through DVC itself.
+def _root_stages(repo, workdir: Path) -> list:
+    """The stages of `workdir/dvc.yaml` in dependency order. DVC's index holds every dvc.yaml in
+    the repository, recipes' included; only the root pipeline's stages are this flow's to run."""
+    import networkx as nx
 
-    DVC's index holds every dvc.yaml in the repository, recipes' included; only the root
-    pipeline's stages are this flow's to run.
-    """
+    root_file = (Path(workdir) / "dvc.yaml").resolve()
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    return [stage for stage in reversed(list(nx.topological_sort(graph)))
+            if Path(stage.dvcfile.path).resolve() == root_file]
+
+
+def stage_order(workdir: Path) -> list[str]:
+    """The stages of `workdir/dvc.yaml` in dependency order, read through DVC itself."""
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        return [stage.addressing for stage in _root_stages(repo, workdir)]
+
+
+def plan(workdir: Path) -> tuple[list[str], list[str]]:
+    """(every stage in dependency order, the stages to run): the ones `dvc status` reports
+    changed and everything downstream of them (an upstream rerun may change their inputs; DVC
+    still skips any whose inputs come out the same). One status call instead of one `dvc repro`
+    process per stage: on an up-to-date workspace the flow runs nothing."""
     import networkx as nx
     from dvc.repo import Repo
 
-    root_file = (Path(workdir) / "dvc.yaml").resolve()
     with Repo(str(workdir)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))
-                if Path(stage.dvcfile.path).resolve() == root_file]
+        stages = _root_stages(repo, workdir)
+        changed = set(repo.status(targets=[str(Path(workdir) / "dvc.yaml")]))
+        graph = repo.index.graph
+        todo = set()
+        for stage in stages:
+            if stage.addressing in changed:
+                todo |= {stage.addressing} | {s.addressing for s in nx.ancestors(graph, stage)}
+    order = [stage.addressing for stage in stages]
+    return order, [name for name in order if name in todo]
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
@@ -67,10 +92,14 @@ def eval_markdown(metrics_path: Path, report_path: Path) -> str:
 
 @flow(name="lmpipe-pipeline", log_prints=True)
 def pipeline(workdir: str = str(PROJECT)) -> list[str]:
-    """Reproduce every stage of the DVC pipeline in `workdir`, then publish the eval summary."""
+    """Reproduce the stages of the DVC pipeline in `workdir` that are not up to date, in order,
+    then publish the eval summary; returns the stages it ran."""
     root = Path(workdir)
+    order, todo = plan(root)
+    get_run_logger().info(f"{len(order) - len(todo)} of {len(order)} stages up to date; "
+                          f"running {', '.join(todo) or 'nothing'}")
     done = []
-    for stage in stage_order(root):
+    for stage in todo:
         done.append(run_stage(stage, str(root)))
     metrics = root / "metrics" / "eval.json"
     if metrics.is_file():
@@ -86,5 +115,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.serve:
         pipeline.serve(name="lmpipe-local", parameters={"workdir": args.workdir})
+    elif not plan(Path(args.workdir))[1]:
+        # nothing to orchestrate: answer as fast as `dvc status`, without starting Prefect
+        print(f"lmpipe-pipeline: every stage of {Path(args.workdir) / 'dvc.yaml'} is up to date")
     else:
         pipeline(workdir=args.workdir)

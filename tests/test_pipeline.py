@@ -326,6 +326,21 @@ def test_dvc_experiments_carry_their_metrics_without_the_venv_on_path(project, t
     assert tables["short"]["student"]["val_loss"] != tables["long"]["student"]["val_loss"]
 
 
+def test_the_flow_runs_what_changed_and_nothing_on_an_up_to_date_workspace(project, tmp_path):
+    from flows.pipeline import plan
+
+    work, env = project
+    order, todo = plan(work)
+    assert todo == [] and order[0] == "validate" and order[-1] == "report" and len(order) == 11
+    out = _run([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env).stdout
+    assert "is up to date" in out and "Running stage" not in out
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy, symlinks=True)
+    with open(copy / "lmpipe/report/page.py", "a") as code:  # a change only the report sees
+        code.write("\n# changed\n")
+    assert plan(copy) == (order, ["report"])
+
+
 def test_dvc_plots_render_offline(project, tmp_path):
     """`dvc plots show` with the template `make setup` installs: Vega inlined, nothing fetched."""
     work, env = project
