@@ -59,19 +59,23 @@ def code_closure(script: Path) -> set[Path]:
     return seen
 
 
-def _stages() -> list[tuple[str, str, list[str]]]:
-    """(stage name, script module, deps) for every stage of the root dvc.yaml."""
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+def _stages() -> list[tuple[str, str, list[Path]]]:
+    """(stage name, script module, deps as paths) for every stage of the root dvc.yaml and of
+    the recipes' own pipelines (recipes/*/dvc.yaml, whose paths are relative to their folder)."""
     found = []
-    for name, stage in spec.items():
-        items = stage["foreach"] if "foreach" in stage else [None]
-        body = stage["do"] if "foreach" in stage else stage
-        for item in items:
-            cmd = body["cmd"].replace("${item}", str(item))
-            # `sh stages/run.sh NAME ...` runs `python -m stages.NAME ...`
-            module = "stages." + cmd.split("stages/run.sh ", 1)[1].split()[0]
-            deps = [str(d).replace("${item}", str(item)) for d in body.get("deps", [])]
-            found.append((name if item is None else f"{name}@{item}", module, deps))
+    for dvcfile in [ROOT / "dvc.yaml", *sorted(ROOT.glob("recipes/*/dvc.yaml"))]:
+        prefix = "" if dvcfile.parent == ROOT else f"{dvcfile.parent.relative_to(ROOT)}:"
+        for name, stage in yaml.safe_load(dvcfile.read_text())["stages"].items():
+            items = stage["foreach"] if "foreach" in stage else [None]
+            body = stage["do"] if "foreach" in stage else stage
+            for item in items:
+                cmd = body["cmd"].replace("${item}", str(item))
+                # `sh stages/run.sh NAME ...` runs `python -m stages.NAME ...`
+                module = "stages." + cmd.split("stages/run.sh ", 1)[1].split()[0]
+                deps = [(dvcfile.parent / str(d).replace("${item}", str(item))).resolve()
+                        for d in body.get("deps", [])]
+                label = name if item is None else f"{name}@{item}"
+                found.append((prefix + label, module, deps))
     return found
 
 
@@ -79,7 +83,7 @@ def _stages() -> list[tuple[str, str, list[str]]]:
 def test_every_module_a_stage_runs_is_a_dep(stage, module, deps):
     script = _module_file(module)
     assert script is not None, f"{stage}: {module} not found"
-    covered = [ROOT / d for d in deps]
+    covered = deps
     missing = sorted(str(p.relative_to(ROOT)) for p in code_closure(script)
                      if not any(p == d or d in p.parents for d in covered))
-    assert not missing, f"dvc.yaml stage {stage} runs code it does not list as deps: {missing}"
+    assert not missing, f"dvc stage {stage} runs code it does not list as deps: {missing}"
