@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from lmpipe.model import tensor_headers
+from lmpipe.model import count_parameters, tensor_headers
+from lmpipe.quantized_load import quantization_config_of
 from lmpipe.runlog import git_state
+from lmpipe.ternary_packing import BITNET, INT8, INT8_FILE, WEIGHTS_FILE
 
 # `pretrained` shorthands -> the Hub id, so `base_model` links to the real model page.
 HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -49,16 +51,35 @@ METRICS = {
 }
 
 
-def _parameter_count(model_dir: Path) -> int | None:
-    """Parameters stored in the safetensors files, read from their headers (no weights loaded).
-    save_pretrained drops a tied lm_head, so tied embeddings count once (as count_parameters)."""
-    total, found = 0, False
-    for path in sorted(model_dir.glob("model*.safetensors")):
-        # packed ternary codes hold 4 weights a byte; their per-tensor scales are not parameters
-        total += sum(math.prod(t["shape"]) * (4 if t["dtype"] == "U8" else 1)
-                     for k, t in tensor_headers(path).items() if not k.endswith(".weight_scale"))
-        found = True
-    return total if found else None
+def _architecture(model_dir: Path) -> torch.nn.Module:
+    """The saved model's architecture on the meta device: every shape, no memory, no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    if hasattr(config, "quantization_config"):  # the layers as config.json describes them
+        del config.quantization_config
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _quantized(model_dir: Path, model: torch.nn.Module) -> dict[str, Any] | None:
+    """Of a quantized directory: its kind ("ternary" or "int8"), quantized layer names and
+    quantized weight count, read from the weights it stores; None for a float model.
+
+    Counted from the architecture's shapes, not from the stored tensors: packed ternary rows are
+    padded to a multiple of 4 (a 265-row head stores 67 x 4 rows)."""
+    qc = quantization_config_of(model_dir)
+    if qc is None:
+        return None
+    weights = model_dir / (INT8_FILE if qc["quant_method"] == INT8 else WEIGHTS_FILE)
+    layers = sorted(k.removesuffix(".weight_scale") for k in tensor_headers(weights)
+                    if k.endswith(".weight_scale"))
+    linears = [model.get_submodule(name) for name in layers]
+    return {"kind": "int8" if qc["quant_method"] == INT8 else "ternary", "layers": layers,
+            "weights": sum(m.weight.numel() for m in linears),
+            # transformers' BitLinear holds out_features // 4 packed rows
+            "unloadable": [n for n, m in zip(layers, linears) if m.out_features % 4]
+            if qc["quant_method"] == BITNET else []}
 
 
 def _dataset(params: dict[str, Any]) -> tuple[dict[str, str], str]:
@@ -107,8 +128,11 @@ def _training(name: str, stage: str, params: dict[str, Any], summary: dict[str, 
         if name == "int8":
             return (f"`{name}` is an int8 weight-only quantization of `{base}` (the baseline).",
                     f"Every linear layer except {skipped}: per-output-channel absmax int8 weights "
-                    "with float32 scales (`quant_method: lmpipe_int8`); lmpipe dequantizes them "
-                    "at load. No training after quantization.")
+                    f"with float32 scales, stored compactly in `{INT8_FILE}` "
+                    f"(`quant_method: {INT8}`, which lmpipe loads and measures). transformers has "
+                    "no such format, so `model.safetensors` holds the same weights dequantized to "
+                    "float32 (int8 code × scale): an ordinary float model with identical outputs. "
+                    "No training after quantization.")
         qat = q.get("method") == "qat" and name == "quantized"
         kind = "quantization-aware fine-tuning" if qat else "post-training quantization"
         tp = q.get("train", {})
@@ -140,15 +164,38 @@ def _training(name: str, stage: str, params: dict[str, Any], summary: dict[str, 
             f"lmpipe's `{stage}@{name}` stage.", how)
 
 
-def _figures(summary: dict[str, Any]) -> str:
-    """The training run's own figures, one line."""
-    parts = [f"{label} {summary[k]:{fmt}}" for k, label, fmt in (
-        ("steps", "steps", ","), ("tokens_seen", "tokens seen", ","),
-        ("initial_val_loss", "initial val loss", ".4g"), ("final_val_loss", "final val loss", ".4g"),
-        ("quantized_layers", "quantized linear layers", ","),
-        ("quantized_weights", "ternary weights", ","),
-        ("wall_time_s", "wall time (s)", ".1f")) if isinstance(summary.get(k), (int, float))]
+def _figures(summary: dict[str, Any], quantized: dict[str, Any] | None) -> str:
+    """The training run's own figures and the quantized weights' counts, one line. The counts come
+    from the saved weights, not the summary, so the card cannot name the wrong kind or number."""
+    def run(*keys: tuple[str, str, str]) -> list[str]:
+        return [f"{label} {summary[k]:{fmt}}" for k, label, fmt in keys
+                if isinstance(summary.get(k), (int, float))]
+
+    parts = run(("steps", "steps", ","), ("tokens_seen", "tokens seen", ","),
+                ("initial_val_loss", "initial val loss", ".4g"),
+                ("final_val_loss", "final val loss", ".4g"))
+    if quantized:
+        parts += [f"quantized linear layers {len(quantized['layers']):,}",
+                  f"{quantized['kind']} weights {quantized['weights']:,}"]
+    parts += run(("wall_time_s", "wall time (s)", ".1f"))
     return ("Run figures: " + ", ".join(parts) + ".") if parts else ""
+
+
+def _loading(model_dir: Path, quantized: dict[str, Any] | None) -> list[str]:
+    """How transformers loads this directory, for the usage section."""
+    if quantized is None:
+        return []
+    if quantized["kind"] == "int8":
+        return [f"transformers loads the dequantized float32 weights of `model.safetensors`; "
+                f"`lmpipe.model.load_model` loads the compact `{INT8_FILE}` (same outputs).", ""]
+    if quantized["unloadable"]:
+        return [f"transformers cannot load this directory: its BitLinear needs out_features "
+                f"divisible by 4, which {', '.join(quantized['unloadable'])} is not, and it "
+                "raises a size-mismatch error. Load it with lmpipe: "
+                f'`lmpipe.model.load_model("{model_dir}")`.', ""]
+    return ["transformers loads the packed weights with its BitNet integration (needs "
+            "`accelerate`); `lmpipe.model.load_model` computes the same logits without "
+            "torch.compile.", ""]
 
 
 def _table(comparison: dict[str, dict[str, float]], this: str) -> str:
@@ -182,8 +229,9 @@ def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: di
     summary = summary or {}
     base = base_model or teacher
     config = json.loads((model_dir / "config.json").read_text())
-    n_params = (_parameter_count(model_dir) or summary.get("params_count")
-                or (comparison or {}).get(name, {}).get("parameters"))
+    architecture = _architecture(model_dir)
+    n_params = count_parameters(architecture)  # tied embeddings once, as count_parameters
+    quantized = _quantized(model_dir, architecture)
     dataset, data_text = _dataset(params)
     intro, training = _training(name, stage, params, summary, base)
 
@@ -203,7 +251,7 @@ def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: di
             "task": {"type": "text-generation", "name": "Text Generation"},
             "dataset": dataset, "metrics": metrics}]}]
 
-    figures = _figures(summary)
+    figures = _figures(summary, quantized)
     git = git_state()
     commit = (f"`{git['git_commit']}`" + (" (with uncommitted changes)" if git["git_dirty"] else "")
               if git["git_commit"] else "unknown (not made inside a git checkout)")
@@ -237,6 +285,7 @@ def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: di
              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              f'model = AutoModelForCausalLM.from_pretrained("{model_dir}")',
              f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")', "```", "",
+             *_loading(model_dir, quantized),
              "Prompts follow lmpipe's dialog and tool protocol (`lmpipe/protocol.py`); "
              "`lmpipe.generate.answer_questions` runs the tool loop. A research model from a small "
              "experiment: not meant for any use beyond it.", "",

@@ -4,7 +4,8 @@ For each weight matrix W: gamma = mean|W|, W_q = clip(round(W / (gamma + eps)), 
 layer computes with W_q * gamma. `quantize_run` produces the stage's models: quantization-aware
 fine-tuning of the distilled student (lmpipe/bitlinear.py) or post-training quantization, both
 saved packed 2 bits per weight in transformers' BitNet layout (lmpipe/ternary_export.py), and an
-int8 weight-only baseline.
+int8 weight-only baseline (a compact int8 file beside its dequantized float twin, which is what
+transformers loads: it has no int8 format of this kind).
 """
 
 from __future__ import annotations

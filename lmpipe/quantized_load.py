@@ -1,6 +1,7 @@
 """Load lmpipe's quantized model directories (packed ternary BitNet, int8 weight-only) for
 inference, checking every tensor against the config; `lmpipe.model.load_model` dispatches here
-when a directory's config.json carries such a `quantization_config`."""
+when a directory's config.json carries a BitNet `quantization_config` or the directory holds a
+compact int8 file (whose metadata carries its config)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,35 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from lmpipe.ternary_packing import (BITNET, INT8, WEIGHTS_FILE, TernaryLinear,
+from lmpipe.ternary_packing import (BITNET, INT8, INT8_FILE, WEIGHTS_FILE, TernaryLinear,
                                     converted_by_transformers, packed_shape)
 
 
 # --- loading -------------------------------------------------------------------------------------
 
 def quantization_config_of(model_dir: str | Path) -> dict[str, Any] | None:
-    """The directory's `quantization_config` if it is one load_quantized reads, else None."""
-    path = Path(model_dir) / "config.json"
+    """The directory's quantization config if load_quantized reads it, else None: config.json's
+    BitNet `quantization_config`, or the metadata of the compact int8 file (config.json of an int8
+    directory describes the dequantized float twin transformers loads)."""
+    folder = Path(model_dir)
+    path = folder / "config.json"
     if not path.is_file():
         return None
+    if (folder / INT8_FILE).is_file():
+        with safe_open(str(folder / INT8_FILE), framework="pt") as f:
+            qc = json.loads((f.metadata() or {}).get("quantization_config", "null"))
+        if not (isinstance(qc, dict) and qc.get("quant_method") == INT8):
+            raise ValueError(f"{folder / INT8_FILE}: no quantization_config with quant_method "
+                             f"'{INT8}' in its metadata")
+        return qc
     qc = json.loads(path.read_text()).get("quantization_config")
-    if isinstance(qc, dict) and qc.get("quant_method") in (BITNET, INT8):
+    if isinstance(qc, dict) and qc.get("quant_method") == INT8:
+        # lmpipe before the int8 file: int8 codes in model.safetensors, which transformers skips
+        # the unknown quant_method of and runs as float weights
+        raise ValueError(f"{path}: quant_method '{INT8}' in config.json is the old int8 layout "
+                         "(codes in model.safetensors), which transformers misreads; export it "
+                         "again (dvc repro quantize)")
+    if isinstance(qc, dict) and qc.get("quant_method") == BITNET:
         return qc
     return None
 
@@ -78,7 +95,8 @@ def _quantized_layer(method: str, name: str, linear: nn.Linear, tensors: dict[st
 
 @torch.no_grad()
 def load_quantized(model_dir: str | Path) -> tuple[nn.Module, Any]:
-    """Load a directory written by export_ternary or export_int8: (model in eval mode, tokenizer).
+    """Load a directory written by export_ternary or export_int8 (its compact int8 file, not the
+    dequantized twin): (model in eval mode, tokenizer).
 
     The model is built from config.json without its quantization_config, the quantized linears
     are replaced (TernaryLinear, or nn.Linear with dequantized int8 weights), and every other
@@ -88,16 +106,17 @@ def load_quantized(model_dir: str | Path) -> tuple[nn.Module, Any]:
     from lmpipe.tokenizer import load_tokenizer
 
     folder = Path(model_dir)
-    config_path, weights = folder / "config.json", folder / WEIGHTS_FILE
+    config_path = folder / "config.json"
     qc = quantization_config_of(folder)
     if qc is None:
-        raise ValueError(f"{config_path}: no quantization_config with quant_method '{BITNET}' or "
-                         f"'{INT8}'")
+        raise ValueError(f"{folder}: neither a quantization_config with quant_method '{BITNET}' "
+                         f"in config.json nor an int8 file {INT8_FILE}")
     method = qc["quant_method"]
+    weights = folder / (INT8_FILE if method == INT8 else WEIGHTS_FILE)
     if method == BITNET:
         _check_bitnet_config(qc, config_path)
     if not weights.is_file():
-        raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE}")
+        raise FileNotFoundError(f"{folder}: no {weights.name}")
     config = AutoConfig.from_pretrained(str(folder))
     # Without the quantization_config the model is a plain float one; lmpipe swaps the layers.
     if hasattr(config, "quantization_config"):

@@ -1,7 +1,8 @@
 """Export quantized models as real low-bit checkpoints, and load them back.
 
 Two formats, each a normal model directory (config.json, model.safetensors, tokenizer, generation
-config) whose config.json carries a `quantization_config`:
+config) that `AutoModelForCausalLM.from_pretrained` loads computing what lmpipe computes, or
+refuses with an error; never one it runs silently wrong:
 
 * **ternary** (`quant_method: "bitnet"`): every quantized linear weight is ternarized per tensor
   with absmean (`lmpipe.quantize.ternarize`) and stored in transformers' BitNet layout: the codes
@@ -11,9 +12,16 @@ config) whose config.json carries a `quantization_config`:
   At 2 bits per weight plus one float32 per tensor this is ~1/16 of the float32 size.
   The config is what `transformers.BitNetQuantConfig` serializes (linear_class "bitlinear",
   quantization_mode "offline"), so `AutoModelForCausalLM.from_pretrained` reads it too (with
-  accelerate installed; out_features must be divisible by 4 for its BitLinear).
-* **int8** (`quant_method: "lmpipe_int8"`): weight-only per-output-channel absmax int8
-  (`<name>.weight` int8, `<name>.weight_scale` float32 `[out, 1]`), a baseline. lmpipe's own format.
+  accelerate installed). Its BitLinear holds out_features // 4 packed rows, so a layer whose
+  out_features is not divisible by 4 (an untied, quantized lm_head over the 265-token byte
+  vocabulary) makes it raise a size-mismatch error naming the layer; only lmpipe loads that.
+* **int8** (weight-only per-output-channel absmax, a baseline): a format transformers does not
+  know, so the directory holds it twice. `model.safetensors` has the weights dequantized to
+  float32 (exactly `q * scale`) and config.json no `quantization_config`: transformers, lm-eval and
+  the hub ecosystem load an ordinary float model computing what lmpipe computes.
+  `lmpipe_int8.safetensors` is the compact form lmpipe loads and measures (`<name>.weight` int8,
+  `<name>.weight_scale` float32 `[out, 1]`, the other tensors as saved), its quantization config
+  (`quant_method: "lmpipe_int8"`) in the file's metadata.
 
 `load_quantized` is lmpipe's loader for both (`lmpipe.model.load_model` dispatches to it). It needs
 no torch.compile and no accelerate: ternary linears are unpacked once at load into `TernaryLinear`,
@@ -25,6 +33,7 @@ float32 at load into ordinary nn.Linear layers (the saving is on disk, not in me
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmpipe.quantize import ternarize
-from lmpipe.ternary_packing import (BITNET, INT8, VALUES_PER_BYTE, WEIGHTS_FILE,
+from lmpipe.ternary_packing import (BITNET, INT8, INT8_FILE, VALUES_PER_BYTE, WEIGHTS_FILE,
                                     converted_by_transformers, pack_ternary)
 
 
@@ -91,15 +100,22 @@ def _float_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_directory(model: nn.Module, tokenizer: Any, out_dir: Path,
-                     tensors: dict[str, torch.Tensor], quantization_config: dict[str, Any]) -> Path:
-    """config.json (+ quantization_config), model.safetensors, tokenizer, generation config."""
+                     tensors: dict[str, torch.Tensor],
+                     quantization_config: dict[str, Any] | None) -> Path:
+    """config.json (+ quantization_config unless None), model.safetensors, tokenizer, generation
+    config."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Stale shards or an old float checkpoint beside the new file would be read by loaders.
-    stale = [*out_dir.glob("model*.safetensors"), *out_dir.glob("*.safetensors.index.json")]
+    # Stale shards, an old float checkpoint or an old compact int8 file beside the new file would
+    # be read by loaders.
+    stale = [*out_dir.glob("model*.safetensors"), *out_dir.glob("*.safetensors.index.json"),
+             *out_dir.glob(INT8_FILE)]
     for old in stale:
         old.unlink()
     config = copy.deepcopy(model.config)
-    config.quantization_config = quantization_config
+    if quantization_config is not None:
+        config.quantization_config = quantization_config
+    elif hasattr(config, "quantization_config"):
+        del config.quantization_config
     config.save_pretrained(out_dir)
     weights = out_dir / WEIGHTS_FILE
     save_file(tensors, str(weights), metadata={"format": "pt"})
@@ -172,23 +188,37 @@ def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def int8_quantization_config(modules_to_not_convert: list[str]) -> dict[str, Any]:
+    """The int8 file's quantization config (stored in its safetensors metadata)."""
+    return {"quant_method": INT8, "modules_to_not_convert": list(modules_to_not_convert)}
+
+
 @torch.no_grad()
 def export_int8(model: nn.Module, tokenizer: Any, out_dir: str | Path,
                 skip_modules: list[str]) -> dict[str, Any]:
-    """Save `model` with its linear weights in per-channel int8 (weight-only baseline).
+    """Save `model` with its linear weights in per-channel int8 (weight-only baseline): the compact
+    `lmpipe_int8.safetensors`, and beside it `model.safetensors` with the same weights dequantized
+    for transformers (module docstring).
 
     Returns the same stats as export_ternary (packed_bytes = int8 bytes, scales = {layer: mean
-    channel scale}), without transformers_loadable (transformers does not know this format)."""
+    channel scale}, file_bytes = the compact file), without transformers_loadable (transformers
+    always loads the dequantized twin)."""
     targets, skipped = _select_linears(model, skip_modules)
-    tensors = _float_tensors(model)
+    compact = _float_tensors(model)
+    dequantized = dict(compact)
     scales: dict[str, float] = {}
     for name, module in targets:
         q, scale = int8_quantize(module.weight.detach())
-        tensors[f"{name}.weight"] = q
-        tensors[f"{name}.weight_scale"] = scale
+        compact[f"{name}.weight"] = q
+        compact[f"{name}.weight_scale"] = scale
+        # the same product load_quantized computes, so both loaders hold bit-identical weights
+        dequantized[f"{name}.weight"] = q.to(torch.float32) * scale
         scales[name] = float(scale.mean())
-    weights = _write_directory(model, tokenizer, Path(out_dir), tensors,
-                               {"quant_method": INT8, "modules_to_not_convert": skipped})
+    out_dir = Path(out_dir)
+    _write_directory(model, tokenizer, out_dir, dequantized, None)
+    weights = out_dir / INT8_FILE
+    save_file(compact, str(weights), metadata={
+        "format": "pt", "quantization_config": json.dumps(int8_quantization_config(skipped))})
     n = sum(m.weight.numel() for _, m in targets)
     return _stats(INT8, scales, n, n, 4 * sum(m.out_features for _, m in targets), skipped,
                   weights)

@@ -20,6 +20,9 @@ from torch import nn
 BITNET = "bitnet"
 INT8 = "lmpipe_int8"
 WEIGHTS_FILE = "model.safetensors"
+# The int8 baseline's compact form (int8 codes + scales). transformers knows no such format, so
+# the directory's WEIGHTS_FILE holds the same weights dequantized, which it loads as a float model.
+INT8_FILE = "lmpipe_int8.safetensors"
 VALUES_PER_BYTE = 4  # 2-bit fields in a uint8
 
 

@@ -1,6 +1,7 @@
 """DVC stage `quantize`: the distilled student as a ternary BitNet b1.58 model (QAT or PTQ),
-packed 2 bits per weight, beside an int8 weight-only baseline. The whole folder is built in
-staging and replaces `runs/quantize` only when every export is written."""
+packed 2 bits per weight, beside an int8 weight-only baseline (compact int8 file + a dequantized
+float twin for transformers). The whole folder is built in staging and replaces `runs/quantize`
+only when every export is written."""
 
 from lmpipe.entry import stage
 from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir

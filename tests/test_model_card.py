@@ -219,3 +219,60 @@ def test_eval_writes_full_cards_into_its_own_folder_only(tmp_path, tokenizer):
     distilled_metrics = split_card(cards["distilled"])[0]["model-index"][0]["results"][0]["metrics"]
     assert {"type": "final_val_loss", "value": 0.5,
             "name": "final validation loss of the training run"} in distilled_metrics
+
+
+def _figures_line(body: str) -> str:
+    [line] = [x for x in section(body, "Training").splitlines() if x.startswith("Run figures:")]
+    return line
+
+
+def test_quantized_cards_state_their_own_kind_and_true_counts(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    from lmpipe.quantize import quantize_run
+    from lmpipe.ternary_packing import INT8_FILE
+
+    folder, model = saved
+    unused = tmp_path / "unused"
+    quantize_run(Params(quantize={"method": "ptq"}), folder, tmp_path / "quantize", unused, unused,
+                 unused, unused)
+    # counted independently: int8 codes in the compact file; the source's linears but lm_head
+    codes = load_file(tmp_path / "quantize" / "int8" / INT8_FILE)
+    int8_count = sum(t.numel() for t in codes.values() if t.dtype == torch.int8)
+    ternary_count = sum(m.weight.numel() for n, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and n != "lm_head")
+    assert int8_count == ternary_count == 4 * 16 * 16 + 3 * 16 * 64
+
+    _, int8 = split_card(tmp_path / "quantize" / "int8" / "README.md")
+    assert (_figures_line(int8)
+            == f"Run figures: quantized linear layers 7, int8 weights {int8_count:,}.")
+    assert "ternary" not in int8
+    _, ternary = split_card(tmp_path / "quantize" / "model" / "README.md")
+    assert (_figures_line(ternary)
+            == f"Run figures: quantized linear layers 7, ternary weights {ternary_count:,}.")
+    for body in (int8, ternary):
+        facts = dict(re.findall(r"^\| ([^|]+?) \| (.+?) \|$", body, re.MULTILINE))
+        assert facts["parameters"] == f"{count_parameters(model):,}"
+    assert "transformers loads the dequantized float32 weights" in section(int8, "Usage")
+    assert "BitNet integration" in section(ternary, "Usage")
+
+
+def test_qat_card_counts_come_from_the_packed_weights(tokenizer, tmp_path):
+    # runs.py writes the QAT card with the training summary (no quantization counts); an untied,
+    # quantized 265-row head packs into 67 x 4 rows, which must not count as 268
+    from lmpipe.ternary_export import export_ternary
+
+    model = build_model(TINY_MODEL.model_copy(update={"tie_embeddings": False}), seed=0,
+                        tokenizer=tokenizer).eval()
+    export_ternary(model, tokenizer, tmp_path / "model", skip_modules=[])
+    _, body = split_card(write_model_card(tmp_path / "model", name="quantized", stage="quantize",
+                                          params=Params().model_dump(mode="json"),
+                                          summary={"steps": 3, "final_val_loss": 2.5}))
+    linears = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert linears == 4096 + 265 * 16
+    assert _figures_line(body) == ("Run figures: steps 3, final val loss 2.5, quantized linear "
+                                   f"layers 8, ternary weights {linears:,}.")
+    facts = dict(re.findall(r"^\| ([^|]+?) \| (.+?) \|$", body, re.MULTILINE))
+    assert facts["parameters"] == f"{count_parameters(model):,}"
+    assert "transformers cannot load this directory" in section(body, "Usage")
+    assert "lm_head" in section(body, "Usage")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lmpipe.config import ModelParams
@@ -11,7 +12,7 @@ from lmpipe.model import build_model, count_parameters, load_model
 from lmpipe.quantize import ternarize
 from lmpipe.quantized_load import load_quantized
 from lmpipe.ternary_export import export_int8, export_ternary
-from lmpipe.ternary_packing import TernaryLinear, pack_ternary, unpack_ternary
+from lmpipe.ternary_packing import INT8_FILE, TernaryLinear, pack_ternary, unpack_ternary
 
 SHAPES = [(4, 3), (5, 3), (6, 2), (9, 4), (13, 7), (1, 5), (2, 3), (64, 16), (7,), (8, 3, 2)]
 MID_MODEL = ModelParams(d_model=64, n_layers=1, n_heads=4, max_seq_len=64)
@@ -189,12 +190,19 @@ def test_int8_export_is_close_to_the_float_model(mid_model, tokenizer, tmp_path,
     assert stats["method"] == "lmpipe_int8" and stats["quantized_layers"] == 7
     assert stats["packed_bytes"] == stats["quantized_weights"]
     assert stats["ratio"] == pytest.approx(0.25 + 4 * (4 * 64 + 2 * 256 + 64) / stats["fp32_bytes"])
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["quantization_config"] == {"quant_method": "lmpipe_int8",
-                                             "modules_to_not_convert": ["lm_head"]}
-    tensors = load_file(tmp_path / "model.safetensors")
+    # config.json describes the dequantized float twin; the compact file carries the int8 config
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+    assert stats["file_bytes"] == (tmp_path / INT8_FILE).stat().st_size
+    with safe_open(str(tmp_path / INT8_FILE), framework="pt") as f:
+        assert json.loads(f.metadata()["quantization_config"]) == {
+            "quant_method": "lmpipe_int8", "modules_to_not_convert": ["lm_head"]}
+    tensors = load_file(tmp_path / INT8_FILE)
     assert tensors["model.layers.0.mlp.up_proj.weight"].dtype == torch.int8
     assert tensors["model.layers.0.mlp.up_proj.weight_scale"].shape == (256, 1)
+    # the compact file saves 3 of every 4 bytes of the float twin's quantized weights, less the
+    # scales it adds (the headers differ by a few hundred bytes)
+    saved = (tmp_path / "model.safetensors").stat().st_size - stats["file_bytes"]
+    assert saved == pytest.approx(3 * stats["quantized_weights"] - stats["scale_bytes"], abs=1000)
 
     model, _ = load_model(tmp_path)
     assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear  # dequantized at load
