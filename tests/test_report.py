@@ -97,13 +97,13 @@ def test_report_is_self_contained_and_shows_the_numbers(db: Path, tmp_path: Path
     assert dist.count('vegaEmbed("#') == 1                    # the eval comparison
     assert dist.count('<p class="howto">') == 1
     for model in MODELS:
-        assert f"<td>{model}</td>" in dist
+        assert f"<th>{model}</th>" in dist                   # a column per model
     assert "<td>0.8125</td>" in dist                          # recall, trained (teacher)
     assert "<td>0.9375</td>" in dist                          # tool accuracy, held-out (teacher)
     assert "<td>13.35</td>" in dist                           # val_ppl of the student
     assert "0.1111" not in dist                               # the older eval run is not shown
     assert "0.3333" not in dist                               # per-attribute rows are not shown
-    assert "<th>tool_accuracy / heldout</th>" in dist
+    assert "<td>tool_accuracy / heldout</td>" in dist         # a row per measure
     assert "No distillation run has logged <code>val_loss</code> yet" in dist
 
     scaling = html["scaling"]                                 # no parameters or world reported

@@ -233,16 +233,19 @@ def test_curves_dropdown_colour_and_thinning(html) -> None:
     curves = html["curves"]
     chart = spec(curves, "curves")
     metric = next(p for p in chart["params"] if p["name"] == "metric")
-    assert metric["bind"]["labels"][:3] == ["loss", "val_loss", "recall"]
+    # the distill run's logged loss is its objective: its own entry, not "loss" (cross-entropy)
+    assert metric["bind"]["labels"][:4] == ["loss", "val_loss", "distill objective", "recall"]
     assert set(metric["bind"]["labels"]) >= set(TRAIN_METRICS) | {"tokens", "tool_accuracy"}
     # colour: the first parameter varying across the sweep points, as a legend
-    colour = chart["hconcat"][0]["encoding"]["color"]
+    lines = [panel["layer"][0] for panel in chart["hconcat"]]   # [1]: the y axis title
+    colour = lines[0]["encoding"]["color"]
     assert colour["title"] == "world.people" and colour["sort"] == ["25", "100", "400", "1000"]
-    assert [c["encoding"]["x"]["title"] for c in chart["hconcat"]] == ["step", "tokens"]
+    assert [c["encoding"]["x"]["title"] for c in lines] == ["optimizer step (count)",
+                                                            "tokens seen (count)"]
     rows = inline_rows(chart)
     assert len(rows) <= POINT_BUDGET and {r["m"] for r in rows} == {
         str(i) for i in range(len(metric["bind"]["labels"]))}
-    lookup_data = chart["hconcat"][0]["transform"][3]["from"]["data"]
+    lookup_data = lines[0]["transform"][3]["from"]["data"]
     lookup = (chart["datasets"][lookup_data["name"]] if "name" in lookup_data
               else lookup_data["values"])
     assert {r["run"]: r["c"] for r in lookup}["sweeps/s1/p0002/model"] == "100"
@@ -280,14 +283,19 @@ def test_scaling_page_draws_capacity_and_contours(html) -> None:
             "no contour level is crossed") in scaling
     assert ("8 models on a 3 × 3 lattice of (parameters, facts), 8 cells measured, "
             "1 missing.") in scaling
-    assert scaling.count('<p class="howto">') == 2
+    assert scaling.count('<p class="howto">') == 3
+    # the pipeline's models (one size, no world) are not on the map: one point per model
+    models = spec(scaling, "models")
+    assert [p["title"].split(":")[0] for p in models["hconcat"]] == ["with the tool",
+                                                                     "without the tool"]
 
 
 def test_distillation_page_uses_the_pipeline_eval_run_not_the_sweep(html) -> None:
     dist = html["distillation"]
     assert "From eval run <code>eval</code>" in dist and "<td>0.9876</td>" in dist
     chart = spec(dist, "evals")
-    assert chart["facet"]["field"] == "panel" and chart["resolve"]["scale"]["y"] == "independent"
+    titles = {p["title"]: p["layer"][0]["encoding"]["y"]["title"] for p in chart["concat"]}
+    assert titles["tool_accuracy / trained"] == "tool accuracy (fraction correct)"  # own y axis
     assert 'vegaEmbed("#distill"' in dist                        # the distill run's val_loss
 
 
@@ -302,7 +310,7 @@ def test_color_by_a_param_a_runs_column_or_an_unknown_key(sweep_db: Path, tmp_pa
     def colour(**options: Any) -> tuple[dict[str, Any], str]:
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         curves = render(sweep_db, out, **options)["curves"]
-        return spec(curves, "curves")["hconcat"][0]["encoding"]["color"], curves
+        return spec(curves, "curves")["hconcat"][0]["layer"][0]["encoding"]["color"], curves
 
     encoding, _ = colour(color_by="mode")
     assert encoding["title"] == "mode" and encoding["type"] == "nominal"
@@ -317,7 +325,9 @@ def test_an_older_store_without_sweeps_or_checkpoint_evals(tmp_path: Path) -> No
     make_store(tmp_path / "old.duckdb", n_points=6, old_schema=True)
     html = render(tmp_path / "old.duckdb", tmp_path / "out")
     assert "No sweep yet" in html["index"] and 'vegaEmbed("#curves"' in html["curves"]
-    assert 'vegaEmbed("#contours"' in html["scaling"] and "From eval run" in html["distillation"]
+    # one size (d_model 32) at three fact counts: no lattice to map, a point per model instead
+    assert 'vegaEmbed("#models"' in html["scaling"] and "From eval run" in html["distillation"]
+    assert 'vegaEmbed("#contours"' not in html["scaling"]
 
 
 def test_png_export_writes_every_chart(tmp_path: Path) -> None:
@@ -325,7 +335,7 @@ def test_png_export_writes_every_chart(tmp_path: Path) -> None:
     render_report(tmp_path / "db.duckdb", tmp_path / "out", png=True)
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["curves-curves.png", "curves-step_accuracy.png", "distillation-distill.png",
-                    "distillation-evals.png", "scaling-contours.png", "scaling-knowledge.png"]
+                    "distillation-evals.png", "scaling-knowledge.png", "scaling-models.png"]
     assert all((tmp_path / "out" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 

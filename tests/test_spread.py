@@ -13,6 +13,7 @@ import pytest
 
 from lmpipe.report import render_report
 from lmpipe.store import index_runs, query
+from tests.run_folders import write
 from tests.test_report_sweep import html_table, inline_rows, spec
 
 SEEDS = [0, 1, 2]
@@ -34,14 +35,6 @@ def recall(people: int, d_model: int, seed: int) -> float:
 def held_out(model: int, seed: int) -> float:
     """The pipeline sweep's held-out tool accuracy of MODELS[model]: seeds 0.2 apart."""
     return round(0.5 + 0.1 * model + 0.02 * seed, 6)
-
-
-def write(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(payload, list):
-        path.write_text("".join(json.dumps(r) + "\n" for r in payload))
-    else:
-        path.write_text(json.dumps(payload))
 
 
 def summary(stage: str, name: str, minute: int) -> dict[str, Any]:
@@ -186,7 +179,7 @@ def test_the_sweep_table_has_one_row_per_group_with_mean_and_range(html: dict[st
 
 def test_curves_draw_the_mean_with_a_min_max_band(html: dict[str, str]) -> None:
     chart = spec(html["curves"], "curves")
-    panel = chart["hconcat"][0]
+    panel = chart["hconcat"][0]["layer"][0]   # [1] is the y axis title
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
              for layer in panel["layer"]]
     assert marks == ["area", "line"]
@@ -215,28 +208,28 @@ def test_curves_draw_the_mean_with_a_min_max_band(html: dict[str, str]) -> None:
 def test_colouring_by_a_seed_key_shows_every_replicate(store: Path, tmp_path: Path) -> None:
     render_report(store, tmp_path, color_by="teacher.train.seed")
     chart = spec((tmp_path / "curves.html").read_text(), "curves")
-    assert "layer" not in chart["hconcat"][0]                    # one line per run, no band
-    assert chart["hconcat"][0]["encoding"]["color"]["title"] == "teacher.train.seed"
+    line = chart["hconcat"][0]["layer"][0]                       # [1] is the y axis title
+    assert "layer" not in line                                   # one line per run, no band
+    assert line["encoding"]["color"]["title"] == "teacher.train.seed"
 
 
 def test_distillation_bars_and_table_show_the_replicates_spread(html: dict[str, str]) -> None:
     dist = html["distillation"]
     assert "3 replicates" in dist and "pipe-3c4d/p00/eval" in dist
     chart = spec(dist, "evals")
+    panel = next(p for p in chart["concat"] if p["title"] == "tool_accuracy / heldout")
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
-             for layer in chart["spec"]["layer"]]
+             for layer in panel["layer"]]
     assert marks == ["bar", "rule", "text"]
-    rule = next(layer for layer in chart["spec"]["layer"]
-                if (layer["mark"]["type"] if isinstance(layer["mark"], dict)
-                    else layer["mark"]) == "rule")
+    rule = panel["layer"][1]
     assert rule["encoding"]["y"]["field"] == "value_min"
     assert rule["encoding"]["y2"]["field"] == "value_max"
-    table = html_table(dist[dist.index("<h3>Overall numbers per model</h3>"):])
-    distilled = table.set_index("model").loc["distilled"]
+    start = dist.index("<h3>Overall numbers per model</h3>")
+    table = html_table(dist[start:dist.index("</table>", start)]).set_index("measure")
     values = [held_out(2, s) for s in SEEDS]
-    assert distilled["tool_accuracy / heldout"] == (
+    assert table.loc["tool_accuracy / heldout", "distilled"] == (
         f"{sum(values) / 3:.4f} ({min(values):.4f}–{max(values):.4f})")
-    assert table.set_index("model").loc["teacher", "weight_bytes / model"] == "1,000.00"
+    assert table.loc["weight_bytes / model", "teacher"] == "1,000"     # a count: no decimals
 
 
 def test_the_scaling_lattice_table_gives_the_range_of_each_cell(html: dict[str, str]) -> None:

@@ -3,21 +3,24 @@
 `render_report(db_path, out_dir)` writes five pages into `out_dir`, each one file that renders
 offline (the Vega bundle is inlined, nothing is fetched):
 
-- `index.html`: links to the others, the sweep table (one row per sweep point with its parameters
+- `index.html`: a headline summary of the key comparisons in numbers (lmpipe.report.headline),
+  links to the others, the sweep table (one row per sweep point with its parameters
   and its eval run's headline figures) and the most recent runs;
 - `curves.html`: any logged metric against step and tokens across runs (a dropdown picks it; the
   colour is one parameter's value per run, `color_by`), and accuracy with vs without the tool over
   training (lmpipe.report.curves);
-- `scaling.html`: knowledge bits against parameters with the 2 bits/param line, and contour maps of
-  accuracy over (parameters, facts) with and without the tool (lmpipe.report.scaling, .contours);
+- `scaling.html`: knowledge bits against parameters with the 2 bits/param line, contour maps of
+  accuracy over (parameters, facts) with and without the tool from one kind of model when a sweep
+  gives a lattice, and one labelled point per other model (lmpipe.report.scaling, .contours);
 - `distillation.html`: teacher vs scratch vs distilled vs quantized per metric, and the
   distillation curves (lmpipe.report.distillation);
 - `probes.html`: probe statistics as layer x step heatmaps, and linear-probe accuracy per layer
   and checkpoint (lmpipe.report.probes).
 
-A page with nothing to show says so. With `png=True` every chart is also written as
-`<page>-<chart>.png` beside the pages (vl-convert, offline). The store is read through one
-read-only DuckDB connection (lmpipe.report.source); aggregation and thinning happen in SQL.
+Every axis names its metric and unit (lmpipe.report.units). A page with nothing to show says so.
+With `png=True` every chart is also written as `<page>-<chart>.png` beside the pages (vl-convert,
+offline). The store is read through one read-only DuckDB connection (lmpipe.report.source);
+aggregation and thinning happen in SQL.
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ the seed, same run name) become one curve, their mean at each step, with a band 
 the highest replicate, aggregated in SQL before thinning (lmpipe/store_spread.py). Colouring by a
 seed key (`--color-by teacher.train.seed`, or `seed`) draws every replicate's own line instead.
 Without replicates the charts are one line per run, as ever.
+
+A distillation run's logged `loss` is its objective (and a QAT run's, a distillation under the
+quantize stage): it is listed as `distill objective` / `qat objective`, never on the axis of a
+training run's cross-entropy. The y axis is titled with the picked metric and its unit
+(lmpipe.report.units), drawn as a text mark because a Vega-Lite axis title cannot follow a
+parameter.
 """
 
 from __future__ import annotations
@@ -24,17 +30,25 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from lmpipe.report import units
 from lmpipe.report.page import NO_RUNS, Page, esc, howto, note
 from lmpipe.report.source import Source, label
 
 MAX_POINTS_PER_CURVE = 500   # a lone curve keeps this many points at most (both ends always kept)
 MIN_POINTS_PER_CURVE = 12    # however many curves there are
 POINT_BUDGET = 120_000       # points of all curves together, before the per-curve floor
-FIRST_METRICS = ["loss", "val_loss", "recall", "tool_accuracy", "lr", "grad_norm", "tokens_per_s"]
+FIRST_METRICS = ["loss", "val_loss", "distill objective", "qat objective", "recall",
+                 "tool_accuracy", "lr", "grad_norm", "tokens_per_s"]
 TOOL_SERIES = ["recall", "tool_accuracy", "tool_accuracy (held-out)"]
+# what each series of the tool chart is; the page describes only the series it draws
+TOOL_TEXT = {"recall": "answers the trained people's questions from the weights alone",
+             "tool_accuracy": "answers them by querying the database tool",
+             "tool_accuracy (held-out)": ("asks about people who exist only in the database "
+                                          "(from checkpoint evals)")}
 RUN_COLUMNS = {"run_id", "stage", "name", "status", "sweep", "point", "point_group", "seed",
                "host", "device", "git_commit", "lmpipe_version"}
 BAND_OPACITY = 0.18
+ACCURACY_TITLE = "accuracy (fraction correct)"
 MAX_LEGEND = 20              # more colours than this: no legend (tooltips name the run)
 
 # {rows}: a query of (run_id, metric, step, value); {keep}: points kept per curve at most
@@ -48,10 +62,17 @@ SELECT * EXCLUDE (_i, _n) FROM numbered  -- an even stride, and always the last 
 WHERE _i % greatest(1, ceil(_n / {keep}))::BIGINT = 0 OR _i = _n - 1
 """
 
-# a resumed run may log a step twice: the duplicates are averaged
+# a resumed run may log a step twice: the duplicates are averaged. A distillation run (and QAT,
+# a distillation under the quantize stage) logs its objective as `loss`: it is renamed so it never
+# shares an axis, or a dropdown entry, with the plain cross-entropy of a training run
 METRIC_ROWS = """
-SELECT run_id, name AS metric, step, avg(value) AS value FROM metrics
-WHERE isfinite(value) GROUP BY ALL
+SELECT m.run_id, CASE WHEN m.name <> 'loss' THEN m.name
+                      WHEN r.stage = 'distill' THEN 'distill objective'
+                      WHEN r.stage = 'quantize' THEN 'qat objective'
+                      ELSE m.name END AS metric,
+       m.step, avg(m.value) AS value
+FROM metrics m LEFT JOIN runs r USING (run_id)
+WHERE isfinite(m.value) GROUP BY ALL
 """
 CURVES_SQL = THIN_SQL.format(rows=METRIC_ROWS, keep=MAX_POINTS_PER_CURVE)
 
@@ -204,6 +225,25 @@ def inline_csv(frame: pd.DataFrame, numbers: list[str]) -> alt.InlineData:
 # charts
 
 LOG_LABELS = "logy ? format(pow(10, datum.value), '.3~g') : format(datum.value, '.4~g')"
+AXIS_WIDTH = 50   # the y axis's labels; its title is drawn just left of them
+HEIGHT = 300
+X_TITLES = {"step": "optimizer step (count)", "tokens": "tokens seen (count)"}
+
+
+def y_axis() -> alt.Axis:
+    """The y axis of a dropdown chart: no title of its own (axis_title draws it), a fixed width."""
+    return alt.Axis(title=None, labelExpr=LOG_LABELS, minExtent=AXIS_WIDTH, maxExtent=AXIS_WIDTH)
+
+
+def axis_title(metrics: list[str]) -> alt.Chart:
+    """The y axis title of the picked metric with its unit, as a text mark: a Vega-Lite axis title
+    cannot follow a parameter, and "value" would not say what is drawn, nor in what unit."""
+    linear = json.dumps([units.title(m) for m in metrics]).replace("'", "\\'")
+    log = json.dumps([units.title(m, log=True) for m in metrics]).replace("'", "\\'")
+    return (alt.Chart(pd.DataFrame({"k": [0]}))
+            .transform_calculate(label=f"(logy ? {log} : {linear})[metric]")
+            .mark_text(angle=270, fontSize=11, fontWeight="bold", baseline="bottom")
+            .encode(x=alt.value(-AXIS_WIDTH - 4), y=alt.value(HEIGHT / 2), text="label:N"))
 
 
 def metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame, colors: Colors,
@@ -225,8 +265,9 @@ def metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame, c
     panels = []
     has_tokens = points["t"].notna().any()
     for x, x_title in [("s", "step")] + ([("t", "tokens")] if has_tokens else []):
+        axis_x = X_TITLES[x_title]
         title_expr = f"{names}[metric] + ' against {x_title}' + (logy ? ' (log scale)' : '')"
-        chart = (alt.Chart(title=alt.Title(text=alt.ExprRef(expr=title_expr)))
+        chart = (alt.Chart()
                  .transform_filter("datum.m == metric")
                  .transform_filter(f"isValid(datum.{x})")
                  .transform_filter("!logy || datum.v > 0")
@@ -234,17 +275,18 @@ def metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame, c
                                                                      fields=lookup))
                  .transform_calculate(y="logy ? log(datum.v) / LN10 : datum.v")
                  .mark_line(strokeWidth=1.2, point=alt.OverlayMarkDef(size=8, opacity=0))
-                 .encode(x=alt.X(f"{x}:Q", title=x_title),
-                         y=alt.Y("y:Q", title="value",
-                                 scale=alt.Scale(zero=False), axis=alt.Axis(labelExpr=LOG_LABELS)),
+                 .encode(x=alt.X(f"{x}:Q", title=axis_x),
+                         y=alt.Y("y:Q", scale=alt.Scale(zero=False), axis=y_axis()),
                          color=colors.encoding, detail="r:N", tooltip=tooltip)
-                 .properties(width=460, height=300))
+                 )
         if pick is not None:  # the line only: the hover points stay invisible
             chart = chart.encode(strokeOpacity=alt.condition(pick, alt.value(1.0),
                                                              alt.value(0.12)))
-        panels.append(chart)
+        panels.append(alt.layer(chart, axis_title(metrics),
+                                title=alt.Title(text=alt.ExprRef(expr=title_expr)))
+                      .properties(width=460, height=HEIGHT))
     if pick is not None:
-        panels[0] = panels[0].add_params(pick)
+        panels[0].layer[0] = panels[0].layer[0].add_params(pick)
     data = inline_csv(points, ["r", "m", "s", "t", "v"])
     top = alt.hconcat(*panels, data=data) if len(panels) > 1 else panels[0].properties(data=data)
     return top.add_params(metric, logy)
@@ -266,15 +308,16 @@ def band_metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFra
                alt.Tooltip("l:Q", title="min", format=".5~g"),
                alt.Tooltip("h:Q", title="max", format=".5~g")]
     names = json.dumps(metrics).replace("'", "\\'")
-    axis = alt.Axis(labelExpr=LOG_LABELS)
+    axis = y_axis()
     panels = []
     has_tokens = points["t"].notna().any()
     for k, (x, x_title) in enumerate([("s", "step")] + ([("t", "tokens")] if has_tokens else [])):
+        axis_x = X_TITLES[x_title]
         title_expr = f"{names}[metric] + ' against {x_title}' + (logy ? ' (log scale)' : '')"
         band = alt.Chart().mark_area(opacity=BAND_OPACITY).encode(
-            y=alt.Y("yl:Q", title="value", scale=alt.Scale(zero=False), axis=axis), y2="yh:Q")
+            y=alt.Y("yl:Q", scale=alt.Scale(zero=False), axis=axis), y2="yh:Q")
         line = (alt.Chart().mark_line(strokeWidth=1.2, point=alt.OverlayMarkDef(size=8, opacity=0))
-                .encode(y=alt.Y("y:Q", title="value", scale=alt.Scale(zero=False), axis=axis),
+                .encode(y=alt.Y("y:Q", scale=alt.Scale(zero=False), axis=axis),
                         tooltip=tooltip))
         if pick is not None:
             band = band.encode(fillOpacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)))
@@ -282,8 +325,8 @@ def band_metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFra
                                                            alt.value(0.12)))
             if k == 0:
                 line = line.add_params(pick)
-        panels.append(
-            alt.layer(band, line, title=alt.Title(text=alt.ExprRef(expr=title_expr)))
+        curves = (
+            alt.layer(band, line)
             .transform_filter("datum.m == metric")
             .transform_filter(f"isValid(datum.{x})")
             .transform_filter("!logy || datum.v > 0")
@@ -293,8 +336,10 @@ def band_metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFra
                                  yl="logy ? (datum.l > 0 ? log(datum.l) / LN10 : datum.y) "
                                     ": datum.l",
                                  yh="logy ? log(datum.h) / LN10 : datum.h")
-            .encode(x=alt.X(f"{x}:Q", title=x_title), color=colors.encoding, detail="r:N")
-            .properties(width=460, height=300))
+            .encode(x=alt.X(f"{x}:Q", title=axis_x), color=colors.encoding, detail="r:N"))
+        panels.append(alt.layer(curves, axis_title(metrics),
+                                title=alt.Title(text=alt.ExprRef(expr=title_expr)))
+                      .properties(width=460, height=HEIGHT))
     data = inline_csv(points, ["r", "m", "s", "t", "v", "l", "h"])
     top = alt.hconcat(*panels, data=data) if len(panels) > 1 else panels[0].properties(data=data)
     return top.add_params(metric, logy)
@@ -314,8 +359,8 @@ def tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
              .transform_lookup(lookup="r", from_=alt.LookupData(
                  data=runs, key="r", fields=[c for c in runs.columns if c != "r"]))
              .mark_line(point=True, strokeWidth=1.2)
-             .encode(x=alt.X("s:Q", title="step"),
-                     y=alt.Y("v:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+             .encode(x=alt.X("s:Q", title=X_TITLES["step"]),
+                     y=alt.Y("v:Q", title=ACCURACY_TITLE, scale=alt.Scale(domain=[0, 1])),
                      color=colors.encoding,
                      strokeDash=alt.StrokeDash("metric:N", title="metric", sort=series),
                      detail="r:N",
@@ -336,9 +381,9 @@ def band_tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
     pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
     series = [s for s in TOOL_SERIES if s in set(points["metric"])] + sorted(
         set(points["metric"]) - set(TOOL_SERIES))
-    y = alt.Y("v:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]))
+    y = alt.Y("v:Q", title=ACCURACY_TITLE, scale=alt.Scale(domain=[0, 1]))
     band = alt.Chart().mark_area(opacity=BAND_OPACITY).encode(
-        y=alt.Y("l:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])), y2="h:Q",
+        y=alt.Y("l:Q", title=ACCURACY_TITLE, scale=alt.Scale(domain=[0, 1])), y2="h:Q",
         detail=["r:N", "metric:N"])
     line = (alt.Chart().mark_line(point=True, strokeWidth=1.2)
             .encode(y=y, strokeDash=alt.StrokeDash("metric:N", title="metric", sort=series),
@@ -358,7 +403,7 @@ def band_tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
                       title="accuracy with (tool_accuracy) vs without (recall) the tool")
             .transform_lookup(lookup="r", from_=alt.LookupData(
                 data=runs, key="r", fields=[c for c in runs.columns if c != "r"]))
-            .encode(x=alt.X("s:Q", title="step"), color=colors.encoding)
+            .encode(x=alt.X("s:Q", title=X_TITLES["step"]), color=colors.encoding)
             .properties(width=560, height=300))
 
 
@@ -430,7 +475,11 @@ def build(src: Source, color_by: str | None = None) -> Page:
             + (" (click a legend entry to highlight it)" if colors.clickable else "") +
             "; hover for the run, its sweep point and the exact value. The y axis is logarithmic "
             "while <em>log y</em> is ticked (non-positive values are then hidden); losses are "
-            "better lower, accuracies higher. Curves longer than "
+            "better lower, accuracies higher. <em>loss</em> is the training cross-entropy of "
+            "runs trained from scratch; a distillation run's logged loss is its objective (the "
+            "weighted sum of its terms) and is listed apart as <em>distill objective</em>, a "
+            "quantization-aware run's as <em>qat objective</em>, so no axis mixes the two. "
+            "Curves longer than "
             f"{kept} points are thinned to an even stride that keeps the first and last step."))
 
     page.add("<h2>With vs without the tool over training</h2>")
@@ -444,13 +493,14 @@ def build(src: Source, color_by: str | None = None) -> Page:
         if grouped:
             points["l"], points["h"] = tool["lo"], tool["hi"]
         page.chart("step_accuracy", tool_chart(points, runs, colors, title))
+        series = set(tool["metric"])
+        shown = [f"<em>{esc(m)}</em> {TOOL_TEXT[m]}" for m in TOOL_SERIES if m in series]
         page.add(howto(
-            "Accuracy on the trained people's facts at each evaluated step (the dash pattern tells "
-            "the metrics apart): <em>recall</em> answers from the weights alone, "
-            "<em>tool_accuracy</em> answers by querying the database tool, and "
-            "<em>tool_accuracy (held-out)</em> asks about people who exist only in the database "
-            "(from checkpoint evals). Higher is better. The gap between a run's recall and tool "
-            "accuracy is what the tool adds at that point of training; held-out accuracy shows "
-            "whether the model learned the protocol rather than the answers."))
+            "Accuracy at each evaluated step (the dash pattern tells the metrics apart): "
+            + "; ".join(shown) + ". Higher is better."
+            + (" The gap between a run's recall and tool accuracy is what the tool adds at that "
+               "point of training." if {"recall", "tool_accuracy"} <= series else "")
+            + (" Held-out accuracy shows whether the model learned the protocol rather than the "
+               "answers." if "tool_accuracy (held-out)" in series else "")))
     return page
 

@@ -3,8 +3,12 @@ distillation runs' curves.
 
 The comparison comes from one eval run: the latest whose eval-stage rows (step null) include the
 pipeline's models (teacher, student = scratch, distilled, quantized, quantized_ptq, int8), else the
-latest outside a sweep; its overall rows (attribute null) become a faceted bar chart, one panel per
-metric and split, and a model × metric table. When that run has replicates (the default experiment
+latest outside a sweep; its overall rows (attribute null) become one small bar chart per metric and
+split, each y axis titled with the metric and its unit (sizes and losses spanning a decade are
+dots on a log axis), and a measure × model table (a row per measure, so it fits the page; counts
+print as integers). A model whose validation loss is over twice the models' median (ternary PTQ of
+a small model) is destroyed: it is left out of the loss panels, with a note, and kept in the
+accuracy panels and the table. When that run has replicates (the default experiment
 swept with `seeds`, lmpipe/sweep.py), the comparison is over all of them: each bar is the mean
 with a whisker from the lowest to the highest replicate, each table cell "mean (min–max)",
 aggregated in SQL (lmpipe/store_spread.py). The curves are the validation loss of the distilled
@@ -19,7 +23,9 @@ import altair as alt
 import pandas as pd
 
 from lmpipe.report.curves import thinned
-from lmpipe.report.page import NO_RUNS, Page, esc, fmt_spread, howto, note, table
+from lmpipe.report import units
+from lmpipe.report.page import (NO_RUNS, Page, esc, fmt, fmt_count, fmt_spread, howto, note,
+                                table)
 from lmpipe.report.source import Source
 from lmpipe.store_spread import spread_sql
 
@@ -29,6 +35,12 @@ FIRST_PANELS = ["recall / trained", "tool_accuracy / trained", "tool_accuracy / 
                 "bits_per_param / trained", "parameters / model", "weight_bytes / model",
                 "file_bytes / model"]
 ACCURACY_PANELS = FIRST_PANELS[:3]
+LOSS_METRICS = {"val_loss", "val_ppl", "val_bpb"}
+LOG_METRICS = LOSS_METRICS | {"parameters", "weight_bytes", "file_bytes"}
+# a model whose validation loss is more than this times the median of the models' is destroyed
+# (ternary PTQ of a small model: ~9 nats/token where the others have ~1.5); drawn with the rest,
+# it would flatten every other bar of the loss panels
+DESTROYED_RATIO = 2.0
 
 LATEST_EVAL_RUN_SQL = """
 WITH e AS (
@@ -84,7 +96,9 @@ def _bar_label(value: float) -> str:
         return f"{value / 1e6:.2f}M"
     if abs(value) >= 1e4:
         return f"{value / 1e3:.0f}k"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    if abs(value) >= 10:
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+    return f"{value:.3f}"
 
 
 def overall_spread(src: Source, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,54 +115,100 @@ def overall_spread(src: Source, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame
     return overall, members
 
 
-def comparison_chart(overall: pd.DataFrame) -> alt.FacetChart:
-    """One small bar chart per metric (own y scale), one bar per model, the value on top; over
-    replicates, the mean with a whisker from the lowest to the highest."""
+def destroyed(overall: pd.DataFrame) -> dict[str, float]:
+    """model -> validation loss of the models quantization destroyed: more than DESTROYED_RATIO
+    times the median validation loss of all the models (mean over replicates)."""
+    val = overall[(overall["metric"] == "val_loss") & overall["value"].notna()]
+    if len(val) < 3:  # too few models to say what is normal
+        return {}
+    median = float(val["value"].median())
+    return {m: float(v) for m, v in zip(val["model"], val["value"])
+            if median > 0 and v > DESTROYED_RATIO * median}
+
+
+def _log_scale(metric: str, values: pd.Series) -> bool:
+    """Whether a panel reads better on a log axis: a size or loss spanning a decade or more."""
+    values = values.dropna()
+    return (metric in LOG_METRICS and len(values) > 1 and bool((values > 0).all())
+            and values.max() / values.min() >= 10)
+
+
+def panel_chart(rows: pd.DataFrame, panel: str, models: list[str], spread: bool) -> alt.LayerChart:
+    """One measure's bars, one per model, the value on top (over replicates: the mean with a
+    whisker from the lowest to the highest), the y axis titled with the metric and its unit."""
+    metric = rows["metric"].iloc[0]
+    accuracy = panel in ACCURACY_PANELS
+    log = _log_scale(metric, rows["value_min"] if spread else rows["value"])
+    scale = (alt.Scale(domain=[0, 1]) if accuracy else
+             alt.Scale(type="log") if log else alt.Scale(zero=True))
+    y_title = units.title(metric, log=log)
+    base = alt.Chart().encode(
+        x=alt.X("model:N", sort=models, title="model", axis=alt.Axis(labelAngle=-40)),
+        color=alt.Color("model:N", sort=models, title="model"))
+    tooltip = ["model:N", "metric:N", "split:N",
+               alt.Tooltip("value:Q", title="mean" if spread else "value", format=",.5~g")]
+    if spread:
+        tooltip += [alt.Tooltip("value_min:Q", title="min", format=",.5~g"),
+                    alt.Tooltip("value_max:Q", title="max", format=",.5~g"),
+                    alt.Tooltip("value_n:Q", title="replicates")]
+    # Vega-Lite draws no bars on a log axis (they have no zero to start from): dots there
+    mark = base.mark_point(filled=True, size=70, opacity=1) if log else base.mark_bar()
+    bars = mark.encode(y=alt.Y("value:Q", title=y_title, scale=scale), tooltip=tooltip)
+    layers = [bars]
+    if spread:
+        layers.append(base.mark_rule(color="#222", strokeWidth=1.5).encode(
+            y=alt.Y("value_min:Q", scale=scale), y2="value_max:Q", tooltip=tooltip))
+    top = "value_max" if spread else "value"  # the label sits above the whisker
+    layers.append(base.mark_text(dy=-10 if log else -5, fontSize=9, color="#333").encode(
+        y=alt.Y(f"{top}:Q", scale=scale), text="text:N"))
+    return alt.layer(*layers, data=rows).properties(
+        width=max(120, 26 * len(models)), height=150, title=panel)
+
+
+def comparison_chart(overall: pd.DataFrame, apart: dict[str, float] | None = None
+                     ) -> alt.ConcatChart:
+    """One small bar chart per measure (its own y axis, titled with the unit; a log axis where a
+    size or loss spans a decade), one bar per model; the models in `apart` are left out of the
+    loss panels, where they would flatten every other bar (the page says so in a note)."""
+    apart = apart or {}
     data = overall.assign(panel=[_panel(m, s) for m, s in zip(overall["metric"], overall["split"])],
                           text=overall["value"].map(_bar_label))
+    spread = "value_n" in data and bool((data["value_n"] > 1).any())
+    if not spread:
+        data = data.drop(columns=[c for c in ("value_min", "value_max", "value_n") if c in data])
     panels = [p for p in FIRST_PANELS if p in set(data["panel"])] + sorted(
         set(data["panel"]) - set(FIRST_PANELS))
     models = model_order(list(data["model"].unique()))
-    base = alt.Chart().encode(
-        x=alt.X("model:N", sort=models, title=None, axis=alt.Axis(labelAngle=-40)),
-        y=alt.Y("value:Q", title=None),
-        color=alt.Color("model:N", sort=models, title="model"),
-        tooltip=["model:N", "metric:N", "split:N", alt.Tooltip("value:Q", format=",.5~g"), "n:Q"])
-    bars = base.mark_bar()
-    text = base.mark_text(dy=-5, fontSize=9, color="#333").encode(text="text:N")
-    layers = [bars, text]
-    if "value_n" in data and (data["value_n"] > 1).any():
-        text = text.encode(y=alt.Y("value_max:Q", title=None))  # the label above the whisker
-        layers = [bars, text]
-        whisker = alt.Chart().mark_rule(color="#222", strokeWidth=1.5).encode(
-            x=alt.X("model:N", sort=models), y=alt.Y("value_min:Q", title=None), y2="value_max:Q",
-            tooltip=["model:N", "metric:N", "split:N",
-                     alt.Tooltip("value:Q", title="mean", format=",.5~g"),
-                     alt.Tooltip("value_min:Q", title="min", format=",.5~g"),
-                     alt.Tooltip("value_max:Q", title="max", format=",.5~g"),
-                     alt.Tooltip("value_n:Q", title="replicates")])
-        layers.insert(1, whisker)
-    return (alt.layer(*layers, data=data)
-            .properties(width=max(120, 26 * len(models)), height=150)
-            .facet(facet=alt.Facet("panel:N", sort=panels, title=None), columns=4)
-            .resolve_scale(y="independent").resolve_axis(x="independent"))
+    charts = []
+    for panel in panels:
+        rows = data[data["panel"] == panel]
+        if rows["metric"].iloc[0] in LOSS_METRICS:
+            rows = rows[~rows["model"].isin(apart)]
+        if not rows.empty:
+            charts.append(panel_chart(rows, panel, models, spread))
+    return alt.concat(*charts, columns=4).resolve_scale(color="shared")
 
 
 def overall_table(overall: pd.DataFrame) -> pd.DataFrame:
-    """model × 'metric / split' pivot of the overall numbers, formatted for reading: over
-    replicates, 'mean (min–max)'."""
+    """'metric / split' × model table of the overall numbers (a row per measure, so six models
+    fit the page however many measures there are), with each measure's unit; counts print as
+    integers; over replicates, 'mean (min–max)'."""
     column = [_panel(m, s) for m, s in zip(overall["metric"], overall["split"])]
     if "value_n" not in overall:
         overall = overall.assign(value_min=overall["value"], value_max=overall["value"],
                                  value_n=1)
-    cells = [fmt_spread(v, lo, hi, n) for v, lo, hi, n in zip(
-        overall["value"], overall["value_min"], overall["value_max"], overall["value_n"])]
-    wide = overall.assign(column=column, cell=cells).pivot(index="model", columns="column",
-                                                           values="cell")
-    first = [c for c in ACCURACY_PANELS if c in wide]
-    wide = wide.reindex(index=model_order(list(wide.index)),
-                        columns=first + sorted(c for c in wide.columns if c not in first))
-    wide = wide.fillna("–").reset_index()
+    cells = [fmt_spread(v, lo, hi, n, fmt_count if m in units.INTEGER_METRICS else fmt)
+             for m, v, lo, hi, n in zip(overall["metric"], overall["value"],
+                                        overall["value_min"], overall["value_max"],
+                                        overall["value_n"])]
+    wide = overall.assign(measure=column, cell=cells).pivot(index="measure", columns="model",
+                                                            values="cell")
+    metric_of = dict(zip(column, overall["metric"]))
+    rows = [p for p in FIRST_PANELS if p in wide.index] + sorted(
+        p for p in wide.index if p not in FIRST_PANELS)
+    wide = wide.reindex(index=rows, columns=model_order(list(wide.columns))).fillna("–")
+    wide.insert(0, "unit", [units.unit(metric_of[p]) for p in wide.index])
+    wide = wide.reset_index()
     wide.columns.name = None
     return wide
 
@@ -157,8 +217,9 @@ def distill_chart(val: pd.DataFrame, terms: pd.DataFrame) -> alt.TopLevelMixin:
     """Validation loss of scratch vs distilled students, and each distillation term, per step."""
     left = (alt.Chart(val, title="validation loss: scratch vs distilled")
             .mark_line(point=True)
-            .encode(x=alt.X("step:Q"), y=alt.Y("val_loss:Q", title="val_loss (log scale)",
-                                               scale=alt.Scale(type="log")),
+            .encode(x=alt.X("step:Q", title="optimizer step (count)"),
+                    y=alt.Y("val_loss:Q", title=units.title("val_loss", log=True),
+                            scale=alt.Scale(type="log")),
                     color=alt.Color("run_id:N", title="run"),
                     tooltip=["run_id:N", "step:Q", alt.Tooltip("val_loss:Q", format=".5f")])
             .properties(width=420, height=280))
@@ -167,9 +228,11 @@ def distill_chart(val: pd.DataFrame, terms: pd.DataFrame) -> alt.TopLevelMixin:
     right = (alt.Chart(terms.rename(columns={"metric": "term"}),
                        title="distillation terms (per target, unweighted)")
              .mark_line()
-             .encode(x=alt.X("step:Q"), y=alt.Y("value:Q", title="value (log scale)",
-                                                scale=alt.Scale(type="log")),
-                     color=alt.Color("term:N", title="term"), strokeDash=alt.StrokeDash("run_id:N"),
+             .encode(x=alt.X("step:Q", title="optimizer step (count)"),
+                     y=alt.Y("value:Q", title="distillation term (per target token, unweighted, "
+                                              "log scale)", scale=alt.Scale(type="log")),
+                     color=alt.Color("term:N", title="term"),
+                     strokeDash=alt.StrokeDash("run_id:N", title="run"),
                      tooltip=["run_id:N", "term:N", "step:Q", alt.Tooltip("value:Q", format=".5f")])
              .properties(width=420, height=280))
     return alt.hconcat(left, right).resolve_scale(color="independent")
@@ -216,9 +279,21 @@ def build(src: Source) -> Page:
         if overall.empty:
             page.add("<p>This eval run has no overall rows.</p>")
         else:
-            page.chart("evals", comparison_chart(overall))
+            apart = destroyed(overall)
+            page.chart("evals", comparison_chart(overall, apart))
+            if apart:
+                median = float(overall.loc[overall["metric"] == "val_loss", "value"].median())
+                names = ", ".join(f"<em>{esc(m)}</em> ({v:.2f} nats/token)"
+                                  for m, v in apart.items())
+                page.add(note(
+                    f"Set apart from the loss, perplexity and bits-per-byte panels: {names}, a "
+                    f"validation loss over {DESTROYED_RATIO:g}× the models' median "
+                    f"({median:.2f} nats/token), i.e. destroyed by quantization; drawn with the "
+                    "others it would flatten their bars. Its figures are in the table below and "
+                    "its accuracy bars are drawn."))
             page.add(howto(
-                "One panel per measure (its own y scale), one bar per model: the teacher, the "
+                "One panel per measure (its own y axis, titled with the unit; sizes and losses "
+                "that span a decade or more on a log axis), one bar per model: the teacher, the "
                 "student trained from scratch (<em>student</em>), the same architecture distilled "
                 "from the teacher (<em>distilled</em>), and its quantized versions (ternary QAT "
                 "<em>quantized</em>, ternary post-training <em>quantized_ptq</em>, weight-only "

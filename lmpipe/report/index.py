@@ -1,4 +1,5 @@
-"""index.html: links to every report page, the sweep table and the runs table.
+"""index.html: a headline summary of the key comparisons (lmpipe.report.headline), links to every
+report page, the sweep table and the runs table.
 
 The sweep table has one row per sweep point (from `sweep_points`, or from the runs' sweep/point
 columns on a store without it): its status, the point's parameters as columns, and the headline
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from lmpipe.report.headline import headline
 from lmpipe.report.page import (NO_RUNS, PAGES, Page, duration, esc, fmt, fmt_spread, note,
                                 table)
 from lmpipe.report.source import Source, label, parse_json
@@ -200,6 +202,8 @@ def runs_table(src: Source) -> tuple[pd.DataFrame, int]:
 def build(src: Source, pages: list[Page]) -> Page:
     """The index, linking `pages` (built before it, so it can say which have charts)."""
     page = Page("index", "index")
+    if not src.empty:
+        page.add(headline(src))  # the page opens with the key comparisons, in numbers
     built = {p.stem: p for p in pages}
     items = []
     for stem, text, description in PAGES[1:]:

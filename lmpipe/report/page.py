@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 # (file stem, link text, one-line description) of every page, in navigation order.
@@ -40,6 +41,8 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px;
 h1 { margin-bottom: 0; } .meta { color: #666; margin-top: .2rem; }
 nav a { margin-right: 1rem; } nav a.here { font-weight: bold; color: #222; text-decoration: none; }
 p.howto { color: #444; max-width: 60rem; } p.note { color: #666; font-size: .9rem; }
+div.scroll { max-width: 100%; overflow-x: auto; }
+ul.headline li { margin: .25rem 0; }
 table.numbers { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }
 table.numbers th, table.numbers td { padding: .25rem .7rem; border-bottom: 1px solid #ddd;
                                      text-align: right; }
@@ -60,14 +63,26 @@ def esc(text: Any) -> str:
 
 
 def fmt(value: Any) -> str:
-    """A table cell: 4 decimals below 10, thousands separators above; '–' when missing."""
+    """A table cell: integers (and whole numbers from 10 up) as integers with thousands
+    separators, other numbers with 4 decimals below 10 and 2 above; '–' when missing."""
     if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
         return "–"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        if abs(value) >= 10 and float(value).is_integer():  # a count stored as a double
+            return f"{value:,.0f}"
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.2f}"
     return str(value)
+
+
+def fmt_count(value: Any) -> str:
+    """A count (parameters, bytes) as an integer with thousands separators; '–' if missing."""
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:,.0f}"
 
 
 def fmt_spread(mean: Any, low: Any, high: Any, n: Any, number: Any = fmt) -> str:
@@ -94,7 +109,9 @@ def duration(seconds: Any) -> str:
 
 
 def table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, na_rep="–", escape=True, classes="numbers")
+    """An HTML table inside a box that scrolls sideways rather than overflow the page."""
+    body = frame.to_html(index=False, border=0, na_rep="–", escape=True, classes="numbers")
+    return f'<div class="scroll">{body}</div>'
 
 
 def howto(text: str) -> str:

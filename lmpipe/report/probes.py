@@ -89,9 +89,11 @@ def probe_heatmap(frame: pd.DataFrame) -> alt.Chart:
                        _dropdown("kind", kinds, "kind "))
     points = frame.sort_values(["depth", "point"])["point"].drop_duplicates().tolist()
     return (alt.Chart(frame).mark_rect()
-            .encode(x=alt.X("step:O", title="step", axis=alt.Axis(labelOverlap=True)),
-                    y=alt.Y("point:N", sort=points, title=None),
-                    color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=None),
+            .encode(x=alt.X("step:O", title="optimizer step (count)",
+                            axis=alt.Axis(labelOverlap=True)),
+                    y=alt.Y("point:N", sort=points, title="probed point (embeddings to logits)"),
+                    color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"),
+                                    title="statistic (unit of the probed value)"),
                     tooltip=["run_id:N", "point:N", "kind:N", "stat:N", "step:Q",
                              alt.Tooltip("value:Q", format=".4g")])
             .add_params(run, stat, kind)

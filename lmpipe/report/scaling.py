@@ -6,9 +6,15 @@ step null): its `parameters`, `knowledge_bits` (trained split), `recall` and `to
 (trained people), joined to the eval run's world (`params`: world.people, world.tool_dialogs,
 world.qa_dialogs) and, in a sweep, its point's `mode`. Facts = people × the six attributes. Within a
 sweep only the latest eval run of each point and model counts (a retried point is not counted
-twice). The contour panels are drawn by `lmpipe.report.contours`; a lattice node measured more than
-once (the replicates of a sweep with `seeds`) shows the mean, and its lowest and highest
-measurement in the tooltip and the table.
+twice).
+
+The accuracy map (contour panels drawn by `lmpipe.report.contours`) is drawn only from comparable
+models: those of one kind (the model's name in its eval run, `map_kind`), and only when they span
+a lattice of at least two parameter counts by two fact counts, as a sweep does. A lattice node
+measured more than once is then only ever the replicates of one model (a sweep with `seeds`): it
+shows their mean, and their lowest and highest measurement in the tooltip and the table. Every
+model not on the map (all of them on the default run, where the distilled, QAT, PTQ and int8
+models share the scratch student's size) is one labelled point of its own in a per-model chart.
 """
 
 from __future__ import annotations
@@ -20,11 +26,18 @@ import numpy as np
 import pandas as pd
 
 from lmpipe.protocol import ATTRIBUTES
-from lmpipe.report import contours
-from lmpipe.report.page import NO_RUNS, Page, fmt_spread, howto, note, table
+from lmpipe.report import contours, units
+from lmpipe.report.page import NO_RUNS, Page, esc, fmt_spread, howto, note, table
 from lmpipe.report.source import Source, label, parse_json
 
 BITS_PER_PARAM = 2.0
+# models made from another model rather than trained at their size: not comparable with the
+# models trained from scratch on a capacity map
+DERIVED = {"distilled", "quantized", "quantized_ptq", "int8"}
+MODEL_ORDER = ["teacher", "student", "model", "distilled", "quantized", "quantized_ptq", "int8"]
+MODEL_RANK = {m: i for i, m in enumerate(MODEL_ORDER)}
+MAX_NAMED = 12       # the knowledge chart names its points when outside a sweep and this few
+MAX_MODEL_ROWS = 40   # the per-model chart shows at most this many (group, model) rows
 ACCURACY_SCHEME = "yellowgreenblue"
 
 MODELS_SQL = """
@@ -102,7 +115,82 @@ def load(src: Source) -> pd.DataFrame:
                       for r, t, q in zip(models["run_id"], tool, qa)]
     models["where"] = [f"{s}/{p}" if isinstance(s, str) else "–"
                        for s, p in zip(models["sweep"], models["point"])]
+    groups = dict(zip(src.run_groups["run_id"], src.run_groups["group_id"]))
+    models["group_id"] = [groups.get(r, r) for r in models["run_id"]]
     return models.reset_index(drop=True)
+
+
+def map_kind(models: pd.DataFrame) -> str | None:
+    """The kind of model (its name in the eval run) the accuracy map is drawn from, or None when
+    no kind spans a lattice (two parameter counts and two fact counts at least).
+
+    Only models of one kind are comparable on the map: the default run evaluates a teacher, a
+    scratch student and, at the student's size, distilled and quantized versions of it, which
+    averaged into one cell would be no model at all. Models trained from scratch come first,
+    then the kind whose lattice has the most nodes."""
+    placed = models[models["facts"].notna() & (models["parameters"] > 0)
+                    & (models["recall"].notna() | models["tool_accuracy"].notna())]
+    best, best_key = None, None
+    for kind, rows in placed.groupby("model"):
+        nx, ny = rows["parameters"].nunique(), rows["facts"].nunique()
+        if nx < 2 or ny < 2:
+            continue
+        key = (kind not in DERIVED, nx * ny, -MODEL_RANK.get(kind, len(MODEL_RANK)))
+        if best_key is None or key > best_key:
+            best, best_key = kind, key
+    return best
+
+
+def model_rows(models: pd.DataFrame) -> pd.DataFrame:
+    """One row per (group of replicates, model, measure) for the per-model chart: the accuracy's
+    mean, lowest and highest over the replicates, and a label naming the model and its size."""
+    rows = []
+    for key, column, world, title in PANELS:
+        subset = models[models[world] & models[column].notna()]
+        for (group, model), g in subset.groupby(["group_id", "model"], sort=False):
+            rows.append({"group": group, "model": model, "panel": title,
+                         "value": g[column].mean(), "lo": g[column].min(), "hi": g[column].max(),
+                         "n": len(g), "parameters": g["parameters"].iloc[0],
+                         "facts": g["facts"].iloc[0]})
+    frame = pd.DataFrame(rows, columns=["group", "model", "panel", "value", "lo", "hi", "n",
+                                        "parameters", "facts"])
+    several = frame["group"].nunique() > 1
+    frame["label"] = [f"{m} ({p:,.0f} params)" + (f" · {g}" if several else "")
+                      for m, p, g in zip(frame["model"], frame["parameters"], frame["group"])]
+    frame["text"] = [f"{v:.3f}" if n <= 1 or lo == hi else f"{v:.3f} ({lo:.3f}–{hi:.3f})"
+                     for v, lo, hi, n in zip(frame["value"], frame["lo"], frame["hi"], frame["n"])]
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    frame["rank"] = [order.get(m, len(order)) for m in frame["model"]]
+    return frame.sort_values(["group", "rank", "model"], kind="stable").reset_index(drop=True)
+
+
+def model_chart(rows: pd.DataFrame) -> alt.TopLevelMixin:
+    """Accuracy per model, one labelled point each (a whisker from the lowest to the highest
+    replicate when there are several), one panel with the tool and one without."""
+    labels = list(dict.fromkeys(rows["label"]))
+    kinds = list(dict.fromkeys(rows["model"]))  # colours in model order, as on distillation.html
+    panels = []
+    for key, column, world, title in PANELS:
+        data = rows[rows["panel"] == title]
+        if data.empty:
+            continue
+        y = alt.Y("label:N", sort=labels, title="model (parameters)")
+        x = alt.X("value:Q", title=units.title(column), scale=alt.Scale(domain=[0, 1]))
+        tooltip = [alt.Tooltip("group:N", title="eval run"), "model:N",
+                   alt.Tooltip("parameters:Q", format=","), alt.Tooltip("facts:Q", format=","),
+                   alt.Tooltip("value:Q", title="mean accuracy", format=".4f"),
+                   alt.Tooltip("lo:Q", title="min", format=".4f"),
+                   alt.Tooltip("hi:Q", title="max", format=".4f"), alt.Tooltip("n:Q", title="runs")]
+        layers = [alt.Chart().mark_rule(color="#555").encode(y=y, x=alt.X("lo:Q"), x2="hi:Q"),
+                  alt.Chart().mark_point(filled=True, size=80).encode(
+                      y=y, x=x, color=alt.Color("model:N", title="model", legend=None,
+                                                sort=kinds),
+                      tooltip=tooltip),
+                  alt.Chart().mark_text(align="left", dx=8, fontSize=11).encode(
+                      y=y, x=alt.X("hi:Q"), text="text:N")]
+        panels.append(alt.layer(*layers, data=data).properties(
+            width=330, height=max(60, 24 * data["label"].nunique()), title=title))
+    return alt.hconcat(*panels)
 
 
 def _facts_color(values: pd.Series) -> alt.Color:
@@ -119,8 +207,10 @@ def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
     low, high = models["parameters"].min() / 1.5, models["parameters"].max() * 1.5
     line = pd.DataFrame({"parameters": [low, high], "bits": [BITS_PER_PARAM * low,
                                                              BITS_PER_PARAM * high]})
-    x = alt.X("parameters:Q", title="parameters (log scale)", scale=alt.Scale(type="log"))
-    y = alt.Y("knowledge_bits:Q", title="knowledge bits (log scale)", scale=alt.Scale(type="log"))
+    x = alt.X("parameters:Q", title=units.title("parameters", log=True),
+              scale=alt.Scale(type="log"))
+    y = alt.Y("knowledge_bits:Q", title=units.title("knowledge_bits", log=True),
+              scale=alt.Scale(type="log"))
     reference = alt.Chart(line).mark_line(color="#888", strokeDash=[6, 4]).encode(
         x=alt.X("parameters:Q", scale=alt.Scale(type="log")),
         y=alt.Y("bits:Q", scale=alt.Scale(type="log")))
@@ -134,8 +224,23 @@ def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
                  alt.Tooltip("parameters:Q", format=","), alt.Tooltip("facts:Q", format=","),
                  alt.Tooltip("knowledge_bits:Q", format=",.1f"),
                  alt.Tooltip("bits_per_param:Q", format=".4f")])
-    return (reference + text + points).properties(width=620, height=400,
-                                                  title="knowledge bits against parameters")
+    layers = [reference, text, points]
+    named = models[models["where"] == "–"]  # the default run's models: few, each named
+    if 0 < len(named) <= MAX_NAMED:
+        # one label per parameter count, its models top to bottom as their points: models of one
+        # size (the student and its distilled and quantized versions) would overprint each other
+        labels = (named.sort_values("knowledge_bits", ascending=False)
+                  .groupby("parameters", as_index=False)["knowledge_bits"].max())
+        labels["text"] = [
+            "\n".join(f"{m}: {b:,.0f}" for m, b in named.loc[named["parameters"] == p]
+                      .sort_values("knowledge_bits", ascending=False)[["model", "knowledge_bits"]]
+                      .itertuples(index=False))
+            for p in labels["parameters"]]
+        layers.append(alt.Chart(labels).mark_text(
+            align="left", baseline="top", dx=8, dy=-6, fontSize=10, color="#333",
+            lineBreak="\n").encode(x=x, y=y, text="text:N"))
+    return alt.layer(*layers).properties(width=620, height=400,
+                                         title="knowledge bits against parameters")
 
 
 def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.LayerChart, dict]:
@@ -150,7 +255,7 @@ def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.La
     # the panel spans the lattice's cells exactly (no "nice" padding to whole decades)
     x_scale = alt.Scale(type="log", nice=False, domain=[cells["x"].min(), cells["x2"].max()])
     y_scale = alt.Scale(type="log", nice=False, domain=[cells["y"].min(), cells["y2"].max()])
-    color = alt.Color("value:Q", title="accuracy",
+    color = alt.Color("value:Q", title="accuracy (fraction correct)",
                       scale=alt.Scale(domain=[0, 1], scheme=ACCURACY_SCHEME))
     tooltip = [alt.Tooltip("xc:Q", title="parameters", format=","),
                alt.Tooltip("yc:Q", title="facts", format=","),
@@ -160,8 +265,8 @@ def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.La
         tooltip[3:3] = [alt.Tooltip("lo:Q", title="min", format=".3f"),
                         alt.Tooltip("hi:Q", title="max", format=".3f")]
     layers = [alt.Chart(cells).mark_rect(opacity=0.9, stroke="white", strokeWidth=0.5).encode(
-        x=alt.X("x:Q", title="parameters (log scale)", scale=x_scale), x2="x2:Q",
-        y=alt.Y("y:Q", title="facts = people × 6 (log scale)", scale=y_scale), y2="y2:Q",
+        x=alt.X("x:Q", title=units.title("parameters", log=True), scale=x_scale), x2="x2:Q",
+        y=alt.Y("y:Q", title="facts = people × 6 (count, log scale)", scale=y_scale), y2="y2:Q",
         color=color, tooltip=tooltip)]
     if not lines.empty:
         # dark lines and labels over a white halo, readable on light and dark cells alike
@@ -242,25 +347,38 @@ def build(src: Source) -> Page:
                 "full; a column of points (one size) that rises with the facts still has room, one "
                 "that stops rising has reached its capacity."))
 
-    page.add("<h2>Accuracy over parameters × facts, with and without the tool</h2>")
+    if models.empty:
+        return page
+    kind = map_kind(models)
+    on_map = models["model"] == kind
+    if kind is not None:
+        page.add("<h2>Accuracy over parameters × facts, with and without the tool</h2>")
     panels, infos = [], []
-    for key, column, world, title in PANELS:
-        if models.empty:
-            break
-        subset = models[models[world] & models[column].notna() & models["facts"].notna()
-                        & (models["parameters"] > 0)]
+    for key, column, world, title in PANELS if kind is not None else []:
+        subset = models[on_map & models[world] & models[column].notna()
+                        & models["facts"].notna() & (models["parameters"] > 0)]
         if subset.empty:
             infos.append((key, title, None))
             continue
         chart, info = contour_panel(subset, column, title)
         panels.append(chart)
         infos.append((key, title, info))
-    if not panels:
-        page.add("<p>No evaluated model has both a number of facts (<code>world.people</code>) and "
-                 "<code>recall</code> or <code>tool_accuracy</code> on trained people yet.</p>")
-        return page
+    if panels:
+        add_map(page, kind, panels, infos)
+    elif model_rows(models).empty:
+        page.add("<p>No evaluated model has <code>recall</code> or <code>tool_accuracy</code> on "
+                 "trained people yet.</p>")
+    add_model_chart(page, models[~on_map] if panels else models, mapped=kind if panels else None)
+    return page
+
+
+def add_map(page: Page, kind: str, panels: list[alt.LayerChart], infos: list[tuple]) -> None:
+    """The accuracy map of the `kind` models (one panel with the tool, one without), its notes,
+    how to read it and its lattice tables."""
     chart = alt.hconcat(*panels).resolve_scale(color="shared")
     page.chart("contours", chart)
+    page.add(note(f"The map is drawn from the <em>{esc(kind)}</em> models only: models of one "
+                  "kind, trained the same way, so that a cell averages only replicates."))
     for key, title, info in infos:
         if info is None:
             what = ("trained with tool dialogs (world.tool_dialogs)" if key == "tool"
@@ -293,5 +411,29 @@ def build(src: Source) -> Page:
             spread = " (min–max where measured more than once)" if info["spread"] else ""
             page.add(f"<h3>{title}: mean accuracy per lattice cell{spread}</h3>",
                      table(info["grid"]))
-    return page
 
+
+def add_model_chart(page: Page, models: pd.DataFrame, mapped: str | None) -> None:
+    """The per-model accuracy chart for the models not on the map (all of them when no kind spans
+    a lattice, as on the default run), with what it shows."""
+    rows = model_rows(models)
+    if rows.empty:
+        return
+    page.add("<h2>Accuracy per model, with and without the tool</h2>")
+    groups = rows[["group", "model"]].drop_duplicates()
+    if len(groups) > MAX_MODEL_ROWS:
+        keep = groups.head(MAX_MODEL_ROWS)
+        rows = rows.merge(keep, on=["group", "model"])
+        page.add(note(f"The first {MAX_MODEL_ROWS} of {len(groups)} models; "
+                      "<code>lmpipe query</code> lists them all."))
+    page.chart("models", model_chart(rows))
+    why = (f"They are not on the map above, which shows the <em>{esc(mapped)}</em> models only."
+           if mapped else
+           "No kind of model spans two parameter counts and two fact counts, so there is no map "
+           "to draw: a cell would average different models (a scratch student with its distilled "
+           "and quantized versions, all of one size) into a number no model has.")
+    page.add(howto(
+        "One labelled point per model: its accuracy on the trained people with the tool (left) "
+        "and without it (right, recall from the weights alone), on a 0–1 axis; the label gives "
+        "the value" + (" and, over replicates, the lowest and highest in brackets, also drawn as "
+                       "a whisker" if (rows["n"] > 1).any() else "") + ". " + why))
