@@ -40,7 +40,7 @@ def stage_order(workdir: Path) -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(workdir)) as repo:
-        return [stage.addressing for stage in _root_stages(repo, workdir)]
+        return [stage.name for stage in _root_stages(repo, workdir)]
 
 
 def plan(workdir: Path) -> tuple[list[str], list[str]]:
@@ -51,6 +51,8 @@ def plan(workdir: Path) -> tuple[list[str], list[str]]:
     import networkx as nx
     from dvc.repo import Repo
 
+    # names, not DVC's addressing, which is relative to the current directory
+    # ("../x/dvc.yaml:prepare"); `run_stage` runs each name inside `workdir`
     with Repo(str(workdir)) as repo:
         stages = _root_stages(repo, workdir)
         changed = set(repo.status(targets=[str(Path(workdir) / "dvc.yaml")]))
@@ -58,9 +60,9 @@ def plan(workdir: Path) -> tuple[list[str], list[str]]:
         todo = set()
         for stage in stages:
             if stage.addressing in changed:
-                todo |= {stage.addressing} | {s.addressing for s in nx.ancestors(graph, stage)}
-    order = [stage.addressing for stage in stages]
-    return order, [name for name in order if name in todo]
+                todo |= {stage} | nx.ancestors(graph, stage)
+    order = [stage.name for stage in stages]
+    return order, [stage.name for stage in stages if stage in todo]
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
