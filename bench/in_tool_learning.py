@@ -117,10 +117,11 @@ def readme_block(results: dict[str, Any]) -> str:
                                              else "")
     lines = [f"Measured with `{command}` on {results['date']} ({m['cores']} CPU "
              f"cores, {m['arch']}, Python {m['python']}; {minutes}"
-             + (f"{n} seeds per point: mean and, in brackets, the lowest and highest" if n > 1
-                else "one seed") + "):", "",
-             "| people (facts) | model | params | steps | recall, no tool | knowledge bits "
-             "| bits/param | tool accuracy |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             + (f"up to {n} seeds per point (the seeds column: no tool / tool): mean and, in "
+                "brackets, the lowest and highest" if n > 1 else "one seed") + "):", "",
+             "| people (facts) | model | params | steps | seeds | recall, no tool "
+             "| knowledge bits | bits/param | tool accuracy |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     keys = ["people", "d_model", "steps"]
     no_tool = table[table["mode"] == "no tool"].set_index(keys)
     tool = table[table["mode"] == "tool"].set_index(keys)
@@ -130,7 +131,8 @@ def readme_block(results: dict[str, Any]) -> str:
         other = _ns(tool.loc[key]) if key in tool.index else None
         lines.append(
             f"| {people:,} ({people * 6:,}) | d={d_model} | {int(row['parameters']):,} "
-            f"| {steps:,} | {cell(r, 'recall', '{:.3f}')} "
+            f"| {steps:,} | {int(row['n'])}{f' / {int(other.n)}' if other is not None else ''} "
+            f"| {cell(r, 'recall', '{:.3f}')} "
             f"| {cell(r, 'knowledge_bits', '{:,.0f}')} | {cell(r, 'bits_per_param', '{:.3f}')} "
             f"| {cell(other, 'tool_acc', '{:.3f}') if other is not None else '–'} |")
     return "\n".join(lines)
