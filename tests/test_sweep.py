@@ -31,10 +31,11 @@ def test_expand_crosses_axes_and_moves_zipped_groups_together():
     assert len({tuple(sorted(p.items())) for p in points}) == 12
 
 
-def test_the_flagship_grid_has_18_valid_points_and_a_stable_id():
+def test_the_flagship_grid_has_18_combinations_of_3_seeds_and_a_stable_id():
     grid = load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT)
-    assert len(grid.points) == 18 and grid.jobs == 2 and grid.retries == 1
-    assert [p.name for p in grid.points[:2]] == ["p00", "p01"]
+    assert len(grid.points) == 54 and grid.jobs == 2 and grid.retries == 1
+    assert len({p.group_id for p in grid.points}) == 18 and grid.seeds == (0, 1, 2)
+    assert [p.name for p in grid.points[:2]] == ["p00s0", "p01s0"]   # seed by seed
     modes = {(p.overrides["world.tool_dialogs"], p.overrides["world.qa_dialogs"]) for p in grid.points}
     assert modes == {(True, False), (False, True)}
     assert load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT).sweep_id == grid.sweep_id
