@@ -28,6 +28,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -127,8 +128,8 @@ def readme_block(results: dict[str, Any]) -> str:
     tool = table[table["mode"] == "tool"].set_index(keys)
     for key, row in no_tool.iterrows():
         people, d_model, steps = key
-        r = _ns(row)
-        other = _ns(tool.loc[key]) if key in tool.index else None
+        r = SimpleNamespace(**row.to_dict())
+        other = SimpleNamespace(**tool.loc[key].to_dict()) if key in tool.index else None
         lines.append(
             f"| {people:,} ({people * 6:,}) | d={d_model} | {int(row['parameters']):,} "
             f"| {steps:,} | {int(row['n'])}{f' / {int(other.n)}' if other is not None else ''} "
@@ -136,11 +137,6 @@ def readme_block(results: dict[str, Any]) -> str:
             f"| {cell(r, 'knowledge_bits', '{:,.0f}')} | {cell(r, 'bits_per_param', '{:.3f}')} "
             f"| {cell(other, 'tool_acc', '{:.3f}') if other is not None else '–'} |")
     return "\n".join(lines)
-
-
-def _ns(row: pd.Series) -> Any:
-    """A Series as an object with attribute access (n included)."""
-    return type("Row", (), {k: row[k] for k in row.index})
 
 
 def machine() -> dict[str, Any]:
