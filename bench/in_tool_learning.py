@@ -14,6 +14,12 @@ go to the sweep (e.g. `seeds=1` for one replicate of each point).
     .venv/bin/python bench/in_tool_learning.py --project DIR   # read an existing sweep's store
     .venv/bin/python bench/in_tool_learning.py --from bench/in-tool-learning.json --write-readme
     .venv/bin/python bench/in_tool_learning.py --recipe knowledge-capacity --out bench/knowledge-capacity.json
+    .venv/bin/python bench/in_tool_learning.py seeds=[2] --merge bench/in-tool-learning.json \
+        --out bench/in-tool-learning.json --write-readme   # add a replicate to a kept table
+
+`--merge FILE` adds this run's points to those of a kept JSON (a point of the same combination and
+seed is replaced), so a sweep stopped for time is completed by running only what it lacks; the
+JSON then lists every sweep it was drawn from.
 """
 
 from __future__ import annotations
@@ -113,6 +119,11 @@ def readme_block(results: dict[str, Any]) -> str:
     n = int(table["n"].max())
     minutes = (f"{results['elapsed_s'] / 60:.1f} minutes for {len(results['points'])} points, "
                "2 at a time; " if results.get("elapsed_s") else "")
+    timed = [part for part in results.get("parts", []) if part.get("elapsed_s")]
+    if results.get("parts"):
+        minutes = (f"the points of {len(results['parts'])} sweeps, one per batch of seeds"
+                   + "".join(f"; {part['points']} points in {part['elapsed_s'] / 60:.1f} minutes"
+                             for part in timed) + ", 2 at a time; ")
     recipe = results.get("recipe", "in-tool-learning")
     command = "bench/in_tool_learning.py" + (f" --recipe {recipe}" if recipe != "in-tool-learning"
                                              else "")
@@ -139,6 +150,25 @@ def readme_block(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+POINT_KEY = ("mode", "d_model", "people", "steps", "seed")
+
+
+def merge(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`kept`'s points with `new`'s added (the same combination and seed: `new` wins), and the
+    list of sweeps both were drawn from, each with its points and wall time."""
+    if kept.get("recipe", "in-tool-learning") != new["recipe"]:
+        raise SystemExit(f"--merge: the kept table is of recipe {kept.get('recipe')!r}, "
+                         f"this run of {new['recipe']!r}")
+    def part(results: dict[str, Any]) -> list[dict[str, Any]]:
+        return results.get("parts") or [{
+            "sweep": results["sweep"], "date": results["date"], "points": len(results["points"]),
+            "elapsed_s": results.get("elapsed_s"), "overrides": results.get("overrides", [])}]
+    points = {tuple(p[k] for k in POINT_KEY): p for p in kept["points"]}
+    points.update({tuple(p[k] for k in POINT_KEY): p for p in new["points"]})
+    return {**new, "sweep": None, "elapsed_s": None, "parts": part(kept) + part(new),
+            "points": list(points.values())}
+
+
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "arch": platform.machine(),
             "python": platform.python_version()}
@@ -151,6 +181,8 @@ def main() -> None:
     parser.add_argument("--project", type=Path, help="an existing project whose sweep to read")
     parser.add_argument("--out", type=Path, help="write the per-point figures as JSON")
     parser.add_argument("--from", dest="source", type=Path, help="read a previous --out file")
+    parser.add_argument("--merge", type=Path,
+                        help="add this run's points to those of a previous --out file")
     parser.add_argument("--recipe", default="in-tool-learning",
                         help="the sweep recipe under recipes/ (default in-tool-learning)")
     parser.add_argument("--write-readme", action="store_true",
@@ -176,6 +208,8 @@ def main() -> None:
                    "recipe": args.recipe,
                    "elapsed_s": elapsed, "overrides": args.overrides,
                    "points": json.loads(points.to_json(orient="records"))}
+        if args.merge:
+            results = merge(json.loads(args.merge.read_text()), results)
         if args.out:
             args.out.write_text(json.dumps(results, indent=1) + "\n")
     table = spread(pd.DataFrame(results["points"]))
