@@ -127,6 +127,8 @@ def readme_block(results: dict[str, Any]) -> str:
     recipe = results.get("recipe", "in-tool-learning")
     command = "bench/in_tool_learning.py" + (f" --recipe {recipe}" if recipe != "in-tool-learning"
                                              else "")
+    if results.get("overrides"):
+        command += " " + " ".join(results["overrides"])
     lines = [f"Measured with `{command}` on {results['date']} ({m['cores']} CPU "
              f"cores, {m['arch']}, Python {m['python']}; {minutes}"
              + (f"up to {n} seeds per point (the seeds column: no tool / tool): mean and, in "

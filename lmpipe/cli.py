@@ -118,11 +118,12 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.dry_run:
         return
     if args.queue:  # DVC's own queue: `dvc queue start -j N` runs them in temporary workspaces
-        from lmpipe.sweep_run import exp_command
+        from lmpipe.sweep_run import exp_command, pipeline_visible
 
-        for point in grid.points:
-            subprocess.run(exp_command(grid, point, f"{grid.sweep_id}-{point.name}", queue=True),
-                           check=True)
+        with pipeline_visible(Path("."), grid.pipeline, grid.sweep_id):  # queued snapshots keep it
+            for point in grid.points:
+                subprocess.run(exp_command(grid, point, f"{grid.sweep_id}-{point.name}",
+                                           queue=True), check=True)
         print(f"queued; run them with: dvc queue start -j {args.jobs or grid.jobs}")
         return
     from lmpipe.sweep_flow import run_sweep

@@ -26,7 +26,7 @@ from prefect.futures import as_completed
 
 from lmpipe.paths import REPORTS, RUNS, STORE
 from lmpipe.sweep import Grid, Point, load_grid
-from lmpipe.sweep_run import run_point, sweep_dir
+from lmpipe.sweep_run import pipeline_visible, run_point, sweep_dir
 
 
 @task(task_run_name="{point.name}", cache_policy=NO_CACHE, retry_delay_seconds=2)
@@ -106,19 +106,20 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
     logger.info("sweep %s: %d points, %d at a time, %d retries", grid.sweep_id,
                 len(grid.points), jobs, grid.retries)
     run = sweep_point.with_options(retries=grid.retries)
-    futures = {run.submit(str(root), grid, p, threads): p for p in grid.points}
-    for future in as_completed(list(futures)):
-        point = futures[future]
-        outcome = future.result(raise_on_failure=False)  # the record, or the point's exception
-        if isinstance(outcome, dict):
-            records[point.name] |= outcome
-        else:
-            folder = sweep_dir(root, grid) / point.name / "point.json"
-            last = json.loads(folder.read_text()) if folder.is_file() else {}
-            records[point.name] |= {**last, "status": "failed",
-                                    "error": last.get("error") or str(outcome)}
-            logger.warning("%s failed: %s", point.name, records[point.name]["error"])
-        write_manifest(root, grid, records)
+    with pipeline_visible(root, grid.pipeline, grid.sweep_id):
+        futures = {run.submit(str(root), grid, p, threads): p for p in grid.points}
+        for future in as_completed(list(futures)):
+            point = futures[future]
+            outcome = future.result(raise_on_failure=False)  # the record, or the exception
+            if isinstance(outcome, dict):
+                records[point.name] |= outcome
+            else:
+                folder = sweep_dir(root, grid) / point.name / "point.json"
+                last = json.loads(folder.read_text()) if folder.is_file() else {}
+                records[point.name] |= {**last, "status": "failed",
+                                        "error": last.get("error") or str(outcome)}
+                logger.warning("%s failed: %s", point.name, records[point.name]["error"])
+            write_manifest(root, grid, records)
     failed = [r["point"] for r in records.values() if r["status"] != "completed"]
     index = _index_and_report(root) if report else None
     _artifacts(grid, records, index)

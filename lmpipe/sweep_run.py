@@ -10,6 +10,12 @@ experiment: `dvc exp apply NAME`) are copied to `runs/sweeps/<sweep>/<point>/<ru
 `point.json` with the sweep id, the point's parameters, and its replicate `group` and `seed` (a
 grid with `seeds`, lmpipe/sweep.py; else the group is the point and the seed null), which the
 store attaches to each run.
+
+Recipe pipelines (`recipes/*/dvc.yaml`) are hidden from the root project by `.dvcignore`, so the
+default experiment's `dvc status`, `dvc metrics show` and `dvc exp run` see only its own stages.
+`pipeline_visible` un-hides the swept pipeline for as long as a sweep launches its points: DVC
+snapshots the workspace into each experiment, so every point's commit carries the un-hiding line
+and `dvc exp show` still reads its metrics; the line is removed when the sweep ends.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,41 @@ def exp_command(grid: Grid, point: Point, exp_name: str, queue: bool = False) ->
         # `++`: set the key whether or not the params file spells it out (Hydra override syntax)
         command += ["-S", f"{grid.params}:++{key}={render_value(value)}"]
     return command
+
+
+def _is_dvc_ignored(project: Path, path: Path) -> bool:
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return repo.dvcignore.is_ignored_file(str((project / path).resolve()))
+
+
+@contextmanager
+def pipeline_visible(project: str | Path, pipeline: str | Path, sweep_id: str) -> Iterator[None]:
+    """Within the block, `pipeline` is not hidden by the project's `.dvcignore` (a negation line,
+    tagged with the sweep and process, appended and then removed; other lines are untouched, so
+    two sweeps of one recipe each keep it visible while they run)."""
+    project = Path(project).resolve()
+    pipeline = Path(pipeline)
+    pipeline = pipeline.resolve().relative_to(project) if pipeline.is_absolute() else pipeline
+    ignore = project / ".dvcignore"
+    if not ignore.is_file() or not _is_dvc_ignored(project, pipeline):
+        yield
+        return
+    tag = f"# lmpipe sweep {sweep_id} (pid {os.getpid()}) un-hides its pipeline while it runs"
+    lines = [tag, f"!/{pipeline.as_posix()}"]
+    text = ignore.read_text(encoding="utf-8")
+    ignore.write_text(text + ("" if text.endswith("\n") or not text else "\n")
+                      + "\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        yield
+    finally:
+        current = ignore.read_text(encoding="utf-8").splitlines(keepends=True)
+        for i, line in enumerate(current):
+            if line.rstrip("\n") == tag:
+                del current[i:i + 2]
+                break
+        ignore.write_text("".join(current), encoding="utf-8")
 
 
 def point_env(threads: int) -> dict[str, str]:

@@ -178,10 +178,37 @@ def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env = _env(tmp)
     for args in (["git", "init", "-q"], ["git", "add", "-A"],
                  ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-                 ["dvc", "init", "-q"],
+                 ["dvc", "init", "-q"]):
+        _run(args, work, env)
+    shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")  # the project's: recipes hidden
+    for args in (["git", "add", "-A"],
                  ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc"]):
         _run(args, work, env)
     return work, env
+
+
+def test_recipe_pipelines_are_hidden_from_the_root_project_until_a_sweep_runs_one(tmp_path):
+    from lmpipe.sweep_run import _is_dvc_ignored, pipeline_visible
+
+    work = tmp_path / "project"
+    (work / "recipes" / "r").mkdir(parents=True)
+    (work / "recipes" / "r" / "dvc.yaml").write_text("stages: {}\n")
+    env = _env(tmp_path)
+    _run(["git", "init", "-q"], work, env)
+    _run(["dvc", "init", "-q"], work, env)
+    shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")
+    committed = (work / ".dvcignore").read_bytes()
+    pipeline = Path("recipes/r/dvc.yaml")
+    assert _is_dvc_ignored(work, pipeline) and not _is_dvc_ignored(work, Path("dvc.yaml"))
+    with pipeline_visible(work, pipeline, "s1"):
+        assert not _is_dvc_ignored(work, pipeline)
+        with pipeline_visible(work, work / pipeline, "s2"):  # a second sweep of the same recipe
+            assert not _is_dvc_ignored(work, pipeline)
+        assert not _is_dvc_ignored(work, pipeline)            # the first still runs
+    assert (work / ".dvcignore").read_bytes() == committed
+    with pytest.raises(RuntimeError), pipeline_visible(work, pipeline, "s3"):
+        raise RuntimeError("a sweep that crashes still hides the recipe again")
+    assert (work / ".dvcignore").read_bytes() == committed
 
 
 def _sweep(work: Path, env: dict[str, str]) -> dict:
@@ -224,6 +251,24 @@ def test_a_sweep_runs_isolates_the_failing_point_and_reruns_from_dvc_cache(sweep
                              [sweep_id]).fetchone()[0]
         assert recall == 3
     assert (work / "reports" / "index.html").is_file()
+
+    # the root project still sees only its own pipeline; each point's experiment carries the
+    # recipe's metrics for `dvc exp show`
+    assert _run(["git", "status", "--porcelain", ".dvcignore"], work, env).stdout == ""
+    status = _run([sys.executable, "-m", "dvc", "status"], work, env)
+    assert "recipes/" not in status.stdout + status.stderr and "train@teacher" in status.stdout
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], work,
+                            env).stdout)
+    exps = {rev["name"]: rev["data"] for row in shown for exp in row.get("experiments") or []
+            for rev in exp["revs"]}
+    p00 = next(data for name, data in exps.items() if f"{sweep_id}-p00-" in name)
+    figures = p00["metrics"]["recipes/in-tool-learning/metrics/eval.json"]["data"]
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        stored = con.execute("SELECT e.value FROM evals e JOIN runs r USING (run_id) "
+                             "WHERE r.sweep = ? AND r.point = 'p00' AND e.metric = 'recall' "
+                             "AND e.split = 'trained' AND e.attribute IS NULL AND e.step IS NULL",
+                             [sweep_id]).fetchone()[0]
+    assert figures["teacher"]["recall_trained"] == pytest.approx(stored)
 
     again = _sweep(work, env)
     assert again["sweep"] == sweep_id and again["failed"] == ["p03"]
