@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.test_pipeline import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,12 +41,7 @@ CHEAPER = {
 
 @pytest.mark.slow
 def test_default_experiment_teacher_learns_the_tool_and_distillation_beats_scratch(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    for name in ("dvc.yaml", "stages", "lmpipe"):
-        src = ROOT / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, work / name))
+    work = copy_project(tmp_path / "project")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for (*path, key), value in CHEAPER.items():
         section = params

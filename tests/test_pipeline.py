@@ -53,6 +53,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def copy_project(work: Path, names: tuple[str, ...] = ("dvc.yaml", "stages", "lmpipe")) -> Path:
+    """A fresh workspace `work` holding the project's `names` (files or folders, no caches)."""
+    work.mkdir(parents=True)
+    for name in names:
+        src = ROOT / name
+        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    return work
+
+
 def _run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
