@@ -89,10 +89,9 @@ def recall(model: torch.nn.Module, tokenizer, people: list[dict[str, str]]) -> d
     for attribute in protocol.ATTRIBUTES:
         whole = first = 0
         for person in people:
-            head = tokenizer(protocol.prompt(attribute, person["name"], with_tool=False),
-                             add_special_tokens=False)["input_ids"]
-            ids = tokenizer(protocol.qa_dialog(attribute, person["name"], person[attribute]),
-                            add_special_tokens=False)["input_ids"][:-1]  # up to END, not EOS
+            head = tokenizer(protocol.prompt(attribute, person["name"], with_tool=False))["input_ids"]
+            ids = tokenizer(protocol.qa_dialog(attribute, person["name"], person[attribute])
+                            )["input_ids"][:-1]  # up to END, not EOS
             logits = model(input_ids=torch.tensor([ids])).logits[0]
             hits = logits[len(head) - 1:-1].argmax(-1) == torch.tensor(ids[len(head):])
             whole += bool(hits.all())

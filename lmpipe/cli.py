@@ -71,9 +71,9 @@ def _generate(args: argparse.Namespace) -> None:
     with (PeopleDB(Path(args.db)) if args.db else contextlib.nullcontext()) as db:
         if args.db or args.chat:
             head = protocol.turn(protocol.SYSTEM, protocol.TOOL_SYSTEM_PROMPT) if db else ""
-            prompt = f"{protocol.BOS}{head}{protocol.turn(protocol.USER, args.prompt)}{protocol.ASSISTANT}"
+            prompt = f"{head}{protocol.turn(protocol.USER, args.prompt)}{protocol.ASSISTANT}"
         else:
-            prompt = (tokenizer.bos_token or "") + args.prompt
+            prompt = args.prompt  # the tokenizer adds the BOS
             print(args.prompt, end="", flush=True)
         generate(model, tokenizer, [prompt], sampling, tool=db.answer if db else None,
                  batch_size=1, on_token=lambda row, text: print(text, end="", flush=True))

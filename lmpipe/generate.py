@@ -96,8 +96,9 @@ def _ids(tokenizer, tokens: list[str]) -> list[int]:
 def _left_padded(tokenizer, prompts: list[str], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of the prompts, left-padded with `pad`. Padded here, not by the
     tokenizer: asking it to pad switches padding on in its backend, which the caller shares and
-    a later `save_pretrained` would write into tokenizer.json."""
-    rows = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    a later `save_pretrained` would write into tokenizer.json. The tokenizer adds each prompt's
+    BOS, as it does to every training document (lmpipe/protocol.py)."""
+    rows = tokenizer(prompts)["input_ids"]
     width = max(map(len, rows), default=0)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -223,7 +224,7 @@ def answer_questions(model, tokenizer, questions: list[tuple[str, str]], db: Peo
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int = 40, seed: int = 0) -> str:
     """Sample a continuation of `prompt` (temperature and top-k), reproducible with `seed`."""
-    [g] = generate(model, tokenizer, [tokenizer.bos_token + prompt],
+    [g] = generate(model, tokenizer, [prompt],
                    Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k if temperature > 0 else None, seed=seed))
     return tokenizer.decode(g.ids, skip_special_tokens=True)

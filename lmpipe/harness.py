@@ -3,7 +3,8 @@
 `write_people_tasks` turns questions about people of the world into two local lm-eval tasks:
 `people_recall` (greedy generation up to END, exact match: the same prompt and scoring as
 lmpipe's own recall metric) and `people_recall_mc` (log-likelihood multiple choice over the
-attribute's values). `run_harness` runs any lm-eval tasks, these or lm-eval's own (hellaswag,
+attribute's values). `write_text_task` turns documents (e.g. the validation split) into a
+perplexity task whose loss per token is lmpipe's validation loss. `run_harness` runs any lm-eval tasks, these or lm-eval's own (hellaswag,
 mmlu, ... when their data is in the local Hugging Face cache), on a saved lmpipe model and returns
 lmpipe eval records. lm-eval is optional: it is imported only here, inside the functions.
 """
@@ -113,6 +114,28 @@ def write_people_tasks(db_path: str | Path | PeopleDB, people: list[dict[str, st
     return list(configs)
 
 
+def write_text_task(texts: list[str], out_dir: str | Path, name: str = "lmpipe_text") -> str:
+    """Write a rolling log-likelihood (perplexity) task over `texts` into `out_dir`; return its
+    name. Texts are documents as `prepare` writes them (no BOS: the tokenizer adds it). lm-eval
+    reports word_perplexity, byte_perplexity and bits_per_byte over the texts' UTF-8 bytes;
+    `run_harness` runs it without the tokenizer's BOS (`hf_model_args`), so the summed
+    log-likelihood is that of lmpipe's val loss with `loss_on: all`."""
+    if not texts:
+        raise ConfigError("write_text_task: no texts")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / f"{name}.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    config = _task_yaml(name, data, output_type="loglikelihood_rolling", doc_to_text="",
+                        doc_to_target="text",
+                        metric_list=[{"metric": m} for m in ("word_perplexity", "byte_perplexity",
+                                                             "bits_per_byte")])
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return name
+
+
 def _lm_eval():
     try:
         import lm_eval
@@ -122,14 +145,22 @@ def _lm_eval():
     return lm_eval, TaskManager
 
 
-def hf_model_args(model_dir: str | Path) -> dict[str, Any]:
+def hf_model_args(model_dir: str | Path, add_bos_token: bool = True) -> dict[str, Any]:
     """lm-eval's `hf` model arguments for a saved lmpipe model.
 
-    add_bos_token: lmpipe trains every document after a BOS, so lm-eval's own tasks should get
-    one; HFLM skips it for text that already starts with the tokenizer's BOS, as lmpipe's prompts
-    do, so they are encoded exactly as lmpipe's evaluator encodes them (one BOS, not two).
+    add_bos_token: lmpipe's tokenizer prepends the BOS every document is trained after, as
+    lmpipe's evaluator encodes its prompts; True keeps it for generation and multiple-choice
+    tasks. Rolling log-likelihood (perplexity) tasks need False: lm-eval puts its own BOS prefix
+    before each rolling window, so a tokenizer BOS would be scored as a second one (predicted
+    from the first) and the perplexity would not be lmpipe's validation loss.
     """
-    return {"pretrained": str(model_dir), "dtype": "float32", "add_bos_token": True}
+    return {"pretrained": str(model_dir), "dtype": "float32", "add_bos_token": add_bos_token}
+
+
+def _rolling(manager, task: str) -> bool:
+    """Whether every task under `task` (a task, group or tag) scores rolling log-likelihood."""
+    leaves = list(manager.load(task)["tasks"].values())
+    return bool(leaves) and all(t.OUTPUT_TYPE == "loglikelihood_rolling" for t in leaves)
 
 
 def _task_manager(tasks: list[str], include_path: str | Path | None):
@@ -182,6 +213,8 @@ def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Pat
 
     `include_path`: a folder of task YAMLs (e.g. from `write_people_tasks`); `limit`: at most this
     many samples per task. A task name lm-eval does not know raises ConfigError naming it.
+    Perplexity (rolling log-likelihood) tasks run without the tokenizer's BOS, the others with it
+    (`hf_model_args`).
     """
     if not tasks:
         raise ConfigError("run_harness: no tasks given")
@@ -193,12 +226,17 @@ def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Pat
         raise FileNotFoundError(f"{include_path}: task folder (include_path) not found")
     lm_eval, _ = _lm_eval()
     manager = _task_manager(list(tasks), include_path)
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args=hf_model_args(model_dir), tasks=list(tasks),
-        task_manager=manager, device="cpu", batch_size=batch_size, limit=limit,
-        # stderr is not reported; 0 skips the bootstrap
-        bootstrap_iters=0, log_samples=False)
-    return _records(results)
+    rolling = [t for t in tasks if _rolling(manager, t)]
+    records = []
+    # perplexity tasks without the tokenizer's BOS (hf_model_args), the others with it
+    for names, bos in (([t for t in tasks if t not in rolling], True), (rolling, False)):
+        if names:
+            records += _records(lm_eval.simple_evaluate(
+                model="hf", model_args=hf_model_args(model_dir, add_bos_token=bos), tasks=names,
+                task_manager=manager, device="cpu", batch_size=batch_size, limit=limit,
+                # stderr is not reported; 0 skips the bootstrap
+                bootstrap_iters=0, log_samples=False))
+    return records
 
 
 def harness_records(model_dir: str | Path, params: EvalParams, db: PeopleDB | None,

@@ -216,7 +216,7 @@ def fact_bits(model, tokenizer, people: list[dict[str, str]], attribute: str, va
         if len(truth) != len(parts) or any(t not in c for t, c in zip(truth, coded)):
             raise ValueError(f"{person['name']}'s {attribute} {person[attribute]!r} is not in the "
                              "world's value set (world.json value_sets); rebuild the world")
-        prefix = encode(protocol.prompt(attribute, person["name"], with_tool=False))
+        prefix = tokenizer(protocol.prompt(attribute, person["name"], with_tool=False))["input_ids"]
         for k, part in enumerate(coded):
             groups.append((prefix, tails[k]))
             truths.append(list(part).index(truth[k]))

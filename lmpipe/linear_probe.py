@@ -11,14 +11,15 @@ a test person's name was never seen by the probe, so a probe can only succeed if
 the attribute into the name's representation along directions shared across people ("born in
 Paris" is a direction), not if the probe memorizes people itself.
 
-Context. The default (`bio`) is the opening of a biography, `<|bos|>{name}`: two of the three
-biography templates start "{name} was born on ..." / "{name} is a graduate of ...", so the model
+Context. The default (`bio`) is the opening of a biography, `{name}` after the BOS: two of the
+three biography templates start "{name} was born on ..." / "{name} is a graduate of ...", so the model
 saw exactly this prefix in training, and the position is the same for every attribute (nothing
 after the name says which fact comes next), so all six probes read one representation. A causal
 model's state at the name's last token depends only on the tokens up to it, so the prefix is all
 we feed. Worlds without biographies (the default experiment: tool dialogs only) never show a name
 after BOS; `question` then uses each attribute's own recall question, cut after the name
-("<|bos|><|user|>Where was Ada Brown"), the context in which Q&A and tool dialogs name a person.
+("<|user|>Where was Ada Brown" after the BOS), the context in which Q&A and tool dialogs name a
+person.
 With a subword tokenizer the cut may merge differently at the boundary than the full text does;
 with the byte tokenizer it is exact. `answer` is not a name position: the whole recall prompt, read
 at its last token (`<|assistant|>`), where the model retrieves the fact to write it. Measured on
@@ -119,7 +120,7 @@ def probe_text(name: str, attribute: str, context: Context = "bio") -> str:
     """The text whose last token is read: up to the name's last character (`bio`, `question`),
     or the whole recall prompt (`answer`)."""
     if context == "bio":
-        return f"{protocol.BOS}{name}"
+        return name  # the tokenizer adds the BOS
     text = protocol.prompt(attribute, name, with_tool=False)
     if context == "question":
         return text[:text.index(name) + len(name)]
@@ -152,9 +153,8 @@ def next_token_ids(tokenizer, texts: Sequence[str], continuations: Sequence[str]
     """The id of the token that follows each text's last token when the text is followed by its
     continuation, as in training. Where a subword tokenizer merges across the boundary (the text's
     own tokens are not a prefix of the whole's), the continuation's first token on its own."""
-    heads = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    wholes = tokenizer([t + c for t, c in zip(texts, continuations)],
-                       add_special_tokens=False)["input_ids"]
+    heads = tokenizer(list(texts))["input_ids"]
+    wholes = tokenizer([t + c for t, c in zip(texts, continuations)])["input_ids"]
     ids = []
     for head, whole, continuation in zip(heads, wholes, continuations):
         if len(whole) > len(head) and whole[:len(head)] == head:
@@ -173,8 +173,7 @@ def last_token_states(model: torch.nn.Module, tokenizer, texts: Sequence[str],
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(list(texts[start:start + batch_size]),
-                            add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(list(texts[start:start + batch_size]))["input_ids"]
         width = max(len(ids) for ids in encoded)
         # right padding and no attention mask: under causal attention a real token never sees the
         # pads after it, so each row's last real state is exactly what the unpadded text gives

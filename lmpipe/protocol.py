@@ -9,7 +9,9 @@ A dialog is a sequence of turns, each opened by a role token and closed by END:
     <|assistant|>Paris<|end|>                          the model copies the answer
 
 The model generates exactly the contents of assistant turns and their END token; everything else
-(role tokens included) is written by the environment. The query language has one statement,
+(role tokens included) is written by the environment. Texts carry no BOS: the tokenizer adds it,
+as Hugging Face tokenizers do, when asked (`add_special_tokens=True`, the default), so a document,
+a prompt or an lm-eval request gets exactly one BOS however it is encoded. The query language has one statement,
 `FIND <attribute> FOR <full name>`, parsed against a whitelist of attributes; a query that does not
 parse, or names an unknown person, gets an `ERROR: ...` database turn, never an exception.
 """
@@ -81,7 +83,7 @@ def question(attribute: str, name: str) -> str:
 def prompt(attribute: str, name: str, with_tool: bool) -> str:
     """What the environment writes before the model's first assistant turn."""
     head = turn(SYSTEM, TOOL_SYSTEM_PROMPT) if with_tool else ""
-    return f"{BOS}{head}{turn(USER, question(attribute, name))}{ASSISTANT}"
+    return f"{head}{turn(USER, question(attribute, name))}{ASSISTANT}"
 
 
 def qa_dialog(attribute: str, name: str, answer: str) -> str:
@@ -103,4 +105,4 @@ def tool_dialog(attribute: str, name: str, answer: str) -> str:
 
 def text_document(text: str) -> str:
     """Plain text (e.g. a biography): every token is trained on."""
-    return f"{BOS}{text}{EOS}"
+    return f"{text}{EOS}"

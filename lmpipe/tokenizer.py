@@ -2,7 +2,8 @@
 
 It is a real Hugging Face fast tokenizer (token id == byte value for ordinary bytes), so it is saved
 beside every model with `save_pretrained` and loads back with `AutoTokenizer` in lm-eval, generation
-and the hub ecosystem. `loss_mask` decides which tokens a model is trained to predict.
+and the hub ecosystem. Like Llama's, it prepends BOS when asked (`add_special_tokens=True`, the
+default) and texts never carry one (`add_bos_when_asked`). `loss_mask` decides which tokens a model is trained to predict.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     ids = tok.convert_tokens_to_ids(protocol.SPECIAL_TOKENS)
     if ids != list(range(N_BYTES, VOCAB_SIZE)):
         raise RuntimeError(f"special token ids drifted: {ids}")
+    return add_bos_when_asked(tok)
+
+
+def add_bos_when_asked(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Make `tok` prepend its BOS, and no EOS, when asked (`add_special_tokens=True`, the default):
+    the Hugging Face convention that lm-eval, generation and other clients assume, so text encoded
+    anywhere gets the one BOS every lmpipe document is trained after. The rule is written into
+    tokenizer.json's post-processor, so `AutoTokenizer` loads it back from the files alone."""
+    tok.add_eos_token = False  # each setter rebuilds the post-processor from both flags
+    tok.add_bos_token = True
     return tok
 
 

@@ -2,7 +2,7 @@
 
 Whatever the kind, the result is a Hugging Face fast tokenizer (`PreTrainedTokenizerFast`) that
 carries the dialog protocol's special tokens (`protocol.SPECIAL_TOKENS`, each one id, never split)
-with BOS/EOS/PAD set and left padding. It is saved beside every model with `save_pretrained` and
+with BOS/EOS/PAD set, left padding, and BOS prepended when asked (`add_special_tokens=True`). It is saved beside every model with `save_pretrained` and
 loads back with `AutoTokenizer.from_pretrained(dir)`; nothing here is needed to read it again.
 
 Kinds:
@@ -31,7 +31,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lmpipe import protocol
-from lmpipe.tokenizer import build_byte_tokenizer
+from lmpipe.tokenizer import add_bos_when_asked, build_byte_tokenizer
 
 KINDS = ("byte", "char", "bpe", "hf_dir", "tiktoken", "sentencepiece", "smollm2")
 FILE_KINDS = ("hf_dir", "tiktoken", "sentencepiece")
@@ -128,7 +128,7 @@ def _wrap(core: Tokenizer, unk_token: str | None = None) -> PreTrainedTokenizerF
                                   model_max_length=MAX_LENGTH, clean_up_tokenization_spaces=False,
                                   **kwargs)
     _check_specials(tok)
-    return tok
+    return add_bos_when_asked(tok)
 
 
 def _add_specials(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -139,7 +139,7 @@ def _add_specials(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     tok.padding_side = tok.init_kwargs["padding_side"] = "left"
     tok.clean_up_tokenization_spaces = tok.init_kwargs["clean_up_tokenization_spaces"] = False
     _check_specials(tok)
-    return tok
+    return add_bos_when_asked(tok)
 
 
 def _check_specials(tok: PreTrainedTokenizerFast) -> None:

@@ -227,7 +227,7 @@ def tokenize_documents(texts: list[str], tokenizer, out_dir: str | Path, val_fra
     recorded in `meta.json` (default: the rule that was applied)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(texts)["input_ids"]  # each document gets its BOS from the tokenizer
     if splits is None:
         train_idx, val_idx = split_documents(len(encoded), val_fraction, seed)
         split_rule = split_rule or {"by": "document", "val_fraction": val_fraction, "seed": seed}

@@ -100,7 +100,7 @@ def test_meta_records_hashes_and_the_longest_document(tiny_world, tiny_tokens, t
     names = [f"{s}.{p}" for s in ("train", "val") for p in ("tokens.bin", "mask.bin", "docs.npy")]
     assert meta["sha256"] == {name: file_sha256(tiny_tokens / name) for name in names}
     texts = [json.loads(line)["text"] for line in (tiny_world / "documents.jsonl").open()]
-    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    longest = max(len(ids) for ids in tokenizer(texts)["input_ids"])
     per_split = {s: int(TokenSplit.open(tiny_tokens, s).lengths().max()) for s in ("train", "val")}
     assert {s: meta["splits"][s]["max_document_tokens"] for s in per_split} == per_split
     assert max(per_split.values()) == longest > 50

@@ -50,7 +50,7 @@ def test_a_call_is_valid_only_for_the_asked_person_and_attribute():
 def test_target_bytes_skip_special_tokens_and_keep_characters_whole(tokenizer):
     # a tool turn the model writes: "<|call|>FIND major FOR Zoë Ng<|end|>" (ë is 2 bytes)
     text = f"{protocol.ASSISTANT}{protocol.CALL}FIND major FOR Zoë Ng{protocol.END}"
-    ids = torch.tensor([tokenizer.encode(text)])
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])  # a piece: no BOS
     written = torch.ones(1, ids.size(1) - 1)  # every token after <|assistant|> is a target
     batch = Batch(ids, written, torch.arange(ids.size(1))[None])
     assert target_bytes(tokenizer, batch) == len("FIND major FOR Zoë Ng".encode("utf-8")) == 22

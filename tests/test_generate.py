@@ -18,7 +18,7 @@ def test_batched_kv_cache_decoding_matches_single_prompts_and_transformers(tiny_
     single = [generate(tiny_model, tokenizer, [p], greedy, batch_size=1)[0] for p in PROMPTS]
     assert [g.ids for g in batched] == [g.ids for g in single]
     for prompt, ours in zip(PROMPTS, single):
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        enc = tokenizer(prompt, return_tensors="pt")  # with its BOS, as lmpipe encodes it
         theirs = tiny_model.generate(**enc, max_new_tokens=12, do_sample=False,
                                      eos_token_id=tokenizer.convert_tokens_to_ids(
                                          [protocol.END, protocol.EOS]),

@@ -5,6 +5,7 @@ own evaluator, with lmpipe's prompts encoded by lm-eval token for token (one BOS
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -13,10 +14,12 @@ from lmpipe import protocol
 from lmpipe.config import ConfigError, EvalParams, ModelParams, TrainParams, WorldParams
 from lmpipe.evaluate import accuracy_records, questions_for
 from lmpipe.generate import answer_questions
+from lmpipe.batching import make_batches
 from lmpipe.harness import (MAX_CHOICES, MC_TASK, RECALL_TASK, harness_records, hf_model_args,
-                            run_harness, write_people_tasks)
+                            run_harness, write_people_tasks, write_text_task)
+from lmpipe.losses import evaluate_split
 from lmpipe.model import build_model, load_model, save_model
-from lmpipe.tokens import TokenSplit, tokenize_world
+from lmpipe.tokens import TokenSplit, tokenize_world, world_documents
 from lmpipe.tooldb import PeopleDB
 from lmpipe.train import train
 from lmpipe.world import write_world
@@ -122,14 +125,14 @@ def test_lm_eval_encodes_lmpipe_prompts_with_one_bos(memorized):
     _, tokenizer = load_model(root / "model")
     prompts = [protocol.prompt("major", people[0]["name"], with_tool=False),
                protocol.prompt("birth_date", people[1]["name"], with_tool=False)]
-    ours = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ours = [tokenizer(p)["input_ids"] for p in prompts]  # the tokenizer adds the one BOS
     assert ours[0][:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids(protocol.USER)]
     assert [lm.tok_encode(p) for p in prompts] == ours
     ids, mask = lm.tok_batch_encode(prompts)
     assert [row[m.bool()].tolist() for row, m in zip(ids, mask)] == ours
     # lm-eval's own tasks (plain text) do get the BOS every lmpipe document starts with
     assert lm.tok_encode("Hello") == [tokenizer.bos_token_id, *b"Hello"]
-    assert lm.tok_decode(ours[0], skip_special_tokens=False) == prompts[0]
+    assert lm.tok_decode(ours[0], skip_special_tokens=False) == protocol.BOS + prompts[0]
 
 
 @pytest.mark.slow
@@ -155,3 +158,38 @@ def test_eval_stage_runs_the_harness_when_asked(memorized):
     assert {"lmeval_exact_match_people_recall", "lmeval_acc_people_recall_mc"} <= set(table)
     assert {r["n"] for r in records if r["metric"].startswith("lmeval_")} == {12}
     assert (root / "stage_tasks" / f"{RECALL_TASK}.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_lm_eval_perplexity_of_the_validation_documents_is_lmpipes_val_loss(memorized, tmp_path):
+    """Documents carry no BOS and the tokenizer adds one, so lm-eval's rolling log-likelihood
+    (which puts its own BOS before each document) scores the tokens lmpipe's val loss scores, and
+    nothing else. With the tokenizer's BOS as well (add_bos_token=True), lm-eval would also score
+    a BOS predicted from a BOS: the double-BOS mismatch this replaces."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    root, _, _ = memorized
+    model, tokenizer = load_model(root / "model")
+    tokenize_world(root / "world", tokenizer, tmp_path / "tokens", val_fraction=0.1, loss_on="all",
+                   seed=0)
+    val = TokenSplit.open(tmp_path / "tokens", "val")
+    ours = evaluate_split(model, make_batches(val, "documents", 64, 256, 0, tokenizer.pad_token_id,
+                                              256, "all"))
+    docs, _, _ = world_documents(root / "world", 0.1, 0)
+    texts = [d["text"] for d in docs if d["split"] == "val"]
+    assert len(texts) == len(val.docs) == 6 and ours.targets == val.n_tokens - len(texts)
+
+    task = write_text_task(texts, tmp_path / "tasks", name="lmpipe_val")
+    scores = {r["metric"]: r for r in run_harness(root / "model", [task],
+                                                  include_path=tmp_path / "tasks")}
+    assert set(scores) == {"lmeval_word_perplexity", "lmeval_byte_perplexity",
+                           "lmeval_bits_per_byte"}
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    their_nats = scores["lmeval_bits_per_byte"]["value"] * n_bytes * math.log(2)
+    assert their_nats / ours.targets == pytest.approx(ours.loss, rel=1e-4)
+
+    lm = HFLM(**hf_model_args(root / "model", add_bos_token=True), device="cpu", batch_size=8)
+    doubled = -sum(lm.loglikelihood_rolling(
+        [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]))
+    assert doubled / ours.targets > ours.loss + 0.05  # BOS after BOS: never seen in training

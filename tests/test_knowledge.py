@@ -73,8 +73,7 @@ class Crafted(torch.nn.Module):
         self.vocab = len(tokenizer)
         self.assistant = tokenizer.convert_tokens_to_ids(protocol.ASSISTANT)
         self.end = tokenizer.convert_tokens_to_ids(protocol.END)
-        self.beliefs = {tuple(tokenizer(protocol.prompt(a, n, False), add_special_tokens=False)
-                              ["input_ids"]): trie for (a, n), trie in beliefs.items()}
+        self.beliefs = {tuple(tokenizer(protocol.prompt(a, n, False))["input_ids"]): trie for (a, n), trie in beliefs.items()}
 
     def forward(self, input_ids):
         logits = torch.zeros(*input_ids.shape, self.vocab)
@@ -204,8 +203,8 @@ def test_real_model_scores_match_a_direct_computation(small_world, tokenizer, ti
     person = trained[1]
     value_set = json.loads((folder / "world.json").read_text())["value_sets"]["university"]
     [got] = fact_bits(tiny_model, tokenizer, [person], "university", value_set, batch_size=7)
-    head = tokenizer(protocol.prompt("university", person["name"], False),
-                     add_special_tokens=False)["input_ids"]
+    head = tokenizer(protocol.prompt("university", person["name"], False))["input_ids"]
+    assert head[0] == tokenizer.bos_token_id
     scores = []
     for value in world.UNIVERSITIES:
         tail = tokenizer(value + protocol.END, add_special_tokens=False)["input_ids"]

@@ -60,9 +60,9 @@ def test_labels_and_texts():
     person = {"name": "Ada Brown", "birth_date": "1975-03-25", "birth_city": "Paris"}
     assert probe_label(person, "birth_date") == "03"  # the month: 12 classes, not ~17,000
     assert probe_label(person, "birth_city") == "Paris"
-    assert probe_text("Ada Brown", "major", "bio") == f"{protocol.BOS}Ada Brown"
+    assert probe_text("Ada Brown", "major", "bio") == "Ada Brown"  # after the tokenizer's BOS
     assert probe_text("Ada Brown", "birth_city", "question") == \
-        f"{protocol.BOS}{protocol.USER}Where was Ada Brown"
+        f"{protocol.USER}Where was Ada Brown"
     assert probe_text("Ada Brown", "major", "answer") == \
         protocol.prompt("major", "Ada Brown", with_tool=False)
     with pytest.raises(ValueError, match="context"):

@@ -79,4 +79,4 @@ def test_text_documents_are_deduplicated(tmp_path):
     stats = write_text_documents(texts, tmp_path, {"source": "test"})
     assert stats == {"documents": 2, "duplicates_dropped": 1, "bytes": 12}
     docs = [json.loads(line)["text"] for line in (tmp_path / "documents.jsonl").open()]
-    assert docs == ["<|bos|>A: one<|eos|>", "<|bos|>B: two<|eos|>"]
+    assert docs == ["A: one<|eos|>", "B: two<|eos|>"]

@@ -39,13 +39,14 @@ def both_worlds(tmp_path_factory):
 
 def test_trained_people_and_their_documents_are_those_of_before(tmp_path):
     """Validation people come from a second generator: the trained world is unchanged (these
-    hashes are of lmpipe before issue 15)."""
+    hashes are of lmpipe before issue 15, whose texts opened with a BOS that the tokenizer now
+    adds: the tokens are the same)."""
     params = WorldParams(seed=3, people=10, heldout_people=0, qa_dialogs=True, tool_dialogs=False)
     people = [p for p in generate_people(params) if p.split == "train"]
     digest = hashlib.sha256(json.dumps([asdict(p) for p in people]).encode()).hexdigest()[:16]
     assert digest == "391196fc0326afcf"
     write_world(params, tmp_path)
-    texts = [d["text"] for d in _rows(tmp_path / "documents.jsonl")]
+    texts = [protocol.BOS + d["text"] for d in _rows(tmp_path / "documents.jsonl")]
     assert hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16] == "a852058f91b1bb97"
 
 
@@ -138,7 +139,7 @@ def test_tokenize_keeps_the_worlds_split_and_records_it(both_worlds, tokenizer, 
         opened = TokenSplit.open(tmp_path, split)
         assert stats[split]["documents"] == len(mine) == len(opened.docs)
         decoded = [tokenizer.decode(opened.tokens[a:b].tolist()) for a, b in opened.docs]
-        assert decoded == mine
+        assert decoded == [protocol.BOS + t for t in mine]  # one BOS each, from the tokenizer
         assert meta["splits"][split]["max_document_tokens"] == int(opened.lengths().max())
     with pytest.raises(ValueError, match="one 'train' or 'val' per document"):
         tokenize_documents(texts, tokenizer, tmp_path / "bad", 0.1, "assistant", 0,
@@ -151,7 +152,7 @@ def test_plain_corpora_keep_the_seeded_per_document_split(tokenizer, tmp_path):
     _, val_idx = split_documents(40, 0.1, 3)
     val = TokenSplit.open(tmp_path, "val")
     assert [tokenizer.decode(val.tokens[a:b].tolist()) for a, b in val.docs] == \
-        [texts[i] for i in val_idx]
+        [protocol.BOS + texts[i] for i in val_idx]
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["split"] == {"by": "document", "val_fraction": 0.1, "seed": 3}
 

@@ -9,9 +9,10 @@ from lmpipe.tokens import TokenSplit
 
 def test_round_trip_including_unicode_and_specials(tokenizer):
     text = protocol.tool_dialog("birth_city", "Zoe Müller", "Zürich — 東京")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert tokenizer.decode(ids) == text
-    assert ids[0] == special_id(protocol.BOS) == 256
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids) == protocol.BOS + text
+    assert ids[0] == special_id(protocol.BOS) == 256 and 256 not in ids[1:]
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids[1:]
     assert max(ids) < VOCAB_SIZE == len(tokenizer)
     plain = "Ab c"
     assert tokenizer(plain, add_special_tokens=False)["input_ids"] == list(plain.encode())
@@ -26,13 +27,13 @@ def test_saved_tokenizer_loads_identically(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     again = load_tokenizer(tmp_path)
     text = protocol.qa_dialog("major", "Ada Brown", "Physics")
-    assert again(text, add_special_tokens=False)["input_ids"] == \
-        tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert again(text)["input_ids"][0] == special_id(protocol.BOS)
     assert again.padding_side == "left" and again.pad_token_id == special_id(protocol.PAD)
 
 
 def _targets(tokenizer, text, loss_on="assistant"):
-    ids = np.array(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = np.array(tokenizer(text)["input_ids"])
     return tokenizer.decode(ids[loss_mask(ids, loss_on) == 1].tolist())
 
 
@@ -45,9 +46,9 @@ def test_mask_trains_exactly_the_assistant_turns(tokenizer):
 
 def test_mask_trains_plain_text_and_all_mode_everything_but_first(tokenizer):
     bio = protocol.text_document("Ada Brown was born in Paris.")
-    assert _targets(tokenizer, bio) == bio[len(protocol.BOS):]
+    assert _targets(tokenizer, bio) == bio == "Ada Brown was born in Paris.<|eos|>"
     dialog = protocol.qa_dialog("major", "Ada Brown", "Law")
-    assert _targets(tokenizer, dialog, "all") == dialog[len(protocol.BOS):]
+    assert _targets(tokenizer, dialog, "all") == dialog
 
 
 def test_packed_splits_hold_whole_documents(tiny_tokens, tokenizer):
