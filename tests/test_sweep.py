@@ -302,7 +302,7 @@ def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
     exposures = sorted((p.overrides["teacher.model.d_model"],  # steps x 32 docs / (7 docs x people)
                         p.overrides["teacher.train.steps"] * 32 / (7 * p.overrides["world.people"]))
                        for p in grid.points)
-    assert exposures == [(16, 100.0), (16, 300.0), (32, 100.0)]
+    assert exposures == [(16, 100.0), (32, 100.0), (32, 300.0)]
     tiny = ["teacher.model.d_model=16", "teacher.model.n_layers=1", "world.people=8",
             "teacher.train.steps=20", "teacher.train.batch_size=8", "teacher.train.eval_every=10",
             "teacher.train.warmup_steps=2", "eval.trained_people=8", "world.heldout_people=4",
