@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lmpipe import protocol  # noqa: E402
-from lmpipe.evaluate import questions_for, sample_people  # noqa: E402
+from lmpipe.evaluate import questions_for  # noqa: E402
+from lmpipe.tooldb import sample_people  # noqa: E402
 from lmpipe.generate import Sampling, generate  # noqa: E402
 from lmpipe.model import load_model  # noqa: E402
 from lmpipe.tooldb import PeopleDB  # noqa: E402

@@ -35,9 +35,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished, checkpoint_step,
-                                    eval_log, evaluate_checkpoint, evaluated_steps,
-                                    live_run_folder, pending_checkpoints, preload)
+from lmpipe.checkpoint import checkpoint_step
+from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished, eval_log,
+                                    evaluate_checkpoint, evaluated_steps, live_run_folder,
+                                    pending_checkpoints, preload)
 from lmpipe.config import ConfigError, load_params
 from lmpipe.paths import PARAMS, TOKENS, WORLD, run_dir
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmpipe.quantize import ternarize
+from lmpipe.ternary import ternarize
 
 
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,14 @@ from safetensors.torch import load_file
 PREFIX = "step_"
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a `step_N` checkpoint folder, from its name."""
+    name = Path(path).name
+    if not name.startswith(PREFIX) or not name[len(PREFIX):].isdigit():
+        raise ValueError(f"{path}: not a checkpoint folder (expected {PREFIX}<step>)")
+    return int(name[len(PREFIX):])
+
+
 def fingerprint(params: dict[str, Any]) -> str:
     """A hash of the parameters that define a run: a checkpoint resumes only the same run."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -13,6 +13,8 @@ flows/async_eval.py.
 
 `CheckpointEvalConfig` holds only strings and numbers, so it crosses process and Prefect task
 boundaries as JSON; the database is opened read-only inside the eval, never carried in the config.
+torch, transformers and the eval helpers are imported inside the functions that use them, so the
+watcher starts in well under a second and pays for them once, in `preload`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmpipe.outputs import staging_dir
-from lmpipe.checkpoint import PREFIX, list_checkpoints
+from lmpipe.checkpoint import checkpoint_step, list_checkpoints
+from lmpipe.jsonl import append_jsonl, read_jsonl
 
 EVALS_FILE = "evals.jsonl"
 EVAL_LOG_FILE = "checkpoint_evals.jsonl"
@@ -61,14 +64,6 @@ class CheckpointEvalConfig(BaseModel):
 
 
 # -- the run folder --------------------------------------------------------------------------------
-def checkpoint_step(path: Path) -> int:
-    """The step of a `step_N` checkpoint folder, from its name."""
-    name = Path(path).name
-    if not name.startswith(PREFIX) or not name[len(PREFIX):].isdigit():
-        raise ValueError(f"{path}: not a checkpoint folder (expected {PREFIX}<step>)")
-    return int(name[len(PREFIX):])
-
-
 def pending_checkpoints(run_folder: str | Path, done_steps: set[int]) -> list[Path]:
     """Finished checkpoints of the run whose step is not in `done_steps`, oldest first.
 
@@ -83,22 +78,6 @@ def pending_checkpoints(run_folder: str | Path, done_steps: set[int]) -> list[Pa
     return [p for p in found if checkpoint_step(p) not in done_steps]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON objects of a file appended to concurrently: a torn or blank line is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                records.append(obj)
-    return records
-
-
 def live_run_folder(run_dir: str | Path) -> Path:
     """Where a run's files are now: its staging folder while it trains (lmpipe/outputs.py), the
     run folder itself once it has finished and been published."""
@@ -108,14 +87,14 @@ def live_run_folder(run_dir: str | Path) -> Path:
 
 def evaluated_steps(run_folder: str | Path) -> set[int]:
     """Steps whose checkpoint has been evaluated (per `checkpoint_evals.jsonl`)."""
-    return {int(r["step"]) for r in _read_jsonl(Path(run_folder) / EVAL_LOG_FILE)
+    return {int(r["step"]) for r in read_jsonl(Path(run_folder) / EVAL_LOG_FILE)[0]
             if r.get("status") == "done" and isinstance(r.get("step"), int)}
 
 
 def eval_log(run_folder: str | Path) -> list[dict[str, Any]]:
     """Every line of the run's `checkpoint_evals.jsonl`: step, started_at/ended_at (unix time),
     seconds, train_step_at_start/_end (last step in metrics.jsonl then), status."""
-    return _read_jsonl(Path(run_folder) / EVAL_LOG_FILE)
+    return read_jsonl(Path(run_folder) / EVAL_LOG_FILE)[0]
 
 
 def latest_logged_step(run_folder: str | Path) -> int | None:
@@ -140,22 +119,6 @@ def latest_logged_step(run_folder: str | Path) -> int | None:
         if isinstance(step, int):
             return step
     return None
-
-
-def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records with one `write` on an O_APPEND descriptor: concurrent writers (several
-    eval threads) never interleave inside a line, and a reader sees a checkpoint's records whole."""
-    if not records:
-        return
-    data = "".join(json.dumps(r, default=float) + "\n" for r in records).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = os.write(fd, data)
-        while written < len(data):  # a regular file takes it whole; a short write is not an error
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def clear_eval_series(run_folder: str | Path) -> None:
@@ -247,12 +210,10 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
     import torch
 
     from lmpipe.batching import make_batches
-    from lmpipe.evaluate import (accuracy_records, questions_for, sample_people,
-                                 tool_call_records)
-    from lmpipe.generate import answer_questions
+    from lmpipe.evaluate import score_questions
     from lmpipe.losses import evaluate_loss
     from lmpipe.tokens import TokenSplit
-    from lmpipe.tooldb import PeopleDB
+    from lmpipe.tooldb import PeopleDB, sample_people
 
     checkpoint = Path(checkpoint_dir)
     run = live_run_folder(config.run_dir)
@@ -282,15 +243,10 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
             for split, db_split, count in (("trained", "train", config.trained_people),
                                            ("heldout", "heldout", config.heldout_people)):
                 people = sample_people(db, db_split, count, config.seed)
-                if not people:
-                    continue
-                questions = questions_for(people)
-                exchanges = answer_questions(model, tokenizer, [(a, n) for a, n, _ in questions],
-                                             db, max_new_tokens=config.max_new_tokens,
-                                             batch_size=config.batch_size)
-                records += [r for r in accuracy_records("tool_accuracy", split, questions, exchanges)
-                            if r["attribute"] is None]
-                records += tool_call_records(split, questions, exchanges)
+                if people:
+                    scored, _ = score_questions(model, tokenizer, split, people, db,
+                                                config.max_new_tokens, config.batch_size)
+                    records += [r for r in scored if r["attribute"] is None]
     # the run may have been published (staging renamed into place) while we evaluated
     run = live_run_folder(config.run_dir)
     name = _run_name(config, run)

@@ -1,5 +1,8 @@
 """The `lmpipe` command: run recipes and sweeps, index runs into DuckDB, render reports, query the
-store or export it as Parquet, generate with a model (streaming, with the database tool)."""
+store or export it as Parquet, generate with a model (streaming, with the database tool).
+
+Each command imports what it needs inside its own function, so `lmpipe --help`, `lmpipe index`
+or `lmpipe query` do not pay seconds for torch and transformers."""
 
 from __future__ import annotations
 

@@ -21,6 +21,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# the checks between sections; they name the section classes below for type checking only
+from lmpipe.params_checks import environment_problems, problems
+
 
 class ConfigError(ValueError):
     """Bad parameters: the message names the file, the key and what was expected."""
@@ -383,8 +386,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
-        from lmpipe.params_checks import problems  # it reads the sections defined above
-
         found = problems(self)
         if found:
             raise ParamsProblems(found)
@@ -524,8 +525,6 @@ def validate_params(tree: dict[str, Any], source: str = "params", *, environment
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(exc, source))) from None
     if environment:
-        from lmpipe.params_checks import environment_problems
-
         found = environment_problems(params, Path(root))
         if found:
             raise ConfigError("\n".join(problem.line(source) for problem in found))

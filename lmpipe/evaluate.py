@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -35,20 +34,17 @@ from typing import Any
 from lmpipe import protocol
 from lmpipe.config import EvalParams, Params, TrainParams
 from lmpipe.generate import Exchange, answer_questions, sample_text
+from lmpipe.harness import harness_records
 from lmpipe.knowledge import knowledge_records
+from lmpipe.linear_probe import eval_records
 from lmpipe.model import count_parameters, load_model, tensor_headers
 from lmpipe.progress import progress
 from lmpipe.runlog import RunLog
 from lmpipe.ternary_packing import INT8_FILE
 from lmpipe.tokens import TokenSplit
-from lmpipe.tooldb import PeopleDB
+from lmpipe.tooldb import PeopleDB, sample_people
 from lmpipe.batching import make_batches
 from lmpipe.losses import evaluate_split
-
-
-def sample_people(db: PeopleDB, split: str, count: int, seed: int) -> list[dict[str, str]]:
-    people = db.people(split)
-    return random.Random(f"{seed}-{split}").sample(people, min(count, len(people)))
 
 
 def questions_for(people: list[dict[str, str]]) -> list[tuple[str, str, str]]:
@@ -101,6 +97,23 @@ def tool_call_records(split: str, questions: list[tuple[str, str, str]],
              "n": n} for metric, count in counts.items()]
 
 
+def score_questions(model, tokenizer, split: str, people: list[dict[str, str]],
+                    db: PeopleDB | None, max_new_tokens: int, batch_size: int
+                    ) -> tuple[list[dict[str, Any]], list[Exchange]]:
+    """Ask every attribute of `people`, greedily: from memory (`recall`) without `db`, with the
+    database tool (`tool_accuracy`, plus the tool-call rates) with it. Returns the eval records,
+    overall and per attribute, and the transcripts. The one scorer of the eval stage, checkpoint
+    evals (lmpipe/checkpoint_eval.py) and the training hook (lmpipe/train_accuracy.py)."""
+    questions = questions_for(people)
+    exchanges = answer_questions(model, tokenizer, [(a, n) for a, n, _ in questions], db,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    metric = "recall" if db is None else "tool_accuracy"
+    records = accuracy_records(metric, split, questions, exchanges)
+    if db is not None:
+        records += tool_call_records(split, questions, exchanges)
+    return records, exchanges
+
+
 def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
                    trained: list[dict[str, str]], heldout: list[dict[str, str]],
                    val_sampling: TrainParams, harness_dir: Path | None = None
@@ -130,26 +143,18 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
         records += knowledge_records(model, tokenizer, db, count_parameters(model),
                                      params.batch_size, people=trained)
     if params.linear_probe and db is not None:  # what each layer holds linearly about a person
-        from lmpipe.linear_probe import eval_records  # scikit-learn is an optional dependency
         probed = sample_people(db, "train", params.linear_probe_people, params.seed)
         records += eval_records(model, tokenizer, probed, params.linear_probe_context,
                                 params.seed, params.batch_size)
     transcripts = {}
-    generation = {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size}
     for metric, split, people, tool in [("recall", "trained", trained, None),
                                         ("tool_accuracy", "trained", trained, db),
                                         ("tool_accuracy", "heldout", heldout, db)]:
-        if not people:
-            continue
-        questions = questions_for(people)
-        exchanges = answer_questions(model, tokenizer, [(a, n) for a, n, _ in questions], tool,
-                                     **generation)
-        records += accuracy_records(metric, split, questions, exchanges)
-        if tool is not None:
-            records += tool_call_records(split, questions, exchanges)
-        transcripts[f"{metric}/{split}"] = exchanges
+        if people:
+            scored, transcripts[f"{metric}/{split}"] = score_questions(
+                model, tokenizer, split, people, tool, params.max_new_tokens, params.batch_size)
+            records += scored
     if params.harness_tasks:
-        from lmpipe.harness import harness_records  # lm-eval is an optional dependency
         records += harness_records(model_dir, params, db, trained, harness_dir)
     return records, transcripts
 

@@ -90,6 +90,12 @@ import numpy as np
 import torch
 
 from lmpipe import protocol
+from lmpipe.checkpoint import checkpoint_step, list_checkpoints
+from lmpipe.model import load_model
+from lmpipe.paths import TOKENIZER
+from lmpipe.tokenizer import load_tokenizer
+from lmpipe.tooldb import PeopleDB, sample_people
+from lmpipe.world import BIO_TEMPLATES
 
 PROBE_FILE = "linear_probes.jsonl"
 CONTEXTS = ("bio", "question", "answer")
@@ -141,8 +147,6 @@ def probe_continuation(person: Mapping[str, str], attribute: str,
         text = protocol.question(attribute, name)
         return f"{text[text.index(name) + len(name):]}{protocol.END}{protocol.ASSISTANT}"
     if context == "bio":
-        from lmpipe.world import BIO_TEMPLATES
-
         # the first template that opens with the name, up to its next fact: " was born on "
         template = next(t for t in BIO_TEMPLATES if t.startswith("{name}"))
         return template[len("{name}"):].split("{", 1)[0]
@@ -342,9 +346,6 @@ def control_scores(states: np.ndarray, labels: Sequence[str], tokens: Sequence[i
 
 # -- a run's checkpoints -------------------------------------------------------------------------
 def _tokenizer_for(run: Path, tokenizer_dir: Path | None):
-    from lmpipe.paths import TOKENIZER
-    from lmpipe.tokenizer import load_tokenizer
-
     # checkpoints hold weights only: the tokenizer is the one saved with the final model, or the
     # tokenize stage's
     candidates = [tokenizer_dir] if tokenizer_dir is not None else [run / "model", TOKENIZER]
@@ -370,9 +371,6 @@ def run_models(run: str | Path,
                which: Literal["all", "final"] = "all") -> list[tuple[str, int, Path]]:
     """(checkpoint label, step, folder) of what to probe: each checkpoint oldest first, then the
     final model (`RUN/model`) when it exists."""
-    from lmpipe.checkpoint import list_checkpoints
-    from lmpipe.checkpoint_eval import checkpoint_step
-
     run = Path(run)
     if which not in ("all", "final"):
         raise ValueError(f"checkpoints must be 'all' or 'final', got {which!r}")
@@ -388,8 +386,6 @@ def run_models(run: str | Path,
 
 
 def _load(folder: Path, tokenizer):
-    from lmpipe.model import load_model
-
     if folder.name != "model":  # a checkpoint: save_pretrained weights, no tokenizer
         from transformers import AutoModelForCausalLM
 
@@ -404,9 +400,6 @@ def probe_run(run: str | Path, db_path: str | Path, people: int | None = None, s
               batch_size: int = 256) -> tuple[list[dict[str, Any]], Path]:
     """Probe every checkpoint and the final model of `run` on its world's trained people (at most
     `people` of them, a seeded sample); write `RUN/linear_probes.jsonl`. Returns (records, path)."""
-    from lmpipe.evaluate import sample_people
-    from lmpipe.tooldb import PeopleDB
-
     run = Path(run)
     require_sklearn()
     if context not in CONTEXTS:

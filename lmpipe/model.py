@@ -13,6 +13,7 @@ from lmpipe import protocol
 from lmpipe.config import ModelParams
 from lmpipe.context import rope_parameters
 from lmpipe.init import initialize_
+from lmpipe.quantized_load import load_quantized, quantization_config_of
 from lmpipe.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
 
 
@@ -108,7 +109,6 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, object]:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a model directory (no config.json)")
-    from lmpipe.quantized_load import load_quantized, quantization_config_of
     if quantization_config_of(folder) is not None:  # packed ternary or int8: lmpipe's own loader
         return load_quantized(folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import torch
 
 from lmpipe.config import ProbeParams
+from lmpipe.jsonl import read_jsonl
 from lmpipe.probe_stats import attention_entropy, summary_stats
 
 ATTENTION_SEQUENCES = 4
@@ -196,11 +197,6 @@ class ProbeRecorder:
         path = None if self.folder is None else self.folder / "probes.jsonl"
         if path is None or not path.is_file():
             return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line + "\n")
-            except ValueError:
-                continue  # a line cut short by the kill that made us resume
-        path.write_text("".join(kept), encoding="utf-8")
+        # a line cut short by the kill that made us resume is dropped
+        kept = [r for r in read_jsonl(path)[0] if r.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")

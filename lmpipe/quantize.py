@@ -1,11 +1,10 @@
-"""Ternary (BitNet b1.58, absmean) quantization of a model's linear layers, and the quantize stage.
+"""The quantize stage: the distilled student as ternary (BitNet b1.58) and int8 models.
 
-For each weight matrix W: gamma = mean|W|, W_q = clip(round(W / (gamma + eps)), -1, 1), and the
-layer computes with W_q * gamma. `quantize_run` produces the stage's models: quantization-aware
-fine-tuning of the distilled student (lmpipe/bitlinear.py) or post-training quantization, both
-saved packed 2 bits per weight in transformers' BitNet layout (lmpipe/ternary_export.py), and an
-int8 weight-only baseline (a compact int8 file beside its dequantized float twin, which is what
-transformers loads: it has no int8 format of this kind).
+The absmean rule itself is `lmpipe.ternary`. `quantize_run` produces the stage's models:
+quantization-aware fine-tuning of the distilled student (lmpipe/bitlinear.py) or post-training
+quantization, both saved packed 2 bits per weight in transformers' BitNet layout
+(lmpipe/ternary_export.py), and an int8 weight-only baseline (a compact int8 file beside its
+dequantized float twin, which is what transformers loads: it has no int8 format of this kind).
 """
 
 from __future__ import annotations
@@ -15,34 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmpipe.config import Params
-
-EPS = 1e-5
-
-
-def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (ternary codes in {-1, 0, 1}, scale gamma) for one weight matrix."""
-    gamma = weight.abs().mean()
-    codes = (weight / (gamma + EPS)).round().clamp(-1, 1)
-    return codes, gamma
-
-
-@torch.no_grad()
-def quantize_ternary_(model: torch.nn.Module, skip: list[str]) -> dict[str, float]:
-    """Replace every nn.Linear weight (names not matching `skip`) with its ternary approximation."""
-    scales: dict[str, float] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or any(s in name for s in skip):
-            continue
-        codes, gamma = ternarize(module.weight)
-        module.weight.copy_(codes * gamma)
-        scales[name] = float(gamma)
-    if not scales:
-        raise ValueError("quantize: the model has no nn.Linear layers outside "
-                         f"quantize.skip_modules={skip}; nothing to quantize")
-    return scales
+from lmpipe.model import load_model
+from lmpipe.model_card import write_model_card
+from lmpipe.runlog import RunLog
+from lmpipe.runs import distill
+from lmpipe.ternary_export import export_int8, export_ternary
 
 
 def quantize_run(params: Params, source_dir: Path, out: Path, tokens_dir: Path,
@@ -51,12 +28,6 @@ def quantize_run(params: Params, source_dir: Path, out: Path, tokens_dir: Path,
     `out/model` (QAT fine-tuning or PTQ, `quantize.method`), plus for comparison its plain PTQ
     (`out/ptq`, with QAT) and an int8 weight-only baseline (`out/int8`). Writes
     `out/quantization.json` with each export's sizes."""
-    from lmpipe.model import load_model
-    from lmpipe.model_card import write_model_card
-    from lmpipe.runlog import RunLog
-    from lmpipe.runs import distill
-    from lmpipe.ternary_export import export_int8, export_ternary
-
     q = params.quantize
     exports: dict[str, dict[str, Any]] = {}
     if q.method == "qat":

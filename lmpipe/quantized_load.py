@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from lmpipe.tokenizer import load_tokenizer
 from lmpipe.ternary_packing import (BITNET, INT8, INT8_FILE, WEIGHTS_FILE, TernaryLinear,
                                     converted_by_transformers, packed_shape)
 
@@ -102,8 +103,6 @@ def load_quantized(model_dir: str | Path) -> tuple[nn.Module, Any]:
     are replaced (TernaryLinear, or nn.Linear with dequantized int8 weights), and every other
     tensor is loaded as saved. Tensor shapes are checked against the config first."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    from lmpipe.tokenizer import load_tokenizer
 
     folder = Path(model_dir)
     config_path = folder / "config.json"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lmpipe
+from lmpipe.jsonl import read_jsonl
 from lmpipe.profiler import memory_record
 
 
@@ -92,14 +93,8 @@ class RunLog:
         """Keep only the records logged at or before `step` (0 = start the metrics afresh)."""
         path = self.folder / "metrics.jsonl"
         self._metrics.close()
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines() if step > 0 else []:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the kill that made us resume
-            if record.get("step", 0) <= step:
-                kept.append(record)
+        # a line cut short by the kill that made us resume is dropped
+        kept = [r for r in read_jsonl(path)[0] if r.get("step", 0) <= step] if step > 0 else []
         path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         self._curve = [r for r in kept if "loss" in r]
         self._metrics = open(path, "a", encoding="utf-8")

@@ -11,11 +11,13 @@ dataset name works as `data.path` when the user is online (HF_HUB_OFFLINE=0).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
 
+from lmpipe import protocol
 from lmpipe.artifacts import file_sha256
 
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
@@ -122,10 +124,6 @@ def paragraphs(text: str) -> list[str]:
 
 def write_text_documents(texts: list[str], out_dir: Path, describe: dict) -> dict[str, int]:
     """Write deduplicated plain-text documents as `documents.jsonl` (what `tokenize` reads)."""
-    import json
-
-    from lmpipe import protocol
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     unique = list(dict.fromkeys(texts))

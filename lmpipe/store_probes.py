@@ -15,10 +15,11 @@ Unreadable lines are skipped and counted, like every other log the store reads.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from lmpipe.jsonl import read_jsonl
 
 PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("point", "VARCHAR"),
                   ("site", "VARCHAR"), ("layer", "BIGINT"), ("depth", "BIGINT"),
@@ -33,26 +34,6 @@ LINEAR_PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("checkpoint
 PROBE_KEYS = {"step", "point", "site", "layer", "depth", "kind"}
 
 
-def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
-    if not path.is_file():
-        return [], 0
-    records, skipped = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                skipped += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                skipped += 1
-    return records, skipped
-
-
 def _int(x: Any) -> int | None:
     return x if type(x) is int else None
 
@@ -63,7 +44,7 @@ def _num(x: Any) -> float | None:
 
 def read_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
     """Append the rows of `folder/probes.jsonl` to `out`; return the skipped line count."""
-    records, skipped = _records(folder / "probes.jsonl")
+    records, skipped = read_jsonl(folder / "probes.jsonl")
     for r in records:
         if _int(r.get("step")) is None or not isinstance(r.get("point"), str):
             skipped += 1
@@ -77,7 +58,7 @@ def read_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
 
 def read_linear_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
     """Append the rows of `folder/linear_probes.jsonl` to `out`; return the skipped line count."""
-    records, skipped = _records(folder / "linear_probes.jsonl")
+    records, skipped = read_jsonl(folder / "linear_probes.jsonl")
     for r in records:
         if _int(r.get("layer")) is None or _num(r.get("accuracy")) is None:
             skipped += 1

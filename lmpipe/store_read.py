@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lmpipe.jsonl import read_jsonl
 from lmpipe.store_probes import read_linear_probes, read_probes
 
 log = logging.getLogger(__name__)
@@ -104,24 +105,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         log.warning("ignoring unreadable %s", path)
         return {}
     return obj if isinstance(obj, dict) else {}
-
-
-def _lines(path: Path) -> tuple[list[str], int]:
-    """The lines of `path` (blank ones included), and how many were not valid UTF-8."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    try:
-        return data.decode("utf-8").split("\n"), 0
-    except UnicodeDecodeError:
-        lines, bad = [], 0
-        for raw in data.split(b"\n"):
-            try:
-                lines.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                bad += 1
-        return lines, bad
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -268,23 +251,12 @@ def _read_metrics(path: Path, rows: Rows) -> int:
 
     The hot loop of indexing (a million values for a thousand runs): bound methods and type
     checks only, one step and one row count per line rather than per value."""
-    lines, skipped = _lines(path)
-    loads = json.loads
+    records, skipped = read_jsonl(path)
     names_append, values_append = rows.metric_names.append, rows.metric_values.append
     steps_append, counts_append = rows.metric_line_steps.append, rows.metric_line_rows.append
     values = rows.metric_values
     first = len(values)
-    for line in lines:
-        if not line or line.isspace():
-            continue
-        try:
-            record = loads(line)
-        except (ValueError, RecursionError):
-            skipped += 1
-            continue
-        if type(record) is not dict:
-            skipped += 1
-            continue
+    for record in records:
         step = record.get("step")
         if type(step) is not int or not INT64_MIN <= step <= INT64_MAX:
             step = _integer(step)  # 3.0 counts as step 3; a bool, string or 3.5 does not
@@ -305,16 +277,9 @@ def _read_metrics(path: Path, rows: Rows) -> int:
 
 def _read_evals(path: Path, run_id: str, out: list[tuple]) -> int:
     """Append `path`'s eval records to `out`; return the skipped line count."""
-    lines, skipped = _lines(path)
-    for line in lines:
-        if not line or line.isspace():
-            continue
-        try:
-            r = json.loads(line)
-        except (ValueError, RecursionError):
-            skipped += 1
-            continue
-        if not (isinstance(r, dict) and isinstance(r.get("model"), str)
+    records, skipped = read_jsonl(path)
+    for r in records:
+        if not (isinstance(r.get("model"), str)
                 and isinstance(r.get("metric"), str) and _is_number(r.get("value"))):
             skipped += 1
             continue

@@ -9,6 +9,7 @@ The task runner decides where points run: threads on this machine (default), or 
 cluster (`runner="dask"`) or an existing scheduler (`dask_address="tcp://host:8786"`), whose workers
 must see the project directory and its DVC cache (a shared filesystem). The flow is also a
 deployment (flows/prefect.yaml) for a Prefect work pool.
+The store and the reports are imported only when the flow reaches them (inside the functions).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ config) that `AutoModelForCausalLM.from_pretrained` loads computing what lmpipe 
 refuses with an error; never one it runs silently wrong:
 
 * **ternary** (`quant_method: "bitnet"`): every quantized linear weight is ternarized per tensor
-  with absmean (`lmpipe.quantize.ternarize`) and stored in transformers' BitNet layout: the codes
+  with absmean (`lmpipe.ternary.ternarize`) and stored in transformers' BitNet layout: the codes
   + 1 in 2-bit fields, 4 values per uint8 along dim 0 (`<name>.weight`, shape
   `(ceil(out/4), in)`; value i of a packed row comes from rows `[i*row_dim, (i+1)*row_dim)`), with
   `<name>.weight_scale = [1/gamma]` (transformers' BitLinear divides its output by the scale).
@@ -41,7 +41,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lmpipe.quantize import ternarize
+from lmpipe.model import save_tokenizer
+from lmpipe.ternary import ternarize
 from lmpipe.ternary_packing import (BITNET, INT8, INT8_FILE, VALUES_PER_BYTE, WEIGHTS_FILE,
                                     converted_by_transformers, pack_ternary)
 
@@ -120,8 +121,7 @@ def _write_directory(model: nn.Module, tokenizer: Any, out_dir: Path,
     weights = out_dir / WEIGHTS_FILE
     save_file(tensors, str(weights), metadata={"format": "pt"})
     if tokenizer is not None:
-        from lmpipe.model import save_tokenizer  # no transient padding state in the saved file
-
+        # save_tokenizer: no transient padding state in the saved file
         save_tokenizer(tokenizer, out_dir)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out_dir)

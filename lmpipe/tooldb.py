@@ -7,6 +7,7 @@ model writes is ever spliced into SQL, and the connection itself cannot write.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import duckdb
@@ -51,3 +52,10 @@ class PeopleDB:
         cursor = self.con.execute("SELECT * FROM people WHERE split = ? ORDER BY name", [split])
         columns = [c[0] for c in cursor.description]
         return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def sample_people(db: PeopleDB, split: str, count: int, seed: int) -> list[dict[str, str]]:
+    """`count` people of `split` (all of them if fewer), drawn with `seed`: the people an eval,
+    a checkpoint eval, the training accuracy hook or a linear probe asks about."""
+    people = db.people(split)
+    return random.Random(f"{seed}-{split}").sample(people, min(count, len(people)))

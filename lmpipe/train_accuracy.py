@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from lmpipe.evaluate import accuracy_records, questions_for, sample_people, tool_call_records
-from lmpipe.generate import answer_questions
-from lmpipe.tooldb import PeopleDB
+from lmpipe import protocol
+from lmpipe.evaluate import score_questions
+from lmpipe.tooldb import PeopleDB, sample_people
 
 
 def accuracy_hook(db_path: Path, tokenizer, people: int, seed: int = 0,
@@ -25,23 +25,18 @@ def accuracy_hook(db_path: Path, tokenizer, people: int, seed: int = 0,
     """A function of the model returning {"recall": .., "tool_accuracy": .., and the three
     tool-call rates} on a fixed sample."""
     with PeopleDB(db_path) as db:
-        questions = questions_for(sample_people(db, "train", people, seed))
-    asked = [(attribute, name) for attribute, name, _ in questions]
+        asked = sample_people(db, "train", people, seed)
+    batch = len(asked) * len(protocol.ATTRIBUTES)  # every question in one batch
 
     def score(model: torch.nn.Module) -> dict[str, float]:
         was_training = model.training
         model.eval()
         out = {}
         with PeopleDB(db_path) as db, torch.no_grad():
-            for metric, tool in (("recall", None), ("tool_accuracy", db)):
-                exchanges = answer_questions(model, tokenizer, asked, tool, max_new_tokens,
-                                             batch_size=len(asked))
-                [overall] = [r for r in accuracy_records(metric, "trained", questions, exchanges)
-                             if r["attribute"] is None]
-                out[metric] = overall["value"]
-                if tool is not None:
-                    out.update((r["metric"], r["value"])
-                               for r in tool_call_records("trained", questions, exchanges))
+            for tool in (None, db):
+                records, _ = score_questions(model, tokenizer, "trained", asked, tool,
+                                             max_new_tokens, batch)
+                out.update((r["metric"], r["value"]) for r in records if r["attribute"] is None)
         model.train(was_training)
         return out
 

@@ -16,7 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from lmpipe.checkpoint import list_checkpoints
-from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished, append_jsonl,
+from lmpipe.jsonl import append_jsonl
+from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished,
                                     eval_log, evaluate_checkpoint, evaluated_steps,
                                     latest_logged_step, pending_checkpoints)
 from lmpipe.report import render_report

@@ -11,7 +11,7 @@ from lmpipe.bitlinear import (BitLinear158, convert_to_bitlinear, qat_lambda, qu
                               set_lambda)
 from lmpipe.config import ModelParams, TrainParams
 from lmpipe.model import build_model
-from lmpipe.quantize import ternarize
+from lmpipe.ternary import ternarize
 
 
 def test_activation_quantization_is_per_token_absmax_int8():

@@ -14,7 +14,8 @@ import pytest
 
 from lmpipe import protocol
 from lmpipe.config import ModelParams, TrainParams, WorldParams
-from lmpipe.evaluate import accuracy_records, questions_for, sample_people
+from lmpipe.evaluate import accuracy_records, questions_for
+from lmpipe.tooldb import sample_people
 from lmpipe.tokens import (TokenSplit, check_trained_facts, read_documents, split_documents,
                            tokenize_documents, world_split)
 from lmpipe.tooldb import PeopleDB

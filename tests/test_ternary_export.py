@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from lmpipe.config import ModelParams
 from lmpipe.model import build_model, count_parameters, load_model
-from lmpipe.quantize import ternarize
+from lmpipe.ternary import ternarize
 from lmpipe.quantized_load import load_quantized
 from lmpipe.ternary_export import export_int8, export_ternary
 from lmpipe.ternary_packing import INT8_FILE, TernaryLinear, pack_ternary, unpack_ternary
