@@ -77,6 +77,33 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# ARCHITECTURE.md's groups, top to bottom: a module imports only from its group or those above
+LAYERS = {
+    "core": "paths outputs jsonl runlog progress profiler protocol",
+    "params": "config params_checks recipes artifacts run_identity",
+    "data": "world sources tooldb tokenizer tokenizer_kinds tokens batching masks",
+    "model": "model init context pretrained model_card ternary bitlinear ternary_packing "
+             "quantized_load ternary_export",
+    "train": "train checkpoint optim schedule losses distributed tracking probes probe_stats",
+    "distill": "distill teacher_cache",
+    "eval": "evaluate generate knowledge harness linear_probe checkpoint_eval train_accuracy",
+    "runs": "runs quantize entry",
+    "top": "store store_read store_probes store_spread report sweep sweep_run sweep_flow "
+           "dvc_plots cli",
+}
+
+
+def _layer(module: str) -> int:
+    """The index of `module`'s group (a subpackage's modules are in their package's group)."""
+    if module == "lmpipe":
+        return 0
+    top = module.split(".")[1]
+    for i, names in enumerate(LAYERS.values()):
+        if top in names.split():
+            return i
+    raise AssertionError(f"{module} is in no group of LAYERS: add it (and to ARCHITECTURE.md)")
+
+
 def test_the_detector_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
@@ -87,3 +114,12 @@ def test_lmpipe_has_no_import_cycles():
     assert {"lmpipe.quantize", "lmpipe.ternary", "lmpipe.evaluate"} <= set(graph)
     assert "lmpipe.ternary" in graph["lmpipe.bitlinear"]  # relative and package imports resolve
     assert _cycles(graph) == []
+
+
+def test_modules_import_only_their_own_group_or_the_groups_above():
+    graph = _graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                    if _layer(b) > _layer(a))
+    assert upward == []
+    assert _layer("lmpipe.distill.objective") == _layer("lmpipe.teacher_cache")
+    assert _layer("lmpipe.report.scaling") > _layer("lmpipe.evaluate") > _layer("lmpipe.train")
