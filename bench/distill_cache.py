@@ -33,15 +33,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmpipe.batching import make_batches  # noqa: E402
-from lmpipe.config import DistillParams, load_params  # noqa: E402
+from lmpipe.data.batching import make_batches  # noqa: E402
+from lmpipe.params.config import DistillParams, load_params  # noqa: E402
 from lmpipe.distill import build_objective  # noqa: E402
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
-from lmpipe.masks import model_attention_mask  # noqa: E402
-from lmpipe.model import build_model, load_model  # noqa: E402
-from lmpipe.sources import paragraphs  # noqa: E402
-from lmpipe.teacher_cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
-from lmpipe.tokens import TokenSplit, tokenize_documents  # noqa: E402
+from lmpipe.data.attention_masks import model_attention_mask  # noqa: E402
+from lmpipe.model.build import build_model, load_model  # noqa: E402
+from lmpipe.data.sources import paragraphs  # noqa: E402
+from lmpipe.distill.cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
+from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def reconstruction_kl(model, cache: TeacherCache, batches, batch_size: int,
     """Mean KL(teacher's full distribution || the cache's reconstruction), over all cached
     positions and over target positions, for up to `max_positions` positions; and the mean
     probability mass the top-k covers. The teacher reads with the mask the cache was written
-    with (`attention`, `token_mask`: lmpipe/masks.py)."""
+    with (`attention`, `token_mask`: lmpipe/data/attention_masks.py)."""
     total, count, target_total, target_count, covered = 0.0, 0, 0.0, 0, 0.0
     for batch in batches.sequential(batch_size):
         mask = model_attention_mask(attention, batch.positions, token_mask)
@@ -130,13 +130,13 @@ def time_steps(student, objective, batches, steps: int) -> float:
 
 
 def smollm2(shakespeare: Path, documents: int, steps: int) -> tuple[list[dict], dict]:
-    from lmpipe.pretrained import import_pretrained
-    from lmpipe.tokenizer_kinds import build_tokenizer
+    from lmpipe.model.pretrained import import_pretrained
+    from lmpipe.data.tokenizer_kinds import build_tokenizer
 
     recipe = load_params(ROOT / "recipes/shakespeare-smollm2.yaml")
     tokenizer = build_tokenizer("smollm2")
     work = Path(tempfile.mkdtemp(prefix="lmpipe-smollm2-"))
-    from lmpipe import protocol
+    from lmpipe.core import protocol
     texts = [protocol.text_document(t) for t in paragraphs(shakespeare.read_text())[:documents]]
     tokenize_documents(texts, tokenizer, work / "tokens", 0.1, "all", 0)
     teacher = import_pretrained("smollm2", tokenizer, work / "teacher").eval()

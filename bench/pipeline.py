@@ -7,7 +7,7 @@ headline, and each quantized model's size and accuracy against its float twin.
 
 `--seeds N` runs the experiment N times, one cold workspace after another, with the training and
 eval seeds (every `<section>.train.seed` and `eval.seed`, as a sweep's `seeds` axis sets them,
-lmpipe/sweep.py) at 0, 1, ... N-1 and the data fixed, then prints the headline table (per model:
+lmpipe/sweep/grid.py) at 0, 1, ... N-1 and the data fixed, then prints the headline table (per model:
 parameters, validation loss, tool accuracy on trained and held-out people, weight bytes) as the
 mean and, in brackets, the lowest and highest over the seeds (aggregated with DuckDB).
 `--write-readme` rewrites the README's "Latest figures of the default experiment" block (between
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from flows.pipeline import stage_order  # noqa: E402
-from lmpipe.config import apply_overrides, validate_params  # noqa: E402
-from lmpipe.sweep import default_seed_keys  # noqa: E402
+from lmpipe.params.config import apply_overrides, validate_params  # noqa: E402
+from lmpipe.sweep.grid import default_seed_keys  # noqa: E402
 from readme_block import markers, write_block  # noqa: E402
 
 README = ROOT / "README.md"

@@ -4,7 +4,7 @@ Three builds train the same model on the same batches (the default teacher, d=64
 32, one torch thread), interleaved and repeated, median tokens/s of each:
 
 - baseline: lmpipe as it was before probe support existed (the parent of the commit that added
-  lmpipe/probes.py, checked out in a temporary git worktree);
+  lmpipe/train/probes.py, checked out in a temporary git worktree);
 - disabled: this build, `train.probes.enabled: false` (requirement: within 2% of baseline);
 - every 10: this build, every probe point recorded every 10th step (requirement: <= 20% slower).
 
@@ -31,11 +31,11 @@ def worker(mode: str, tokens: Path, steps: int) -> None:
     """One measurement in this process (lmpipe imported from PYTHONPATH); prints tokens/s."""
     import torch
 
-    from lmpipe.config import ModelParams, TrainParams
-    from lmpipe.model import build_model
-    from lmpipe.runlog import RunLog
-    from lmpipe.tokens import TokenSplit
-    from lmpipe.train import train
+    from lmpipe.params.config import ModelParams, TrainParams
+    from lmpipe.model.build import build_model
+    from lmpipe.core.run_folder import RunLog
+    from lmpipe.data.tokens import TokenSplit
+    from lmpipe.train.loop import train
 
     torch.set_num_threads(1)
     extra = {} if mode == "baseline" else {"probes": {"enabled": mode == "every 10", "every": 10}}
@@ -57,10 +57,10 @@ def worker(mode: str, tokens: Path, steps: int) -> None:
 
 
 def make_tokens(out: Path) -> Path:
-    from lmpipe.config import WorldParams
-    from lmpipe.tokenizer import build_byte_tokenizer
-    from lmpipe.tokens import tokenize_world
-    from lmpipe.world import write_world
+    from lmpipe.params.config import WorldParams
+    from lmpipe.data.tokenizer import build_byte_tokenizer
+    from lmpipe.data.tokens import tokenize_world
+    from lmpipe.data.world import write_world
 
     write_world(WorldParams(people=400, heldout_people=50), out / "world")
     tokenize_world(out / "world", build_byte_tokenizer(), out / "tokens", val_fraction=0.05,
@@ -69,7 +69,7 @@ def make_tokens(out: Path) -> Path:
 
 
 def baseline_tree(tmp: Path) -> Path:
-    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "lmpipe/probes.py"],
+    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "lmpipe/train/probes.py"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()[-1]
     tree = tmp / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), f"{added}^"], cwd=ROOT,

@@ -13,7 +13,7 @@
   the number of run folders asked for; the last point fails when the count is odd (its training
   run crashed: no summary, no eval run) and two more points are still pending (no folders).
 
-Each run folder holds what `lmpipe/runlog.py` writes: `params.json` (the resolved `Params` plus
+Each run folder holds what `lmpipe/core/run_folder.py` writes: `params.json` (the resolved `Params` plus
 the `run` section), `env.json`, `summary.json` and `metrics.jsonl` (empty for eval runs), and
 `evals.jsonl` for eval runs. Training runs share the metric-row budget (one row per numeric field
 per line, `step` excluded, the store's long format) so the total is exactly `metric_rows`.
@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmpipe.config import Params  # noqa: E402
+from lmpipe.params.config import Params  # noqa: E402
 
 DEFAULT_RUNS = ("teacher", "student", "distill", "quantize", "eval")
 SWEEP_ID = "synth"

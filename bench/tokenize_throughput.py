@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmpipe.tokenizer_kinds import build_tokenizer  # noqa: E402
+from lmpipe.data.tokenizer_kinds import build_tokenizer  # noqa: E402
 
 
 def chunks(text: str, chunk_bytes: int) -> list[str]:

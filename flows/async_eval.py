@@ -1,7 +1,7 @@
 """Prefect flow: evaluate a training run's checkpoints while it trains, without ever blocking it.
 
 `watch_and_evaluate` polls the run's `checkpoints/` (in its staging folder while it trains) and submits one Prefect task per new finished
-checkpoint (`step_N`); each task runs lmpipe.checkpoint_eval.evaluate_checkpoint, which appends
+checkpoint (`step_N`); each task runs lmpipe.eval.checkpoints.evaluate_checkpoint, which appends
 the step's validation loss and tool accuracy to the run's `evals.jsonl`. The flow ends once the
 run's `summary.json` appears (or the training process named by `train_pid` exits) and every
 checkpoint has been evaluated. Tasks take only a JSON string and a path, so nothing unserializable
@@ -35,12 +35,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from lmpipe.checkpoint import checkpoint_step
-from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished, eval_log,
+from lmpipe.train.checkpoint import checkpoint_step
+from lmpipe.eval.checkpoints import (CheckpointEvalConfig, CheckpointVanished, eval_log,
                                     evaluate_checkpoint, evaluated_steps, live_run_folder,
                                     pending_checkpoints, preload)
-from lmpipe.config import ConfigError, load_params
-from lmpipe.paths import PARAMS, TOKENS, WORLD, run_dir
+from lmpipe.params.config import ConfigError, load_params
+from lmpipe.core.paths import PARAMS, TOKENS, WORLD, run_dir
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Prefect entry for sweeps: run a grid.yaml's points as DVC experiments (lmpipe/sweep_flow.py).
+"""Prefect entry for sweeps: run a grid.yaml's points as DVC experiments (lmpipe/sweep/flow.py).
 
     python flows/sweep.py recipes/in-tool-learning/grid.yaml            # threads, the grid's jobs
     python flows/sweep.py GRID --runner dask                            # a local Dask cluster
@@ -19,7 +19,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from lmpipe.sweep_flow import run_sweep, sweep  # noqa: E402
+from lmpipe.sweep.flow import run_sweep, sweep  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmpipe.config import ConfigError
-from lmpipe.paths import REPORTS, RUNS, STORE, WORLD
+from lmpipe.params.config import ConfigError
+from lmpipe.core.paths import REPORTS, RUNS, STORE, WORLD
 
 
 def _index(args: argparse.Namespace) -> None:
-    from lmpipe.store import index_runs
+    from lmpipe.store.index import index_runs
 
     counts = index_runs(Path(args.runs), Path(args.db))
     print(f"indexed into {args.db}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -35,7 +35,7 @@ def _query(args: argparse.Namespace) -> None:
     import duckdb
     import pandas as pd
 
-    from lmpipe.store import query
+    from lmpipe.store.index import query
 
     try:
         frame = query(Path(args.db), args.sql)
@@ -49,7 +49,7 @@ def _query(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from lmpipe.store import export_parquet
+    from lmpipe.store.index import export_parquet
 
     for table, (path, rows) in export_parquet(Path(args.db), Path(args.out)).items():
         print(f"{path}: {rows} rows ({table})")
@@ -60,10 +60,10 @@ def _generate(args: argparse.Namespace) -> None:
     by calling the database tool (its turns are shown as they are spliced in)."""
     import contextlib
 
-    from lmpipe import protocol
-    from lmpipe.generate import Sampling, generate
-    from lmpipe.model import load_model
-    from lmpipe.tooldb import PeopleDB
+    from lmpipe.core import protocol
+    from lmpipe.eval.generate import Sampling, generate
+    from lmpipe.model.build import load_model
+    from lmpipe.data.tooldb import PeopleDB
 
     model, tokenizer = load_model(args.model)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -85,7 +85,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _probe(args: argparse.Namespace) -> None:
     """Linear probes on every checkpoint of a run: which layer, at which step, holds each fact."""
-    from lmpipe.linear_probe import FINAL, format_table, probe_run
+    from lmpipe.eval.linear_probe import FINAL, format_table, probe_run
 
     try:
         records, path = probe_run(Path(args.run), Path(args.db), people=args.people,
@@ -102,7 +102,7 @@ def _probe(args: argparse.Namespace) -> None:
 
 
 def _run_recipe(args: argparse.Namespace) -> None:
-    from lmpipe.recipes import run_recipe
+    from lmpipe.sweep.recipes import run_recipe
 
     raise SystemExit(run_recipe(Path(args.recipe), args.overrides, stages=args.stage))
 
@@ -112,7 +112,7 @@ def _sweep(args: argparse.Namespace) -> None:
     import json
     import subprocess
 
-    from lmpipe.sweep import load_grid
+    from lmpipe.sweep.grid import load_grid
 
     grid = load_grid(Path(args.grid), overrides=args.overrides)
     print(f"sweep {grid.sweep_id}: {len(grid.points)} points of {grid.pipeline}")
@@ -121,7 +121,7 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.dry_run:
         return
     if args.queue:  # DVC's own queue: `dvc queue start -j N` runs them in temporary workspaces
-        from lmpipe.sweep_run import exp_command, pipeline_visible
+        from lmpipe.sweep.dvc_exp import exp_command, pipeline_visible
 
         with pipeline_visible(Path("."), grid.pipeline, grid.sweep_id):  # queued snapshots keep it
             for point in grid.points:
@@ -129,7 +129,7 @@ def _sweep(args: argparse.Namespace) -> None:
                                            queue=True), check=True)
         print(f"queued; run them with: dvc queue start -j {args.jobs or grid.jobs}")
         return
-    from lmpipe.sweep_flow import run_sweep
+    from lmpipe.sweep.flow import run_sweep
 
     result = run_sweep(Path(args.grid), Path("."), jobs=args.jobs, runner=args.runner,
                        dask_address=args.dask_address, report=not args.no_report,
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--context", choices=["bio", "question", "answer"], default="bio",
                    help="bio: the name's last token after <|bos|>; question: in the recall "
-                   "question; answer: the recall prompt's last token (lmpipe/linear_probe.py) "
+                   "question; answer: the recall prompt's last token (lmpipe/eval/linear_probe.py) "
                    "(default: %(default)s)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: RUN/model, else data/tokens/"
                    "tokenizer)")

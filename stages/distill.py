@@ -1,12 +1,12 @@
 """DVC stage `distill`: train the student architecture from the teacher (cache or live model)."""
 
-from lmpipe.entry import stage
-from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.stage import stage
+from lmpipe.core.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
 
 
 @stage
 def main(params, argv):
-    from lmpipe.runs import distill  # torch: only once the params are valid
+    from lmpipe.runs.training import distill  # torch: only once the params are valid
 
     distill(params, TOKENS, TOKENIZER, TEACHER_CACHE, model_dir("teacher"), run_dir("distill"))
 

@@ -11,9 +11,9 @@ stages write into their model directories carry only their own run's figures.
 import json
 from pathlib import Path
 
-from lmpipe.config import Params
-from lmpipe.entry import stage
-from lmpipe.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
+from lmpipe.params.config import Params
+from lmpipe.stage import stage
+from lmpipe.core.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
 
 MODELS = {"teacher": "teacher", "student": "student", "distilled": "distill", "quantized": "quantize"}
 # the quantize stage's comparison models, evaluated when it wrote them
@@ -29,7 +29,7 @@ MADE_FROM = {"distilled": "teacher", "quantized": "distilled", "quantized_ptq": 
 def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], params: Params,
                 out: Path) -> dict[str, Path]:
     """`out/<model>/README.md` for every evaluated model, each with the whole comparison table."""
-    from lmpipe.model_card import write_model_card
+    from lmpipe.model.card import write_model_card
 
     resolved = params.model_dump(mode="json")
     cards = {}
@@ -56,8 +56,8 @@ def eval(params, argv):
     if not argv:
         models |= {name: run_dir(path) for name, path in EXTRA.items()
                    if (run_dir(path) / "config.json").is_file()}
-    from lmpipe.evaluate import evaluate_run  # torch: only once the params are valid
-    from lmpipe.outputs import staged, write_atomic
+    from lmpipe.eval.evaluate import evaluate_run  # torch: only once the params are valid
+    from lmpipe.core.outputs import staged, write_atomic
 
     # the run folder and the metrics file are replaced together, only once every model is scored
     with staged(run_dir("eval")) as out:
@@ -65,7 +65,7 @@ def eval(params, argv):
         write_cards(models, table, params, out / "cards")
         staged_tasks = (out / "harness_tasks").resolve()
     if (run_dir("eval") / "harness_tasks").is_dir():
-        from lmpipe.harness import relocate_people_tasks
+        from lmpipe.eval.harness import relocate_people_tasks
 
         relocate_people_tasks(run_dir("eval") / "harness_tasks", staged_tasks)
     write_atomic(METRICS / "eval.json", json.dumps(table, indent=2) + "\n")

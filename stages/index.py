@@ -1,10 +1,10 @@
 """DVC stage `index`: load every run folder into the DuckDB store (incrementally)."""
 
-from lmpipe.paths import RUNS, STORE
+from lmpipe.core.paths import RUNS, STORE
 
 
 def main() -> None:
-    from lmpipe.store import index_runs
+    from lmpipe.store.index import index_runs
 
     counts = index_runs(RUNS, STORE)
     print(f"indexed into {STORE}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))

@@ -1,18 +1,18 @@
 """DVC stage `prepare`: the training documents (and, for the people world, its database and its
-validation documents: `validation.jsonl`, about people who are never trained; lmpipe/world.py)."""
+validation documents: `validation.jsonl`, about people who are never trained; lmpipe/data/world.py)."""
 
 from pathlib import Path
 
-from lmpipe.config import ConfigError
-from lmpipe.entry import stage
-from lmpipe.paths import WORLD
+from lmpipe.params.config import ConfigError
+from lmpipe.stage import stage
+from lmpipe.core.paths import WORLD
 
 
 @stage
 def prepare(params, argv):
-    from lmpipe.outputs import staged
-    from lmpipe.sources import load_corpus, paragraphs, tiny_shakespeare, write_text_documents
-    from lmpipe.world import write_world
+    from lmpipe.core.outputs import staged
+    from lmpipe.data.sources import load_corpus, paragraphs, tiny_shakespeare, write_text_documents
+    from lmpipe.data.world import write_world
 
     data = params.data
     if data.source == "people":

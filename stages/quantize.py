@@ -3,14 +3,14 @@ packed 2 bits per weight, beside an int8 weight-only baseline (compact int8 file
 float twin for transformers). The whole folder is built in staging and replaces `runs/quantize`
 only when every export is written."""
 
-from lmpipe.entry import stage
-from lmpipe.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.stage import stage
+from lmpipe.core.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
 
 
 @stage
 def quantize(params, argv):
-    from lmpipe.outputs import staged
-    from lmpipe.quantize import quantize_run  # torch: only once the params are valid
+    from lmpipe.core.outputs import staged
+    from lmpipe.runs.quantize import quantize_run  # torch: only once the params are valid
 
     with staged(run_dir("quantize")) as out:
         quantize_run(params, model_dir("distill"), out, TOKENS, TOKENIZER, TEACHER_CACHE,

@@ -1,6 +1,6 @@
 """DVC stage `report`: render the HTML report pages (reports/*.html) from the DuckDB store."""
 
-from lmpipe.paths import REPORTS, STORE
+from lmpipe.core.paths import REPORTS, STORE
 
 
 def main() -> None:

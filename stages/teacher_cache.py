@@ -3,23 +3,23 @@ distribution (and optionally hidden states) per position, compressed and sharded
 
 The teacher runs with the attention mask it trained with (`teacher.train.attention`, its given
 spans from `teacher.train.loss_on`), and the tail outside the top-k is also stored tempered at
-`distill.temperature` when that is not 1 (lmpipe/teacher_cache.py), so this stage reads
+`distill.temperature` when that is not 1 (lmpipe/distill/cache.py), so this stage reads
 `distill.temperature` (a DVC param of the stage)."""
 
-from lmpipe.entry import stage
-from lmpipe.paths import TEACHER_CACHE, TOKENS, model_dir
+from lmpipe.stage import stage
+from lmpipe.core.paths import TEACHER_CACHE, TOKENS, model_dir
 
 
 @stage
 def teacher_cache(params, argv):
     # torch: only once the params are valid
-    from lmpipe.batching import make_batches
-    from lmpipe.config import ConfigError
+    from lmpipe.data.batching import make_batches
+    from lmpipe.params.config import ConfigError
     from lmpipe.distill.layers import teacher_layers_used
-    from lmpipe.model import load_model
-    from lmpipe.outputs import staged
-    from lmpipe.teacher_cache import CacheSpec, model_fingerprint, write_cache
-    from lmpipe.tokens import TokenSplit
+    from lmpipe.model.build import load_model
+    from lmpipe.core.outputs import staged
+    from lmpipe.distill.cache import CacheSpec, model_fingerprint, write_cache
+    from lmpipe.data.tokens import TokenSplit
 
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)

@@ -1,20 +1,20 @@
 """DVC stage `tokenize`: the tokenizer (`tokenize.kind`), token arrays, loss masks, train/val split.
 
-The people world comes split by `prepare` (every document marks its split; lmpipe/tokens.py
+The people world comes split by `prepare` (every document marks its split; lmpipe/data/tokens.py
 `world_split` takes val_fraction x trained people of its validation people and checks that no
 trained fact is missing from training text); plain corpora are split per document, seeded."""
 
-from lmpipe.config import ConfigError
-from lmpipe.entry import stage
-from lmpipe.paths import TOKENIZER, TOKENS, WORLD
+from lmpipe.params.config import ConfigError
+from lmpipe.stage import stage
+from lmpipe.core.paths import TOKENIZER, TOKENS, WORLD
 
 
 @stage
 def tokenize(params, argv):
-    from lmpipe.model import save_tokenizer
-    from lmpipe.outputs import staged
-    from lmpipe.tokenizer_kinds import build_tokenizer
-    from lmpipe.tokens import tokenize_documents, world_documents
+    from lmpipe.model.build import save_tokenizer
+    from lmpipe.core.outputs import staged
+    from lmpipe.data.tokenizer_kinds import build_tokenizer
+    from lmpipe.data.tokens import tokenize_documents, world_documents
 
     p = params.tokenize
     try:

@@ -1,14 +1,14 @@
 """DVC stage `train@<name>`: train a model from scratch (`teacher` or `student` section)."""
 
-from lmpipe.entry import stage
-from lmpipe.paths import TOKENIZER, TOKENS, run_dir
+from lmpipe.stage import stage
+from lmpipe.core.paths import TOKENIZER, TOKENS, run_dir
 
 
 @stage
 def train(params, argv):
     if len(argv) != 1 or argv[0] not in ("teacher", "student"):
         raise SystemExit("usage: python -m stages.train teacher|student")
-    from lmpipe.runs import train_from_scratch  # torch: only once the params are valid
+    from lmpipe.runs.training import train_from_scratch  # torch: only once the params are valid
 
     name = argv[0]
     train_from_scratch(name, params, TOKENS, TOKENIZER, run_dir(name))

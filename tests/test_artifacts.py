@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from lmpipe import artifacts
-from lmpipe.artifacts import ArtifactError, file_sha256, tokenizer_identity
-from lmpipe.generate import Sampling, generate
-from lmpipe.model import save_model
-from lmpipe.teacher_cache import CacheSpec, TeacherCache, model_fingerprint, write_cache
-from lmpipe.tokenizer import build_byte_tokenizer
-from lmpipe.tokens import TokenSplit
+from lmpipe.params import artifacts
+from lmpipe.params.artifacts import ArtifactError, file_sha256, tokenizer_identity
+from lmpipe.eval.generate import Sampling, generate
+from lmpipe.model.build import save_model
+from lmpipe.distill.cache import CacheSpec, TeacherCache, model_fingerprint, write_cache
+from lmpipe.data.tokenizer import build_byte_tokenizer
+from lmpipe.data.tokens import TokenSplit
 
 FINGERPRINT = {"teacher_sha256": "t", "tokenizer_sha256": "tok"}
 

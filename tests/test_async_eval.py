@@ -15,13 +15,13 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from lmpipe.checkpoint import list_checkpoints
-from lmpipe.jsonl import append_jsonl
-from lmpipe.checkpoint_eval import (CheckpointEvalConfig, CheckpointVanished,
+from lmpipe.train.checkpoint import list_checkpoints
+from lmpipe.core.jsonl import append_jsonl
+from lmpipe.eval.checkpoints import (CheckpointEvalConfig, CheckpointVanished,
                                     eval_log, evaluate_checkpoint, evaluated_steps,
                                     latest_logged_step, pending_checkpoints)
 from lmpipe.report import render_report
-from lmpipe.store import index_runs, query
+from lmpipe.store.index import index_runs, query
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

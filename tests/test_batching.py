@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from lmpipe.batching import LengthGroupedBatches
-from lmpipe.schedule import lr_at
-from lmpipe.tokens import TokenSplit
+from lmpipe.data.batching import LengthGroupedBatches
+from lmpipe.train.schedule import lr_at
+from lmpipe.data.tokens import TokenSplit
 
 
 def test_batches_depend_only_on_seed_and_step(tiny_tokens, tokenizer):
@@ -47,7 +47,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_sequential_windows_cover_every_target_exactly_once(tiny_tokens):
-    from lmpipe.batching import WindowBatches
+    from lmpipe.data.batching import WindowBatches
 
     split = TokenSplit.open(tiny_tokens, "train")
     for block in (16, 50, 64):

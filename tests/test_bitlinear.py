@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmpipe.bitlinear import (BitLinear158, convert_to_bitlinear, qat_lambda, quantize_activations,
+from lmpipe.quant.bitlinear import (BitLinear158, convert_to_bitlinear, qat_lambda, quantize_activations,
                               set_lambda)
-from lmpipe.config import ModelParams, TrainParams
-from lmpipe.model import build_model
-from lmpipe.ternary import ternarize
+from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.model.build import build_model
+from lmpipe.quant.ternary import ternarize
 
 
 def test_activation_quantization_is_per_token_absmax_int8():
@@ -65,9 +65,9 @@ def test_conversion_keeps_weights_and_skips_the_head():
 
 
 def test_qat_run_through_the_training_loop_warms_up_and_learns(tiny_tokens, tokenizer, tmp_path):
-    from lmpipe.runlog import RunLog
-    from lmpipe.tokens import TokenSplit
-    from lmpipe.train import train
+    from lmpipe.core.run_folder import RunLog
+    from lmpipe.data.tokens import TokenSplit
+    from lmpipe.train.loop import train
 
     model = build_model(ModelParams(d_model=32, n_layers=1, n_heads=2), seed=0)
     tp = TrainParams(steps=40, batch_size=8, lr=3e-3, warmup_steps=5, log_every=10, eval_every=40,

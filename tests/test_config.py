@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmpipe.config import ConfigError, Params, load_params
+from lmpipe.params.config import ConfigError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_resolved_params_serialize_to_plain_json():
 
 
 def test_runs_checkpoint_every_100_steps_by_default():
-    from lmpipe.config import QuantizeParams, TrainParams
+    from lmpipe.params.config import QuantizeParams, TrainParams
 
     # a killed run loses at most one interval (README "Checkpoints and resume")
     assert TrainParams().checkpoint_every == 100

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmpipe.config import LOGIT_LOSSES as CONFIG_LOGIT_LOSSES
+from lmpipe.params.config import LOGIT_LOSSES as CONFIG_LOGIT_LOSSES
 from lmpipe.distill.cakld import cakld
 from lmpipe.distill.forward_kl import forward_kl
 from lmpipe.distill.hidden import hidden_cosine, hidden_mse
@@ -13,7 +13,7 @@ from lmpipe.distill.reverse_kl import reverse_kl
 from lmpipe.distill.skew_kl import skew_kl, skew_reverse_kl
 from lmpipe.distill.support import TailTemperatureError, TeacherDistribution, aligned
 from lmpipe.distill.tvd import tvd
-from lmpipe.teacher_cache import log_tempered_tail, top_k_with_missing
+from lmpipe.distill.cache import log_tempered_tail, top_k_with_missing
 
 
 def _pair(seed=0, n=5, v=9):

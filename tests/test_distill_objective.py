@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmpipe.batching import LengthGroupedBatches
-from lmpipe.config import ConfigError, DistillParams, ModelParams
+from lmpipe.data.batching import LengthGroupedBatches
+from lmpipe.params.config import ConfigError, DistillParams, ModelParams
 from lmpipe.distill import build_objective
 from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.pcgrad import project_conflicting, surgery_loss
@@ -16,10 +16,10 @@ from lmpipe.distill.projector import make_projector
 from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.support import TeacherDistribution, aligned
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
-from lmpipe.model import build_model
-from lmpipe.teacher_cache import CacheSpec, TeacherCache, write_cache
-from lmpipe.tokenizer import VOCAB_SIZE
-from lmpipe.tokens import TokenSplit
+from lmpipe.model.build import build_model
+from lmpipe.distill.cache import CacheSpec, TeacherCache, write_cache
+from lmpipe.data.tokenizer import VOCAB_SIZE
+from lmpipe.data.tokens import TokenSplit
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
 TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
@@ -81,9 +81,9 @@ def test_training_from_the_cache_follows_the_live_run_step_for_step(full_cache, 
                                                                    tokenizer, tmp_path):
     """Five optimizer steps of forward KL + CE + attention KL through the real training loop:
     the logged losses from the cache equal the live teacher's to 1e-5."""
-    from lmpipe.config import TrainParams
-    from lmpipe.runlog import RunLog
-    from lmpipe.train import train
+    from lmpipe.params.config import TrainParams
+    from lmpipe.core.run_folder import RunLog
+    from lmpipe.train.loop import train
 
     teacher, cache = full_cache
     split, val = TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val")
@@ -171,7 +171,7 @@ def test_a_prefix_lm_teacher_reads_its_own_mask_cached_and_live(tiny_tokens, tok
     """A teacher trained with `attention: prefix_lm` (loss_on: mask) is cached and run live with
     the mask it trained with, even on a student batch built with loss_on: all and causal attention:
     both equal the teacher on its own training batch, and differ from reading it causally."""
-    from lmpipe.batching import collate
+    from lmpipe.data.batching import collate
 
     teacher = build_model(ModelParams(d_model=16, n_layers=2, n_heads=2, max_seq_len=256), seed=0)
     split = TokenSplit.open(tiny_tokens, "train")

@@ -1,4 +1,5 @@
-"""Every lmpipe module a DVC stage can run is among that stage's deps, so a code change reruns it.
+"""Every lmpipe module a DVC stage can run is among that stage's deps (its package folders), so a
+code change reruns it.
 
 The modules a stage can run are the closure of the imports, at any depth and inside functions
 too, starting from its script in stages/. A module missing from `dvc.yaml` would let an edit to
@@ -87,3 +88,19 @@ def test_every_module_a_stage_runs_is_a_dep(stage, module, deps):
     missing = sorted(str(p.relative_to(ROOT)) for p in code_closure(script)
                      if not any(p == d or d in p.parents for d in covered))
     assert not missing, f"dvc stage {stage} runs code it does not list as deps: {missing}"
+
+
+@pytest.mark.parametrize("stage, module, deps", _stages(), ids=[s[0] for s in _stages()])
+def test_deps_name_package_folders_not_their_modules(stage, module, deps):
+    """A stage lists lmpipe's packages whole, so a module added to a package is covered at once."""
+    package = ROOT / "lmpipe"
+    modules = sorted(str(d.relative_to(ROOT)) for d in deps
+                     if package in d.parents and d.parent != package)
+    assert modules == [], f"dvc stage {stage} lists modules of a package; list the package"
+
+
+def test_the_closure_reaches_inside_packages():
+    closure = {str(p.relative_to(ROOT)) for p in code_closure(ROOT / "stages" / "eval.py")}
+    assert {"lmpipe/eval/evaluate.py", "lmpipe/data/tooldb.py", "lmpipe/core/protocol.py",
+            "lmpipe/params/config.py", "lmpipe/stage.py"} <= closure
+    assert "lmpipe/distill/objective.py" not in closure

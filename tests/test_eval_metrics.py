@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmpipe import protocol
-from lmpipe.batching import Batch, LengthGroupedBatches, make_batches
-from lmpipe.config import EvalParams, TrainParams
-from lmpipe.evaluate import evaluate_model, tool_call_records
-from lmpipe.generate import Exchange
-from lmpipe.losses import evaluate_split, target_bytes
-from lmpipe.model import build_model
-from lmpipe.tokens import TokenSplit
+from lmpipe.core import protocol
+from lmpipe.data.batching import Batch, LengthGroupedBatches, make_batches
+from lmpipe.params.config import EvalParams, TrainParams
+from lmpipe.eval.evaluate import evaluate_model, tool_call_records
+from lmpipe.eval.generate import Exchange
+from lmpipe.train.losses import evaluate_split, target_bytes
+from lmpipe.model.build import build_model
+from lmpipe.data.tokens import TokenSplit
 from tests.conftest import TINY_MODEL
 
 

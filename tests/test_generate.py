@@ -3,9 +3,9 @@ sampling is seeded, and tool calls are spliced into the sequences that make them
 
 import torch
 
-from lmpipe import protocol
-from lmpipe.generate import Sampling, answer_questions, generate
-from lmpipe.tooldb import PeopleDB
+from lmpipe.core import protocol
+from lmpipe.eval.generate import Sampling, answer_questions, generate
+from lmpipe.data.tooldb import PeopleDB
 
 PROMPTS = [protocol.prompt("major", "Al Bo", True),
            protocol.prompt("birth_date", "Christina Delacroix-Evans", False),
@@ -122,7 +122,7 @@ def test_lmpipe_generate_streams_and_names_a_bad_model_dir(tiny_model, tokenizer
     import pytest
 
     from lmpipe.cli import main
-    from lmpipe.model import save_model
+    from lmpipe.model.build import save_model
 
     save_model(tiny_model, tokenizer, tmp_path / "model")
     main(["generate", str(tmp_path / "model"), "Where was Al Bo born?", "--db",

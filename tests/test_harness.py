@@ -10,19 +10,19 @@ import sys
 
 import pytest
 
-from lmpipe import protocol
-from lmpipe.config import ConfigError, EvalParams, ModelParams, TrainParams, WorldParams
-from lmpipe.evaluate import accuracy_records, questions_for
-from lmpipe.generate import answer_questions
-from lmpipe.batching import make_batches
-from lmpipe.harness import (MAX_CHOICES, MC_TASK, RECALL_TASK, harness_records, hf_model_args,
+from lmpipe.core import protocol
+from lmpipe.params.config import ConfigError, EvalParams, ModelParams, TrainParams, WorldParams
+from lmpipe.eval.evaluate import accuracy_records, questions_for
+from lmpipe.eval.generate import answer_questions
+from lmpipe.data.batching import make_batches
+from lmpipe.eval.harness import (MAX_CHOICES, MC_TASK, RECALL_TASK, harness_records, hf_model_args,
                             run_harness, write_people_tasks, write_text_task)
-from lmpipe.losses import evaluate_split
-from lmpipe.model import build_model, load_model, save_model
-from lmpipe.tokens import TokenSplit, tokenize_world, world_documents
-from lmpipe.tooldb import PeopleDB
-from lmpipe.train import train
-from lmpipe.world import write_world
+from lmpipe.train.losses import evaluate_split
+from lmpipe.model.build import build_model, load_model, save_model
+from lmpipe.data.tokens import TokenSplit, tokenize_world, world_documents
+from lmpipe.data.tooldb import PeopleDB
+from lmpipe.train.loop import train
+from lmpipe.data.world import write_world
 
 
 def _rows(path):
@@ -103,7 +103,7 @@ def test_lm_eval_recall_equals_lmpipe_recall_on_a_memorized_model(memorized):
     assert theirs["n"] == ours["n"] == len(questions) == 60
     assert round(theirs["value"] * 60) == round(ours["value"] * 60)
     assert theirs["value"] == pytest.approx(ours["value"])
-    assert ours["value"] >= 0.5  # memorized (every fact is in training text: lmpipe/tokens.py)
+    assert ours["value"] >= 0.5  # memorized (every fact is in training text: lmpipe/data/tokens.py)
 
     mc = scores[("lmeval_acc", MC_TASK)]
     choices = [len(r["choices"]) for r in _rows(root / "tasks" / f"{MC_TASK}.jsonl")]
@@ -146,7 +146,7 @@ def test_unknown_task_is_named_before_the_model_runs(memorized):
 
 @pytest.mark.slow
 def test_eval_stage_runs_the_harness_when_asked(memorized):
-    from lmpipe.evaluate import evaluate_model, headline
+    from lmpipe.eval.evaluate import evaluate_model, headline
 
     root, people, _ = memorized
     params = EvalParams(harness_tasks=["people"], harness_limit=12, batch_size=64)

@@ -1,11 +1,17 @@
-"""lmpipe's modules import one another without cycles, counting the imports inside functions: a
+"""lmpipe's packages import downward only (the import-linter layers contract in pyproject.toml)
+and its modules import one another without cycles, counting the imports inside functions: a
 cycle held together by a function-level import breaks as soon as someone moves that import.
-Imports under `if TYPE_CHECKING:` never run and are left out (params_checks names the config
+Imports under `if TYPE_CHECKING:` never run and are left out (params/checks.py names the config
 sections it checks for the type checker only)."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +45,7 @@ def _graph() -> dict[str, set[str]]:
                 if node.level:
                     head = package.split(".")[:len(package.split(".")) - node.level + 1]
                     base = ".".join(head + ([node.module] if node.module else []))
-                # `from lmpipe import protocol` imports the module lmpipe.protocol
+                # `from lmpipe.core import protocol` imports the module lmpipe.core.protocol
                 targets.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
                                for a in node.names)
         graph[name] = {t for t in targets if t in modules and t != name}
@@ -77,31 +83,11 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-# ARCHITECTURE.md's groups, top to bottom: a module imports only from its group or those above
-LAYERS = {
-    "core": "paths outputs jsonl runlog progress profiler protocol",
-    "params": "config params_checks recipes artifacts run_identity",
-    "data": "world sources tooldb tokenizer tokenizer_kinds tokens batching masks",
-    "model": "model init context pretrained model_card ternary bitlinear ternary_packing "
-             "quantized_load ternary_export",
-    "train": "train checkpoint optim schedule losses distributed tracking probes probe_stats",
-    "distill": "distill teacher_cache",
-    "eval": "evaluate generate knowledge harness linear_probe checkpoint_eval train_accuracy",
-    "runs": "runs quantize entry",
-    "top": "store store_read store_probes store_spread report sweep sweep_run sweep_flow "
-           "dvc_plots cli",
-}
-
-
-def _layer(module: str) -> int:
-    """The index of `module`'s group (a subpackage's modules are in their package's group)."""
-    if module == "lmpipe":
-        return 0
-    top = module.split(".")[1]
-    for i, names in enumerate(LAYERS.values()):
-        if top in names.split():
-            return i
-    raise AssertionError(f"{module} is in no group of LAYERS: add it (and to ARCHITECTURE.md)")
+def _contract_layers() -> list[str]:
+    """The packages of pyproject.toml's import-linter layers contract, top to bottom."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = config["tool"]["importlinter"]["contracts"]
+    return [name.strip() for layer in contract["layers"] for name in layer.split("|")]
 
 
 def test_the_detector_finds_a_cycle():
@@ -111,15 +97,37 @@ def test_the_detector_finds_a_cycle():
 
 def test_lmpipe_has_no_import_cycles():
     graph = _graph()
-    assert {"lmpipe.quantize", "lmpipe.ternary", "lmpipe.evaluate"} <= set(graph)
-    assert "lmpipe.ternary" in graph["lmpipe.bitlinear"]  # relative and package imports resolve
+    assert {"lmpipe.runs.quantize", "lmpipe.quant.ternary", "lmpipe.eval.evaluate"} <= set(graph)
+    assert "lmpipe.quant.ternary" in graph["lmpipe.quant.bitlinear"]  # relative and package imports resolve
     assert _cycles(graph) == []
 
 
-def test_modules_import_only_their_own_group_or_the_groups_above():
-    graph = _graph()
-    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
-                    if _layer(b) > _layer(a))
-    assert upward == []
-    assert _layer("lmpipe.distill.objective") == _layer("lmpipe.teacher_cache")
-    assert _layer("lmpipe.report.scaling") > _layer("lmpipe.evaluate") > _layer("lmpipe.train")
+def test_every_module_lives_in_a_layer_of_the_contract():
+    layers = _contract_layers()
+    assert layers[-1] == "lmpipe.core" and layers[0] == "lmpipe.cli"
+    outside = sorted(m for m in _modules() if m != "lmpipe"
+                     and not any(m == layer or m.startswith(layer + ".") for layer in layers))
+    assert outside == []
+
+
+def test_packages_import_downward_only():
+    """import-linter's layers contract (pyproject.toml), imports inside functions included."""
+    result = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_the_contract_catches_an_upward_import(tmp_path: Path):
+    """A copy of the library where the data package imports the training loop breaks it."""
+    shutil.copytree(ROOT / "lmpipe", tmp_path / "lmpipe",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    tokens = tmp_path / "lmpipe" / "data" / "tokens.py"
+    tokens.write_text(tokens.read_text(encoding="utf-8") + "\nfrom lmpipe.train import loop\n",
+                      encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=tmp_path,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "lmpipe.data.tokens -> lmpipe.train.loop" in result.stdout

@@ -1,4 +1,4 @@
-"""Weight initialization schemes (lmpipe.init) and RoPE context extension (lmpipe.context)."""
+"""Weight initialization schemes (lmpipe.model.init_weights) and RoPE context extension (lmpipe.model.rope)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmpipe.config import ModelParams
-from lmpipe.context import extend_context, rope_parameters
-from lmpipe.init import initialize_
-from lmpipe.model import build_model
-from lmpipe.tokenizer import VOCAB_SIZE
+from lmpipe.params.config import ModelParams
+from lmpipe.model.rope import extend_context, rope_parameters
+from lmpipe.model.init_weights import initialize_
+from lmpipe.model.build import build_model
+from lmpipe.data.tokenizer import VOCAB_SIZE
 
 D, LAYERS = 128, 4
 MID = ModelParams(d_model=D, n_layers=LAYERS, n_heads=4)

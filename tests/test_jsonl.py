@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from lmpipe.jsonl import append_jsonl, read_jsonl
+from lmpipe.core.jsonl import append_jsonl, read_jsonl
 
 
 def test_torn_undecodable_and_non_object_lines_are_skipped_and_counted(tmp_path):

@@ -10,10 +10,12 @@ import math
 import pytest
 import torch
 
-from lmpipe import protocol, world
-from lmpipe.config import WorldParams
-from lmpipe.knowledge import continuation_logprobs, fact_bits, knowledge_records
-from lmpipe.tooldb import PeopleDB
+from lmpipe.core import protocol
+
+from lmpipe.data import world
+from lmpipe.params.config import WorldParams
+from lmpipe.eval.knowledge import continuation_logprobs, fact_bits, knowledge_records
+from lmpipe.data.tooldb import PeopleDB
 
 # |V_a| of the generator, written out: 50 birth years x 12 months x 28 days, 45 cities,
 # 24 universities, 24 majors, 25 employers

@@ -1,4 +1,4 @@
-"""Linear probes (lmpipe/linear_probe.py): the split is by person, the probe scores only what it
+"""Linear probes (lmpipe/eval/linear_probe.py): the split is by person, the probe scores only what it
 can score, the JSONL is one line per (checkpoint, layer, attribute), the controls (next-token
 baseline, Hewitt & Liang's control task, selectivity) are right on hidden states built to hold the
 next token only, the label, or nothing, the store and the report carry them, and on a model trained
@@ -15,18 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from lmpipe import protocol, world
-from lmpipe.checkpoint import TrainerState, save_checkpoint
+from lmpipe.core import protocol
+
+from lmpipe.data import world
+from lmpipe.train.checkpoint import TrainerState, save_checkpoint
 from lmpipe.cli import main
-from lmpipe.config import EvalParams, ModelParams, TrainParams, WorldParams
-from lmpipe.linear_probe import (FINAL, PROBE_FILE, control_labels, control_scores, fit_probe,
+from lmpipe.params.config import EvalParams, ModelParams, TrainParams, WorldParams
+from lmpipe.eval.linear_probe import (FINAL, PROBE_FILE, control_labels, control_scores, fit_probe,
                                  format_table, last_token_states, next_token_baseline,
                                  next_token_ids, probe_continuation, probe_label, probe_model,
                                  probe_run, probe_text, split_people)
-from lmpipe.model import build_model, save_model
-from lmpipe.tokens import TokenSplit, tokenize_world
-from lmpipe.tooldb import PeopleDB
-from lmpipe.train import train
+from lmpipe.model.build import build_model, save_model
+from lmpipe.data.tokens import TokenSplit, tokenize_world
+from lmpipe.data.tooldb import PeopleDB
+from lmpipe.train.loop import train
 
 pytest.importorskip("sklearn", reason="pip install 'lmpipe[probes]'")
 
@@ -245,7 +247,7 @@ def test_probe_model_records_the_controls_and_the_table_prints_them(tiny_model, 
 def test_the_store_and_the_report_carry_the_controls(tmp_path):
     from lmpipe.report import probes as report
     from lmpipe.report.source import Source
-    from lmpipe.store import index_runs, query
+    from lmpipe.store.index import index_runs, query
 
     base = {"step": 10, "checkpoint": FINAL, "attribute": "major", "chance": 0.25, "n_train": 42,
             "n_test": 18, "n_classes": 4, "context": "answer"}
@@ -347,7 +349,7 @@ def test_probe_command_prints_the_table_and_where_it_wrote(tiny_run, tiny_world,
 
 
 def test_eval_option_adds_probe_records(tiny_run, tiny_world, tiny_tokens):
-    from lmpipe.evaluate import evaluate_model
+    from lmpipe.eval.evaluate import evaluate_model
 
     assert EvalParams().linear_probe is False  # off by default: the eval stage does not change
     val = TokenSplit.open(tiny_tokens, "val")

@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from lmpipe.config import ModelRunParams, Params, TrainParams, validate_params
-from lmpipe.model import build_model, count_parameters, load_model, save_model
-from lmpipe.model_card import write_model_card
-from lmpipe.runlog import git_state
+from lmpipe.params.config import ModelRunParams, Params, TrainParams, validate_params
+from lmpipe.model.build import build_model, count_parameters, load_model, save_model
+from lmpipe.model.card import write_model_card
+from lmpipe.core.run_folder import git_state
 from tests.conftest import TINY_MODEL
 
 COMPARISON = {
@@ -153,7 +153,7 @@ def tiny_params(**sections) -> Params:
 
 
 def test_a_training_run_writes_its_card(tiny_tokens, tokenizer, tmp_path):
-    from lmpipe.runs import train_from_scratch
+    from lmpipe.runs.training import train_from_scratch
 
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     summary = train_from_scratch("student", tiny_params(student={}), tiny_tokens,
@@ -168,7 +168,7 @@ def test_a_training_run_writes_its_card(tiny_tokens, tokenizer, tmp_path):
 
 
 def test_an_imported_model_names_its_source(tiny_tokens, tokenizer, tmp_path, saved):
-    from lmpipe.runs import train_from_scratch
+    from lmpipe.runs.training import train_from_scratch
 
     folder, _ = saved
     tokenizer.save_pretrained(tmp_path / "tokenizer")
@@ -180,7 +180,7 @@ def test_an_imported_model_names_its_source(tiny_tokens, tokenizer, tmp_path, sa
 
 
 def test_quantize_writes_its_card(saved, tmp_path):
-    from lmpipe.quantize import quantize_run
+    from lmpipe.runs.quantize import quantize_run
 
     folder, _ = saved
     unused = tmp_path / "unused"  # ptq needs no tokens, cache or teacher
@@ -229,8 +229,8 @@ def _figures_line(body: str) -> str:
 def test_quantized_cards_state_their_own_kind_and_true_counts(saved, tmp_path):
     from safetensors.torch import load_file
 
-    from lmpipe.quantize import quantize_run
-    from lmpipe.ternary_packing import INT8_FILE
+    from lmpipe.runs.quantize import quantize_run
+    from lmpipe.quant.packing import INT8_FILE
 
     folder, model = saved
     unused = tmp_path / "unused"
@@ -260,7 +260,7 @@ def test_quantized_cards_state_their_own_kind_and_true_counts(saved, tmp_path):
 def test_qat_card_counts_come_from_the_packed_weights(tokenizer, tmp_path):
     # runs.py writes the QAT card with the training summary (no quantization counts); an untied,
     # quantized 265-row head packs into 67 x 4 rows, which must not count as 268
-    from lmpipe.ternary_export import export_ternary
+    from lmpipe.model.export import export_ternary
 
     model = build_model(TINY_MODEL.model_copy(update={"tie_embeddings": False}), seed=0,
                         tokenizer=tokenizer).eval()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.model import build_model, save_model
+from lmpipe.model.build import build_model, save_model
 from tests.conftest import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

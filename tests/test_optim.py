@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from lmpipe.config import ModelParams, TrainParams
-from lmpipe.model import build_model, count_parameters
-from lmpipe.optim import build_optimizer, parameter_groups
-from lmpipe.schedule import lr_at
-from lmpipe.tokenizer import VOCAB_SIZE
+from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.model.build import build_model, count_parameters
+from lmpipe.train.optim import build_optimizer, parameter_groups
+from lmpipe.train.schedule import lr_at
+from lmpipe.data.tokenizer import VOCAB_SIZE
 
 TINY = ModelParams(d_model=16, n_layers=1, n_heads=2)
 

@@ -217,7 +217,7 @@ def test_a_code_or_data_change_retrains_every_step(project, tmp_path):
     teacher = copy / "runs/teacher"
     models = [_sha256(teacher / "model/model.safetensors")]
     # a line of training code that dvc.yaml lists: halve the learning rate
-    schedule = copy / "lmpipe/schedule.py"
+    schedule = copy / "lmpipe/train/schedule.py"
     code = schedule.read_text()
     assert "    return base_lr * (min_lr_ratio" in code
     schedule.write_text(code.replace("    return base_lr * (min_lr_ratio",
@@ -358,7 +358,7 @@ def test_dvc_plots_render_offline(project, tmp_path):
     shutil.copytree(work, copy, symlinks=True)
     _run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], copy, env)
     assert 'src="https://cdn.jsdelivr.net' in (tmp_path / "cdn/index.html").read_text()  # DVC's own
-    _run([sys.executable, "-m", "lmpipe.dvc_plots", str(copy)], copy, env)
+    _run([sys.executable, "-m", "lmpipe.report.dvc_plots", str(copy)], copy, env)
     _run(["dvc", "plots", "show", "-o", str(tmp_path / "offline")], copy, env)
     html = (tmp_path / "offline/index.html").read_text()
     assert "src=\"http" not in html and "src='http" not in html and "cdn.jsdelivr" not in html
@@ -371,7 +371,7 @@ def test_saved_tokenizers_are_the_tokenize_stage_s_whatever_the_eval_schedule(pr
     """The teacher's last step is an eval step with generation (left padding): its saved
     tokenizer still carries no padding state and has the tokenize stage's identity, so the
     teacher cache and distillation accept it (the pipeline ran end to end)."""
-    from lmpipe.artifacts import tokenizer_identity
+    from lmpipe.params.artifacts import tokenizer_identity
 
     work, _ = project
     assert 60 % 30 == 0  # TINY: teacher steps 60, eval_every 30, eval_people 4

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmpipe.config import ConfigError, ProbeParams, TrainParams
-from lmpipe.model import build_model
-from lmpipe.probe_stats import attention_entropy, summary_stats
-from lmpipe.probes import ProbeRecorder, attention_weights
-from lmpipe.runlog import RunLog
-from lmpipe.tokens import TokenSplit
-from lmpipe.train import train
+from lmpipe.params.config import ConfigError, ProbeParams, TrainParams
+from lmpipe.model.build import build_model
+from lmpipe.train.probe_stats import attention_entropy, summary_stats
+from lmpipe.train.probes import ProbeRecorder, attention_weights
+from lmpipe.core.run_folder import RunLog
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.train.loop import train
 from tests.conftest import TINY_MODEL
 
 TWO_BLOCKS = TINY_MODEL.model_copy(update={"n_layers": 2})
@@ -144,7 +144,7 @@ def test_probes_refuse_compile():
 
 def test_probe_records_reach_the_store_and_the_report(tiny_tokens, tokenizer, tmp_path):
     from lmpipe.report import render_report
-    from lmpipe.store import index_runs, query
+    from lmpipe.store.index import index_runs, query
 
     probes = ProbeParams(enabled=True, every=2, points=["embeddings", "residual", "logits"])
     _run(tiny_tokens, tokenizer, tmp_path / "runs" / "probed", probes, steps=6)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lmpipe import profiler
-from lmpipe.profiler import (PhaseTimer, eval_round, flops_per_token, maybe_trace,
+from lmpipe.core import profiler
+from lmpipe.core.profiler import (PhaseTimer, eval_round, flops_per_token, maybe_trace,
                              measure_matmul_peak, memory_record, mfu)
 
 

@@ -1,4 +1,4 @@
-"""Progress bars (lmpipe/progress.py): a tqdm bar in a terminal, a dozen whole lines in a log."""
+"""Progress bars (lmpipe/core/progress.py): a tqdm bar in a terminal, a dozen whole lines in a log."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 from tqdm import tqdm
 
-from lmpipe.progress import LogLines, progress
+from lmpipe.core.progress import LogLines, progress
 
 
 class Terminal(io.StringIO):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmpipe.ternary import quantize_ternary_, ternarize
+from lmpipe.quant.ternary import quantize_ternary_, ternarize
 
 
 def test_ternarize_matches_the_absmean_formula():

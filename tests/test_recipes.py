@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmpipe.config import ConfigError, load_params
-from lmpipe.recipes import install_recipe
+from lmpipe.params.config import ConfigError, load_params
+from lmpipe.sweep.recipes import install_recipe
 from tests.test_pipeline import _env, _run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from lmpipe.report import render_report
 from lmpipe.report.curves import CURVES_SQL, MAX_POINTS_PER_CURVE
-from lmpipe.store import index_runs, query
+from lmpipe.store.index import index_runs, query
 
 MODELS = ["teacher", "student", "distilled", "quantized"]
 PAGES = ["index", "curves", "scaling", "distillation"]

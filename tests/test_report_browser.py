@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lmpipe.report import render_report
-from lmpipe.store import index_runs
+from lmpipe.store.index import index_runs
 from tests.test_report_paper import PAGES, default_run
 from tests.test_report_sweep import make_store
 

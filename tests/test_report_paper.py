@@ -16,7 +16,7 @@ import pytest
 
 from lmpipe.report import render_report
 from lmpipe.report.page import VL_VERSION, chart_spec
-from lmpipe.store import index_runs
+from lmpipe.store.index import index_runs
 from tests.run_folders import write
 from tests.test_report_sweep import html_table, inline_rows, make_store, spec
 

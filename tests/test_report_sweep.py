@@ -359,7 +359,7 @@ SYNTHETIC = ROOT / "bench" / "synthetic_runs.py"
 
 @pytest.mark.skipif(not SYNTHETIC.is_file(), reason="bench/synthetic_runs.py not present")
 def test_synthetic_run_folders_through_the_real_store(tmp_path: Path) -> None:
-    from lmpipe.store import index_runs
+    from lmpipe.store.index import index_runs
 
     module_spec = importlib.util.spec_from_file_location("synthetic_runs", SYNTHETIC)
     synthetic = importlib.util.module_from_spec(module_spec)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lmpipe.config import ConfigError, ModelParams, TrainParams
-from lmpipe.model import build_model, save_model
-from lmpipe.runs import start_model
+from lmpipe.params.config import ConfigError, ModelParams, TrainParams
+from lmpipe.model.build import build_model, save_model
+from lmpipe.runs.training import start_model
 
 
 def test_init_from_continues_a_saved_model_at_a_longer_context(tmp_path, tokenizer):
@@ -39,7 +39,7 @@ def test_fresh_start_uses_the_init_scheme_and_seed():
 
 
 def test_init_from_with_a_larger_vocabulary_is_refused(tmp_path, tokenizer):
-    from lmpipe import protocol
+    from lmpipe.core import protocol
     from transformers import PreTrainedTokenizerFast
 
     save_model(build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=0), tokenizer, tmp_path)
@@ -54,7 +54,7 @@ def test_init_from_with_a_larger_vocabulary_is_refused(tmp_path, tokenizer):
 def test_a_pretrained_directory_is_imported_and_grown_to_the_tokenizer(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from lmpipe.pretrained import import_pretrained
+    from lmpipe.model.pretrained import import_pretrained
 
     smaller = build_model(ModelParams(d_model=16, n_layers=1, n_heads=2), seed=4)
     smaller.resize_token_embeddings(260)  # as if the model predates lmpipe's protocol tokens

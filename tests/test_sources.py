@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.sources import (SHAKESPEARE_SHA256, SourceError, disk_usage, load_corpus, paragraphs,
+from lmpipe.data.sources import (SHAKESPEARE_SHA256, SourceError, disk_usage, load_corpus, paragraphs,
                             tiny_shakespeare, write_text_documents)
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"

@@ -12,14 +12,14 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from lmpipe import protocol
-from lmpipe.config import ModelParams, TrainParams, WorldParams
-from lmpipe.evaluate import accuracy_records, questions_for
-from lmpipe.tooldb import sample_people
-from lmpipe.tokens import (TokenSplit, check_trained_facts, read_documents, split_documents,
+from lmpipe.core import protocol
+from lmpipe.params.config import ModelParams, TrainParams, WorldParams
+from lmpipe.eval.evaluate import accuracy_records, questions_for
+from lmpipe.data.tooldb import sample_people
+from lmpipe.data.tokens import (TokenSplit, check_trained_facts, read_documents, split_documents,
                            tokenize_documents, world_split)
-from lmpipe.tooldb import PeopleDB
-from lmpipe.world import generate_people, validation_count, write_world
+from lmpipe.data.tooldb import PeopleDB
+from lmpipe.data.world import generate_people, validation_count, write_world
 
 
 def _rows(path):
@@ -162,10 +162,10 @@ def test_a_tiny_model_memorizing_a_tiny_world_recalls_every_fact(tokenizer, tmp_
     """4 people, 24 Q&A dialogs, every one trained on (~20 s on one core). Before issue 15 the
     per-document split held one dialog out, so recall could not reach 1.0. The memorized
     model's knowledge bits approach the world's N·Σ log2|V_a| (155.3 bits)."""
-    from lmpipe.generate import answer_questions
-    from lmpipe.knowledge import knowledge_records
-    from lmpipe.model import build_model
-    from lmpipe.train import train
+    from lmpipe.eval.generate import answer_questions
+    from lmpipe.eval.knowledge import knowledge_records
+    from lmpipe.model.build import build_model
+    from lmpipe.train.loop import train
 
     write_world(WorldParams(seed=3, people=4, heldout_people=0, qa_dialogs=True,
                             tool_dialogs=False), tmp_path / "world")

@@ -1,5 +1,5 @@
 """Replicates: a sweep with `seeds` written as run folders by hand (three seeds of every point),
-indexed into the store, aggregated by its views (lmpipe/store_spread.py) and drawn by the reports
+indexed into the store, aggregated by its views (lmpipe/store/spread.py) and drawn by the reports
 as mean with min–max: the sweep table, the curves' bands, the distillation bars and table, and the
 scaling page's lattice table."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lmpipe.report import render_report
-from lmpipe.store import index_runs, query
+from lmpipe.store.index import index_runs, query
 from tests.run_folders import write
 from tests.test_report_sweep import html_table, inline_rows, spec
 
@@ -46,7 +46,7 @@ def summary(stage: str, name: str, minute: int) -> dict[str, Any]:
 
 def write_sweep(root: Path, sweep: str, combos: list[dict[str, Any]], *, start: int,
                 models: list[str], evals: Any, loss: Any) -> None:
-    """A sweep of `combos` × SEEDS as lmpipe/sweep_flow.py and sweep_run.py write it: sweep.json,
+    """A sweep of `combos` × SEEDS as lmpipe/sweep/flow.py and sweep_run.py write it: sweep.json,
     and per point a point.json, a training run (`teacher`) and an eval run (`eval`)."""
     folder = root / "sweeps" / sweep
     points, minute = [], start

@@ -11,9 +11,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lmpipe import store
+from lmpipe.store.index import index as store
 from lmpipe.cli import main
-from lmpipe.store import SCHEMA, discover_runs, export_parquet, index_runs, query
+from lmpipe.store.index import SCHEMA, discover_runs, export_parquet, index_runs, query
 
 # What one index_runs call did, beside the table counts.
 ACTIVITY = ("read_runs", "deleted_runs", "unchanged_runs")
@@ -176,7 +176,7 @@ def test_query_is_read_only_and_needs_a_database(runs_root: Path, tmp_path: Path
 # --- incremental indexing ---------------------------------------------------------------------
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The run ids the store reads (lmpipe.store_read.read_run), from now on."""
+    """The run ids the store reads (lmpipe.store.read.read_run), from now on."""
     read: list[str] = []
     real = store.read_run
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lmpipe.config import ConfigError
-from lmpipe.sweep import expand, load_grid
-from lmpipe.world import attribute_values
+from lmpipe.params.config import ConfigError
+from lmpipe.sweep.grid import expand, load_grid
+from lmpipe.data.world import attribute_values
 from tests.test_pipeline import _env, _run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def test_seed_keys_seeds_alone_and_a_seeds_pin(tmp_path):
 
 
 def test_the_manifest_records_group_and_seed_and_the_store_reads_them(tmp_path):
-    from lmpipe.store import index_runs
-    from lmpipe.sweep_flow import pending_records, write_manifest
+    from lmpipe.store.index import index_runs
+    from lmpipe.sweep.flow import pending_records, write_manifest
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("seeds: 2\nworld.people: [1000, 2000]\n")
@@ -188,7 +188,7 @@ def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def test_recipe_pipelines_are_hidden_from_the_root_project_until_a_sweep_runs_one(tmp_path):
-    from lmpipe.sweep_run import _is_dvc_ignored, pipeline_visible
+    from lmpipe.sweep.dvc_exp import _is_dvc_ignored, pipeline_visible
 
     work = tmp_path / "project"
     (work / "recipes" / "r").mkdir(parents=True)

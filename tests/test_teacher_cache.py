@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmpipe.teacher_cache import (LOGPROB_STEP, CacheSpec, TeacherCache, cache_bytes, id_dtype,
+from lmpipe.distill.cache import (LOGPROB_STEP, CacheSpec, TeacherCache, cache_bytes, id_dtype,
                                   reconstruct, write_cache)
-from lmpipe.tokenizer import VOCAB_SIZE
-from lmpipe.tokens import TokenSplit
+from lmpipe.data.tokenizer import VOCAB_SIZE
+from lmpipe.data.tokens import TokenSplit
 
 FINGERPRINT = {"teacher_sha256": "t", "tokenizer_sha256": "tok"}
 

@@ -7,12 +7,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lmpipe.config import ModelParams
-from lmpipe.model import build_model, count_parameters, load_model
-from lmpipe.ternary import ternarize
-from lmpipe.quantized_load import load_quantized
-from lmpipe.ternary_export import export_int8, export_ternary
-from lmpipe.ternary_packing import INT8_FILE, TernaryLinear, pack_ternary, unpack_ternary
+from lmpipe.params.config import ModelParams
+from lmpipe.model.build import build_model, count_parameters, load_model
+from lmpipe.quant.ternary import ternarize
+from lmpipe.quant.packed_load import load_quantized
+from lmpipe.model.export import export_int8, export_ternary
+from lmpipe.quant.packing import INT8_FILE, TernaryLinear, pack_ternary, unpack_ternary
 
 SHAPES = [(4, 3), (5, 3), (6, 2), (9, 4), (13, 7), (1, 5), (2, 3), (64, 16), (7,), (8, 3, 2)]
 MID_MODEL = ModelParams(d_model=64, n_layers=1, n_heads=4, max_seq_len=64)

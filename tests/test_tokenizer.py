@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from lmpipe import protocol
-from lmpipe.tokenizer import VOCAB_SIZE, load_tokenizer, loss_mask, special_id
-from lmpipe.tokens import TokenSplit
+from lmpipe.core import protocol
+from lmpipe.data.tokenizer import VOCAB_SIZE, load_tokenizer, loss_mask, special_id
+from lmpipe.data.tokens import TokenSplit
 
 
 def test_round_trip_including_unicode_and_specials(tokenizer):
@@ -64,8 +64,8 @@ def test_packed_splits_hold_whole_documents(tiny_tokens, tokenizer):
 
 
 def test_splits_of_a_large_vocabulary_are_uint32_and_masks_use_its_role_ids(tmp_path):
-    from lmpipe.tokenizer_kinds import build_tokenizer
-    from lmpipe.tokens import tokenize_documents
+    from lmpipe.data.tokenizer_kinds import build_tokenizer
+    from lmpipe.data.tokens import tokenize_documents
 
     texts = [protocol.qa_dialog("major", "Ab Ba", "Law") + "w69999", protocol.text_document("abc")]
     tok = build_tokenizer("char", texts)

@@ -13,8 +13,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from lmpipe import protocol
-from lmpipe.tokenizer_kinds import (BPE_MIN_VOCAB, GPT2_PATTERN, KINDS, SMOLLM2_MISSING,
+from lmpipe.core import protocol
+from lmpipe.data.tokenizer_kinds import (BPE_MIN_VOCAB, GPT2_PATTERN, KINDS, SMOLLM2_MISSING,
                                     bits_per_byte, build_tokenizer, token_dtype)
 
 DATA = Path(__file__).parent / "data"

@@ -3,8 +3,8 @@
 import duckdb
 import pytest
 
-from lmpipe import protocol
-from lmpipe.tooldb import PeopleDB
+from lmpipe.core import protocol
+from lmpipe.data.tooldb import PeopleDB
 
 
 def test_parse_accepts_the_grammar_and_rejects_the_rest():

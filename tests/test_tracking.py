@@ -2,11 +2,11 @@
 
 import os
 
-from lmpipe.config import TrainParams
-from lmpipe.model import build_model
-from lmpipe.runlog import RunLog
-from lmpipe.tokens import TokenSplit
-from lmpipe.train import train
+from lmpipe.params.config import TrainParams
+from lmpipe.model.build import build_model
+from lmpipe.core.run_folder import RunLog
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.train.loop import train
 from tests.conftest import TINY_MODEL
 
 

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from lmpipe.batching import LengthGroupedBatches
-from lmpipe.config import TrainParams
-from lmpipe.losses import evaluate_loss
-from lmpipe.masks import prefix_lm_mask
-from lmpipe.model import build_model
-from lmpipe.runlog import RunLog
-from lmpipe.tokens import TokenSplit
-from lmpipe.train import train
+from lmpipe.data.batching import LengthGroupedBatches
+from lmpipe.params.config import TrainParams
+from lmpipe.train.losses import evaluate_loss
+from lmpipe.data.attention_masks import prefix_lm_mask
+from lmpipe.model.build import build_model
+from lmpipe.core.run_folder import RunLog
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.train.loop import train
 from tests.conftest import TINY_MODEL
 
 

@@ -4,7 +4,7 @@ refuses it with an error. Never silently wrong (the old int8 layout ran raw int8
 weights).
 
 The directories are built by lmpipe's own code paths: `save_model` (teacher, student, distilled),
-`export_ternary` on a model trained through BitLinear158 layers (QAT, as lmpipe.runs does), and
+`export_ternary` on a model trained through BitLinear158 layers (QAT, as lmpipe.runs.training does), and
 `quantize_run` with method ptq (packed ternary PTQ and the int8 baseline).
 
 Tolerances: float and int8 directories hold the same float32 weights for both loaders, so their
@@ -25,12 +25,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmpipe.bitlinear import convert_to_bitlinear, set_lambda
-from lmpipe.config import ModelParams, Params
-from lmpipe.model import build_model, load_model, save_model
-from lmpipe.quantize import quantize_run
-from lmpipe.ternary_export import export_ternary
-from lmpipe.ternary_packing import INT8_FILE, TernaryLinear
+from lmpipe.quant.bitlinear import convert_to_bitlinear, set_lambda
+from lmpipe.params.config import ModelParams, Params
+from lmpipe.model.build import build_model, load_model, save_model
+from lmpipe.runs.quantize import quantize_run
+from lmpipe.model.export import export_ternary
+from lmpipe.quant.packing import INT8_FILE, TernaryLinear
 
 # out_features all divisible by 4, as transformers' BitLinear needs (the default model's are)
 STUDENT = ModelParams(d_model=32, n_layers=1, n_heads=4, max_seq_len=64)
@@ -212,8 +212,8 @@ def test_the_old_int8_layout_is_refused_by_lmpipe(pipeline_dirs, tmp_path):
 
 def test_int8_sizes_measure_the_compact_file(pipeline_dirs):
     # eval.json's file_bytes/weight_bytes keep meaning the compact int8 form, not the float twin
-    from lmpipe.evaluate import size_records
-    from lmpipe.model import tensor_headers
+    from lmpipe.eval.evaluate import size_records
+    from lmpipe.model.build import tensor_headers
 
     folder = pipeline_dirs["int8"]
     sizes = {r["metric"]: r["value"] for r in size_records(folder)}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmpipe import params_checks
-from lmpipe.config import ConfigError, Params, load_params, validate_params
+from lmpipe.params import checks as params_checks
+from lmpipe.params.config import ConfigError, Params, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -265,8 +265,10 @@ task:
 # --- the checks agree with the code they stand in for (which imports torch) --------------------
 
 def test_constants_match_the_modules_they_avoid_importing():
-    from lmpipe import tokenizer, tokenizer_kinds, world
+    from lmpipe.data import tokenizer
 
+    from lmpipe.data import tokenizer_kinds
+    from lmpipe.data import world
     assert params_checks.BYTE_VOCAB == tokenizer.VOCAB_SIZE
     assert params_checks.BPE_MIN_VOCAB == tokenizer_kinds.BPE_MIN_VOCAB
     assert params_checks.SMOLLM2_GGUF == tokenizer_kinds.SMOLLM2_GGUF
@@ -294,8 +296,8 @@ def test_layer_pairs_match_the_distill_layer_maps():
 def test_linear_names_match_the_model(tie):
     from torch import nn
 
-    from lmpipe.config import ModelParams
-    from lmpipe.model import build_model
+    from lmpipe.params.config import ModelParams
+    from lmpipe.model.build import build_model
 
     model_params = ModelParams(d_model=16, n_layers=2, n_heads=2, tie_embeddings=tie)
     model = build_model(model_params, 0)
@@ -334,7 +336,7 @@ def test_infinite_losses_are_exactly_those_refused():
 
 
 def test_file_vocabularies_match_the_built_tokenizers(tmp_path):
-    from lmpipe.tokenizer_kinds import build_tokenizer
+    from lmpipe.data.tokenizer_kinds import build_tokenizer
     from tests.test_tokenizer_kinds import write_tiktoken
 
     tiktoken_file = write_tiktoken(tmp_path / "tiny.tiktoken")

@@ -6,9 +6,9 @@ import json
 import duckdb
 import pytest
 
-from lmpipe import protocol
-from lmpipe.config import WorldParams
-from lmpipe.world import (FIRST_NAMES, LAST_NAMES, check_split, documents, generate_people,
+from lmpipe.core import protocol
+from lmpipe.params.config import WorldParams
+from lmpipe.data.world import (FIRST_NAMES, LAST_NAMES, check_split, documents, generate_people,
                           write_world)
 
 

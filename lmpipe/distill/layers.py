@@ -12,7 +12,7 @@ i (1-based), L the last block. A mapping is one of:
 
 from __future__ import annotations
 
-from lmpipe.config import ConfigError, DistillParams
+from lmpipe.params.config import ConfigError, DistillParams
 
 
 def layer_pairs(spec: str | list[list[int]], student_layers: int,

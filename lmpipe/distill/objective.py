@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmpipe.batching import Batch
-from lmpipe.config import HIDDEN_LOSSES, ConfigError, DistillParams
+from lmpipe.data.batching import Batch
+from lmpipe.params.config import HIDDEN_LOSSES, ConfigError, DistillParams
 from lmpipe.distill.attention_kl import attention_kl, head_mean_rows
 from lmpipe.distill.cakld import teacher_confidence
 from lmpipe.distill.hidden import hidden_cosine, hidden_mse
@@ -42,7 +42,7 @@ def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class DistillObjective:
-    """Callable objective for `lmpipe.train`: (model, batch) -> (summed loss, logged parts)."""
+    """Callable objective for `lmpipe.train.loop`: (model, batch) -> (summed loss, logged parts)."""
 
     per_step_metrics = ("grad_cosine", "cakld_confidence")
 

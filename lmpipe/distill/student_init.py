@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lmpipe.config import ConfigError, DistillParams
+from lmpipe.params.config import ConfigError, DistillParams
 
 
 def init_student_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module,

@@ -13,7 +13,7 @@ the one T it was written for, and `check_temperature` refuses any other before t
 
 The teacher reads the student's batches with its own attention mask (`attention`: its
 `teacher.train.attention`; for prefix-LM the tokens it did not write come from the train split's
-loss mask, lmpipe/masks.py), as the teacher cache does when it writes.
+loss mask, lmpipe/data/attention_masks.py), as the teacher cache does when it writes.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lmpipe.batching import Batch
-from lmpipe.config import ConfigError
+from lmpipe.data.batching import Batch
+from lmpipe.params.config import ConfigError
 from lmpipe.distill.attention_kl import head_mean_rows
 from lmpipe.distill.support import TeacherDistribution
-from lmpipe.masks import model_attention_mask
-from lmpipe.teacher_cache import TeacherCache, log_tempered_tail, top_k_with_missing
+from lmpipe.data.attention_masks import model_attention_mask
+from lmpipe.distill.cache import TeacherCache, log_tempered_tail, top_k_with_missing
 
 
 @dataclass

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmpipe.outputs import write_atomic
+from lmpipe.core.outputs import write_atomic
 from lmpipe.report import curves, distillation, index, probes, scaling
 from lmpipe.report.page import VL_VERSION, Page, chart_spec
 from lmpipe.report.source import Source

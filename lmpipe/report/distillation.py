@@ -9,9 +9,9 @@ dots on a log axis), and a measure × model table (a row per measure, so it fits
 print as integers). A model whose validation loss is over twice the models' median (ternary PTQ of
 a small model) is destroyed: it is left out of the loss panels, with a note, and kept in the
 accuracy panels and the table. When that run has replicates (the default experiment
-swept with `seeds`, lmpipe/sweep.py), the comparison is over all of them: each bar is the mean
+swept with `seeds`, lmpipe/sweep/grid.py), the comparison is over all of them: each bar is the mean
 with a whisker from the lowest to the highest replicate, each table cell "mean (min–max)",
-aggregated in SQL (lmpipe/store_spread.py). The curves are the validation loss of the distilled
+aggregated in SQL (lmpipe/store/spread.py). The curves are the validation loss of the distilled
 and scratch students at equal steps, and each logged distillation term (`loss_<term>`).
 """
 
@@ -27,7 +27,7 @@ from lmpipe.report import units
 from lmpipe.report.page import (NO_RUNS, Page, esc, fmt, fmt_count, fmt_spread, howto, note,
                                 table)
 from lmpipe.report.source import Source
-from lmpipe.store_spread import spread_sql
+from lmpipe.store.spread import spread_sql
 
 MODEL_ORDER = ["teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"]
 FIRST_PANELS = ["recall / trained", "tool_accuracy / trained", "tool_accuracy / heldout",

@@ -5,9 +5,9 @@ The sweep table has one row per sweep point (from `sweep_points`, or from the ru
 columns on a store without it): its status, the point's parameters as columns, and the headline
 figures of its latest eval run (recall and tool accuracy on trained people, knowledge bits,
 parameters), joined through `runs.sweep`/`runs.point`. When a sweep repeats its points over seeds
-(lmpipe/sweep.py `seeds`), the table has one row per group of replicates instead: its parameters
+(lmpipe/sweep/grid.py `seeds`), the table has one row per group of replicates instead: its parameters
 without the seed keys, its seeds and statuses, and each figure as mean (min–max) over the
-replicates' latest eval runs, aggregated in SQL (lmpipe/store_spread.py). The runs table lists the
+replicates' latest eval runs, aggregated in SQL (lmpipe/store/spread.py). The runs table lists the
 most recent runs.
 """
 
@@ -19,7 +19,7 @@ from lmpipe.report.headline import headline
 from lmpipe.report.page import (NO_RUNS, PAGES, Page, duration, esc, fmt, fmt_spread, note,
                                 table)
 from lmpipe.report.source import Source, label, parse_json
-from lmpipe.store_spread import spread_sql, sweep_groups_sql
+from lmpipe.store.spread import spread_sql, sweep_groups_sql
 
 MAX_RUN_ROWS = 200
 MAX_ERROR_CHARS = 160

@@ -7,7 +7,7 @@ the run, the statistic (mean, std, RMS, max |x|, fraction of zeros, quantiles, a
 and the kind (forward values or gradients). At most `MAX_STEPS` evenly spaced recorded steps per
 run are drawn, for the `MAX_RUNS` most recent runs with probes. The second is the linear-probe
 accuracy per layer (y) and checkpoint step (x), one attribute (or their mean) at a time, beside its
-controls (lmpipe/linear_probe.py): the selectivity (accuracy - Hewitt & Liang's control-task
+controls (lmpipe/eval/linear_probe.py): the selectivity (accuracy - Hewitt & Liang's control-task
 accuracy) and the accuracy beyond the next-token baseline, each a heatmap of its own with the
 same run and attribute dropdowns. A store indexed before the controls were recorded has no
 control columns, and one whose probe files predate them has NULLs: then only accuracy is drawn.
@@ -158,7 +158,7 @@ def build(src: Source) -> Page:
     frame = src.df(PROBES_SQL) if src.has("probes") else pd.DataFrame()
     if frame.empty:
         page.add("<p>No probe records: train with <code>train.probes.enabled: true</code> "
-                 "(lmpipe/probes.py).</p>")
+                 "(lmpipe/train/probes.py).</p>")
     else:
         page.add(howto("Each row is a probed point (embeddings at the top, then each block's "
                        "attention output, attention-weight entropy, MLP output and residual "

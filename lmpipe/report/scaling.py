@@ -25,7 +25,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from lmpipe.protocol import ATTRIBUTES
+from lmpipe.core.protocol import ATTRIBUTES
 from lmpipe.report import contours, units
 from lmpipe.report.page import NO_RUNS, Page, esc, fmt_spread, howto, note, table
 from lmpipe.report.source import Source, label, parse_json

@@ -2,7 +2,7 @@
 schema probes that let the pages work on older and newer stores (with or without `evals.step`,
 `runs.sweep`/`runs.point`, `sweep_points`), and the per-run facts several pages share: sweep points
 with their parameters, one parameter's value per run, and the replicate group of each run (a sweep
-with `seeds`; lmpipe/store_spread.py).
+with `seeds`; lmpipe/store/spread.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from lmpipe.store_spread import run_groups_sql
+from lmpipe.store.spread import run_groups_sql
 
 
 def parse_json(text: Any) -> Any:
@@ -139,7 +139,7 @@ class Source:
     @cached_property
     def run_groups(self) -> pd.DataFrame:
         """run_id, sweep, point_group, seed, group_id, replicates of every run
-        (lmpipe/store_spread.py): runs that differ only in their seed share a group id."""
+        (lmpipe/store/spread.py): runs that differ only in their seed share a group id."""
         return self.df(run_groups_sql(self.columns) + " ORDER BY group_id, run_id")
 
     def run_groups_sql(self) -> str:

@@ -10,14 +10,14 @@ import os
 import signal
 from pathlib import Path
 
-from lmpipe.config import ModelParams, TrainParams
-from lmpipe.distributed import init_distributed
-from lmpipe.losses import cross_entropy_objective
-from lmpipe.model import build_model
-from lmpipe.runlog import RunLog
-from lmpipe.tokenizer import special_id
-from lmpipe.tokens import TokenSplit
-from lmpipe.train import train
+from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.train.distributed import init_distributed
+from lmpipe.train.losses import cross_entropy_objective
+from lmpipe.model.build import build_model
+from lmpipe.core.run_folder import RunLog
+from lmpipe.data.tokenizer import special_id
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.train.loop import train
 
 
 def main() -> None:

@@ -1,0 +1,233 @@
+"""Evaluation of saved models on the people world: loss, recall without the tool, accuracy with it.
+
+Recall asks a trained person's attribute with no tool available: the answer must come from the
+weights. Tool accuracy offers the database: the model must write a valid query, and the evaluator
+runs it, inserts the reply and lets the model finish. On held-out people, who never appear in
+training text, only tool use can succeed. Answers are scored by exact match.
+
+Tool calls (`tool_call_records`), over the n questions asked with the tool:
+
+    tool_call_rate             well-formed queries (protocol.parse_query) for the asked person
+                               and the asked attribute / n
+    tool_call_wrong_person     well-formed queries naming another person / n
+    tool_call_wrong_attribute  well-formed queries asking another attribute / n
+
+(a query wrong in both counts in both; no call or a malformed one counts in none). A database
+reply alone does not make a call valid: the database answers any existing person's attribute.
+
+Bits per byte (`val_bpb`) is measured on exactly the targets the validation loss is
+(lmpipe/train/losses.py: the same `eval_batches`), over the UTF-8 bytes of their text, special tokens
+counting 0 bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+
+from lmpipe.core import protocol
+from lmpipe.params.config import EvalParams, Params, TrainParams
+from lmpipe.eval.generate import Exchange, answer_questions, sample_text
+from lmpipe.eval.harness import harness_records
+from lmpipe.eval.knowledge import knowledge_records
+from lmpipe.eval.linear_probe import eval_records
+from lmpipe.model.build import count_parameters, load_model, tensor_headers
+from lmpipe.core.progress import progress
+from lmpipe.core.run_folder import RunLog
+from lmpipe.quant.packing import INT8_FILE
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.data.tooldb import PeopleDB, sample_people
+from lmpipe.data.batching import make_batches
+from lmpipe.train.losses import evaluate_split
+
+
+def questions_for(people: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(attribute, name, expected answer) for every attribute of every person."""
+    return [(a, p["name"], p[a]) for p in people for a in protocol.ATTRIBUTES]
+
+
+def accuracy_records(metric: str, split: str, questions: list[tuple[str, str, str]],
+                     exchanges: list[Exchange]) -> list[dict[str, Any]]:
+    """Exact-match accuracy overall and per attribute, as eval records."""
+    hits: dict[str | None, list[int]] = defaultdict(list)
+    for (attribute, _, expected), ex in zip(questions, exchanges):
+        correct = int(ex.answer.strip() == expected)
+        hits[None].append(correct)
+        hits[attribute].append(correct)
+    return [{"metric": metric, "split": split, "attribute": attr,
+             "value": sum(v) / len(v), "n": len(v)} for attr, v in hits.items()]
+
+
+TOOL_CALL_METRICS = ("tool_call_rate", "tool_call_wrong_person", "tool_call_wrong_attribute")
+
+
+def tool_call_kind(attribute: str, name: str, query: str | None) -> set[str]:
+    """Which of TOOL_CALL_METRICS one exchange counts in (module docstring): the query the model
+    wrote, parsed with the protocol's grammar, against the asked attribute and person."""
+    if query is None:
+        return set()
+    try:
+        parsed = protocol.parse_query(query)
+    except protocol.QueryError:
+        return set()
+    kinds = set()
+    if parsed.name != name:
+        kinds.add("tool_call_wrong_person")
+    if parsed.attribute != attribute:
+        kinds.add("tool_call_wrong_attribute")
+    return kinds or {"tool_call_rate"}
+
+
+def tool_call_records(split: str, questions: list[tuple[str, str, str]],
+                      exchanges: list[Exchange]) -> list[dict[str, Any]]:
+    """The rate of valid tool calls, and of well-formed calls for the wrong person or attribute,
+    over every question asked (module docstring), as eval records."""
+    counts = dict.fromkeys(TOOL_CALL_METRICS, 0)
+    for (attribute, name, _), ex in zip(questions, exchanges):
+        for kind in tool_call_kind(attribute, name, ex.query):
+            counts[kind] += 1
+    n = len(exchanges)
+    return [{"metric": metric, "split": split, "attribute": None, "value": count / max(n, 1),
+             "n": n} for metric, count in counts.items()]
+
+
+def score_questions(model, tokenizer, split: str, people: list[dict[str, str]],
+                    db: PeopleDB | None, max_new_tokens: int, batch_size: int
+                    ) -> tuple[list[dict[str, Any]], list[Exchange]]:
+    """Ask every attribute of `people`, greedily: from memory (`recall`) without `db`, with the
+    database tool (`tool_accuracy`, plus the tool-call rates) with it. Returns the eval records,
+    overall and per attribute, and the transcripts. The one scorer of the eval stage, checkpoint
+    evals (lmpipe/eval/checkpoints.py) and the training hook (lmpipe/eval/train_hook.py)."""
+    questions = questions_for(people)
+    exchanges = answer_questions(model, tokenizer, [(a, n) for a, n, _ in questions], db,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    metric = "recall" if db is None else "tool_accuracy"
+    records = accuracy_records(metric, split, questions, exchanges)
+    if db is not None:
+        records += tool_call_records(split, questions, exchanges)
+    return records, exchanges
+
+
+def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
+                   trained: list[dict[str, str]], heldout: list[dict[str, str]],
+                   val_sampling: TrainParams, harness_dir: Path | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
+    """All eval records for one model, plus the transcripts they were scored on.
+
+    `harness_dir`: where the lm-eval people tasks of `params.harness_tasks` are written."""
+    model, tokenizer = load_model(model_dir)
+    # every model is scored on the same batches, read the way the teacher was trained
+    tp = val_sampling
+    # loss and bits per byte from the same targets (the first eval_batches batches)
+    val = evaluate_split(model, make_batches(
+        val_split, tp.sampling, 64, tp.block_size, 0, tokenizer.pad_token_id,
+        model.config.max_position_embeddings, tp.loss_on), max_batches=tp.eval_batches,
+        tokenizer=tokenizer)
+    val_loss = val.loss
+    records = [
+        {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None},
+        {"metric": "val_ppl", "split": "val", "attribute": None, "value": math.exp(val_loss), "n": None},
+        {"metric": "val_bpb", "split": "val", "attribute": None, "value": val.bits_per_byte,
+         "n": None},
+        {"metric": "parameters", "split": "model", "attribute": None,
+         "value": float(count_parameters(model)), "n": None},
+        *size_records(Path(model_dir)),
+    ]
+    if db is not None:  # what the weights alone hold, in bits (lmpipe/eval/knowledge.py)
+        records += knowledge_records(model, tokenizer, db, count_parameters(model),
+                                     params.batch_size, people=trained)
+    if params.linear_probe and db is not None:  # what each layer holds linearly about a person
+        probed = sample_people(db, "train", params.linear_probe_people, params.seed)
+        records += eval_records(model, tokenizer, probed, params.linear_probe_context,
+                                params.seed, params.batch_size)
+    transcripts = {}
+    for metric, split, people, tool in [("recall", "trained", trained, None),
+                                        ("tool_accuracy", "trained", trained, db),
+                                        ("tool_accuracy", "heldout", heldout, db)]:
+        if people:
+            scored, transcripts[f"{metric}/{split}"] = score_questions(
+                model, tokenizer, split, people, tool, params.max_new_tokens, params.batch_size)
+            records += scored
+    if params.harness_tasks:
+        records += harness_records(model_dir, params, db, trained, harness_dir)
+    return records, transcripts
+
+
+def size_records(model_dir: Path) -> list[dict[str, Any]]:
+    """Bytes of the weights file(s) on disk, and of the tensors in them (dtype size x elements,
+    packed codes as stored; of an int8 directory, its compact file only): a quantized model beside
+    its full-precision twin."""
+    file_bytes, tensor_bytes = 0, 0
+    widths = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "I64": 8, "F64": 8}
+    # an int8 directory's model.safetensors is the dequantized float twin of its compact file
+    compact = model_dir / INT8_FILE
+    for path in [compact] if compact.is_file() else sorted(model_dir.glob("*.safetensors")):
+        file_bytes += path.stat().st_size
+        tensor_bytes += sum(widths.get(t["dtype"], 4) * math.prod(t["shape"])
+                            for t in tensor_headers(path).values())
+    return [{"metric": "file_bytes", "split": "model", "attribute": None,
+             "value": float(file_bytes), "n": None},
+            {"metric": "weight_bytes", "split": "model", "attribute": None,
+             "value": float(tensor_bytes), "n": None}]
+
+
+def headline(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The overall figures of one model, keyed `metric` or `metric_split` (for DVC metrics)."""
+    out = {}
+    for r in records:
+        if r["attribute"] is None:
+            key = r["metric"] if r["split"] in ("val", "model") else f"{r['metric']}_{r['split']}"
+            out[key] = round(r["value"], 6)
+    return out
+
+
+def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, params: Params,
+                 out: Path, metrics_path: Path | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate every model on the same questions; write the eval run folder and DVC metrics.
+
+    Without a people world (`data.source` shakespeare or corpus) there is no database and no
+    questions: the models are compared on validation loss and perplexity only.
+    """
+    for name, folder in models.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: model '{name}' not found (run its stage first)")
+    val_split = TokenSplit.open(tokens_dir, "val")
+    resolved = {"run": {"stage": "eval", "name": "eval"}, **params.model_dump(mode="json")}
+    table: dict[str, dict[str, float]] = {}
+    people_world = params.data.source == "people"
+    with (PeopleDB(db_path) if people_world else contextlib.nullcontext()) as db, \
+            RunLog(out, "eval", "eval", resolved) as run:
+        ep = params.eval
+        trained = sample_people(db, "train", ep.trained_people, ep.seed) if db else []
+        heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed) if db else []
+        (out / "transcripts").mkdir(exist_ok=True)
+        with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
+            for name, folder in progress(models.items(), desc="eval", unit="model"):
+                records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
+                                                      params.teacher.train,
+                                                      harness_dir=out / "harness_tasks")
+                for r in records:
+                    evals.write(json.dumps({"model": name, **r}) + "\n")
+                with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:
+                    for task, exchanges in transcripts.items():
+                        for ex in exchanges:
+                            f.write(json.dumps({"task": task, **asdict(ex)}) + "\n")
+                table[name] = headline(records)
+                if ep.sample_prompt:
+                    model, tokenizer = load_model(folder)
+                    text = sample_text(model, tokenizer, ep.sample_prompt, ep.sample_tokens,
+                                       ep.temperature, ep.top_k, ep.seed)
+                    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"model": name, "prompt": ep.sample_prompt,
+                                            "text": text}) + "\n")
+        run.finish(models=list(models), trained_people=len(trained), heldout_people=len(heldout))
+    if metrics_path is not None:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(table, indent=2) + "\n")
+    return table

@@ -1,0 +1,261 @@
+"""Evaluation with EleutherAI's lm-evaluation-harness: lmpipe's people world as lm-eval tasks.
+
+`write_people_tasks` turns questions about people of the world into two local lm-eval tasks:
+`people_recall` (greedy generation up to END, exact match: the same prompt and scoring as
+lmpipe's own recall metric) and `people_recall_mc` (log-likelihood multiple choice over the
+attribute's values). `write_text_task` turns documents (e.g. the validation split) into a
+perplexity task whose loss per token is lmpipe's validation loss. `run_harness` runs any lm-eval tasks, these or lm-eval's own (hellaswag,
+mmlu, ... when their data is in the local Hugging Face cache), on a saved lmpipe model and returns
+lmpipe eval records. lm-eval is optional: it is imported only here, inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import numbers
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmpipe.core import protocol
+from lmpipe.params.config import ConfigError, EvalParams
+from lmpipe.data.tooldb import PeopleDB
+
+RECALL_TASK = "people_recall"
+MC_TASK = "people_recall_mc"
+PEOPLE_TASKS = (RECALL_TASK, MC_TASK)
+PEOPLE_ALIAS = "people"  # in eval.harness_tasks: both people tasks
+MAX_CHOICES = 16
+INSTALL_HINT = "pip install 'lmpipe[harness]'"
+
+
+def _choices(answer: str, values: list[str], key: str) -> list[str]:
+    """All of the attribute's values, or when there are more than MAX_CHOICES, the answer and
+    MAX_CHOICES - 1 distractors drawn with a seed made from the question (so reruns and models
+    see the same options); sorted, so the answer's position carries no signal."""
+    if len(values) <= MAX_CHOICES:
+        return values
+    distractors = random.Random(key).sample([v for v in values if v != answer], MAX_CHOICES - 1)
+    return sorted([answer, *distractors])
+
+
+def _task_yaml(name: str, data_file: Path, **fields: Any) -> dict[str, Any]:
+    return {"task": name, "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
+            "test_split": "test", "doc_to_text": "prompt",
+            # the answer follows the ASSISTANT token directly: no space in between
+            "target_delimiter": "", "metadata": {"version": 1.0}, **fields}
+
+
+def relocate_people_tasks(task_dir: str | Path, old_dir: str | Path) -> None:
+    """Point the task YAMLs in `task_dir` at their data files there, after the folder was moved
+    from `old_dir` (the eval stage writes in staging, then publishes: lm-eval wants absolute
+    data paths)."""
+    old, new = str(Path(old_dir).resolve()), str(Path(task_dir).resolve())
+    for config in Path(task_dir).glob("*.yaml"):
+        config.write_text(config.read_text().replace(old, new))
+
+
+def write_people_tasks(db_path: str | Path | PeopleDB, people: list[dict[str, str]],
+                       out_dir: str | Path, max_gen_toks: int = 48) -> list[str]:
+    """Write lm-eval tasks asking every attribute of `people` into `out_dir`; return their names.
+
+    `db_path`: the world's `people.duckdb` (or an open PeopleDB); multiple-choice options come from
+    every person in it. `max_gen_toks`: the recall answer's token budget, as lmpipe's
+    `eval.max_new_tokens` (lm-eval's default of 256 leaves no room for the prompt in a model with a
+    256-token context). Each task is a JSONL data file plus a YAML config, so
+    `lm_eval --include_path out_dir --tasks people_recall` runs it outside lmpipe too.
+    """
+    if not people:
+        raise ConfigError("write_people_tasks: no people to ask about")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(db_path) if isinstance(db_path, PeopleDB)
+          else PeopleDB(db_path)) as db:
+        everyone = db.people("train") + db.people("heldout")
+    values = {a: sorted({p[a] for p in everyone}) for a in protocol.ATTRIBUTES}
+    recall, mc = [], []
+    for person in people:
+        for attribute in protocol.ATTRIBUTES:
+            name, answer = person["name"], person[attribute]
+            prompt = protocol.prompt(attribute, name, with_tool=False)
+            recall.append({"prompt": prompt, "target": answer, "attribute": attribute})
+            options = _choices(answer, values[attribute], f"{name}/{attribute}")
+            # a choice is the whole assistant turn, END included, so a value that is a prefix of
+            # another ("Rome" / "Romeo") is not favoured for stopping early
+            mc.append({"prompt": prompt, "choices": [o + protocol.END for o in options],
+                       "label": options.index(answer), "attribute": attribute})
+    configs = {
+        RECALL_TASK: (recall, _task_yaml(
+            RECALL_TASK, out / f"{RECALL_TASK}.jsonl", output_type="generate_until",
+            doc_to_target="target",
+            generation_kwargs={"until": [protocol.END], "do_sample": False, "temperature": 0.0,
+                               "max_gen_toks": max_gen_toks},
+            # lmpipe scores `answer.strip() == expected`: the same here
+            filter_list=[{"name": "strip", "filter": [{"function": "remove_whitespace"},
+                                                      {"function": "take_first"}]}],
+            metric_list=[{"metric": "exact_match", "aggregation": "mean",
+                          "higher_is_better": True}])),
+        MC_TASK: (mc, _task_yaml(
+            MC_TASK, out / f"{MC_TASK}.jsonl", output_type="multiple_choice",
+            doc_to_choice="choices", doc_to_target="label",
+            metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}])),
+    }
+    for task, (rows, config) in configs.items():
+        with open(out / f"{task}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (out / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False,
+                                                         allow_unicode=True))
+    return list(configs)
+
+
+def write_text_task(texts: list[str], out_dir: str | Path, name: str = "lmpipe_text") -> str:
+    """Write a rolling log-likelihood (perplexity) task over `texts` into `out_dir`; return its
+    name. Texts are documents as `prepare` writes them (no BOS: the tokenizer adds it). lm-eval
+    reports word_perplexity, byte_perplexity and bits_per_byte over the texts' UTF-8 bytes;
+    `run_harness` runs it without the tokenizer's BOS (`hf_model_args`), so the summed
+    log-likelihood is that of lmpipe's val loss with `loss_on: all`."""
+    if not texts:
+        raise ConfigError("write_text_task: no texts")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / f"{name}.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    config = _task_yaml(name, data, output_type="loglikelihood_rolling", doc_to_text="",
+                        doc_to_target="text",
+                        metric_list=[{"metric": m} for m in ("word_perplexity", "byte_perplexity",
+                                                             "bits_per_byte")])
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return name
+
+
+def _lm_eval():
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise ConfigError(f"lm-eval is not installed ({exc}); {INSTALL_HINT}") from None
+    return lm_eval, TaskManager
+
+
+def hf_model_args(model_dir: str | Path, add_bos_token: bool = True) -> dict[str, Any]:
+    """lm-eval's `hf` model arguments for a saved lmpipe model.
+
+    add_bos_token: lmpipe's tokenizer prepends the BOS every document is trained after, as
+    lmpipe's evaluator encodes its prompts; True keeps it for generation and multiple-choice
+    tasks. Rolling log-likelihood (perplexity) tasks need False: lm-eval puts its own BOS prefix
+    before each rolling window, so a tokenizer BOS would be scored as a second one (predicted
+    from the first) and the perplexity would not be lmpipe's validation loss.
+    """
+    return {"pretrained": str(model_dir), "dtype": "float32", "add_bos_token": add_bos_token}
+
+
+def _rolling(manager, task: str) -> bool:
+    """Whether every task under `task` (a task, group or tag) scores rolling log-likelihood."""
+    leaves = list(manager.load(task)["tasks"].values())
+    return bool(leaves) and all(t.OUTPUT_TYPE == "loglikelihood_rolling" for t in leaves)
+
+
+def _task_manager(tasks: list[str], include_path: str | Path | None):
+    """A TaskManager that knows every name in `tasks`, or a ConfigError naming those it does not.
+
+    lm-eval's own task index takes seconds to build, so it is left out when `include_path` holds
+    every task."""
+    _, TaskManager = _lm_eval()
+    if include_path is not None:
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    manager = TaskManager(include_path=None if include_path is None else str(include_path),
+                          include_defaults=True)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        where = f" nor in {include_path}" if include_path is not None else ""
+        raise ConfigError(f"unknown lm-eval task(s) {', '.join(map(repr, unknown))}: not among "
+                          f"lm-eval's tasks{where}")
+    return manager
+
+
+def _records(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """lm-eval's results as lmpipe eval records: one per task (or group) and metric."""
+    counts = {t: n.get("effective") for t, n in results.get("n-samples", {}).items()}
+    for group, members in results.get("group_subtasks", {}).items():
+        if group not in counts and members and all(m in counts for m in members):
+            counts[group] = sum(counts[m] for m in members)
+    records = []
+    for task, scores in results["results"].items():
+        keys = [k for k in scores if "," in k and "_stderr," not in k]
+        metric_names = [k.split(",", 1)[0] for k in keys]
+        for key, metric in zip(keys, metric_names):
+            value = scores[key]
+            if not isinstance(value, numbers.Real):
+                continue  # "N/A" for groups without an aggregate
+            # lm-eval keys a metric by its filter ("exact_match,strip"); the filter name only
+            # matters when one task reports the same metric under several filters
+            suffix = key.split(",", 1)[1]
+            name = metric if metric_names.count(metric) == 1 else f"{metric}_{suffix}"
+            records.append({"metric": f"lmeval_{name}", "split": task, "attribute": None,
+                            "value": float(value), "n": counts.get(task)})
+    return records
+
+
+def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Path | None = None,
+                limit: int | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
+    """Run lm-eval `tasks` on the saved model in `model_dir` (CPU, fp32); return eval records
+    `{metric: "lmeval_<metric>", split: task, attribute: None, value, n}`.
+
+    `include_path`: a folder of task YAMLs (e.g. from `write_people_tasks`); `limit`: at most this
+    many samples per task. A task name lm-eval does not know raises ConfigError naming it.
+    Perplexity (rolling log-likelihood) tasks run without the tokenizer's BOS, the others with it
+    (`hf_model_args`).
+    """
+    if not tasks:
+        raise ConfigError("run_harness: no tasks given")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"run_harness: limit must be >= 1, got {limit}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise FileNotFoundError(f"{include_path}: task folder (include_path) not found")
+    lm_eval, _ = _lm_eval()
+    manager = _task_manager(list(tasks), include_path)
+    rolling = [t for t in tasks if _rolling(manager, t)]
+    records = []
+    # perplexity tasks without the tokenizer's BOS (hf_model_args), the others with it
+    for names, bos in (([t for t in tasks if t not in rolling], True), (rolling, False)):
+        if names:
+            records += _records(lm_eval.simple_evaluate(
+                model="hf", model_args=hf_model_args(model_dir, add_bos_token=bos), tasks=names,
+                task_manager=manager, device="cpu", batch_size=batch_size, limit=limit,
+                # stderr is not reported; 0 skips the bootstrap
+                bootstrap_iters=0, log_samples=False))
+    return records
+
+
+def harness_records(model_dir: str | Path, params: EvalParams, db: PeopleDB | None,
+                    people: list[dict[str, str]], task_dir: str | Path | None = None
+                    ) -> list[dict[str, Any]]:
+    """The eval stage's hook: run `params.harness_tasks` on one model.
+
+    "people" (or either people task by name) writes the people tasks for `people` into
+    `task_dir` (a temporary folder when None) first; other names go to lm-eval as they are."""
+    requested = list(dict.fromkeys(
+        t for name in params.harness_tasks
+        for t in (PEOPLE_TASKS if name == PEOPLE_ALIAS else (name,))))
+    wants_people = any(t in PEOPLE_TASKS for t in requested)
+    if wants_people and (db is None or not people):
+        raise ConfigError("eval.harness_tasks: the people tasks need the people world "
+                          "(data.source = people) and trained people to ask about")
+    with (tempfile.TemporaryDirectory() if task_dir is None
+          else contextlib.nullcontext(task_dir)) as folder:
+        if wants_people:
+            write_people_tasks(db, people, folder, max_gen_toks=params.max_new_tokens)
+        return run_harness(model_dir, requested, include_path=folder if wants_people else None,
+                           limit=params.harness_limit, batch_size=params.batch_size)

@@ -1,0 +1,1 @@
+"""Low-bit weights: ternarization, BitLinear layers, packed formats and their loading."""

@@ -1,0 +1,1 @@
+"""The DuckDB store: index run folders, read them, group seed replicates."""

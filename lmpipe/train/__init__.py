@@ -1,0 +1,2 @@
+"""The training loop and what it needs: checkpoints, optimizers, schedules, losses, distributed
+setup, tracking and activation probes."""

@@ -1,0 +1,331 @@
+"""The training loop shared by the `train` and `distill` stages.
+
+One loop, a pluggable objective: `train` minimises cross-entropy on target tokens, `distill` a
+weighted sum of divergences from the teacher (lmpipe/distill/). The loop resumes from the run's last checkpoint, runs data-
+parallel under `torchrun`, accumulates gradients, and logs every `log_every` steps to the run
+folder's metrics.jsonl: loss, lr, grad norm, tokens/s, time per phase, MFU and memory.
+
+Validation runs on its own schedule, every `eval_every` steps and after the last, whatever
+`log_every` is: on a step that is also a log step its figures join that step's record; on any
+other it logs a record of its own (step, tokens, val_loss, eval memory, the eval hook's figures)
+and leaves the training window running, so the log records are the same with or without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lmpipe.core import profiler
+from lmpipe.data.batching import Batch, make_batches
+from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
+from lmpipe.train.checkpoint import (TrainerState, fingerprint, latest_checkpoint, load_checkpoint,
+                               remove_checkpoints, save_checkpoint)
+from lmpipe.params.config import ConfigError, TrainParams
+from lmpipe.train.distributed import Dist, init_distributed, resolve_device
+from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
+from lmpipe.train.optim import build_optimizer
+from lmpipe.train.probes import ProbeRecorder
+from lmpipe.core.progress import progress
+from lmpipe.core.run_folder import RunLog
+from lmpipe.train.schedule import lr_at
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.train.tracking import make_tracker
+
+Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient: the run stops at that step, before the optimizer applies
+    it, and nothing from it is saved (the run log records status `diverged`)."""
+
+    status = "diverged"
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"diverged at step {step}: {what}")
+        self.step = step
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batch]:
+    """This process's micro-batches of the global batch of `step`.
+
+    The global batch (batch_size * grad_accum rows) is the same whatever the number of processes
+    and accumulation steps: process r takes rows r, r + world, ...; micro-batch i of those takes
+    every grad_accum-th row from i. So DDP and accumulation reproduce one big batch exactly.
+    """
+    mine = batches(step)
+    if dist.enabled:
+        mine = mine.rows(slice(dist.rank, None, dist.world))
+    if tp.grad_accum == 1:
+        return [mine]
+    return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
+
+
+class Trainer:
+    """Owns the model, optimizer and run folder of one training run."""
+
+    def __init__(self, model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit,
+                 tp: TrainParams, run: RunLog | None, pad_id: int,
+                 objective: Objective = cross_entropy_objective, desc: str = "train",
+                 run_params: dict[str, Any] | None = None, folder: Path | None = None,
+                 eval_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> None:
+        """`folder`: the run folder (default `run.folder`); every data-parallel process reads
+        checkpoints from it, only rank 0 (the one holding `run`) writes. `eval_hook(model)`:
+        extra figures logged at every eval step (lmpipe/eval/train_hook.py)."""
+        if tp.probes.enabled and tp.compile:
+            raise ConfigError("train.probes needs train.compile: false (hooks break the graph)")
+        self.eval_hook = eval_hook
+        if tp.threads:
+            torch.set_num_threads(tp.threads)
+        self.tp, self.run, self.desc, self.objective = tp, run, desc, objective
+        # metrics the objective reports once per step (a cosine, a confidence), not per target
+        self.per_step_metrics = set(getattr(objective, "per_step_metrics", ()))
+        self.folder = folder if folder is not None else (run.folder if run is not None else None)
+        self.dist = init_distributed()
+        if tp.batch_size < self.dist.world:
+            # every process must get at least one row of every micro-batch
+            raise ConfigError(f"train.batch_size = {tp.batch_size}: fewer rows than the "
+                              f"{self.dist.world} data-parallel processes; expected batch_size "
+                              f">= {self.dist.world}")
+        self.device = resolve_device(tp.device, self.dist)
+        if tp.qat:  # before the optimizer and DDP see the model: same parameters, new forward
+            convert_to_bitlinear(model, tp.qat_skip_modules)
+        self.model = model.to(self.device)
+        if tp.grad_checkpointing:
+            model.activation_checkpointing_enable()
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        self.batches = make_batches(train_split, tp.sampling, tp.batch_size * tp.grad_accum,
+                                    tp.block_size, tp.seed, pad_id, max_len, tp.loss_on,
+                                    tp.attention)
+        self.val_batches = make_batches(val_split, tp.sampling, tp.batch_size, tp.block_size,
+                                        tp.seed, pad_id, max_len, tp.loss_on, tp.attention)
+        self.optimizer = build_optimizer(model, tp)
+        # fp16 autocast needs loss scaling against gradient underflow; a no-op otherwise
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.device.type == "cuda" and tp.precision == "fp16")
+        self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
+        self.run_params = run_params or {}
+        self.step, self.tokens_seen = 0, 0
+        self.initial_val = float("nan")
+        self.wrapped = model
+        if self.dist.enabled:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(self.wrapped) if tp.compile else self.wrapped
+        # no recorder at all when probes are off: the loop then runs exactly as without them
+        self.probes = (ProbeRecorder(model, tp.probes, self.folder if self.dist.is_main else None)
+                       if tp.probes.enabled else None)
+        self.tracker = make_tracker(tp.wandb, tp.wandb_project, desc,
+                                    run.folder if run is not None and self.dist.is_main else None,
+                                    self.run_params)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return None if self.folder is None else self.folder / "checkpoints"
+
+    def resume(self) -> bool:
+        """Continue from this run's newest matching checkpoint; False when starting fresh."""
+        path = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir,
+                                                                           self.fingerprint)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.optimizer)
+        self.step, self.tokens_seen = state.step, state.tokens_seen
+        self.initial_val = state.initial_val_loss
+        return True
+
+    def save(self) -> None:
+        if self.dist.is_main and self.checkpoint_dir is not None:
+            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
+                            TrainerState(self.step, self.tokens_seen, self.fingerprint,
+                                         self.initial_val),
+                            self.run_params, self.tp.keep_checkpoints)
+        self.dist.barrier()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def validation_loss(self) -> tuple[float, dict[str, float]]:
+        """Validation loss, and the process memory before/during/after the eval round."""
+        with profiler.eval_round() as memory:
+            loss = evaluate_loss(self.model, self.val_batches, self.tp.batch_size,
+                                 self.tp.eval_batches)
+        return loss, memory
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self, step: int) -> tuple:
+        """One optimizer step over the global batch; returns the sums the log window needs."""
+        tp, timer = self.tp, self.timer
+        with timer.phase("data"):
+            micro = [b.to(self.device) for b in _micro_batches(self.batches, tp, step, self.dist)]
+            # one all-reduce for both counts: targets normalize the loss, tokens feed tokens/s
+            counts = self.dist.all_sum(torch.tensor(
+                [float(sum(b.target_mask.sum() for b in micro)), float(sum(b.n_tokens for b in micro))],
+                device=self.device))
+            global_targets, n_tokens = counts[0].clamp(min=1), int(counts[1])
+        lr = lr_at(step, tp.lr, tp.warmup_steps, tp.steps, tp.min_lr_ratio, shape=tp.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if tp.qat:
+            set_lambda(self.model, qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule))
+        total = torch.zeros((), device=self.device)
+        extras: dict[str, torch.Tensor] = {}
+        with timer.phase("forward_backward"):
+            for i, batch in enumerate(micro):
+                sync = not self.dist.enabled or i == len(micro) - 1
+                with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), \
+                        _autocast(self.device, tp.precision):
+                    loss_sum, parts = self.objective(self.forward, batch)
+                # DDP averages gradients over processes; scaling by world / global targets makes
+                # the result the gradient of the global per-target mean.
+                self.scaler.scale(loss_sum * (self.dist.world / global_targets)).backward()
+                total += loss_sum.detach()
+                for key, value in parts.items():
+                    # per-step diagnostics are averaged over micro-batches, the rest summed
+                    share = len(micro) if key in self.per_step_metrics else 1
+                    extras[key] = extras.get(key, 0) + value.detach() / share
+        with timer.phase("optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), tp.grad_clip if tp.grad_clip > 0 else math.inf)
+            if not self.scaler.is_enabled():  # fp16 loss scaling skips non-finite steps itself
+                self._check_finite(step + 1, total, grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        return total, global_targets, extras, n_tokens, lr, grad_norm
+
+    def _check_finite(self, step: int, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Raise Diverged (on every process alike) when the loss or the gradient is not finite."""
+        bad = torch.stack([(~torch.isfinite(loss_sum)).float(), (~torch.isfinite(grad_norm)).float()])
+        bad = self.dist.all_sum(bad)
+        if bad.any():
+            what = " and ".join(name for name, flag in zip(("loss", "gradient norm"), bad) if flag)
+            raise Diverged(step, f"non-finite {what}")
+
+    def fit(self) -> dict[str, float]:
+        tp = self.tp
+        resumed = self.resume()
+        resumed_from = self.step if resumed else None
+        self.dist.barrier()  # every process has decided before rank 0 clears stale checkpoints
+        if self.run is not None and self.dist.is_main:
+            self.run.rewind(self.step)
+            if self.probes is not None:
+                self.probes.rewind(self.step)
+            if not resumed:
+                remove_checkpoints(self.checkpoint_dir)
+        self.timer = profiler.PhaseTimer()
+        seq_len = (tp.block_size if tp.sampling == "windows"
+                   else int(self.batches.lengths.mean()))
+        flops_token = profiler.flops_per_token(self.model.config, seq_len)
+        peak = profiler.measure_matmul_peak(device=self.device)
+        trace = profiler.maybe_trace(tp.profile_steps,
+                                     self.run.folder if self.run is not None else ".")
+        self.model.train()
+        if tp.qat:  # the initial eval sees the model as step `self.step` will train it
+            set_lambda(self.model, qat_lambda(self.step, tp.qat_warmup_steps, tp.qat_schedule))
+        if not resumed:
+            self.initial_val, _ = self.validation_loss()
+            self._log({"step": 0, "tokens": 0, "val_loss": self.initial_val,
+                       "flops_per_token": flops_token, "peak_flops": peak})
+        # Everything allocated so far lives for the whole run: keep it out of every later
+        # collection (a full gc.collect() over a loaded transformers costs ~0.3 s here).
+        gc.freeze()
+        val_loss, val_step = self.initial_val, self.step if not resumed else None
+        window = {"loss": torch.zeros((), device=self.device), "targets": torch.zeros((), device=self.device),
+                  "tokens": 0, "steps": 0, "extras": {}}
+        bar = progress(range(self.step, tp.steps), desc=self.desc, unit="step",
+                       disable=not self.dist.is_main, initial=self.step, total=tp.steps)
+        record: dict[str, Any] = {}
+        for step in bar:
+            trace.step(step)
+            probing = self.probes is not None and self.probes.due(step + 1)
+            with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
+                total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
+            self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
+            window["loss"] += self.dist.all_sum(total)
+            window["targets"] += targets
+            window["tokens"] += n_tokens
+            window["steps"] += 1
+            for key, value in extras.items():
+                window["extras"][key] = window["extras"].get(key, 0) + self.dist.all_sum(value)
+            last = self.step == tp.steps
+            log_due = self.step % tp.log_every == 0 or last
+            eval_due = self.step % tp.eval_every == 0 or last
+            if log_due:
+                with self.timer.phase("logging"):
+                    phases = self.timer.pop()
+                    busy = sum(phases.values())
+                    tokens_per_s = window["tokens"] / max(busy, 1e-9)
+                    record = {
+                        "step": self.step, "tokens": self.tokens_seen,
+                        "loss": (window["loss"] / window["targets"]).item(),
+                        "lr": lr, "grad_norm": float(grad_norm),
+                        **({"qat_lambda": qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule)}
+                           if tp.qat else {}),
+                        "tokens_per_s": tokens_per_s, "step_time_s": busy / window["steps"],
+                        **{k: v / window["steps"] for k, v in phases.items()},
+                        "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
+                        **profiler.memory_record(self.device),
+                        **{k: (v / (window["steps"] * self.dist.world
+                                    if k in self.per_step_metrics else window["targets"])).item()
+                           for k, v in window["extras"].items()},
+                    }
+            if eval_due:
+                # eval time lands in the next log window's phases, as it always has
+                with self.timer.phase("eval"):
+                    val_loss, memory = self.validation_loss()
+                    extra = self.eval_hook(self.model) if self.eval_hook else {}
+                val_step = self.step
+                evaluated = {"val_loss": val_loss, **memory, **extra}
+                if log_due:
+                    record.update(evaluated)
+                else:  # its own record: the training window keeps accumulating to the log step
+                    self._log({"step": self.step, "tokens": self.tokens_seen, **evaluated})
+                    bar.set_postfix(val=f"{val_loss:.3f}", refresh=False)
+            if log_due:
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}",
+                                tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                window = {"loss": torch.zeros((), device=self.device),
+                          "targets": torch.zeros((), device=self.device),
+                          "tokens": 0, "steps": 0, "extras": {}}
+            if (tp.checkpoint_every and self.step % tp.checkpoint_every == 0) or last:
+                self.save()
+        trace.close()
+        gc.unfreeze()
+        if val_step != self.step:  # resumed at the last step: measure the model as it ends
+            val_loss, _ = self.validation_loss()
+        if self.tracker is not None:
+            self.tracker.close()
+        return {"initial_val_loss": self.initial_val, "final_val_loss": val_loss,
+                "final_train_loss": record.get("loss", float("nan")),
+                "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
+                "resumed_from": resumed_from,
+                "world_size": self.dist.world}
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run is not None and self.dist.is_main:
+            self.run.log(record)
+        if self.tracker is not None:
+            self.tracker.log(record)
+
+
+def train(model: torch.nn.Module, train_split: TokenSplit, val_split: TokenSplit, tp: TrainParams,
+          run: RunLog | None, pad_id: int, objective: Objective = cross_entropy_objective,
+          desc: str = "train", run_params: dict[str, Any] | None = None,
+          folder: Path | None = None,
+          eval_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> dict[str, float]:
+    """Train for `tp.steps` optimizer steps (resuming if a matching checkpoint exists)."""
+    return Trainer(model, train_split, val_split, tp, run, pad_id, objective, desc, run_params,
+                   folder, eval_hook).fit()
