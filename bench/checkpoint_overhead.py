@@ -28,14 +28,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmpipe.params.config import Params, TrainParams  # noqa: E402
-from lmpipe.train.losses import cross_entropy_objective  # noqa: E402
-from lmpipe.model.build import build_model  # noqa: E402
 from lmpipe.core.run_folder import RunLog  # noqa: E402
 from lmpipe.data.tokenizer import build_byte_tokenizer  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_world  # noqa: E402
-from lmpipe.train.loop import Trainer  # noqa: E402
 from lmpipe.data.world import write_world  # noqa: E402
+from lmpipe.model.build import build_model  # noqa: E402
+from lmpipe.params.config import Params, TrainParams  # noqa: E402
+from lmpipe.train.loop import Trainer  # noqa: E402
+from lmpipe.train.losses import cross_entropy_objective  # noqa: E402
 
 
 def default_data(work: Path, params: Params) -> Path:

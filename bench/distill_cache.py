@@ -33,15 +33,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmpipe.data.batching import make_batches  # noqa: E402
-from lmpipe.params.config import DistillParams, load_params  # noqa: E402
-from lmpipe.distill import build_objective  # noqa: E402
-from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
 from lmpipe.data.attention_masks import model_attention_mask  # noqa: E402
-from lmpipe.model.build import build_model, load_model  # noqa: E402
+from lmpipe.data.batching import make_batches  # noqa: E402
 from lmpipe.data.sources import paragraphs  # noqa: E402
-from lmpipe.distill.cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
+from lmpipe.distill import build_objective  # noqa: E402
+from lmpipe.distill.cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
+from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
+from lmpipe.model.build import build_model, load_model  # noqa: E402
+from lmpipe.params.config import DistillParams, load_params  # noqa: E402
 
 
 @torch.no_grad()
@@ -130,8 +130,8 @@ def time_steps(student, objective, batches, steps: int) -> float:
 
 
 def smollm2(shakespeare: Path, documents: int, steps: int) -> tuple[list[dict], dict]:
-    from lmpipe.model.pretrained import import_pretrained
     from lmpipe.data.tokenizer_kinds import build_tokenizer
+    from lmpipe.model.pretrained import import_pretrained
 
     recipe = load_params(ROOT / "recipes/shakespeare-smollm2.yaml")
     tokenizer = build_tokenizer("smollm2")

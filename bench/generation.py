@@ -21,11 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lmpipe.core import protocol  # noqa: E402
+from lmpipe.data.tooldb import (
+    PeopleDB,  # noqa: E402
+    sample_people,  # noqa: E402
+)
 from lmpipe.eval.evaluate import questions_for  # noqa: E402
-from lmpipe.data.tooldb import sample_people  # noqa: E402
 from lmpipe.eval.generate import Sampling, generate  # noqa: E402
 from lmpipe.model.build import load_model  # noqa: E402
-from lmpipe.data.tooldb import PeopleDB  # noqa: E402
 
 
 def tokens_per_second(model, tokenizer, prompts, db, batch_size: int) -> tuple[float, int, float]:

@@ -12,7 +12,7 @@ attribute of every trained person) that are
 before (the per-document split lmpipe used until issue 15: `split_documents` over
 documents.jsonl, val_fraction 0.05, seed 0) and after (the world's split, `world_split`: both
 must be 1.0). Then the knowledge bits (lmpipe/eval/knowledge.py) at 25 people of two crafted models
-(tests/test_knowledge.py): an oracle (all mass on the truth) and a model uniform over each
+(tests/eval/test_knowledge.py): an oracle (all mass on the truth) and a model uniform over each
 attribute's values, beside N·Σ_a log2|V_a| and the oracle's figure under the old |V_a| (the
 distinct values present in the world). Usage: `.venv/bin/python bench/knowledge_split.py`.
 """
@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_knowledge import Crafted, Trie, value_list  # noqa: E402
 
 from lmpipe.core import protocol  # noqa: E402
-from lmpipe.params.config import load_params  # noqa: E402
-from lmpipe.eval.knowledge import knowledge_records  # noqa: E402
 from lmpipe.data.tokenizer import build_byte_tokenizer  # noqa: E402
 from lmpipe.data.tokens import read_documents, split_documents, world_split  # noqa: E402
 from lmpipe.data.tooldb import PeopleDB  # noqa: E402
 from lmpipe.data.world import write_world  # noqa: E402
+from lmpipe.eval.knowledge import knowledge_records  # noqa: E402
+from lmpipe.params.config import load_params  # noqa: E402
 
 RECIPE = ROOT / "recipes/in-tool-learning/params.yaml"
 MODES = {"tool": ["world.tool_dialogs=true", "world.qa_dialogs=false", "world.bios_per_person=0"],

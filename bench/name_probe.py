@@ -2,7 +2,7 @@
 
 Physics of LM 3.1 finds attributes linearly readable at a person's name only when the training
 biographies are augmented (several per person, sentences in random order). This trains a byte-level
-model on the small 4-values-per-attribute world of tests/test_linear_probe.py, with `--bios` such
+model on the small 4-values-per-attribute world of tests/eval/test_linear_probe.py, with `--bios` such
 biographies per person (each fact a sentence starting with the name, in random order) beside the
 Q&A dialogs, then prints the probe accuracy per layer at the name (`bio`) and at the answer
 position (`answer`), each beside its controls (issue 15, lmpipe/eval/linear_probe.py): the next-token
@@ -40,14 +40,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_linear_probe import TEST_VALUES  # noqa: E402
 
 from lmpipe.core import protocol  # noqa: E402
-
 from lmpipe.data import world
-from lmpipe.params.config import ModelParams, TrainParams, WorldParams  # noqa: E402
-from lmpipe.eval.linear_probe import FINAL, format_table, probe_model  # noqa: E402
-from lmpipe.model.build import build_model  # noqa: E402
 from lmpipe.data.tokenizer import build_byte_tokenizer  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
 from lmpipe.data.tooldb import PeopleDB  # noqa: E402
+from lmpipe.eval.linear_probe import FINAL, format_table, probe_model  # noqa: E402
+from lmpipe.model.build import build_model  # noqa: E402
+from lmpipe.params.config import ModelParams, TrainParams, WorldParams  # noqa: E402
 from lmpipe.train.loop import train  # noqa: E402
 
 # values sharing first letters in pairs: the answer's first byte tells the pair, not the value

@@ -46,16 +46,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from readme_block import markers, write_block  # noqa: E402
+
 from flows.pipeline import stage_order  # noqa: E402
 from lmpipe.params.config import apply_overrides, validate_params  # noqa: E402
 from lmpipe.sweep.grid import default_seed_keys  # noqa: E402
-from readme_block import markers, write_block  # noqa: E402
 
 README = ROOT / "README.md"
 START, END = markers("pipeline")
 COPIED = ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe")
 # a configuration that runs every stage in well under a minute: for trying the bench, not for
-# figures (the same scale as tests/test_pipeline.py)
+# figures (the same scale as tests/e2e/test_pipeline.py)
 TINY = ["world.people=60", "world.heldout_people=12",
         "teacher.model.d_model=32", "teacher.model.n_layers=1", "teacher.train.steps=60",
         "teacher.train.batch_size=16", "teacher.train.lr=0.01", "teacher.train.warmup_steps=5",
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="read the figures from a previous --out file instead of running")
     parser.add_argument("--write-lock", action="store_true",
                         help="copy the (seed 0) run's dvc.lock into the project: the committed "
-                        "lock then describes the committed code (tests/test_dvc_lock.py)")
+                        "lock then describes the committed code (tests/project/test_dvc_lock.py)")
     parser.add_argument("--write-readme", nargs="?", const=README, type=Path, metavar="FILE",
                         help="rewrite the figures block of the README (default README.md)")
     args = parser.parse_args(argv)

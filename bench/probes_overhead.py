@@ -31,10 +31,10 @@ def worker(mode: str, tokens: Path, steps: int) -> None:
     """One measurement in this process (lmpipe imported from PYTHONPATH); prints tokens/s."""
     import torch
 
-    from lmpipe.params.config import ModelParams, TrainParams
-    from lmpipe.model.build import build_model
     from lmpipe.core.run_folder import RunLog
     from lmpipe.data.tokens import TokenSplit
+    from lmpipe.model.build import build_model
+    from lmpipe.params.config import ModelParams, TrainParams
     from lmpipe.train.loop import train
 
     torch.set_num_threads(1)
@@ -57,10 +57,10 @@ def worker(mode: str, tokens: Path, steps: int) -> None:
 
 
 def make_tokens(out: Path) -> Path:
-    from lmpipe.params.config import WorldParams
     from lmpipe.data.tokenizer import build_byte_tokenizer
     from lmpipe.data.tokens import tokenize_world
     from lmpipe.data.world import write_world
+    from lmpipe.params.config import WorldParams
 
     write_world(WorldParams(people=400, heldout_people=50), out / "world")
     tokenize_world(out / "world", build_byte_tokenizer(), out / "tokens", val_fraction=0.05,

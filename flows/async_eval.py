@@ -29,18 +29,26 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import lmpipe  # noqa: F401  (sets the offline and no-analytics environment defaults)
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from lmpipe.train.checkpoint import checkpoint_step
-from lmpipe.eval.checkpoints import (CheckpointEvalConfig, CheckpointVanished, eval_log,
-                                    evaluate_checkpoint, evaluated_steps, live_run_folder,
-                                    pending_checkpoints, preload)
-from lmpipe.params.config import ConfigError, load_params
+import lmpipe  # noqa: F401  (sets the offline and no-analytics environment defaults)
 from lmpipe.core.paths import PARAMS, TOKENS, WORLD, run_dir
+from lmpipe.core.run_folder import PARAMS_FILE, SUMMARY_FILE
+from lmpipe.eval.checkpoints import (
+    CheckpointEvalConfig,
+    CheckpointVanished,
+    eval_log,
+    evaluate_checkpoint,
+    evaluated_steps,
+    live_run_folder,
+    pending_checkpoints,
+    preload,
+)
+from lmpipe.params.config import ConfigError, load_params
+from lmpipe.train.checkpoint import checkpoint_step
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +103,7 @@ def _training_finished(run: Path, stop_when_summary: bool, not_before: float | N
     if train_pid is not None and not _alive(train_pid):
         return True
     if stop_when_summary:
-        summary = run / "summary.json"
+        summary = run / SUMMARY_FILE
         try:
             # a summary from an earlier run in the same folder does not count
             return not_before is None or summary.stat().st_mtime >= not_before
@@ -110,7 +118,7 @@ def _opened_since(run: Path, not_before: float | None) -> bool:
     if not_before is None:
         return True
     try:
-        return (run / "params.json").stat().st_mtime >= not_before
+        return (run / PARAMS_FILE).stat().st_mtime >= not_before
     except FileNotFoundError:
         return False
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import lmpipe  # noqa: F401  (sets the offline and no-analytics environment defaults)
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmpipe.params.config import ConfigError
 from lmpipe.core.paths import REPORTS, RUNS, STORE, WORLD
+from lmpipe.params.config import ConfigError
 
 
 def _index(args: argparse.Namespace) -> None:
@@ -61,9 +61,9 @@ def _generate(args: argparse.Namespace) -> None:
     import contextlib
 
     from lmpipe.core import protocol
+    from lmpipe.data.tooldb import PeopleDB
     from lmpipe.eval.generate import Sampling, generate
     from lmpipe.model.build import load_model
-    from lmpipe.data.tooldb import PeopleDB
 
     model, tokenizer = load_model(args.model)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -6,9 +6,9 @@ import functools
 import sys
 from typing import Callable
 
-from lmpipe.params.config import ConfigError, Params, load_params
 from lmpipe.core.paths import PARAMS
 from lmpipe.data.sources import SourceError
+from lmpipe.params.config import ConfigError, Params, load_params
 
 StageBody = Callable[[Params, list[str]], None]
 StageMain = Callable[[], None]

@@ -1,7 +1,7 @@
 """DVC stage `distill`: train the student architecture from the teacher (cache or live model)."""
 
-from lmpipe.stage import stage
 from lmpipe.core.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.stage import stage
 
 
 @stage

@@ -11,9 +11,10 @@ stages write into their model directories carry only their own run's figures.
 import json
 from pathlib import Path
 
+from lmpipe.core.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
+from lmpipe.core.run_folder import SUMMARY_FILE
 from lmpipe.params.config import Params
 from lmpipe.stage import stage
-from lmpipe.core.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
 
 MODELS = {"teacher": "teacher", "student": "student", "distilled": "distill", "quantized": "quantize"}
 # the quantize stage's comparison models, evaluated when it wrote them
@@ -34,7 +35,7 @@ def write_cards(models: dict[str, Path], table: dict[str, dict[str, float]], par
     resolved = params.model_dump(mode="json")
     cards = {}
     for name, folder in models.items():
-        summary_path = Path(folder).parent / "summary.json"  # the run folder of that model
+        summary_path = Path(folder).parent / SUMMARY_FILE  # the run folder of that model
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         source = MADE_FROM.get(name)
         base = (str(models[source]) if source in models
@@ -56,8 +57,8 @@ def eval(params, argv):
     if not argv:
         models |= {name: run_dir(path) for name, path in EXTRA.items()
                    if (run_dir(path) / "config.json").is_file()}
-    from lmpipe.eval.evaluate import evaluate_run  # torch: only once the params are valid
     from lmpipe.core.outputs import staged, write_atomic
+    from lmpipe.eval.evaluate import evaluate_run  # torch: only once the params are valid
 
     # the run folder and the metrics file are replaced together, only once every model is scored
     with staged(run_dir("eval")) as out:

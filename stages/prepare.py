@@ -3,9 +3,9 @@ validation documents: `validation.jsonl`, about people who are never trained; lm
 
 from pathlib import Path
 
+from lmpipe.core.paths import WORLD
 from lmpipe.params.config import ConfigError
 from lmpipe.stage import stage
-from lmpipe.core.paths import WORLD
 
 
 @stage

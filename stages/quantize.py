@@ -3,8 +3,8 @@ packed 2 bits per weight, beside an int8 weight-only baseline (compact int8 file
 float twin for transformers). The whole folder is built in staging and replaces `runs/quantize`
 only when every export is written."""
 
-from lmpipe.stage import stage
 from lmpipe.core.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.stage import stage
 
 
 @stage

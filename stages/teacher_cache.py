@@ -6,20 +6,20 @@ spans from `teacher.train.loss_on`), and the tail outside the top-k is also stor
 `distill.temperature` when that is not 1 (lmpipe/distill/cache.py), so this stage reads
 `distill.temperature` (a DVC param of the stage)."""
 
-from lmpipe.stage import stage
 from lmpipe.core.paths import TEACHER_CACHE, TOKENS, model_dir
+from lmpipe.stage import stage
 
 
 @stage
 def teacher_cache(params, argv):
     # torch: only once the params are valid
+    from lmpipe.core.outputs import staged
     from lmpipe.data.batching import make_batches
-    from lmpipe.params.config import ConfigError
+    from lmpipe.data.tokens import TokenSplit
+    from lmpipe.distill.cache import CacheSpec, model_fingerprint, write_cache
     from lmpipe.distill.layers import teacher_layers_used
     from lmpipe.model.build import load_model
-    from lmpipe.core.outputs import staged
-    from lmpipe.distill.cache import CacheSpec, model_fingerprint, write_cache
-    from lmpipe.data.tokens import TokenSplit
+    from lmpipe.params.config import ConfigError
 
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)

@@ -4,17 +4,17 @@ The people world comes split by `prepare` (every document marks its split; lmpip
 `world_split` takes val_fraction x trained people of its validation people and checks that no
 trained fact is missing from training text); plain corpora are split per document, seeded."""
 
+from lmpipe.core.paths import TOKENIZER, TOKENS, WORLD
 from lmpipe.params.config import ConfigError
 from lmpipe.stage import stage
-from lmpipe.core.paths import TOKENIZER, TOKENS, WORLD
 
 
 @stage
 def tokenize(params, argv):
-    from lmpipe.model.build import save_tokenizer
     from lmpipe.core.outputs import staged
     from lmpipe.data.tokenizer_kinds import build_tokenizer
     from lmpipe.data.tokens import tokenize_documents, world_documents
+    from lmpipe.model.build import save_tokenizer
 
     p = params.tokenize
     try:

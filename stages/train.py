@@ -1,7 +1,7 @@
 """DVC stage `train@<name>`: train a model from scratch (`teacher` or `student` section)."""
 
-from lmpipe.stage import stage
 from lmpipe.core.paths import TOKENIZER, TOKENS, run_dir
+from lmpipe.stage import stage
 
 
 @stage

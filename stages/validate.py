@@ -15,9 +15,9 @@ changed. It imports neither torch nor transformers and answers in well under two
 import json
 from pathlib import Path
 
-from lmpipe.stage import stage
 from lmpipe.core.outputs import write_atomic
 from lmpipe.core.paths import PARAMS
+from lmpipe.stage import stage
 
 VALIDATED = Path(".lmpipe/validated.json")
 CONTENT = json.dumps({"params": str(PARAMS), "valid": True}) + "\n"

@@ -22,6 +22,19 @@ import lmpipe
 from lmpipe.core.jsonl import read_jsonl
 from lmpipe.core.profiler import memory_record
 
+# The files of a run folder, named here once: the store, the checkpoint evals, the probes and the
+# flows read what the run wrote under these names.
+PARAMS_FILE = "params.json"            # the resolved section (also in every checkpoint folder)
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+EVALS_FILE = "evals.jsonl"             # per-question eval records (eval stage, checkpoint evals)
+CHECKPOINT_EVALS_FILE = "checkpoint_evals.jsonl"   # which checkpoints were evaluated, and how
+PROBES_FILE = "probes.jsonl"           # activation probes recorded while training
+LINEAR_PROBES_FILE = "linear_probes.jsonl"         # `lmpipe probe RUN`, written after the run
+RUN_FILES = (PARAMS_FILE, SUMMARY_FILE, ENV_FILE, METRICS_FILE, EVALS_FILE, PROBES_FILE,
+             LINEAR_PROBES_FILE)
+
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -74,13 +87,13 @@ class RunLog:
         self.name = name
         self.started = _utc_now()
         self._t0 = time.perf_counter()
-        self._write_json("params.json", params)
+        self._write_json(PARAMS_FILE, params)
         self.env = environment_record(device)
         self.env["started_at"] = self.started
-        self._write_json("env.json", self.env)
+        self._write_json(ENV_FILE, self.env)
         # append: a resumed run keeps what it logged before; `rewind` drops what came after
         # the checkpoint it resumed from.
-        self._metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
+        self._metrics = open(self.folder / METRICS_FILE, "a", encoding="utf-8")
         self._curve: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
@@ -91,7 +104,7 @@ class RunLog:
 
     def rewind(self, step: int) -> None:
         """Keep only the records logged at or before `step` (0 = start the metrics afresh)."""
-        path = self.folder / "metrics.jsonl"
+        path = self.folder / METRICS_FILE
         self._metrics.close()
         # a line cut short by the kill that made us resume is dropped
         kept = [r for r in read_jsonl(path)[0] if r.get("step", 0) <= step] if step > 0 else []
@@ -119,8 +132,8 @@ class RunLog:
         self.summary.update(summary)
         ended = _utc_now()
         self.env["ended_at"] = ended
-        self._write_json("env.json", self.env)
-        self._write_json("summary.json", {
+        self._write_json(ENV_FILE, self.env)
+        self._write_json(SUMMARY_FILE, {
             "stage": self.stage,
             "name": self.name,
             "status": status,

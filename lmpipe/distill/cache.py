@@ -44,13 +44,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmpipe.core.progress import progress
+from lmpipe.data.attention_masks import model_attention_mask
+from lmpipe.data.batching import LengthGroupedBatches
+from lmpipe.data.tokens import TokenSplit
+
 # file_sha256 stays importable from here: other modules take it from lmpipe.distill.cache
 from lmpipe.params.artifacts import ArtifactError, file_sha256, tokenizer_identity, verify_sha256
-from lmpipe.data.batching import LengthGroupedBatches
 from lmpipe.params.config import ConfigError
-from lmpipe.data.attention_masks import model_attention_mask
-from lmpipe.core.progress import progress
-from lmpipe.data.tokens import TokenSplit
 
 FORMAT_VERSION = 3  # 3: the manifest holds every shard file's sha256 (+ optional `tail` column)
 REBUILD = "rebuild it: dvc repro -f teacher_cache"

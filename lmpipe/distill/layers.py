@@ -13,6 +13,7 @@ i (1-based), L the last block. A mapping is one of:
 from __future__ import annotations
 
 from lmpipe.params.config import ConfigError, DistillParams
+from lmpipe.params.terms import HIDDEN_STATE_TERMS
 
 
 def layer_pairs(spec: str | list[list[int]], student_layers: int,
@@ -49,7 +50,7 @@ def teacher_layers_used(dp: DistillParams, student_layers: int,
                         teacher_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(hidden-state layers, attention blocks) of the teacher that `dp`'s objective compares:
     what `teacher_cache` keeps when its `hidden_layers` / `attention_layers` are `auto`."""
-    hidden_terms = [t for t in ("hidden_mse", "hidden_cosine") if dp.objective.get(t, 0) > 0]
+    hidden_terms = [t for t in HIDDEN_STATE_TERMS if dp.objective.get(t, 0) > 0]
     attention = dp.objective.get("attention_kl", 0) > 0
     if not hidden_terms and not attention:
         return (), ()

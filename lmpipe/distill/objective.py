@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmpipe.data.batching import Batch
-from lmpipe.params.config import HIDDEN_LOSSES, ConfigError, DistillParams
 from lmpipe.distill.attention_kl import attention_kl, head_mean_rows
 from lmpipe.distill.cakld import teacher_confidence
 from lmpipe.distill.hidden import hidden_cosine, hidden_mse
@@ -27,9 +26,8 @@ from lmpipe.distill.projector import make_projector
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher, TeacherSource
-
-# terms that put a student probability over a teacher one, infinite where the teacher's is zero
-_NEEDS_TEACHER_MASS = ("reverse_kl", "cakld")
+from lmpipe.params.config import ConfigError, DistillParams
+from lmpipe.params.terms import ACTIVATION_TERMS, HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
 
 
 def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -54,17 +52,17 @@ class DistillObjective:
                               f"student's {student_config.vocab_size}; distillation needs a shared "
                               "tokenizer")
         truncated = teacher.top_k is not None and teacher.top_k < teacher.vocab_size
-        zero_tail = [t for t in self.terms if t in _NEEDS_TEACHER_MASS
+        zero_tail = [t for t in self.terms if t in TEACHER_MASS_TERMS
                      or (t == "jsd" and dp.jsd_beta == 1.0)]
         if truncated and dp.missing_mass == "zero" and zero_tail:
             raise ConfigError(f"distill.objective {zero_tail} with missing_mass = zero: the student "
                               f"puts mass outside the teacher's top-{teacher.top_k}, where the "
                               "teacher's is taken as zero, so the divergence is infinite; use "
                               "distill.missing_mass = residual")
-        if any(t not in HIDDEN_LOSSES and t != "ce" for t in self.terms):
+        if any(t not in ACTIVATION_TERMS and t != "ce" for t in self.terms):
             # a cache holds its tempered tail at one temperature: refuse another before training
             teacher.check_temperature(dp.temperature, dp.missing_mass)
-        hidden_terms = [t for t in self.terms if t in ("hidden_mse", "hidden_cosine")]
+        hidden_terms = [t for t in self.terms if t in HIDDEN_STATE_TERMS]
         self.pairs = (layer_pairs(dp.layers, student_config.num_hidden_layers, teacher.num_layers)
                       if hidden_terms or "attention_kl" in self.terms else [])
         self.hidden_terms = hidden_terms
@@ -142,7 +140,7 @@ class DistillObjective:
         rows = _at_targets(out.logits, targets)
         labels = batch.input_ids[:, 1:][targets]
         dp = self.dp
-        logit_terms = [t for t in self.terms if t != "ce" and t not in HIDDEN_LOSSES]
+        logit_terms = [t for t in self.terms if t != "ce" and t not in ACTIVATION_TERMS]
         tempered = (torch.log_softmax(rows.float() / dp.temperature, dim=-1)
                     if logit_terms else None)
         if "ce" in self.terms:
@@ -179,8 +177,8 @@ class DistillObjective:
         parts.update(diagnostics)
         weighted = {term: self.terms[term] * value for term, value in terms.items()}
         if self.dp.gradient_conflict == "pcgrad":
-            logit = sum(v for t, v in weighted.items() if t not in HIDDEN_LOSSES)
-            hidden = sum(v for t, v in weighted.items() if t in HIDDEN_LOSSES)
+            logit = sum(v for t, v in weighted.items() if t not in ACTIVATION_TERMS)
+            hidden = sum(v for t, v in weighted.items() if t in ACTIVATION_TERMS)
             params = [p for p in self.model.parameters() if p.requires_grad]
             total, cosine = surgery_loss(params, logit, hidden)
             parts["grad_cosine"] = cosine

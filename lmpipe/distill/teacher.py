@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lmpipe.data.batching import Batch
-from lmpipe.params.config import ConfigError
-from lmpipe.distill.attention_kl import head_mean_rows
-from lmpipe.distill.support import TeacherDistribution
 from lmpipe.data.attention_masks import model_attention_mask
+from lmpipe.data.batching import Batch
+from lmpipe.distill.attention_kl import head_mean_rows
 from lmpipe.distill.cache import TeacherCache, log_tempered_tail, top_k_with_missing
+from lmpipe.distill.support import TeacherDistribution
+from lmpipe.params.config import ConfigError
 
 
 @dataclass

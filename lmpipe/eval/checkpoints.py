@@ -27,13 +27,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmpipe.core.outputs import staging_dir
-from lmpipe.train.checkpoint import checkpoint_step, list_checkpoints
 from lmpipe.core.jsonl import append_jsonl, read_jsonl
+from lmpipe.core.outputs import staging_dir
+from lmpipe.core.run_folder import CHECKPOINT_EVALS_FILE, EVALS_FILE, METRICS_FILE, PARAMS_FILE
+from lmpipe.train.checkpoint import checkpoint_step, list_checkpoints
 
-EVALS_FILE = "evals.jsonl"
-EVAL_LOG_FILE = "checkpoint_evals.jsonl"
-METRICS_FILE = "metrics.jsonl"
 # validation-loss batch size, as evaluate_model uses, so the numbers are comparable
 LOSS_BATCH_SIZE = 64
 
@@ -87,14 +85,14 @@ def live_run_folder(run_dir: str | Path) -> Path:
 
 def evaluated_steps(run_folder: str | Path) -> set[int]:
     """Steps whose checkpoint has been evaluated (per `checkpoint_evals.jsonl`)."""
-    return {int(r["step"]) for r in read_jsonl(Path(run_folder) / EVAL_LOG_FILE)[0]
+    return {int(r["step"]) for r in read_jsonl(Path(run_folder) / CHECKPOINT_EVALS_FILE)[0]
             if r.get("status") == "done" and isinstance(r.get("step"), int)}
 
 
 def eval_log(run_folder: str | Path) -> list[dict[str, Any]]:
     """Every line of the run's `checkpoint_evals.jsonl`: step, started_at/ended_at (unix time),
     seconds, train_step_at_start/_end (last step in metrics.jsonl then), status."""
-    return read_jsonl(Path(run_folder) / EVAL_LOG_FILE)[0]
+    return read_jsonl(Path(run_folder) / CHECKPOINT_EVALS_FILE)[0]
 
 
 def latest_logged_step(run_folder: str | Path) -> int | None:
@@ -124,14 +122,14 @@ def latest_logged_step(run_folder: str | Path) -> int | None:
 def clear_eval_series(run_folder: str | Path) -> None:
     """Delete the run's step-tagged eval series: a training run starting afresh makes it stale
     (as RunLog.rewind(0) makes its metrics)."""
-    for name in (EVALS_FILE, EVAL_LOG_FILE):
+    for name in (EVALS_FILE, CHECKPOINT_EVALS_FILE):
         (Path(run_folder) / name).unlink(missing_ok=True)
 
 
 def _run_name(config: CheckpointEvalConfig, run: Path) -> str:
     if config.run_name:
         return config.run_name
-    params = run / "params.json"
+    params = run / PARAMS_FILE
     if params.is_file():
         try:
             name = json.loads(params.read_text(encoding="utf-8")).get("run", {}).get("name")
@@ -174,7 +172,7 @@ def _load_checkpoint_model(checkpoint: Path):
 
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        section = json.loads((checkpoint / "params.json").read_text(encoding="utf-8"))
+        section = json.loads((checkpoint / PARAMS_FILE).read_text(encoding="utf-8"))
         # config.json + model.safetensors: the save_pretrained half of the checkpoint. Once the
         # weights file is open, pruning cannot take it from us (an unlinked file stays readable).
         model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
@@ -210,10 +208,10 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
     import torch
 
     from lmpipe.data.batching import make_batches
-    from lmpipe.eval.evaluate import score_questions
-    from lmpipe.train.losses import evaluate_loss
     from lmpipe.data.tokens import TokenSplit
     from lmpipe.data.tooldb import PeopleDB, sample_people
+    from lmpipe.eval.evaluate import score_questions
+    from lmpipe.train.losses import evaluate_loss
 
     checkpoint = Path(checkpoint_dir)
     run = live_run_folder(config.run_dir)
@@ -253,7 +251,7 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
     records = [{"model": name, **r, "step": step} for r in records]
     append_jsonl(run / EVALS_FILE, records)
     ended = time.time()
-    append_jsonl(run / EVAL_LOG_FILE, [{
+    append_jsonl(run / CHECKPOINT_EVALS_FILE, [{
         "step": step, "checkpoint": checkpoint.name, "fingerprint": state.get("fingerprint"),
         "status": "done", "started_at": started, "ended_at": ended,
         "seconds": round(ended - started, 3), "train_step_at_start": train_step_at_start,

@@ -30,20 +30,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-
 from lmpipe.core import protocol
-from lmpipe.params.config import EvalParams, Params, TrainParams
+from lmpipe.core.progress import progress
+from lmpipe.core.run_folder import EVALS_FILE, RunLog
+from lmpipe.data.batching import make_batches
+from lmpipe.data.tokens import TokenSplit
+from lmpipe.data.tooldb import PeopleDB, sample_people
 from lmpipe.eval.generate import Exchange, answer_questions, sample_text
 from lmpipe.eval.harness import harness_records
 from lmpipe.eval.knowledge import knowledge_records
 from lmpipe.eval.linear_probe import eval_records
 from lmpipe.model.build import count_parameters, load_model, tensor_headers
-from lmpipe.core.progress import progress
-from lmpipe.core.run_folder import RunLog
+from lmpipe.params.config import EvalParams, Params, TrainParams
 from lmpipe.quant.packing import INT8_FILE
-from lmpipe.data.tokens import TokenSplit
-from lmpipe.data.tooldb import PeopleDB, sample_people
-from lmpipe.data.batching import make_batches
 from lmpipe.train.losses import evaluate_split
 
 
@@ -207,7 +206,7 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
         trained = sample_people(db, "train", ep.trained_people, ep.seed) if db else []
         heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed) if db else []
         (out / "transcripts").mkdir(exist_ok=True)
-        with open(out / "evals.jsonl", "w", encoding="utf-8") as evals:
+        with open(out / EVALS_FILE, "w", encoding="utf-8") as evals:
             for name, folder in progress(models.items(), desc="eval", unit="model"):
                 records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
                                                       params.teacher.train,

@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformers.generation.logits_process import (LogitsProcessorList,
-                                                    RepetitionPenaltyLogitsProcessor,
-                                                    TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB

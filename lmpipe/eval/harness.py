@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from lmpipe.core import protocol
-from lmpipe.params.config import ConfigError, EvalParams
 from lmpipe.data.tooldb import PeopleDB
+from lmpipe.params.config import ConfigError, EvalParams
 
 RECALL_TASK = "people_recall"
 MC_TASK = "people_recall_mc"

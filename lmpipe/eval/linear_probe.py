@@ -26,7 +26,7 @@ at its last token (`<|assistant|>`), where the model retrieves the fact to write
 2- and 4-layer byte-level models that recall 97-99% of a small world's facts, the name position
 (`bio`, `question`) stays at chance at every layer and checkpoint (the fact is looked up at the
 answer position, by attention to the name's bytes), while at `answer` the top layer reads it
-(0.7-0.8 against ~0.25 chance); see tests/test_linear_probe.py. What it reads there is the
+(0.7-0.8 against ~0.25 chance); see tests/eval/test_linear_probe.py. What it reads there is the
 answer's first byte and, as far as a linear probe can tell, nothing more: its accuracy matches the
 next-token baseline below, also when values share first letters in pairs and the model still
 writes them whole (bench/name_probe.py, `--values shared`).
@@ -90,14 +90,15 @@ import numpy as np
 import torch
 
 from lmpipe.core import protocol
-from lmpipe.train.checkpoint import checkpoint_step, list_checkpoints
-from lmpipe.model.build import load_model
 from lmpipe.core.paths import TOKENIZER
+from lmpipe.core.run_folder import LINEAR_PROBES_FILE, SUMMARY_FILE
 from lmpipe.data.tokenizer import load_tokenizer
 from lmpipe.data.tooldb import PeopleDB, sample_people
 from lmpipe.data.world import BIO_TEMPLATES
+from lmpipe.model.build import load_model
+from lmpipe.train.checkpoint import checkpoint_step, list_checkpoints
 
-PROBE_FILE = "linear_probes.jsonl"
+PROBE_FILE = LINEAR_PROBES_FILE
 CONTEXTS = ("bio", "question", "answer")
 Context = Literal["bio", "question", "answer"]
 FINAL = "final"
@@ -359,7 +360,7 @@ def _tokenizer_for(run: Path, tokenizer_dir: Path | None):
 def _final_step(run: Path, checkpoints: list[tuple[str, int, Path]]) -> int:
     """The final model's training step: the run summary's `steps`, else its newest checkpoint's."""
     try:
-        steps = json.loads((run / "summary.json").read_text(encoding="utf-8")).get("steps")
+        steps = json.loads((run / SUMMARY_FILE).read_text(encoding="utf-8")).get("steps")
         if isinstance(steps, int):
             return steps
     except (OSError, ValueError, AttributeError):

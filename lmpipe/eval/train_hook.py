@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 
 from lmpipe.core import protocol
-from lmpipe.eval.evaluate import score_questions
 from lmpipe.data.tooldb import PeopleDB, sample_people
+from lmpipe.eval.evaluate import score_questions
 
 
 def accuracy_hook(db_path: Path, tokenizer, people: int, seed: int = 0,

@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from lmpipe.core import protocol
-from lmpipe.params.config import ModelParams
-from lmpipe.model.rope import rope_parameters
-from lmpipe.model.init_weights import initialize_
-from lmpipe.quant.packed_load import load_quantized, quantization_config_of
 from lmpipe.data.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
+from lmpipe.model.init_weights import initialize_
+from lmpipe.model.rope import rope_parameters
+from lmpipe.params.config import ModelParams
+from lmpipe.quant.packed_load import load_quantized, quantization_config_of
 
 
 def _protocol_ids(tokenizer) -> dict[str, int]:

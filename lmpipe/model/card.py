@@ -19,9 +19,9 @@ from typing import Any
 import torch
 import yaml
 
+from lmpipe.core.run_folder import git_state
 from lmpipe.model.build import count_parameters, tensor_headers
 from lmpipe.quant.packed_load import quantization_config_of
-from lmpipe.core.run_folder import git_state
 from lmpipe.quant.packing import BITNET, INT8, INT8_FILE, WEIGHTS_FILE
 
 # `pretrained` shorthands -> the Hub id, so `base_model` links to the real model page.

@@ -42,10 +42,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmpipe.model.build import save_tokenizer
+from lmpipe.quant.packing import (
+    BITNET,
+    INT8,
+    INT8_FILE,
+    VALUES_PER_BYTE,
+    WEIGHTS_FILE,
+    converted_by_transformers,
+    pack_ternary,
+)
 from lmpipe.quant.ternary import ternarize
-from lmpipe.quant.packing import (BITNET, INT8, INT8_FILE, VALUES_PER_BYTE, WEIGHTS_FILE,
-                                    converted_by_transformers, pack_ternary)
-
 
 # --- export --------------------------------------------------------------------------------------
 

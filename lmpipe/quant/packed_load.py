@@ -14,9 +14,15 @@ from safetensors import safe_open
 from torch import nn
 
 from lmpipe.data.tokenizer import load_tokenizer
-from lmpipe.quant.packing import (BITNET, INT8, INT8_FILE, WEIGHTS_FILE, TernaryLinear,
-                                    converted_by_transformers, packed_shape)
-
+from lmpipe.quant.packing import (
+    BITNET,
+    INT8,
+    INT8_FILE,
+    WEIGHTS_FILE,
+    TernaryLinear,
+    converted_by_transformers,
+    packed_shape,
+)
 
 # --- loading -------------------------------------------------------------------------------------
 

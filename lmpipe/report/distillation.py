@@ -22,10 +22,9 @@ import math
 import altair as alt
 import pandas as pd
 
-from lmpipe.report.curves import thinned
 from lmpipe.report import units
-from lmpipe.report.page import (NO_RUNS, Page, esc, fmt, fmt_count, fmt_spread, howto, note,
-                                table)
+from lmpipe.report.curves import thinned
+from lmpipe.report.page import NO_RUNS, Page, esc, fmt, fmt_count, fmt_spread, howto, note, table
 from lmpipe.report.source import Source
 from lmpipe.store.spread import spread_sql
 

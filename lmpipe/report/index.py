@@ -16,8 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lmpipe.report.headline import headline
-from lmpipe.report.page import (NO_RUNS, PAGES, Page, duration, esc, fmt, fmt_spread, note,
-                                table)
+from lmpipe.report.page import NO_RUNS, PAGES, Page, duration, esc, fmt, fmt_spread, note, table
 from lmpipe.report.source import Source, label, parse_json
 from lmpipe.store.spread import spread_sql, sweep_groups_sql
 

@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmpipe.params.config import Params
+from lmpipe.core.run_folder import RunLog
 from lmpipe.model.build import load_model
 from lmpipe.model.card import write_model_card
-from lmpipe.core.run_folder import RunLog
-from lmpipe.runs.training import distill
 from lmpipe.model.export import export_int8, export_ternary
+from lmpipe.params.config import Params
+from lmpipe.runs.training import distill
 
 
 def quantize_run(params: Params, source_dir: Path, out: Path, tokens_dir: Path,

@@ -14,29 +14,29 @@ from typing import Callable
 
 import torch
 
-from lmpipe.params.artifacts import tokenizer_identity
-from lmpipe.data.batching import make_batches
-from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
-from lmpipe.params.config import ConfigError, ModelParams, Params, TrainParams
-from lmpipe.model.rope import extend_context
-from lmpipe.distill import build_objective
-from lmpipe.distill.student_init import init_student_from_teacher
-from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
-from lmpipe.train.distributed import init_distributed, shutdown
-from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
-from lmpipe.model.build import build_model, count_parameters, load_model, save_model
-from lmpipe.model.card import write_model_card
 from lmpipe.core.outputs import discard, publish, staged, staging_dir
 from lmpipe.core.paths import WORLD
-from lmpipe.model.pretrained import import_pretrained
-from lmpipe.params.identity import data_identity, model_identity, run_identity
 from lmpipe.core.run_folder import RunLog
-from lmpipe.distill.cache import TeacherCache, model_fingerprint
-from lmpipe.model.export import export_ternary
+from lmpipe.data.batching import make_batches
 from lmpipe.data.tokenizer import load_tokenizer
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.train.loop import Diverged, Objective, train
+from lmpipe.distill import build_objective
+from lmpipe.distill.cache import TeacherCache, model_fingerprint
+from lmpipe.distill.student_init import init_student_from_teacher
+from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.eval.train_hook import accuracy_hook
+from lmpipe.model.build import build_model, count_parameters, load_model, save_model
+from lmpipe.model.card import write_model_card
+from lmpipe.model.export import export_ternary
+from lmpipe.model.pretrained import import_pretrained
+from lmpipe.model.rope import extend_context
+from lmpipe.params.artifacts import tokenizer_identity
+from lmpipe.params.config import ConfigError, ModelParams, Params, TrainParams
+from lmpipe.params.identity import data_identity, model_identity, run_identity
+from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
+from lmpipe.train.distributed import init_distributed, shutdown
+from lmpipe.train.loop import Diverged, Objective, train
+from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 
 
 def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lmpipe.core.jsonl import read_jsonl
+from lmpipe.core.run_folder import LINEAR_PROBES_FILE, PROBES_FILE
 
 PROBES_COLUMNS = [("run_id", "VARCHAR"), ("step", "BIGINT"), ("point", "VARCHAR"),
                   ("site", "VARCHAR"), ("layer", "BIGINT"), ("depth", "BIGINT"),
@@ -44,7 +45,7 @@ def _num(x: Any) -> float | None:
 
 def read_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
     """Append the rows of `folder/probes.jsonl` to `out`; return the skipped line count."""
-    records, skipped = read_jsonl(folder / "probes.jsonl")
+    records, skipped = read_jsonl(folder / PROBES_FILE)
     for r in records:
         if _int(r.get("step")) is None or not isinstance(r.get("point"), str):
             skipped += 1
@@ -58,7 +59,7 @@ def read_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
 
 def read_linear_probes(folder: Path, run_id: str, out: list[tuple]) -> int:
     """Append the rows of `folder/linear_probes.jsonl` to `out`; return the skipped line count."""
-    records, skipped = read_jsonl(folder / "linear_probes.jsonl")
+    records, skipped = read_jsonl(folder / LINEAR_PROBES_FILE)
     for r in records:
         if _int(r.get("layer")) is None or _num(r.get("accuracy")) is None:
             skipped += 1

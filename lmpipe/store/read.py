@@ -23,6 +23,14 @@ import numpy as np
 import pandas as pd
 
 from lmpipe.core.jsonl import read_jsonl
+from lmpipe.core.run_folder import (
+    ENV_FILE,
+    EVALS_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+)
 from lmpipe.store.probes import read_linear_probes, read_probes
 
 log = logging.getLogger(__name__)
@@ -32,8 +40,6 @@ SUMMARY_FIXED = {"stage", "name", "status", "started_at", "ended_at", "wall_time
 ENV_COLUMNS = ("git_commit", "git_dirty", "host", "device", "lmpipe_version", "torch",
                "transformers")
 # The files a run is read from: their (name, size, mtime) make its signature.
-RUN_FILES = ("params.json", "summary.json", "env.json", "metrics.jsonl", "evals.jsonl",
-             "probes.jsonl", "linear_probes.jsonl")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -172,7 +178,7 @@ def walk(runs_root: Path) -> RunTree:
                     files[entry.name] = entry
             except OSError:
                 continue
-        if rel and ("summary.json" in files or "params.json" in files):
+        if rel and (SUMMARY_FILE in files or PARAMS_FILE in files):
             try:
                 parts = [_stat_sig(n, files[n].stat()) for n in RUN_FILES if n in files]
             except OSError:
@@ -291,8 +297,8 @@ def _read_evals(path: Path, run_id: str, out: list[tuple]) -> int:
 
 def read_run(run: RunFolder, rows: Rows, points: dict[Path, dict[str, Any]]) -> None:
     folder, run_id = run.path, run.run_id
-    summary = _read_json(folder / "summary.json")
-    env = _read_json(folder / "env.json")
+    summary = _read_json(folder / SUMMARY_FILE)
+    env = _read_json(folder / ENV_FILE)
     sweep = point = group = seed = None
     if run.point_file is not None:
         if run.point_file not in points:
@@ -306,15 +312,15 @@ def read_run(run: RunFolder, rows: Rows, points: dict[Path, dict[str, Any]]) -> 
         seed = _integer(info.get("seed"))
 
     params = rows.tables["params"]
-    for key, value in flatten(_read_json(folder / "params.json")):
+    for key, value in flatten(_read_json(folder / PARAMS_FILE)):
         params.append((run_id, _clean(key), _json_text(value), _number(value)))
     for key, value in summary.items():
         if key not in SUMMARY_FIXED:
             rows.tables["summaries"].append((run_id, _clean(key), _json_text(value), _number(value)))
 
     rows.metric_runs.append(run_id)
-    skipped = _read_metrics(folder / "metrics.jsonl", rows)
-    skipped += _read_evals(folder / "evals.jsonl", run_id, rows.tables["evals"])
+    skipped = _read_metrics(folder / METRICS_FILE, rows)
+    skipped += _read_evals(folder / EVALS_FILE, run_id, rows.tables["evals"])
     skipped += read_probes(folder, run_id, rows.tables["probes"])
     skipped += read_linear_probes(folder, run_id, rows.tables["linear_probes"])
 

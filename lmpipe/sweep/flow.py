@@ -26,8 +26,8 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from lmpipe.core.paths import REPORTS, RUNS, STORE
-from lmpipe.sweep.grid import Grid, Point, load_grid
 from lmpipe.sweep.dvc_exp import pipeline_visible, run_point, sweep_dir
+from lmpipe.sweep.grid import Grid, Point, load_grid
 
 
 @task(task_run_name="{point.name}", cache_policy=NO_CACHE, retry_delay_seconds=2)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from lmpipe.core.run_folder import PARAMS_FILE
+
 PREFIX = "step_"
 
 
@@ -59,7 +61,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=2) + "\n")
-    (tmp / "params.json").write_text(json.dumps(params, indent=2, default=str) + "\n")
+    (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2, default=str) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)  # atomic on one filesystem: the checkpoint appears whole or not at all

@@ -22,19 +22,25 @@ from typing import Any, Callable
 import torch
 
 from lmpipe.core import profiler
+from lmpipe.core.progress import progress
+from lmpipe.core.run_folder import RunLog
 from lmpipe.data.batching import Batch, make_batches
-from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
-from lmpipe.train.checkpoint import (TrainerState, fingerprint, latest_checkpoint, load_checkpoint,
-                               remove_checkpoints, save_checkpoint)
+from lmpipe.data.tokens import TokenSplit
 from lmpipe.params.config import ConfigError, TrainParams
+from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
+from lmpipe.train.checkpoint import (
+    TrainerState,
+    fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from lmpipe.train.distributed import Dist, init_distributed, resolve_device
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.optim import build_optimizer
 from lmpipe.train.probes import ProbeRecorder
-from lmpipe.core.progress import progress
-from lmpipe.core.run_folder import RunLog
 from lmpipe.train.schedule import lr_at
-from lmpipe.data.tokens import TokenSplit
 from lmpipe.train.tracking import make_tracker
 
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]

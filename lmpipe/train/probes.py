@@ -31,8 +31,9 @@ from typing import Any, Iterator
 
 import torch
 
-from lmpipe.params.config import ProbeParams
 from lmpipe.core.jsonl import read_jsonl
+from lmpipe.core.run_folder import PROBES_FILE
+from lmpipe.params.config import ProbeParams
 from lmpipe.train.probe_stats import attention_entropy, summary_stats
 
 ATTENTION_SEQUENCES = 4
@@ -184,7 +185,7 @@ class ProbeRecorder:
     def _write(self, step: int) -> None:
         if self.folder is None:
             return
-        with open(self.folder / "probes.jsonl", "a", encoding="utf-8") as f:
+        with open(self.folder / PROBES_FILE, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         if self.raw:
             from safetensors.torch import save_file
@@ -194,7 +195,7 @@ class ProbeRecorder:
 
     def rewind(self, step: int) -> None:
         """Keep only the records of steps <= `step` (a resumed run repeats the later ones)."""
-        path = None if self.folder is None else self.folder / "probes.jsonl"
+        path = None if self.folder is None else self.folder / PROBES_FILE
         if path is None or not path.is_file():
             return
         # a line cut short by the kill that made us resume is dropped

@@ -10,14 +10,14 @@ import os
 import signal
 from pathlib import Path
 
-from lmpipe.params.config import ModelParams, TrainParams
-from lmpipe.train.distributed import init_distributed
-from lmpipe.train.losses import cross_entropy_objective
-from lmpipe.model.build import build_model
 from lmpipe.core.run_folder import RunLog
 from lmpipe.data.tokenizer import special_id
 from lmpipe.data.tokens import TokenSplit
+from lmpipe.model.build import build_model
+from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.train.distributed import init_distributed
 from lmpipe.train.loop import train
+from lmpipe.train.losses import cross_entropy_objective
 
 
 def main() -> None:

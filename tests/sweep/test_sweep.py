@@ -1,0 +1,320 @@
+"""Sweeps: grid expansion and checking, and a 4-point sweep of real tiny DVC experiments end to end
+with one point that fails (it is retried, isolated, recorded; the others finish and are indexed),
+then the same sweep again, where DVC's run cache restores every finished point."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from lmpipe.data.world import attribute_values
+from lmpipe.params.config import ConfigError
+from lmpipe.sweep.grid import expand, load_grid
+from tests.e2e.test_pipeline import _env, _run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_expand_crosses_axes_and_moves_zipped_groups_together():
+    points = expand({"a": [1, 2], "b": ["x", "y", "z"]}, [{"c": [True, False], "d": [0, 1]}])
+    assert len(points) == 2 * 3 * 2
+    assert points[0] == {"a": 1, "b": "x", "c": True, "d": 0}
+    assert points[1] == {"a": 1, "b": "x", "c": False, "d": 1}   # the last factor varies fastest
+    assert points[-1] == {"a": 2, "b": "z", "c": False, "d": 1}
+    assert all((p["c"], p["d"]) in {(True, 0), (False, 1)} for p in points)
+    assert len({tuple(sorted(p.items())) for p in points}) == 12
+
+
+def test_the_flagship_grid_has_18_combinations_of_3_seeds_and_a_stable_id():
+    grid = load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT)
+    assert len(grid.points) == 54 and grid.jobs == 2 and grid.retries == 1
+    assert len({p.group_id for p in grid.points}) == 18 and grid.seeds == (0, 1, 2)
+    assert [p.name for p in grid.points[:2]] == ["p00s0", "p01s0"]   # seed by seed
+    modes = {(p.overrides["world.tool_dialogs"], p.overrides["world.qa_dialogs"]) for p in grid.points}
+    assert modes == {(True, False), (False, True)}
+    assert load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT).sweep_id == grid.sweep_id
+
+
+def test_top_level_dotted_keys_still_make_a_grid():
+    grid = load_grid(ROOT / "grid.yaml", ROOT)
+    assert len(grid.points) == 4 and grid.pipeline == Path("dvc.yaml")
+    assert grid.points[3].assignments() == ["distill.temperature=2.0",
+                                            "distill.objective.attention_kl=1.0"]
+
+
+def test_seeds_repeat_every_point_in_groups_that_differ_only_by_seed(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: 3\ndistill.temperature: [1.0, 2.0]\n")
+    loaded = load_grid(grid, ROOT)
+    # the default experiment's training seeds and the eval sample's; the data stays fixed
+    assert loaded.seed_keys == ("teacher.train.seed", "student.train.seed", "distill.train.seed",
+                                "quantize.train.seed", "eval.seed")
+    assert [p.name for p in loaded.points] == ["p00s0", "p01s0", "p00s1", "p01s1", "p00s2",
+                                               "p01s2"]          # seed by seed
+    by_name = {p.name: p for p in loaded.points}
+    assert by_name["p01s2"].group_id == "p01" and by_name["p01s2"].seed == 2
+    assert by_name["p01s2"].overrides == {"distill.temperature": 2.0,
+                                          **dict.fromkeys(loaded.seed_keys, 2)}
+    assert "world.seed" not in by_name["p00s1"].overrides
+    assert loaded.axes["seeds"] == [0, 1, 2] and loaded.axes["seed_keys"] == list(loaded.seed_keys)
+    plain = load_grid(ROOT / "grid.yaml", ROOT)              # no seeds: a point is its own group
+    assert plain.points[0].group_id == "p00" and plain.points[0].seed is None
+    assert "seeds" not in plain.axes
+
+
+def test_seed_keys_seeds_alone_and_a_seeds_pin(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: [7, 42]\nseed_keys: [teacher.train.seed, world.seed]\n")
+    loaded = load_grid(grid, ROOT)                          # seeds alone repeat the pipeline
+    assert [(p.name, p.group_id, p.overrides) for p in loaded.points] == [
+        ("p00s7", "p00", {"teacher.train.seed": 7, "world.seed": 7}),
+        ("p00s42", "p00", {"teacher.train.seed": 42, "world.seed": 42})]
+    assert [p.name for p in load_grid(grid, ROOT, ["seeds=1"]).points] == ["p00s0"]
+    itl = load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT, ["seeds=2"])
+    assert len(itl.points) == 36 and itl.seed_keys == ("teacher.train.seed", "eval.seed")
+    assert itl.sweep_id != load_grid(ROOT / "recipes/in-tool-learning/grid.yaml", ROOT).sweep_id
+
+
+def test_the_manifest_records_group_and_seed_and_the_store_reads_them(tmp_path):
+    from lmpipe.store.index import index_runs
+    from lmpipe.sweep.flow import pending_records, write_manifest
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: 2\nworld.people: [1000, 2000]\n")
+    loaded = load_grid(grid, ROOT)
+    records = pending_records(loaded)
+    records["p01s1"] |= {"status": "completed"}
+    path = write_manifest(tmp_path, loaded, records)
+    manifest = json.loads(path.read_text())
+    assert manifest["axes"]["seeds"] == [0, 1]
+    assert [(p["point"], p["group"], p["seed"]) for p in manifest["points"]] == [
+        ("p00s0", "p00", 0), ("p01s0", "p01", 0), ("p00s1", "p00", 1), ("p01s1", "p01", 1)]
+    index_runs(tmp_path / "runs", tmp_path / "store.duckdb")
+    with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT point, point_group, seed, status, group_params FROM sweep_points "
+                           "ORDER BY point").fetchall()
+        groups = con.execute("SELECT point_group, n, completed, seeds FROM sweep_groups "
+                             "ORDER BY point_group").fetchall()
+    assert [r[:4] for r in rows] == [("p00s0", "p00", 0, "pending"), ("p00s1", "p00", 1, "pending"),
+                                     ("p01s0", "p01", 0, "pending"), ("p01s1", "p01", 1, "completed")]
+    assert json.loads(rows[3][4]) == {"world.people": 2000}     # the seed keys are not group params
+    assert groups == [("p00", 2, 0, [0, 1]), ("p01", 2, 1, [0, 1])]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds: 0\n", r"'seeds' must be at least 1"),
+    ("seeds: [1, 1]\n", r"lists a seed twice"),
+    ("seeds: [1, x]\n", r"'seeds' must be a count"),
+    ("seeds: 2\nteacher.train.seed: [1, 2]\n", r"seed key\(s\) \['teacher.train.seed'\] are also an axis"),
+    ("seeds: 2\nseed_keys: [nope]\n", r"'seed_keys' must be a list of dotted"),
+    ("seeds: 2\nseed_keys: [teacher.train.nope]\n", r"teacher.train.nope"),
+    ("seed_keys: [eval.seed]\nworld.people: [1]\n", r"'seed_keys' without 'seeds'"),
+])
+def test_a_bad_seeds_option_is_refused(tmp_path, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_grid(grid, ROOT)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("distill.jsd_beta: [0.5, 1.5]\n", r"point p01 \(distill.jsd_beta=1.5\).*distill.jsd_beta"),
+    ("distill.nope: [1]\n", r"distill.nope"),
+    ("zip:\n  - {world.people: [1, 2], world.seed: [1]}\n", r"equal lengths"),
+    ("world.people: [1, 2]\ncross: {world.people: [3]}\n", r"more than one axis"),
+    ("world.people: []\n", r"'world.people' has no values"),
+    ("jobs: 0\nworld.seed: [1]\n", r"'jobs' must be an integer >= 1"),
+    ("job: 2\nworld.people: [1]\n", r"unknown option"),
+    ("pipeline: nowhere/dvc.yaml\nworld.people: [1]\n", r"pipeline file nowhere/dvc.yaml not found"),
+])
+def test_a_bad_grid_is_refused_naming_what_is_wrong(tmp_path, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_grid(grid, ROOT)
+
+
+TINY_GRID = """\
+name: tiny
+pipeline: recipes/in-tool-learning/dvc.yaml
+jobs: 2
+retries: 1
+cross:
+  teacher.model.d_model: [16]
+  teacher.model.n_layers: [1]
+  teacher.train.steps: [20]
+  teacher.train.batch_size: [8]
+  teacher.train.eval_every: [10]
+  teacher.train.eval_people: [3]
+  eval.trained_people: [4]
+  eval.heldout_people: [4]
+  eval.max_new_tokens: [24]
+  world.heldout_people: [4]
+zip:
+  - world.people: [8, 12, 16, 20]
+    data.source: [people, people, people, corpus]
+    data.path: [null, null, null, /nonexistent/corpus.txt]
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("sweep")
+    work = tmp / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe", "recipes"):
+        src = ROOT / name
+        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "data",
+                                                                         "runs", "metrics"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    (work / ".gitignore").write_text("/runs/\n/store/\n/reports/*.html\n__pycache__/\n")
+    (work / "tiny.yaml").write_text(TINY_GRID)
+    env = _env(tmp)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+                 ["dvc", "init", "-q"]):
+        _run(args, work, env)
+    shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")  # the project's: recipes hidden
+    for args in (["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc"]):
+        _run(args, work, env)
+    return work, env
+
+
+def test_recipe_pipelines_are_hidden_from_the_root_project_until_a_sweep_runs_one(tmp_path):
+    from lmpipe.sweep.dvc_exp import _is_dvc_ignored, pipeline_visible
+
+    work = tmp_path / "project"
+    (work / "recipes" / "r").mkdir(parents=True)
+    (work / "recipes" / "r" / "dvc.yaml").write_text("stages: {}\n")
+    env = _env(tmp_path)
+    _run(["git", "init", "-q"], work, env)
+    _run(["dvc", "init", "-q"], work, env)
+    shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")
+    committed = (work / ".dvcignore").read_bytes()
+    pipeline = Path("recipes/r/dvc.yaml")
+    assert _is_dvc_ignored(work, pipeline) and not _is_dvc_ignored(work, Path("dvc.yaml"))
+    with pipeline_visible(work, pipeline, "s1"):
+        assert not _is_dvc_ignored(work, pipeline)
+        with pipeline_visible(work, work / pipeline, "s2"):  # a second sweep of the same recipe
+            assert not _is_dvc_ignored(work, pipeline)
+        assert not _is_dvc_ignored(work, pipeline)            # the first still runs
+    assert (work / ".dvcignore").read_bytes() == committed
+    with pytest.raises(RuntimeError), pipeline_visible(work, pipeline, "s3"):
+        raise RuntimeError("a sweep that crashes still hides the recipe again")
+    assert (work / ".dvcignore").read_bytes() == committed
+
+
+def _sweep(work: Path, env: dict[str, str]) -> dict:
+    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep", "tiny.yaml", "--json"],
+                  work, env, check=False)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # one point fails
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_isolates_the_failing_point_and_reruns_from_dvc_cache(sweep_project):
+    work, env = sweep_project
+    first = _sweep(work, env)
+    assert first["failed"] == ["p03"] and first["cached"] == []
+
+    sweep_id = first["sweep"]
+    folder = work / "runs" / "sweeps" / sweep_id
+    manifest = json.loads((folder / "sweep.json").read_text())
+    status = {p["point"]: p for p in manifest["points"]}
+    assert [status[p]["status"] for p in ("p00", "p01", "p02", "p03")] == ["completed"] * 3 + ["failed"]
+    assert status["p03"]["attempts"] == 2                      # retried once, then isolated
+    assert "corpus.txt" in status["p03"]["error"]              # the stage's own error message
+    for point, people in (("p00", 8), ("p01", 12), ("p02", 16)):
+        point_json = json.loads((folder / point / "point.json").read_text())
+        assert point_json["params"]["world.people"] == people and point_json["sweep"] == sweep_id
+        params = json.loads((folder / point / "teacher" / "params.json").read_text())
+        assert params["world"]["people"] == people            # the point really ran its values
+        lines = [json.loads(x) for x in (folder / point / "teacher" / "metrics.jsonl").open()]
+        assert {"recall", "tool_accuracy"} <= set(lines[-1])  # accuracy logged during training
+
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT point, count(*) FROM runs WHERE sweep = ? GROUP BY 1 ORDER BY 1",
+                           [sweep_id]).fetchall()
+        assert rows == [("p00", 2), ("p01", 2), ("p02", 2)]      # teacher + eval for each finished point
+        points = dict(con.execute("SELECT point, status FROM sweep_points WHERE sweep = ?",
+                                  [sweep_id]).fetchall())
+        assert points == {"p00": "completed", "p01": "completed", "p02": "completed", "p03": "failed"}
+        recall = con.execute("SELECT count(*) FROM evals e JOIN runs r USING (run_id) "
+                             "WHERE r.sweep = ? AND e.metric = 'recall' AND e.attribute IS NULL",
+                             [sweep_id]).fetchone()[0]
+        assert recall == 3
+    assert (work / "reports" / "index.html").is_file()
+
+    # the root project still sees only its own pipeline; each point's experiment carries the
+    # recipe's metrics for `dvc exp show`
+    assert _run(["git", "status", "--porcelain", ".dvcignore"], work, env).stdout == ""
+    status = _run([sys.executable, "-m", "dvc", "status"], work, env)
+    assert "recipes/" not in status.stdout + status.stderr and "train@teacher" in status.stdout
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], work,
+                            env).stdout)
+    exps = {rev["name"]: rev["data"] for row in shown for exp in row.get("experiments") or []
+            for rev in exp["revs"]}
+    p00 = next(data for name, data in exps.items() if f"{sweep_id}-p00-" in name)
+    figures = p00["metrics"]["recipes/in-tool-learning/metrics/eval.json"]["data"]
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        stored = con.execute("SELECT e.value FROM evals e JOIN runs r USING (run_id) "
+                             "WHERE r.sweep = ? AND r.point = 'p00' AND e.metric = 'recall' "
+                             "AND e.split = 'trained' AND e.attribute IS NULL AND e.step IS NULL",
+                             [sweep_id]).fetchone()[0]
+    assert figures["teacher"]["recall_trained"] == pytest.approx(stored)
+
+    again = _sweep(work, env)
+    assert again["sweep"] == sweep_id and again["failed"] == ["p03"]
+    assert again["cached"] == ["p00", "p01", "p02"]              # DVC restored them, ran nothing
+    log = (folder / "p00" / "dvc.log").read_text()
+    assert log.count("is cached - skipping run") >= 4
+
+
+@pytest.mark.slow
+def test_the_dask_task_runner_runs_points_on_a_local_cluster(sweep_project, tmp_path):
+    work, env = sweep_project
+    grid = work / "dask.yaml"
+    grid.write_text(TINY_GRID.replace("name: tiny", "name: tiny-dask")
+                    .replace("    data.source: [people, people, people, corpus]\n", "")
+                    .replace("    data.path: [null, null, null, /nonexistent/corpus.txt]\n", "")
+                    .replace("world.people: [8, 12, 16, 20]", "world.people: [8, 12]"))
+    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep", "dask.yaml", "--json",
+                   "--runner", "dask"], work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["failed"] == [] and out["points"] == 2
+    assert out["runner"] == "DaskTaskRunner"
+    manifest = json.loads(Path(out["manifest"]).read_text())
+    assert all(p["pid"] != manifest["flow_pid"] for p in manifest["points"])  # ran in Dask workers
+
+
+@pytest.mark.slow
+def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
+    work, env = sweep_project
+    grid = load_grid(work / "recipes/knowledge-capacity/grid.yaml", work)
+    assert len(grid.points) == 3
+    exposures = sorted((p.overrides["teacher.model.d_model"],  # steps x 32 docs / (7 docs x people)
+                        p.overrides["teacher.train.steps"] * 32 / (7 * p.overrides["world.people"]))
+                       for p in grid.points)
+    assert exposures == [(16, 100.0), (32, 100.0), (32, 300.0)]
+    tiny = ["teacher.model.d_model=16", "teacher.model.n_layers=1", "world.people=8",
+            "teacher.train.steps=20", "teacher.train.batch_size=8", "teacher.train.eval_every=10",
+            "teacher.train.warmup_steps=2", "eval.trained_people=8", "world.heldout_people=4",
+            "eval.heldout_people=4", "eval.max_new_tokens=24", "teacher.train.eval_people=3"]
+    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep",
+                   "recipes/knowledge-capacity/grid.yaml", *tiny, "--json"], work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 1 and out["failed"] == []     # the pinned axes collapse to one point
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        bits = con.execute("SELECT e.value FROM evals e JOIN runs r USING (run_id) WHERE r.sweep = ? "
+                           "AND e.metric = 'knowledge_bits' AND e.attribute IS NULL",
+                           [out["sweep"]]).fetchall()
+    # the estimator cannot credit more than the 8 people's facts hold: N x sum_a log2|V_a|
+    stored = 8 * sum(math.log2(n) for n in attribute_values().values())
+    assert len(bits) == 1 and 0 <= bits[0][0] <= stored

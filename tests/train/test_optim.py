@@ -1,0 +1,160 @@
+"""Optimizers (parameter groups, each optimizer learns, weight decay placement) and LR schedules."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from lmpipe.data.tokenizer import VOCAB_SIZE
+from lmpipe.model.build import build_model, count_parameters
+from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.train.optim import build_optimizer, parameter_groups
+from lmpipe.train.schedule import lr_at
+
+TINY = ModelParams(d_model=16, n_layers=1, n_heads=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; with two threads on a busy 2-core machine, OpenMP's
+    spin-waiting made one 21-step loss test take 10 s instead of 0.05 s."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+LINEAR = [f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")] + [
+    f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
+
+
+def _group_names(model, wd=0.1):
+    decay, no_decay = parameter_groups(model, wd)
+    assert decay["weight_decay"] == wd and no_decay["weight_decay"] == 0.0
+    return [n for n, _ in decay["params"]], [n for n, _ in no_decay["params"]]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_decay_only_on_linear_matrices(tie):
+    model = build_model(ModelParams(d_model=16, n_layers=2, n_heads=2, tie_embeddings=tie), seed=0)
+    decay, no_decay = _group_names(model)
+    expected = {f"model.layers.{i}.{p}.weight" for i in range(2) for p in LINEAR}
+    assert set(decay) == expected and len(decay) == len(expected)
+    assert "model.embed_tokens.weight" in no_decay and "model.norm.weight" in no_decay
+    assert {f"model.layers.{i}.{n}.weight" for i in range(2)
+            for n in ("input_layernorm", "post_attention_layernorm")} <= set(no_decay)
+    assert ("lm_head.weight" in no_decay) is (not tie)  # tied head is the embedding, listed once
+    assert set(decay).isdisjoint(no_decay)
+    groups = parameter_groups(model, 0.1)
+    tensors = [p for g in groups for _, p in g["params"]]
+    assert len({id(p) for p in tensors}) == len(tensors)
+    assert sum(p.numel() for p in tensors) == count_parameters(model)
+
+
+def test_frozen_parameters_are_left_out():
+    model = build_model(TINY, seed=0)
+    model.model.norm.weight.requires_grad_(False)
+    _, no_decay = _group_names(model)
+    assert "model.norm.weight" not in no_decay
+
+
+@pytest.mark.parametrize("name, lr", [("adamw", 1e-2), ("sgd", 0.5), ("adafactor", 0.1),
+                                      ("lion", 1e-2)])
+def test_each_optimizer_reduces_the_loss(name, lr):
+    if name == "lion":
+        pytest.importorskip("lion_pytorch")
+    model = build_model(TINY, seed=0)
+    opt = build_optimizer(model, TrainParams(optimizer=name, lr=lr))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    ids = torch.randint(0, VOCAB_SIZE, (4, 32), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(21):
+        loss = model(input_ids=ids, labels=ids).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor", "lion"])
+def test_weight_decay_hits_only_the_decay_group(name):
+    """With zero gradients every optimizer reduces to its decay step: p <- p * (1 - lr * wd)."""
+    if name == "lion":
+        pytest.importorskip("lion_pytorch")
+    model = build_model(TINY, seed=0)
+    lr, wd = 0.1, 0.5
+    opt = build_optimizer(model, TrainParams(optimizer=name, lr=lr, weight_decay=wd))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    decay_names = set(opt.param_groups[0]["param_names"])
+    for n, p in model.named_parameters():
+        factor = 1 - lr * wd if n in decay_names else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * factor, msg=f"{name}: {n}")
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu():
+    opt = build_optimizer(build_model(TINY, seed=0), TrainParams(optimizer="adamw"))
+    assert opt.defaults["fused"] is True
+    assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_sgd_momentum_is_beta1():
+    opt = build_optimizer(build_model(TINY, seed=0), TrainParams(optimizer="sgd", beta1=0.8))
+    assert opt.defaults["momentum"] == 0.8 and opt.defaults["nesterov"] is False
+
+
+def test_lion_without_the_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lion_pytorch", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"pip install 'lmpipe\[lion\]'"):
+        build_optimizer(build_model(TINY, seed=0), TrainParams(optimizer="lion"))
+
+
+# --- schedules ---------------------------------------------------------------------------------
+
+W, T, BASE, FLOOR = 10, 110, 2.0, 0.1
+
+
+def lrs(shape):
+    return [lr_at(s, BASE, W, T, FLOOR, shape=shape) for s in range(T + 1)]
+
+
+@pytest.mark.parametrize("shape", ["cosine", "linear", "constant"])
+def test_warmup_is_linear_and_reaches_base(shape):
+    x = lrs(shape)
+    assert x[0] == pytest.approx(BASE / W) and x[4] == pytest.approx(BASE * 5 / W)
+    assert x[W - 1] == pytest.approx(BASE) and x[W] == pytest.approx(BASE)
+
+
+def test_cosine_is_the_default_and_has_its_midpoint_and_quarter():
+    assert lrs("cosine") == [lr_at(s, BASE, W, T, FLOOR) for s in range(T + 1)]
+    x = lrs("cosine")
+    assert x[W + 50] == pytest.approx(BASE * (FLOOR + (1 - FLOOR) * 0.5))
+    assert x[W + 25] == pytest.approx(BASE * (FLOOR + (1 - FLOOR) * (1 + math.cos(math.pi / 4)) / 2))
+    assert x[T] == pytest.approx(BASE * FLOOR) and x[T] == min(x)
+
+
+def test_linear_decays_in_a_straight_line():
+    x = lrs("linear")
+    assert x[W + 50] == pytest.approx(BASE * (FLOOR + (1 - FLOOR) * 0.5))
+    assert x[W + 25] == pytest.approx(BASE * (FLOOR + (1 - FLOOR) * 0.75))
+    steps = [x[s] - x[s + 1] for s in range(W, T)]
+    assert max(steps) == pytest.approx(min(steps))
+    assert x[T] == pytest.approx(BASE * FLOOR)
+    assert lr_at(T + 50, BASE, W, T, FLOOR, shape="linear") == pytest.approx(BASE * FLOOR)
+
+
+def test_constant_stays_at_base_after_warmup():
+    assert lrs("constant")[W:] == [BASE] * (T + 1 - W)
+
+
+def test_no_warmup_starts_at_base_and_unknown_shape_is_refused():
+    assert lr_at(0, BASE, 0, T, FLOOR, shape="linear") == BASE
+    with pytest.raises(ValueError, match="cosine, linear, constant"):
+        lr_at(0, BASE, W, T, FLOOR, shape="step")
