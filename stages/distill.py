@@ -6,7 +6,7 @@ from lmpipe.stage import stage
 
 @stage
 def main(params, argv):
-    from lmpipe.runs.training import distill  # torch: only once the params are valid
+    from lmpipe.runs.distillation import distill  # torch: only once the params are valid
 
     distill(params, TOKENS, TOKENIZER, TEACHER_CACHE, model_dir("teacher"), run_dir("distill"))
 

@@ -19,7 +19,7 @@ from lmpipe.model.build import load_model
 from lmpipe.model.card import write_model_card
 from lmpipe.model.export import export_int8, export_ternary
 from lmpipe.params.config import Params
-from lmpipe.runs.training import distill
+from lmpipe.runs.distillation import distill
 
 
 def quantize_run(params: Params, source_dir: Path, out: Path, tokens_dir: Path,

@@ -1,8 +1,9 @@
 """Whole training runs: build the model, open the run folder, train, save model and tokenizer.
 
-`train` and `distill` differ only in their objective and where the model's params come from;
-everything else (run folder, logging, saving) is this one code path. A `train` section with
-`pretrained` imports a model instead of training one (a real teacher, e.g. SmolLM2).
+`train` and `distill` (lmpipe/runs/distillation.py) differ only in their objective and where the
+model's params come from; everything else (run folder, logging, saving) is `run_training`, this
+one code path. A `train` section with `pretrained` imports a model instead of training one (a real
+teacher, e.g. SmolLM2).
 """
 
 from __future__ import annotations
@@ -20,17 +21,12 @@ from lmpipe.core.run_folder import RunLog
 from lmpipe.data.batching import make_batches
 from lmpipe.data.tokenizer import load_tokenizer
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill import build_objective
-from lmpipe.distill.cache import TeacherCache, model_fingerprint
-from lmpipe.distill.student_init import init_student_from_teacher
-from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.eval.train_hook import accuracy_hook
 from lmpipe.model.build import build_model, count_parameters, load_model, save_model
 from lmpipe.model.card import write_model_card
 from lmpipe.model.export import export_ternary
 from lmpipe.model.pretrained import import_pretrained
 from lmpipe.model.rope import extend_context
-from lmpipe.params.artifacts import tokenizer_identity
 from lmpipe.params.config import ConfigError, ModelParams, Params, TrainParams
 from lmpipe.params.identity import data_identity, model_identity, run_identity
 from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
@@ -81,7 +77,7 @@ def _check_data_fits(train_key: str, model_key: str, model_params: ModelParams,
                           f"{documents} training documents; expected at most {documents}")
 
 
-def _run(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
+def run_training(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
          tokens_dir: Path, tokenizer_dir: Path, out: Path,
          make_objective: Callable[[torch.nn.Module], Objective], section: dict,
          teacher: str | None = None, inputs: dict | None = None,
@@ -200,54 +196,5 @@ def train_from_scratch(name: str, params: Params, tokens_dir: Path, tokenizer_di
     section = getattr(params, name)
     if section.pretrained:
         return import_teacher(name, params, tokens_dir, tokenizer_dir, out)
-    return _run("train", name, params, section.model, section.train, tokens_dir, tokenizer_dir,
+    return run_training("train", name, params, section.model, section.train, tokens_dir, tokenizer_dir,
                 out, lambda model: cross_entropy_objective, section.model_dump(mode="json"))
-
-
-def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
-                 teacher_dir: Path) -> tuple[TeacherSource, dict]:
-    """The teacher's signals as `distill.teacher` asks (cache or live model), and what
-    identifies them (so a checkpoint never resumes against another teacher)."""
-    if params.distill.teacher == "live":
-        model, _ = load_model(teacher_dir)
-        if tokenizer_identity(tokenizer_dir) != tokenizer_identity(teacher_dir):
-            raise ConfigError(f"distill.teacher = live: {teacher_dir} was saved with another "
-                              f"tokenizer than {tokenizer_dir}; retrain or re-import the teacher")
-        tp = params.teacher.train  # the teacher reads text with its own attention mask
-        mask = TokenSplit.open(tokens_dir, "train").mask if tp.loss_on == "mask" else None
-        return (LiveTeacher(model, attention=tp.attention, token_mask=mask),
-                model_fingerprint(teacher_dir))
-    expect = {"tokenizer_sha256": tokenizer_identity(tokenizer_dir)}
-    if (Path(teacher_dir) / "model.safetensors").is_file():  # the cache must be this teacher's
-        expect["teacher_sha256"] = model_fingerprint(teacher_dir)["teacher_sha256"]
-    cache = TeacherCache.open(cache_dir, expect=expect)
-    if cache.manifest["positions"] != TokenSplit.open(tokens_dir, "train").n_tokens:
-        raise ConfigError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
-                          "the train split has a different count; rebuild the cache")
-    return CachedTeacher(cache), {k: v for k, v in cache.manifest.items()
-                                  if k not in ("seconds", "tokens_per_s")}
-
-
-def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
-            teacher_dir: Path, out: Path, train_params: TrainParams | None = None,
-            stage: str = "distill", name: str = "distilled") -> dict:
-    """Train the student architecture against the teacher (`distill` section); `train_params`
-    replaces `distill.train` (the quantize stage's QAT fine-tuning uses the same objective)."""
-    d = params.distill
-    if train_params is not None:
-        d = d.model_copy(update={"train": train_params})
-    teacher, identity = open_teacher(params, tokens_dir, tokenizer_dir, cache_dir, teacher_dir)
-
-    def make_objective(student: torch.nn.Module):
-        if d.copy_embeddings or d.copy_lm_head:
-            source = teacher.model if isinstance(teacher, LiveTeacher) else load_model(teacher_dir)[0]
-            copied = init_student_from_teacher(student, source, d)
-            print(f"distill: student starts from the teacher's {' and '.join(copied)}")
-        return build_objective(d, teacher, student)
-
-    return _run(stage, name, params, params.student.model, d.train, tokens_dir,
-                tokenizer_dir, out, make_objective,
-                {"distill": d.model_dump(mode="json"),
-                 "model": params.student.model.model_dump(mode="json")},
-                teacher=str(teacher_dir), inputs={"teacher": identity},
-                keys=(f"{stage}.train", "student.model"))

@@ -104,3 +104,7 @@ def test_the_closure_reaches_inside_packages():
     assert {"lmpipe/eval/evaluate.py", "lmpipe/data/tooldb.py", "lmpipe/core/protocol.py",
             "lmpipe/params/config.py", "lmpipe/stage.py"} <= closure
     assert "lmpipe/distill/objective.py" not in closure
+    # training from scratch never runs distillation code, so a distill edit leaves teachers be
+    train = {str(p.relative_to(ROOT)) for p in code_closure(ROOT / "stages" / "train.py")}
+    assert "lmpipe/runs/training.py" in train
+    assert not any(name.startswith("lmpipe/distill/") for name in train)
