@@ -37,7 +37,7 @@ from lmpipe.data.attention_masks import model_attention_mask  # noqa: E402
 from lmpipe.data.batching import make_batches  # noqa: E402
 from lmpipe.data.sources import paragraphs  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
-from lmpipe.distill import build_objective  # noqa: E402
+from lmpipe.distill.objective import build_objective  # noqa: E402
 from lmpipe.distill.cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
 from lmpipe.model.build import build_model, load_model  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from synthetic_runs import write_synthetic_runs  # noqa: E402
 
-from lmpipe.report import render_report  # noqa: E402
+from lmpipe.report.render import render_report  # noqa: E402
 from lmpipe.store.index import index_runs  # noqa: E402
 
 INGEST_LIMIT_S = 5.0

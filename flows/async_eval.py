@@ -36,7 +36,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import lmpipe  # noqa: F401  (sets the offline and no-analytics environment defaults)
 from lmpipe.core.paths import PARAMS, TOKENS, WORLD, run_dir
-from lmpipe.core.run_folder import PARAMS_FILE, SUMMARY_FILE
 from lmpipe.eval.checkpoints import (
     CheckpointEvalConfig,
     CheckpointVanished,
@@ -47,7 +46,8 @@ from lmpipe.eval.checkpoints import (
     pending_checkpoints,
     preload,
 )
-from lmpipe.params.config import ConfigError, load_params
+from lmpipe.eval.watched_run import opened_since, training_finished, watched_training_run
+from lmpipe.params.config import load_params
 from lmpipe.train.checkpoint import checkpoint_step
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -83,46 +83,6 @@ def evaluate_checkpoint_task(config_json: str, checkpoint_dir: str) -> dict[str,
     return {"step": step, "status": "done", **figures}
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` is still running (a zombie waiting to be reaped counts as ended)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _training_finished(run: Path, stop_when_summary: bool, not_before: float | None,
-                       train_pid: int | None) -> bool:
-    if train_pid is not None and not _alive(train_pid):
-        return True
-    if stop_when_summary:
-        summary = run / SUMMARY_FILE
-        try:
-            # a summary from an earlier run in the same folder does not count
-            return not_before is None or summary.stat().st_mtime >= not_before
-        except FileNotFoundError:
-            return False
-    return False
-
-
-def _opened_since(run: Path, not_before: float | None) -> bool:
-    """Whether the training process started at `not_before` has opened its run folder yet: until
-    then the folder may hold checkpoints of an earlier run that the trainer is about to clear."""
-    if not_before is None:
-        return True
-    try:
-        return (run / PARAMS_FILE).stat().st_mtime >= not_before
-    except FileNotFoundError:
-        return False
-
-
 @flow(name="lmpipe-async-eval", log_prints=True,
       # more workers than max_concurrent: the flow itself throttles submissions
       task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -154,11 +114,11 @@ def watch_and_evaluate(config_json: str, poll_seconds: float = 2.0, stop_when_su
     while True:
         # decided before the scan: training writes its last checkpoint before summary.json and
         # before exiting, so once finished, this scan sees every checkpoint there will be
-        finished = _training_finished(final, stop_when_summary, not_before, train_pid)
+        finished = training_finished(final, stop_when_summary, not_before, train_pid)
         timed_out = deadline is not None and time.monotonic() > deadline
         # checkpoints live in the staging folder while the run trains, in the run folder after
         run = live_run_folder(final)
-        pending = ([] if timed_out or not _opened_since(run, not_before)
+        pending = ([] if timed_out or not opened_since(run, not_before)
                    else pending_checkpoints(run, done | set(running)))
         for checkpoint in pending[:max(0, max_concurrent - len(running))]:
             running[checkpoint_step(checkpoint)] = evaluate_checkpoint_task.submit(
@@ -220,29 +180,8 @@ def train_with_async_eval(name: str, workdir: str | Path = PROJECT, overrides: S
     checkpoint is evaluated. `train_threads` applies through OMP_NUM_THREADS, so the run's
     identity keeps `train.threads` from params.
     """
-    workdir = Path(workdir).resolve()
-    if workdir.is_file():
-        # a params file: the stage reads ./params.yaml, so it must be the workspace's own
-        if workdir.name != PARAMS.name:
-            raise ConfigError(f"{workdir}: stages.train reads {PARAMS.name} in its working "
-                              "directory; pass the workspace folder or its params.yaml")
-        workdir = workdir.parent
-    params = load_params(workdir / PARAMS, list(overrides))
-    if name not in ("teacher", "student"):
-        raise ConfigError(f"train_with_async_eval: name must be teacher or student, got {name!r}")
-    section = getattr(params, name)
-    if section.pretrained:
-        raise ConfigError(f"{name}.pretrained = {section.pretrained}: an imported model is not "
-                          "trained, so it has no checkpoints to evaluate")
-    if not section.train.checkpoint_every:
-        print(f"note: {name}.train.checkpoint_every is 0: only the final checkpoint is evaluated")
-    # a run that cannot resume clears its own staging folder (checkpoints and eval series with
-    # it) before it writes params.json; the watcher waits for that (`_opened_since`)
-    run = workdir / run_dir(name)
-    config = CheckpointEvalConfig(
-        run_dir=str(run), tokens_dir=str(workdir / TOKENS), run_name=name,
-        db_path=str(workdir / WORLD / "people.duckdb") if params.data.source == "people" else None,
-        trained_people=trained_people, heldout_people=heldout_people, seed=params.eval.seed,
+    workdir, run, config = watched_training_run(
+        name, workdir, overrides, trained_people=trained_people, heldout_people=heldout_people,
         max_new_tokens=max_new_tokens, batch_size=batch_size, threads=eval_threads)
     _prefect_api_ready()
     preload()

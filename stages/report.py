@@ -4,7 +4,7 @@ from lmpipe.core.paths import REPORTS, STORE
 
 
 def main() -> None:
-    from lmpipe.report import render_report
+    from lmpipe.report.render import render_report
 
     print(render_report(STORE, REPORTS))
 

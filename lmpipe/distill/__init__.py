@@ -18,7 +18,3 @@ the cache or a live model; `objective.py` sums the weighted terms, logs each, an
 resolves gradient conflicts (`pcgrad.py`); `student_init.py` copies teacher weights into the
 student.
 """
-
-from lmpipe.distill.objective import DistillObjective, build_objective
-
-__all__ = ["DistillObjective", "build_objective"]

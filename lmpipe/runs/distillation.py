@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill import build_objective
 from lmpipe.distill.cache import TeacherCache, model_fingerprint
+from lmpipe.distill.objective import build_objective
 from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.model.build import load_model

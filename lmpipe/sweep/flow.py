@@ -72,7 +72,7 @@ def write_manifest(project: Path, grid: Grid, records: dict[str, dict[str, Any]]
 
 
 def _index_and_report(project: Path) -> Path:
-    from lmpipe.report import render_report
+    from lmpipe.report.render import render_report
     from lmpipe.store.index import index_runs
 
     index_runs(project / RUNS, project / STORE)

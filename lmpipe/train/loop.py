@@ -78,6 +78,18 @@ def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batc
     return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
 
 
+class _Window:
+    """What the steps since the last log record add up: loss and target counts (kept on the
+    device, so no step waits for a host sync), tokens, steps and the objective's extra terms."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.targets = torch.zeros((), device=device)
+        self.tokens = 0
+        self.steps = 0
+        self.extras: dict[str, Any] = {}
+
+
 class Trainer:
     """Owns the model, optimizer and run folder of one training run."""
 
@@ -220,92 +232,36 @@ class Trainer:
             raise Diverged(step, f"non-finite {what}")
 
     def fit(self) -> dict[str, float]:
+        """Resume or start, then train to `steps`; each step trains, then logs, evaluates and
+        checkpoints when they are due. Returns the run's summary figures."""
         tp = self.tp
-        resumed = self.resume()
-        resumed_from = self.step if resumed else None
-        self.dist.barrier()  # every process has decided before rank 0 clears stale checkpoints
-        if self.run is not None and self.dist.is_main:
-            self.run.rewind(self.step)
-            if self.probes is not None:
-                self.probes.rewind(self.step)
-            if not resumed:
-                remove_checkpoints(self.checkpoint_dir)
-        self.timer = profiler.PhaseTimer()
-        seq_len = (tp.block_size if tp.sampling == "windows"
-                   else int(self.batches.lengths.mean()))
-        flops_token = profiler.flops_per_token(self.model.config, seq_len)
-        peak = profiler.measure_matmul_peak(device=self.device)
-        trace = profiler.maybe_trace(tp.profile_steps,
-                                     self.run.folder if self.run is not None else ".")
-        self.model.train()
-        if tp.qat:  # the initial eval sees the model as step `self.step` will train it
-            set_lambda(self.model, qat_lambda(self.step, tp.qat_warmup_steps, tp.qat_schedule))
-        if not resumed:
-            self.initial_val, _ = self.validation_loss()
-            self._log({"step": 0, "tokens": 0, "val_loss": self.initial_val,
-                       "flops_per_token": flops_token, "peak_flops": peak})
+        resumed, resumed_from = self._begin()
+        flops_token, peak, trace = self._instrument()
+        self._evaluate_start(resumed, flops_token, peak)
         # Everything allocated so far lives for the whole run: keep it out of every later
         # collection (a full gc.collect() over a loaded transformers costs ~0.3 s here).
         gc.freeze()
         val_loss, val_step = self.initial_val, self.step if not resumed else None
-        window = {"loss": torch.zeros((), device=self.device), "targets": torch.zeros((), device=self.device),
-                  "tokens": 0, "steps": 0, "extras": {}}
+        window = _Window(self.device)
         bar = progress(range(self.step, tp.steps), desc=self.desc, unit="step",
                        disable=not self.dist.is_main, initial=self.step, total=tp.steps)
         record: dict[str, Any] = {}
         for step in bar:
             trace.step(step)
-            probing = self.probes is not None and self.probes.due(step + 1)
-            with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
-                total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
-            self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
-            window["loss"] += self.dist.all_sum(total)
-            window["targets"] += targets
-            window["tokens"] += n_tokens
-            window["steps"] += 1
-            for key, value in extras.items():
-                window["extras"][key] = window["extras"].get(key, 0) + self.dist.all_sum(value)
+            lr, grad_norm = self._train_and_accumulate(step, window)
             last = self.step == tp.steps
             log_due = self.step % tp.log_every == 0 or last
             eval_due = self.step % tp.eval_every == 0 or last
             if log_due:
-                with self.timer.phase("logging"):
-                    phases = self.timer.pop()
-                    busy = sum(phases.values())
-                    tokens_per_s = window["tokens"] / max(busy, 1e-9)
-                    record = {
-                        "step": self.step, "tokens": self.tokens_seen,
-                        "loss": (window["loss"] / window["targets"]).item(),
-                        "lr": lr, "grad_norm": float(grad_norm),
-                        **({"qat_lambda": qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule)}
-                           if tp.qat else {}),
-                        "tokens_per_s": tokens_per_s, "step_time_s": busy / window["steps"],
-                        **{k: v / window["steps"] for k, v in phases.items()},
-                        "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
-                        **profiler.memory_record(self.device),
-                        **{k: (v / (window["steps"] * self.dist.world
-                                    if k in self.per_step_metrics else window["targets"])).item()
-                           for k, v in window["extras"].items()},
-                    }
+                record = self._window_record(step, window, lr, grad_norm, flops_token, peak)
             if eval_due:
-                # eval time lands in the next log window's phases, as it always has
-                with self.timer.phase("eval"):
-                    val_loss, memory = self.validation_loss()
-                    extra = self.eval_hook(self.model) if self.eval_hook else {}
+                val_loss = self._evaluate_now(record if log_due else None, bar)
                 val_step = self.step
-                evaluated = {"val_loss": val_loss, **memory, **extra}
-                if log_due:
-                    record.update(evaluated)
-                else:  # its own record: the training window keeps accumulating to the log step
-                    self._log({"step": self.step, "tokens": self.tokens_seen, **evaluated})
-                    bar.set_postfix(val=f"{val_loss:.3f}", refresh=False)
             if log_due:
                 self._log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}",
                                 tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
-                window = {"loss": torch.zeros((), device=self.device),
-                          "targets": torch.zeros((), device=self.device),
-                          "tokens": 0, "steps": 0, "extras": {}}
+                window = _Window(self.device)
             if (tp.checkpoint_every and self.step % tp.checkpoint_every == 0) or last:
                 self.save()
         trace.close()
@@ -319,6 +275,96 @@ class Trainer:
                 "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
                 "resumed_from": resumed_from,
                 "world_size": self.dist.world}
+
+    def _begin(self) -> tuple[bool, int | None]:
+        """Resume from the newest matching checkpoint, or start over: the run's logs are cut
+        back to the step it starts from and a fresh start clears stale checkpoints."""
+        resumed = self.resume()
+        resumed_from = self.step if resumed else None
+        self.dist.barrier()  # every process has decided before rank 0 clears stale checkpoints
+        if self.run is not None and self.dist.is_main:
+            self.run.rewind(self.step)
+            if self.probes is not None:
+                self.probes.rewind(self.step)
+            if not resumed:
+                remove_checkpoints(self.checkpoint_dir)
+        return resumed, resumed_from
+
+    def _instrument(self) -> tuple[float, float, Any]:
+        """The phase timer, the FLOPs per token and matmul peak behind MFU, the profiler trace."""
+        tp = self.tp
+        self.timer = profiler.PhaseTimer()
+        seq_len = (tp.block_size if tp.sampling == "windows"
+                   else int(self.batches.lengths.mean()))
+        flops_token = profiler.flops_per_token(self.model.config, seq_len)
+        peak = profiler.measure_matmul_peak(device=self.device)
+        trace = profiler.maybe_trace(tp.profile_steps,
+                                     self.run.folder if self.run is not None else ".")
+        return flops_token, peak, trace
+
+    def _evaluate_start(self, resumed: bool, flops_token: float, peak: float) -> None:
+        """Step 0's validation loss, unless resuming (the run's log already has it)."""
+        tp = self.tp
+        self.model.train()
+        if tp.qat:  # the initial eval sees the model as step `self.step` will train it
+            set_lambda(self.model, qat_lambda(self.step, tp.qat_warmup_steps, tp.qat_schedule))
+        if not resumed:
+            self.initial_val, _ = self.validation_loss()
+            self._log({"step": 0, "tokens": 0, "val_loss": self.initial_val,
+                       "flops_per_token": flops_token, "peak_flops": peak})
+
+    def _train_and_accumulate(self, step: int, window: "_Window") -> tuple[float, torch.Tensor]:
+        """One optimizer step (probes recorded when due), its sums added to the log window."""
+        probing = self.probes is not None and self.probes.due(step + 1)
+        with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
+            total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
+        self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
+        window.loss += self.dist.all_sum(total)
+        window.targets += targets
+        window.tokens += n_tokens
+        window.steps += 1
+        for key, value in extras.items():
+            window.extras[key] = window.extras.get(key, 0) + self.dist.all_sum(value)
+        return lr, grad_norm
+
+    def _window_record(self, step: int, window: "_Window", lr: float, grad_norm: torch.Tensor,
+                       flops_token: float, peak: float) -> dict[str, Any]:
+        """The log record of the steps since the last one: loss per target, speed, MFU, memory,
+        each objective's extra terms."""
+        tp = self.tp
+        with self.timer.phase("logging"):
+            phases = self.timer.pop()
+            busy = sum(phases.values())
+            tokens_per_s = window.tokens / max(busy, 1e-9)
+            return {
+                "step": self.step, "tokens": self.tokens_seen,
+                "loss": (window.loss / window.targets).item(),
+                "lr": lr, "grad_norm": float(grad_norm),
+                **({"qat_lambda": qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule)}
+                   if tp.qat else {}),
+                "tokens_per_s": tokens_per_s, "step_time_s": busy / window.steps,
+                **{k: v / window.steps for k, v in phases.items()},
+                "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
+                **profiler.memory_record(self.device),
+                **{k: (v / (window.steps * self.dist.world
+                            if k in self.per_step_metrics else window.targets)).item()
+                   for k, v in window.extras.items()},
+            }
+
+    def _evaluate_now(self, record: dict[str, Any] | None, bar: Any) -> float:
+        """Validation loss and the eval hook's figures, added to this step's log `record`, or
+        logged on their own when no record is due (the training window keeps accumulating)."""
+        # eval time lands in the next log window's phases, as it always has
+        with self.timer.phase("eval"):
+            val_loss, memory = self.validation_loss()
+            extra = self.eval_hook(self.model) if self.eval_hook else {}
+        evaluated = {"val_loss": val_loss, **memory, **extra}
+        if record is not None:
+            record.update(evaluated)
+        else:
+            self._log({"step": self.step, "tokens": self.tokens_seen, **evaluated})
+            bar.set_postfix(val=f"{val_loss:.3f}", refresh=False)
+        return val_loss
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.run is not None and self.dist.is_main:

@@ -10,13 +10,13 @@ import torch
 from lmpipe.data.batching import LengthGroupedBatches
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill import build_objective
 from lmpipe.distill.cache import CacheSpec, TeacherCache, write_cache
 from lmpipe.distill.layers import layer_pairs
+from lmpipe.distill.objective import build_objective
 from lmpipe.distill.pcgrad import project_conflicting, surgery_loss
 from lmpipe.distill.projector import make_projector
 from lmpipe.distill.student_init import init_student_from_teacher
-from lmpipe.distill.support import TeacherDistribution, aligned
+from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
 from lmpipe.model.build import build_model
 from lmpipe.params.config import ConfigError, DistillParams, ModelParams

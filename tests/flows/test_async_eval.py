@@ -25,7 +25,7 @@ from lmpipe.eval.checkpoints import (
     latest_logged_step,
     pending_checkpoints,
 )
-from lmpipe.report import render_report
+from lmpipe.report.render import render_report
 from lmpipe.store.index import index_runs, query
 from lmpipe.train.checkpoint import list_checkpoints
 

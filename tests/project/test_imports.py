@@ -132,3 +132,19 @@ def test_the_contract_catches_an_upward_import(tmp_path: Path):
                             capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "lmpipe.data.tokens -> lmpipe.train.loop" in result.stdout
+
+
+def test_package_inits_import_nothing():
+    """Importing one module never imports its siblings through the package's __init__.py."""
+    heavy = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "lmpipe").glob("*/__init__.py")
+                   if any(isinstance(node, (ast.Import, ast.ImportFrom))
+                          for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))))
+    assert heavy == []
+
+
+def test_the_cli_help_loads_no_heavy_library():
+    code = ("import sys, lmpipe.cli; print(sorted({'torch', 'transformers', 'duckdb', 'altair', "
+            "'pandas'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.report import render_report
 from lmpipe.report.curves import CURVES_SQL, MAX_POINTS_PER_CURVE
+from lmpipe.report.render import render_report
 from lmpipe.store.index import index_runs, query
 
 MODELS = ["teacher", "student", "distilled", "quantized"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.report import render_report
+from lmpipe.report.render import render_report
 from lmpipe.store.index import index_runs
 from tests.report.test_report_paper import PAGES, default_run
 from tests.report.test_report_sweep import make_store

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from lmpipe.report import render_report
 from lmpipe.report.page import VL_VERSION, chart_spec
+from lmpipe.report.render import render_report
 from lmpipe.store.index import index_runs
 from tests.report.test_report_sweep import html_table, inline_rows, make_store, spec
 from tests.run_folders import write

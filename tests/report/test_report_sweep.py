@@ -15,8 +15,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from lmpipe.report import render_report
 from lmpipe.report.curves import MAX_POINTS_PER_CURVE, POINT_BUDGET
+from lmpipe.report.render import render_report
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["index", "curves", "scaling", "distillation"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lmpipe.report import render_report
+from lmpipe.report.render import render_report
 from lmpipe.store.index import index_runs, query
 from tests.report.test_report_sweep import html_table, inline_rows, spec
 from tests.run_folders import write

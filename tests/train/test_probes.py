@@ -143,7 +143,7 @@ def test_probes_refuse_compile():
 
 
 def test_probe_records_reach_the_store_and_the_report(tiny_tokens, tokenizer, tmp_path):
-    from lmpipe.report import render_report
+    from lmpipe.report.render import render_report
     from lmpipe.store.index import index_runs, query
 
     probes = ProbeParams(enabled=True, every=2, points=["embeddings", "residual", "logits"])
