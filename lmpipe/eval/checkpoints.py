@@ -33,7 +33,6 @@ from lmpipe.core.run_folder import CHECKPOINT_EVALS_FILE, EVALS_FILE, METRICS_FI
 from lmpipe.train.checkpoint import checkpoint_step, list_checkpoints
 
 # validation-loss batch size, as evaluate_model uses, so the numbers are comparable
-LOSS_BATCH_SIZE = 64
 
 
 class CheckpointVanished(FileNotFoundError):
@@ -207,10 +206,9 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
     started = time.time()
     import torch
 
-    from lmpipe.data.batching import make_batches
     from lmpipe.data.tokens import TokenSplit
     from lmpipe.data.tooldb import PeopleDB, sample_people
-    from lmpipe.eval.evaluate import score_questions
+    from lmpipe.eval.evaluate import VAL_BATCH_SIZE, score_questions, validation_batches
     from lmpipe.train.losses import evaluate_loss
 
     checkpoint = Path(checkpoint_dir)
@@ -230,9 +228,8 @@ def evaluate_checkpoint(config: CheckpointEvalConfig, checkpoint_dir: str | Path
     tp = _val_sampling(section, checkpoint)
     val_split = TokenSplit.open(Path(config.tokens_dir), "val")
     with torch.no_grad():
-        val_loss = evaluate_loss(model, make_batches(
-            val_split, tp.sampling, LOSS_BATCH_SIZE, tp.block_size, 0, tokenizer.pad_token_id,
-            model.config.max_position_embeddings, tp.loss_on), LOSS_BATCH_SIZE, config.val_batches)
+        val_loss = evaluate_loss(model, validation_batches(val_split, tp, tokenizer, model),
+                                 VAL_BATCH_SIZE, config.val_batches)
     records: list[dict[str, Any]] = [
         {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None}]
     if config.db_path is not None:

@@ -46,6 +46,18 @@ from lmpipe.quant.packing import INT8_FILE
 from lmpipe.train.losses import evaluate_split
 
 
+# every model and checkpoint is scored on the same validation batches
+VAL_BATCH_SIZE = 64
+
+
+def validation_batches(split: TokenSplit, tp: TrainParams, tokenizer: Any, model: Any) -> Any:
+    """The validation batches the eval stage and the checkpoint evals score a model on: read the
+    way `tp` trains (sampling, block size, loss positions), VAL_BATCH_SIZE rows, seed 0. The
+    training loop's own validation loss uses the run's batch size and seed instead."""
+    return make_batches(split, tp.sampling, VAL_BATCH_SIZE, tp.block_size, 0,
+                        tokenizer.pad_token_id, model.config.max_position_embeddings, tp.loss_on)
+
+
 def questions_for(people: list[dict[str, str]]) -> list[tuple[str, str, str]]:
     """(attribute, name, expected answer) for every attribute of every person."""
     return [(a, p["name"], p[a]) for p in people for a in protocol.ATTRIBUTES]
@@ -124,10 +136,8 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
     # every model is scored on the same batches, read the way the teacher was trained
     tp = val_sampling
     # loss and bits per byte from the same targets (the first eval_batches batches)
-    val = evaluate_split(model, make_batches(
-        val_split, tp.sampling, 64, tp.block_size, 0, tokenizer.pad_token_id,
-        model.config.max_position_embeddings, tp.loss_on), max_batches=tp.eval_batches,
-        tokenizer=tokenizer)
+    val = evaluate_split(model, validation_batches(val_split, tp, tokenizer, model),
+                         max_batches=tp.eval_batches, tokenizer=tokenizer)
     val_loss = val.loss
     records = [
         {"metric": "val_loss", "split": "val", "attribute": None, "value": val_loss, "n": None},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
+
+from tests.project_copy import copy_project, pipeline_env, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -45,46 +46,15 @@ def _merge(base: dict, over: dict) -> dict:
     return base
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(tmp_path / "prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PYTHONUNBUFFERED="1")
-    return env
-
-
-def copy_project(work: Path, names: tuple[str, ...] = ("dvc.yaml", "stages", "lmpipe")) -> Path:
-    """A fresh workspace `work` holding the project's `names` (files or folders, no caches)."""
-    work.mkdir(parents=True)
-    for name in names:
-        src = ROOT / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, work / name))
-    return work
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("e2e")
-    work = tmp / "project"
-    work.mkdir()
-    for name in ("dvc.yaml", "stages", "flows", "lmpipe"):
-        src = ROOT / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, work / name))
+    work = copy_project(tmp / "project", ("dvc.yaml", "stages", "flows", "lmpipe"))
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = _env(tmp)
-    _run(["dvc", "init", "--no-scm", "-q"], work, env)
-    _run([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env)
+    env = pipeline_env(tmp)
+    run_checked(["dvc", "init", "--no-scm", "-q"], work, env)
+    run_checked([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env)
     return work, env
 
 
@@ -166,19 +136,19 @@ def test_distill_logs_each_term_and_refuses_a_cache_of_another_teacher(project, 
     shutil.copytree(work, stale)
     shutil.copy(stale / "runs/student/model/model.safetensors",
                 stale / "runs/teacher/model/model.safetensors")  # as if the teacher was retrained
-    result = _run([sys.executable, "-m", "stages.distill"], stale, env, check=False)
+    result = run_checked([sys.executable, "-m", "stages.distill"], stale, env, check=False)
     assert result.returncode == 2
     assert "teacher_sha256 is" in result.stderr and "rebuild it" in result.stderr
 
 
 def test_second_repro_runs_nothing_and_a_param_change_reruns_downstream(project):
     work, env = project
-    again = _run(["dvc", "repro"], work, env)
+    again = run_checked(["dvc", "repro"], work, env)
     assert "Running stage" not in again.stdout
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["distill"]["temperature"] = 2.0
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rerun = _run(["dvc", "repro"], work, env).stdout
+    rerun = run_checked(["dvc", "repro"], work, env).stdout
     ran = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
     # validate reads the whole file; its unchanged output reruns nothing by itself
     # and the cache: at T != 1 it stores the teacher's tempered tail mass
@@ -228,7 +198,7 @@ def test_a_code_or_data_change_retrains_every_step(project, tmp_path):
         if change == "data":
             params["world"]["people"] += 10
             (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        ran = _run(["dvc", "repro", "train@teacher"], copy, env).stdout
+        ran = run_checked(["dvc", "repro", "train@teacher"], copy, env).stdout
         assert "Running stage 'train@teacher'" in ran, change
         summary = json.loads((teacher / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["resumed_from"] is None, change
@@ -259,7 +229,7 @@ def test_a_killed_new_run_leaves_the_previous_run_intact_and_resumes(project, tm
     proc.wait()
     after = {k: v for k, v in _checksums(copy).items() if k.startswith("runs/student/")}
     assert after == before  # the previous run, every byte of it
-    _run([sys.executable, "-m", "stages.train", "student", *overrides], copy, env)
+    run_checked([sys.executable, "-m", "stages.train", "student", *overrides], copy, env)
     summary = json.loads((student / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"] in (5, 10, 15, 20, 25)
     assert json.loads((student / "params.json").read_text())["student"]["train"]["lr"] == 0.002
@@ -272,7 +242,7 @@ def test_a_diverging_run_fails_loudly_and_replaces_nothing(project, tmp_path):
     copy = tmp_path / "diverged"
     shutil.copytree(work, copy)
     before = _checksums(copy)
-    result = _run([sys.executable, "-m", "stages.train", "student", "student.train.lr=1.0e+12"],
+    result = run_checked([sys.executable, "-m", "stages.train", "student", "student.train.lr=1.0e+12"],
                   copy, env, check=False)
     assert result.returncode == 3 and "diverged at step" in result.stderr
     staged = copy / "runs/.staging/student"
@@ -315,14 +285,14 @@ def test_dvc_experiments_carry_their_metrics_without_the_venv_on_path(project, t
     bare = {k: v for k, v in env.items() if k not in ("VIRTUAL_ENV", "LMPIPE_PYTHON")}
     bare.update(PATH="/usr/bin:/bin", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
                 GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
-    assert _run(["sh", "-c", "command -v python || true"], repo, bare).stdout.strip() != \
+    assert run_checked(["sh", "-c", "command -v python || true"], repo, bare).stdout.strip() != \
         str(BIN / "python")                                # nothing of the venv on PATH
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "baseline"]):
-        _run(["git", *args], repo, bare)
+        run_checked(["git", *args], repo, bare)
     dvc = str(repo / ".venv" / "bin" / "dvc")
     for name, steps in (("short", 20), ("long", 40)):
-        _run([dvc, "exp", "run", "-n", name, "-S", f"student.train.steps={steps}"], repo, bare)
-    rows = _experiments(json.loads(_run([dvc, "exp", "show", "--json"], repo, bare).stdout))
+        run_checked([dvc, "exp", "run", "-n", name, "-S", f"student.train.steps={steps}"], repo, bare)
+    rows = _experiments(json.loads(run_checked([dvc, "exp", "show", "--json"], repo, bare).stdout))
     tables = {}
     for name, steps in (("short", 20), ("long", 40)):
         assert rows[name]["params"]["params.yaml"]["data"]["student"]["train"]["steps"] == steps
@@ -342,7 +312,7 @@ def test_the_flow_runs_what_changed_and_nothing_on_an_up_to_date_workspace(proje
     work, env = project
     order, todo = plan(work)
     assert todo == [] and order[0] == "validate" and order[-1] == "report" and len(order) == 11
-    out = _run([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env).stdout
+    out = run_checked([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env).stdout
     assert "is up to date" in out and "Running stage" not in out
     copy = tmp_path / "copy"
     shutil.copytree(work, copy, symlinks=True)
@@ -356,10 +326,10 @@ def test_dvc_plots_render_offline(project, tmp_path):
     work, env = project
     copy = tmp_path / "plots"
     shutil.copytree(work, copy, symlinks=True)
-    _run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], copy, env)
+    run_checked(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], copy, env)
     assert 'src="https://cdn.jsdelivr.net' in (tmp_path / "cdn/index.html").read_text()  # DVC's own
-    _run([sys.executable, "-m", "lmpipe.report.dvc_plots", str(copy)], copy, env)
-    _run(["dvc", "plots", "show", "-o", str(tmp_path / "offline")], copy, env)
+    run_checked([sys.executable, "-m", "lmpipe.report.dvc_plots", str(copy)], copy, env)
+    run_checked(["dvc", "plots", "show", "-o", str(tmp_path / "offline")], copy, env)
     html = (tmp_path / "offline/index.html").read_text()
     assert "src=\"http" not in html and "src='http" not in html and "cdn.jsdelivr" not in html
     assert "vega-embed, Vega-Lite and Vega, inlined" in html
@@ -438,7 +408,7 @@ def test_invalid_params_are_refused_and_touch_nothing(project, tmp_path):
     work, env = project
     bad = tmp_path / "bad"
     shutil.copytree(work, bad)
-    _run(["dvc", "repro"], bad, env)  # the copy is up to date (the other tests edit params)
+    run_checked(["dvc", "repro"], bad, env)  # the copy is up to date (the other tests edit params)
     good = (bad / "params.yaml").read_text()
     before = _checksums(bad)
     failures = []
@@ -447,7 +417,7 @@ def test_invalid_params_are_refused_and_touch_nothing(project, tmp_path):
         for key, value in changes.items():
             _set(params, key, value)
         (bad / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        result = _run(["dvc", "repro"], bad, env, check=False)
+        result = run_checked(["dvc", "repro"], bad, env, check=False)
         output = result.stdout + result.stderr
         if result.returncode == 0 or fragment not in output:
             failures.append(f"{changes}: exit {result.returncode}, {fragment!r} not named:\n"
@@ -466,10 +436,12 @@ def test_missing_input_file_is_named(tmp_path):
         src = ROOT / name
         (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, tmp_path / name))
-    result = _run([sys.executable, "-m", "stages.tokenize"], tmp_path, _env(tmp_path), check=False)
+    result = run_checked([sys.executable, "-m", "stages.tokenize"], tmp_path,
+                         pipeline_env(tmp_path), check=False)
     assert result.returncode == 2
     assert "data/world/documents.jsonl: missing input (run the prepare stage first)" in result.stderr
-    result = _run([sys.executable, "-m", "stages.teacher_cache"], tmp_path, _env(tmp_path), check=False)
+    result = run_checked([sys.executable, "-m", "stages.teacher_cache"], tmp_path,
+                         pipeline_env(tmp_path), check=False)
     assert result.returncode == 2 and "runs/teacher/model: not a model directory" in result.stderr
 
 
@@ -478,11 +450,11 @@ def test_command_line_overrides_reach_the_stage_and_are_validated(tmp_path):
         src = ROOT / name
         (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, tmp_path / name))
-    env = _env(tmp_path)
-    bad = _run([sys.executable, "-m", "stages.prepare", "world.peeple=5"], tmp_path, env, check=False)
+    env = pipeline_env(tmp_path)
+    bad = run_checked([sys.executable, "-m", "stages.prepare", "world.peeple=5"], tmp_path, env, check=False)
     assert bad.returncode == 2 and "unknown key 'world.peeple'" in bad.stderr
     # every stage cross-checks the whole file: the eval samples must fit the smaller world
-    _run([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2",
+    run_checked([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2",
           "eval.trained_people=7", "eval.heldout_people=2",
           *(f"{s}.train.eval_people=0" for s in ("teacher", "student", "distill", "quantize"))],
          tmp_path, env)
@@ -506,9 +478,9 @@ def test_a_local_corpus_with_a_trained_bpe_runs_the_whole_pipeline(tmp_path):
                              "tokenize": {"kind": "bpe", "vocab_size": 400, "loss_on": "all"},
                              "teacher_cache": {"top_k": 4}})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = _env(tmp_path)
-    _run(["dvc", "init", "--no-scm", "-q"], work, env)
-    _run(["dvc", "repro"], work, env)
+    env = pipeline_env(tmp_path)
+    run_checked(["dvc", "init", "--no-scm", "-q"], work, env)
+    run_checked(["dvc", "repro"], work, env)
     world = json.loads((work / "data/world/world.json").read_text())
     assert world["documents"] == 200 and world["duplicates_dropped"] == 20
     assert json.loads((work / "data/tokens/meta.json").read_text())["vocab_size"] == 400
@@ -530,8 +502,8 @@ def test_prepare_reads_a_verified_local_shakespeare(tmp_path):
         (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, tmp_path / name))
     local = ROOT.parent / "shared/data/tinyshakespeare.txt"
-    _run([sys.executable, "-m", "stages.prepare", "data.source=shakespeare", f"data.path={local}"],
-         tmp_path, _env(tmp_path))
+    run_checked([sys.executable, "-m", "stages.prepare", "data.source=shakespeare", f"data.path={local}"],
+         tmp_path, pipeline_env(tmp_path))
     world = json.loads((tmp_path / "data/world/world.json").read_text())
     assert world["source"] == "shakespeare" and world["documents"] > 5000
     assert world["bytes"] > 1_000_000

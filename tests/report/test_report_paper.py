@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lmpipe.report.page import VL_VERSION, chart_spec
+from lmpipe.report.page import VL_VERSION
 from lmpipe.report.render import render_report
 from lmpipe.store.index import index_runs
 from tests.report.test_report_sweep import html_table, inline_rows, make_store, spec
@@ -257,7 +257,7 @@ def test_sweep_lattice_still_maps_the_sweep_models(sweep_html) -> None:
 
 
 def test_replicates_keep_their_spread_in_the_headline_and_the_model_points(tmp_path: Path) -> None:
-    from tests import test_spread as seeded
+    from tests.store import test_spread as seeded
 
     root = tmp_path / "runs"
     seeded.write_sweep(root, "pipe-3c4d", [{}], start=0, models=seeded.MODELS,

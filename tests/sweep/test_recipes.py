@@ -12,7 +12,7 @@ import yaml
 
 from lmpipe.params.config import ConfigError, load_params
 from lmpipe.sweep.recipes import install_recipe
-from tests.e2e.test_pipeline import _env, _run
+from tests.project_copy import pipeline_env, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE = ROOT.parent / "shared/data/tinyshakespeare.txt"
@@ -45,8 +45,8 @@ def _run_recipe(recipe: str, tmp_path: Path, extra: list[str], stages: tuple[str
         src = ROOT / name
         (shutil.copytree(src, work / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, work / name))
-    env = _env(tmp_path)
-    _run(["dvc", "init", "--no-scm", "-q"], work, env)
+    env = pipeline_env(tmp_path)
+    run_checked(["dvc", "init", "--no-scm", "-q"], work, env)
     tiny = [f"data.path={SHAKESPEARE}", "teacher.model.d_model=32", "teacher.model.n_heads=2",
             "teacher.model.n_layers=1", "teacher.model.d_ff=64", "teacher.train.steps=40",
             "student.model.d_model=16", "student.model.d_ff=32", "student.train.steps=10",

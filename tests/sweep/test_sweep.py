@@ -16,7 +16,7 @@ import pytest
 from lmpipe.data.world import attribute_values
 from lmpipe.params.config import ConfigError
 from lmpipe.sweep.grid import expand, load_grid
-from tests.e2e.test_pipeline import _env, _run
+from tests.project_copy import pipeline_env, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,15 +175,15 @@ def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
          if src.is_dir() else shutil.copy(src, work / name))
     (work / ".gitignore").write_text("/runs/\n/store/\n/reports/*.html\n__pycache__/\n")
     (work / "tiny.yaml").write_text(TINY_GRID)
-    env = _env(tmp)
+    env = pipeline_env(tmp)
     for args in (["git", "init", "-q"], ["git", "add", "-A"],
                  ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
                  ["dvc", "init", "-q"]):
-        _run(args, work, env)
+        run_checked(args, work, env)
     shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")  # the project's: recipes hidden
     for args in (["git", "add", "-A"],
                  ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc"]):
-        _run(args, work, env)
+        run_checked(args, work, env)
     return work, env
 
 
@@ -193,9 +193,9 @@ def test_recipe_pipelines_are_hidden_from_the_root_project_until_a_sweep_runs_on
     work = tmp_path / "project"
     (work / "recipes" / "r").mkdir(parents=True)
     (work / "recipes" / "r" / "dvc.yaml").write_text("stages: {}\n")
-    env = _env(tmp_path)
-    _run(["git", "init", "-q"], work, env)
-    _run(["dvc", "init", "-q"], work, env)
+    env = pipeline_env(tmp_path)
+    run_checked(["git", "init", "-q"], work, env)
+    run_checked(["dvc", "init", "-q"], work, env)
     shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")
     committed = (work / ".dvcignore").read_bytes()
     pipeline = Path("recipes/r/dvc.yaml")
@@ -212,7 +212,7 @@ def test_recipe_pipelines_are_hidden_from_the_root_project_until_a_sweep_runs_on
 
 
 def _sweep(work: Path, env: dict[str, str]) -> dict:
-    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep", "tiny.yaml", "--json"],
+    result = run_checked([str(Path(sys.executable).parent / "lmpipe"), "sweep", "tiny.yaml", "--json"],
                   work, env, check=False)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # one point fails
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -254,10 +254,10 @@ def test_a_sweep_runs_isolates_the_failing_point_and_reruns_from_dvc_cache(sweep
 
     # the root project still sees only its own pipeline; each point's experiment carries the
     # recipe's metrics for `dvc exp show`
-    assert _run(["git", "status", "--porcelain", ".dvcignore"], work, env).stdout == ""
-    status = _run([sys.executable, "-m", "dvc", "status"], work, env)
+    assert run_checked(["git", "status", "--porcelain", ".dvcignore"], work, env).stdout == ""
+    status = run_checked([sys.executable, "-m", "dvc", "status"], work, env)
     assert "recipes/" not in status.stdout + status.stderr and "train@teacher" in status.stdout
-    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], work,
+    shown = json.loads(run_checked([sys.executable, "-m", "dvc", "exp", "show", "--json"], work,
                             env).stdout)
     exps = {rev["name"]: rev["data"] for row in shown for exp in row.get("experiments") or []
             for rev in exp["revs"]}
@@ -285,7 +285,7 @@ def test_the_dask_task_runner_runs_points_on_a_local_cluster(sweep_project, tmp_
                     .replace("    data.source: [people, people, people, corpus]\n", "")
                     .replace("    data.path: [null, null, null, /nonexistent/corpus.txt]\n", "")
                     .replace("world.people: [8, 12, 16, 20]", "world.people: [8, 12]"))
-    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep", "dask.yaml", "--json",
+    result = run_checked([str(Path(sys.executable).parent / "lmpipe"), "sweep", "dask.yaml", "--json",
                    "--runner", "dask"], work, env)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["failed"] == [] and out["points"] == 2
@@ -307,7 +307,7 @@ def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
             "teacher.train.steps=20", "teacher.train.batch_size=8", "teacher.train.eval_every=10",
             "teacher.train.warmup_steps=2", "eval.trained_people=8", "world.heldout_people=4",
             "eval.heldout_people=4", "eval.max_new_tokens=24", "teacher.train.eval_people=3"]
-    result = _run([str(Path(sys.executable).parent / "lmpipe"), "sweep",
+    result = run_checked([str(Path(sys.executable).parent / "lmpipe"), "sweep",
                    "recipes/knowledge-capacity/grid.yaml", *tiny, "--json"], work, env)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["points"] == 1 and out["failed"] == []     # the pinned axes collapse to one point
