@@ -37,8 +37,10 @@ from lmpipe.data.attention_masks import model_attention_mask  # noqa: E402
 from lmpipe.data.batching import make_batches  # noqa: E402
 from lmpipe.data.sources import paragraphs  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
+from lmpipe.distill.cache.format import CacheSpec  # noqa: E402
+from lmpipe.distill.cache.read import TeacherCache, reconstruct
+from lmpipe.distill.cache.write import write_cache
 from lmpipe.distill.objective import build_objective  # noqa: E402
-from lmpipe.distill.cache import CacheSpec, TeacherCache, reconstruct, write_cache  # noqa: E402
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
 from lmpipe.model.build import build_model, load_model  # noqa: E402
 from lmpipe.params.config import DistillParams, load_params  # noqa: E402

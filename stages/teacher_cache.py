@@ -3,7 +3,7 @@ distribution (and optionally hidden states) per position, compressed and sharded
 
 The teacher runs with the attention mask it trained with (`teacher.train.attention`, its given
 spans from `teacher.train.loss_on`), and the tail outside the top-k is also stored tempered at
-`distill.temperature` when that is not 1 (lmpipe/distill/cache.py), so this stage reads
+`distill.temperature` when that is not 1 (lmpipe/distill/cache/), so this stage reads
 `distill.temperature` (a DVC param of the stage)."""
 
 from lmpipe.core.paths import TEACHER_CACHE, TOKENS, model_dir
@@ -16,7 +16,8 @@ def teacher_cache(params, argv):
     from lmpipe.core.outputs import staged
     from lmpipe.data.batching import make_batches
     from lmpipe.data.tokens import TokenSplit
-    from lmpipe.distill.cache import CacheSpec, model_fingerprint, write_cache
+    from lmpipe.distill.cache.format import CacheSpec, model_fingerprint
+    from lmpipe.distill.cache.write import write_cache
     from lmpipe.distill.layers import teacher_layers_used
     from lmpipe.model.build import load_model
     from lmpipe.params.config import ConfigError

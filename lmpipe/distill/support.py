@@ -14,7 +14,7 @@ mass m tempered. At T = 1, S_1 = m. At T > 1, x^(1/T) is concave with 0^(1/T) = 
 subadditive, so S_T >= m^(1/T), with equality only for a one-token tail: the old model
 `log m / T` took the tail as one token and underweighted it (mass 0.01 spread over 233 byte ids
 at T = 2: S_T = sqrt(233 * 0.01) = 1.53 against m^(1/2) = 0.1). S_T cannot be recovered from m,
-so the cache stores it at the distill temperature (lmpipe/distill/cache.py: the `tail` column)
+so the cache stores it at the distill temperature (lmpipe/distill/cache/: the `tail` column)
 and the live teacher computes it from its logits (teacher_cache.log_tempered_tail). A
 distribution without it at the asked T is an error, never a silent approximation; an empty tail
 (k = V) is empty at every T.

@@ -26,7 +26,8 @@ import torch
 from lmpipe.data.attention_masks import model_attention_mask
 from lmpipe.data.batching import Batch
 from lmpipe.distill.attention_kl import head_mean_rows
-from lmpipe.distill.cache import TeacherCache, log_tempered_tail, top_k_with_missing
+from lmpipe.distill.cache.format import log_tempered_tail, top_k_with_missing
+from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.support import TeacherDistribution
 from lmpipe.params.config import ConfigError
 

@@ -227,7 +227,7 @@ class ModelRunParams(Section):
 
 
 class TeacherCacheParams(Section):
-    """What the `teacher_cache` stage stores per position (see lmpipe/distill/cache.py)."""
+    """What the `teacher_cache` stage stores per position (see lmpipe/distill/cache/)."""
 
     top_k: int = Field(32, ge=1, description="teacher log-probs kept per position")
     logprobs: Literal["u8", "fp16", "fp32"] = Field(

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill.cache import TeacherCache, model_fingerprint
+from lmpipe.distill.cache.format import model_fingerprint
+from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.objective import build_objective
 from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmpipe.distill.cache import log_tempered_tail, top_k_with_missing
+from lmpipe.distill.cache.format import log_tempered_tail, top_k_with_missing
 from lmpipe.distill.cakld import cakld
 from lmpipe.distill.forward_kl import forward_kl
 from lmpipe.distill.hidden import hidden_cosine, hidden_mse

@@ -10,7 +10,9 @@ import torch
 from lmpipe.data.batching import LengthGroupedBatches
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill.cache import CacheSpec, TeacherCache, write_cache
+from lmpipe.distill.cache.format import CacheSpec
+from lmpipe.distill.cache.read import TeacherCache
+from lmpipe.distill.cache.write import write_cache
 from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.objective import build_objective
 from lmpipe.distill.pcgrad import project_conflicting, surgery_loss

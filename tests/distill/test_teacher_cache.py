@@ -8,15 +8,9 @@ import torch
 
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill.cache import (
-    LOGPROB_STEP,
-    CacheSpec,
-    TeacherCache,
-    cache_bytes,
-    id_dtype,
-    reconstruct,
-    write_cache,
-)
+from lmpipe.distill.cache.format import LOGPROB_STEP, CacheSpec, cache_bytes, id_dtype
+from lmpipe.distill.cache.read import TeacherCache, reconstruct
+from lmpipe.distill.cache.write import write_cache
 
 FINGERPRINT = {"teacher_sha256": "t", "tokenizer_sha256": "tok"}
 

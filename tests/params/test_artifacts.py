@@ -9,7 +9,9 @@ import pytest
 
 from lmpipe.data.tokenizer import build_byte_tokenizer
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.distill.cache import CacheSpec, TeacherCache, model_fingerprint, write_cache
+from lmpipe.distill.cache.format import CacheSpec, model_fingerprint
+from lmpipe.distill.cache.read import TeacherCache
+from lmpipe.distill.cache.write import write_cache
 from lmpipe.eval.generate import Sampling, generate
 from lmpipe.model.build import save_model
 from lmpipe.params import artifacts
