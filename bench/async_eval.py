@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 from lmpipe.data.tokenizer import build_byte_tokenizer  # noqa: E402
 from lmpipe.data.tokens import tokenize_world  # noqa: E402
 from lmpipe.data.world import write_world  # noqa: E402
-from lmpipe.params.config import WorldParams  # noqa: E402
+from lmpipe.data.params import WorldParams  # noqa: E402
 
 
 def make_data(base: Path, people: int) -> None:

@@ -33,7 +33,8 @@ from lmpipe.data.tokenizer import build_byte_tokenizer  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_world  # noqa: E402
 from lmpipe.data.world import write_world  # noqa: E402
 from lmpipe.model.build import build_model  # noqa: E402
-from lmpipe.params.config import Params, TrainParams  # noqa: E402
+from lmpipe.params.config import Params  # noqa: E402
+from lmpipe.train.params import TrainParams
 from lmpipe.train.loop import Trainer  # noqa: E402
 from lmpipe.train.losses import cross_entropy_objective  # noqa: E402
 

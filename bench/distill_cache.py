@@ -43,7 +43,8 @@ from lmpipe.distill.cache.write import write_cache
 from lmpipe.distill.objective import build_objective  # noqa: E402
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher  # noqa: E402
 from lmpipe.model.build import build_model, load_model  # noqa: E402
-from lmpipe.params.config import DistillParams, load_params  # noqa: E402
+from lmpipe.distill.params import DistillParams  # noqa: E402
+from lmpipe.params.config import load_params
 
 
 @torch.no_grad()

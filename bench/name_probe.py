@@ -46,7 +46,9 @@ from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
 from lmpipe.data.tooldb import PeopleDB  # noqa: E402
 from lmpipe.eval.linear_probe import FINAL, format_table, probe_model  # noqa: E402
 from lmpipe.model.build import build_model  # noqa: E402
-from lmpipe.params.config import ModelParams, TrainParams, WorldParams  # noqa: E402
+from lmpipe.data.params import WorldParams  # noqa: E402
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.loop import train  # noqa: E402
 
 # values sharing first letters in pairs: the answer's first byte tells the pair, not the value

@@ -34,7 +34,8 @@ def worker(mode: str, tokens: Path, steps: int) -> None:
     from lmpipe.core.run_folder import RunLog
     from lmpipe.data.tokens import TokenSplit
     from lmpipe.model.build import build_model
-    from lmpipe.params.config import ModelParams, TrainParams
+    from lmpipe.model.params import ModelParams
+    from lmpipe.train.params import TrainParams
     from lmpipe.train.loop import train
 
     torch.set_num_threads(1)
@@ -60,7 +61,7 @@ def make_tokens(out: Path) -> Path:
     from lmpipe.data.tokenizer import build_byte_tokenizer
     from lmpipe.data.tokens import tokenize_world
     from lmpipe.data.world import write_world
-    from lmpipe.params.config import WorldParams
+    from lmpipe.data.params import WorldParams
 
     write_world(WorldParams(people=400, heldout_people=50), out / "world")
     tokenize_world(out / "world", build_byte_tokenizer(), out / "tokens", val_fraction=0.05,

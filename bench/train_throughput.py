@@ -27,7 +27,8 @@ from lmpipe.core.run_folder import RunLog  # noqa: E402
 from lmpipe.data.tokenizer import VOCAB_SIZE, special_id  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, write_meta, write_split  # noqa: E402
 from lmpipe.model.build import build_model, count_parameters  # noqa: E402
-from lmpipe.params.config import ModelParams, TrainParams  # noqa: E402
+from lmpipe.model.params import ModelParams  # noqa: E402
+from lmpipe.train.params import TrainParams
 from lmpipe.train.loop import train  # noqa: E402
 
 NANOGPT = {"val_loss": 1.886, "ms_per_step_2_threads": 46.6, "tokens_per_s_2_threads": 16_500,

@@ -46,8 +46,8 @@ from lmpipe.eval.checkpoints import (
     pending_checkpoints,
     preload,
 )
-from lmpipe.eval.watched_run import opened_since, training_finished, watched_training_run
 from lmpipe.params.config import load_params
+from lmpipe.runs.watched_run import opened_since, training_finished, watched_training_run
 from lmpipe.train.checkpoint import checkpoint_step
 
 PROJECT = Path(__file__).resolve().parents[1]

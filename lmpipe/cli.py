@@ -11,7 +11,7 @@ import argparse
 
 from lmpipe.core.command import Command
 from lmpipe.eval.commands import GENERATE, PROBE
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 from lmpipe.report.commands import REPORT
 from lmpipe.store.commands import EXPORT, INDEX, QUERY
 from lmpipe.sweep.commands import RUN, SWEEP

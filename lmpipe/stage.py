@@ -8,7 +8,8 @@ from typing import Callable
 
 from lmpipe.core.paths import PARAMS
 from lmpipe.data.sources import SourceError
-from lmpipe.params.config import ConfigError, Params, load_params
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import Params, load_params
 
 StageBody = Callable[[Params, list[str]], None]
 StageMain = Callable[[], None]

@@ -58,7 +58,7 @@ def eval(params, argv):
         models |= {name: run_dir(path) for name, path in EXTRA.items()
                    if (run_dir(path) / "config.json").is_file()}
     from lmpipe.core.outputs import staged, write_atomic
-    from lmpipe.eval.evaluate import evaluate_run  # torch: only once the params are valid
+    from lmpipe.runs.evaluation import evaluate_run  # torch: only once the params are valid
 
     # the run folder and the metrics file are replaced together, only once every model is scored
     with staged(run_dir("eval")) as out:

@@ -4,7 +4,7 @@ validation documents: `validation.jsonl`, about people who are never trained; lm
 from pathlib import Path
 
 from lmpipe.core.paths import WORLD
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 from lmpipe.stage import stage
 
 

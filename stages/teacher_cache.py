@@ -20,7 +20,7 @@ def teacher_cache(params, argv):
     from lmpipe.distill.cache.write import write_cache
     from lmpipe.distill.layers import teacher_layers_used
     from lmpipe.model.build import load_model
-    from lmpipe.params.config import ConfigError
+    from lmpipe.core.section import ConfigError
 
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)

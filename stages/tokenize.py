@@ -5,7 +5,7 @@ The people world comes split by `prepare` (every document marks its split; lmpip
 trained fact is missing from training text); plain corpora are split per document, seeded."""
 
 from lmpipe.core.paths import TOKENIZER, TOKENS, WORLD
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 from lmpipe.stage import stage
 
 

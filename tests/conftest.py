@@ -11,7 +11,8 @@ from lmpipe.data.tokenizer import build_byte_tokenizer
 from lmpipe.data.tokens import tokenize_world
 from lmpipe.data.world import write_world
 from lmpipe.model.build import build_model
-from lmpipe.params.config import ModelParams, WorldParams
+from lmpipe.data.params import WorldParams
+from lmpipe.model.params import ModelParams
 
 TINY_MODEL = ModelParams(d_model=16, n_layers=1, n_heads=2, max_seq_len=256)
 

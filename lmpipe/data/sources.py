@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from lmpipe.core import protocol
-from lmpipe.params.artifacts import file_sha256
+from lmpipe.core.artifacts import file_sha256
 
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")

@@ -35,7 +35,7 @@ import numpy as np
 from lmpipe.core import protocol
 from lmpipe.data.tokenizer import loss_mask
 from lmpipe.data.tokenizer_kinds import token_dtype
-from lmpipe.params.artifacts import ArtifactError, file_sha256, verify_sha256
+from lmpipe.core.artifacts import ArtifactError, file_sha256, verify_sha256
 
 PARTS = ("tokens.bin", "mask.bin", "docs.npy")
 REBUILD = "rebuild it: dvc repro -f tokenize"

@@ -35,7 +35,7 @@ from typing import Iterator
 import duckdb
 
 from lmpipe.core import protocol
-from lmpipe.params.config import WorldParams
+from lmpipe.data.params import WorldParams
 
 FIRST_NAMES = """Ada Alan Alice Amir Anna Arjun Aya Ben Bianca Boris Carla Chen Clara Dario Dev Diana
 Elena Emil Emma Eva Felix Fatima Gina Hana Hugo Ines Ivan Jade Jonas Julia Kai Karim Kenji Lara Leo

@@ -12,8 +12,9 @@ i (1-based), L the last block. A mapping is one of:
 
 from __future__ import annotations
 
-from lmpipe.params.config import ConfigError, DistillParams
-from lmpipe.params.terms import HIDDEN_STATE_TERMS
+from lmpipe.core.section import ConfigError
+from lmpipe.distill.params import DistillParams
+from lmpipe.distill.terms import HIDDEN_STATE_TERMS
 
 
 def layer_pairs(spec: str | list[list[int]], student_layers: int,

@@ -26,8 +26,9 @@ from lmpipe.distill.projector import make_projector
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher, TeacherSource
-from lmpipe.params.config import ConfigError, DistillParams
-from lmpipe.params.terms import ACTIVATION_TERMS, HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
+from lmpipe.core.section import ConfigError
+from lmpipe.distill.params import DistillParams
+from lmpipe.distill.terms import ACTIVATION_TERMS, HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
 
 
 def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 
 
 def make_projector(kind: str, student_width: int, teacher_width: int) -> nn.Module:

@@ -1,7 +1,7 @@
 """The registry of logit losses: name -> per-position loss(log_p, log_q, options).
 
 `options` carries the knobs some losses take (jsd_beta, skew_alpha, the teacher confidence for
-cakld). The names are those `distill.objective` accepts (lmpipe.params.terms.LOGIT_TERMS).
+cakld). The names are those `distill.objective` accepts (lmpipe.distill.terms.LOGIT_TERMS).
 """
 
 from __future__ import annotations

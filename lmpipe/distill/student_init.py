@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from lmpipe.params.config import ConfigError, DistillParams
+from lmpipe.core.section import ConfigError
+from lmpipe.distill.params import DistillParams
 
 
 def init_student_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module,

@@ -29,7 +29,7 @@ from lmpipe.distill.attention_kl import head_mean_rows
 from lmpipe.distill.cache.format import log_tempered_tail, top_k_with_missing
 from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.support import TeacherDistribution
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 
 
 @dataclass

@@ -142,7 +142,7 @@ def _run_name(config: CheckpointEvalConfig, run: Path) -> str:
 def _val_sampling(section: dict[str, Any], checkpoint: Path):
     """The run's own TrainParams (sampling, block size, loss_on) from the checkpoint's params.json:
     the validation loss is read the way the run trains, like the trainer's own val loss."""
-    from lmpipe.params.config import TrainParams
+    from lmpipe.train.params import TrainParams
 
     train = section.get("train") or section.get("distill", {}).get("train") or {}
     try:

@@ -22,29 +22,24 @@ counting 0 bytes.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lmpipe.core import protocol
-from lmpipe.core.progress import progress
-from lmpipe.core.run_folder import EVALS_FILE, RunLog
 from lmpipe.data.batching import make_batches
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.data.tooldb import PeopleDB, sample_people
-from lmpipe.eval.generate import Exchange, answer_questions, sample_text
+from lmpipe.eval.generate import Exchange, answer_questions
 from lmpipe.eval.harness import harness_records
 from lmpipe.eval.knowledge import knowledge_records
 from lmpipe.eval.linear_probe import eval_records
+from lmpipe.eval.params import EvalParams
 from lmpipe.model.build import count_parameters, load_model, tensor_headers
-from lmpipe.params.config import EvalParams, Params, TrainParams
 from lmpipe.quant.packing import INT8_FILE
 from lmpipe.train.losses import evaluate_split
-
+from lmpipe.train.params import TrainParams
 
 # every model and checkpoint is scored on the same validation batches
 VAL_BATCH_SIZE = 64
@@ -194,49 +189,3 @@ def headline(records: list[dict[str, Any]]) -> dict[str, float]:
             key = r["metric"] if r["split"] in ("val", "model") else f"{r['metric']}_{r['split']}"
             out[key] = round(r["value"], 6)
     return out
-
-
-def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, params: Params,
-                 out: Path, metrics_path: Path | None = None) -> dict[str, dict[str, float]]:
-    """Evaluate every model on the same questions; write the eval run folder and DVC metrics.
-
-    Without a people world (`data.source` shakespeare or corpus) there is no database and no
-    questions: the models are compared on validation loss and perplexity only.
-    """
-    for name, folder in models.items():
-        if not (Path(folder) / "config.json").is_file():
-            raise FileNotFoundError(f"{folder}: model '{name}' not found (run its stage first)")
-    val_split = TokenSplit.open(tokens_dir, "val")
-    resolved = {"run": {"stage": "eval", "name": "eval"}, **params.model_dump(mode="json")}
-    table: dict[str, dict[str, float]] = {}
-    people_world = params.data.source == "people"
-    with (PeopleDB(db_path) if people_world else contextlib.nullcontext()) as db, \
-            RunLog(out, "eval", "eval", resolved) as run:
-        ep = params.eval
-        trained = sample_people(db, "train", ep.trained_people, ep.seed) if db else []
-        heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed) if db else []
-        (out / "transcripts").mkdir(exist_ok=True)
-        with open(out / EVALS_FILE, "w", encoding="utf-8") as evals:
-            for name, folder in progress(models.items(), desc="eval", unit="model"):
-                records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
-                                                      params.teacher.train,
-                                                      harness_dir=out / "harness_tasks")
-                for r in records:
-                    evals.write(json.dumps({"model": name, **r}) + "\n")
-                with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:
-                    for task, exchanges in transcripts.items():
-                        for ex in exchanges:
-                            f.write(json.dumps({"task": task, **asdict(ex)}) + "\n")
-                table[name] = headline(records)
-                if ep.sample_prompt:
-                    model, tokenizer = load_model(folder)
-                    text = sample_text(model, tokenizer, ep.sample_prompt, ep.sample_tokens,
-                                       ep.temperature, ep.top_k, ep.seed)
-                    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"model": name, "prompt": ep.sample_prompt,
-                                            "text": text}) + "\n")
-        run.finish(models=list(models), trained_people=len(trained), heldout_people=len(heldout))
-    if metrics_path is not None:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(table, indent=2) + "\n")
-    return table

@@ -23,7 +23,8 @@ import yaml
 
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
-from lmpipe.params.config import ConfigError, EvalParams
+from lmpipe.core.section import ConfigError
+from lmpipe.eval.params import EvalParams
 
 RECALL_TASK = "people_recall"
 MC_TASK = "people_recall_mc"

@@ -13,7 +13,7 @@ from lmpipe.core import protocol
 from lmpipe.data.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
 from lmpipe.model.init_weights import initialize_
 from lmpipe.model.rope import rope_parameters
-from lmpipe.params.config import ModelParams
+from lmpipe.model.params import ModelParams
 from lmpipe.quant.packed_load import load_quantized, quantization_config_of
 
 

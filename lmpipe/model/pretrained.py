@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from lmpipe.core import protocol
 from lmpipe.data.tokenizer_kinds import SMOLLM2_GGUF, SMOLLM2_MISSING, smollm2_dir
 from lmpipe.model.build import save_model
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 
 
 def _locate(source: str) -> tuple[Path, str | None]:

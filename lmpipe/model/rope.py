@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lmpipe.params.config import ModelParams
+from lmpipe.model.params import ModelParams
 
 SCALINGS = ("none", "linear", "dynamic", "yarn")
 

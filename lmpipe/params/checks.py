@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from lmpipe.core import protocol
-from lmpipe.params.terms import HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
+from lmpipe.distill.terms import HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
 
 if TYPE_CHECKING:
-    from lmpipe.params.config import ModelParams, Params, TrainParams
+    from lmpipe.model.params import ModelParams
+    from lmpipe.params.config import Params
+    from lmpipe.train.params import TrainParams
 
 N_SPECIALS = len(protocol.SPECIAL_TOKENS)
 BYTE_VOCAB = 256 + N_SPECIALS  # lmpipe.data.tokenizer.VOCAB_SIZE, without importing transformers

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lmpipe
-from lmpipe.params.artifacts import file_sha256, tokenizer_identity
+from lmpipe.core.artifacts import file_sha256, tokenizer_identity
 
 PACKAGE = Path(lmpipe.__file__).resolve().parent
 STAGES = PACKAGE.parent / "stages"

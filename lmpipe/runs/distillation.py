@@ -14,8 +14,10 @@ from lmpipe.distill.objective import build_objective
 from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.model.build import load_model
-from lmpipe.params.artifacts import tokenizer_identity
-from lmpipe.params.config import ConfigError, Params, TrainParams
+from lmpipe.core.artifacts import tokenizer_identity
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import Params
+from lmpipe.train.params import TrainParams
 from lmpipe.runs.training import run_training
 
 

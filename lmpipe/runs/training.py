@@ -27,7 +27,10 @@ from lmpipe.model.card import write_model_card
 from lmpipe.model.export import export_ternary
 from lmpipe.model.pretrained import import_pretrained
 from lmpipe.model.rope import extend_context
-from lmpipe.params.config import ConfigError, ModelParams, Params, TrainParams
+from lmpipe.core.section import ConfigError
+from lmpipe.model.params import ModelParams
+from lmpipe.params.config import Params
+from lmpipe.train.params import TrainParams
 from lmpipe.params.identity import data_identity, model_identity, run_identity
 from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
 from lmpipe.train.distributed import init_distributed, shutdown

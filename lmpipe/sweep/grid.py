@@ -52,7 +52,8 @@ from typing import Any
 
 import yaml
 
-from lmpipe.params.config import ConfigError, apply_overrides, validate_params
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import apply_overrides, validate_params
 
 OPTIONS = {"name", "pipeline", "params", "jobs", "retries", "cross", "zip", "seeds", "seed_keys"}
 # the default seed keys: every training section's seed and the eval sample's (see the docstring)

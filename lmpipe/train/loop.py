@@ -26,7 +26,8 @@ from lmpipe.core.progress import progress
 from lmpipe.core.run_folder import RunLog
 from lmpipe.data.batching import Batch, make_batches
 from lmpipe.data.tokens import TokenSplit
-from lmpipe.params.config import ConfigError, TrainParams
+from lmpipe.core.section import ConfigError
+from lmpipe.train.params import TrainParams
 from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
 from lmpipe.train.checkpoint import (
     TrainerState,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lmpipe.params.config import TrainParams
+from lmpipe.train.params import TrainParams
 
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion")
 

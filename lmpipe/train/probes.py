@@ -33,7 +33,7 @@ import torch
 
 from lmpipe.core.jsonl import read_jsonl
 from lmpipe.core.run_folder import PROBES_FILE
-from lmpipe.params.config import ProbeParams
+from lmpipe.train.params import ProbeParams
 from lmpipe.train.probe_stats import attention_entropy, summary_stats
 
 ATTENTION_SEQUENCES = 4

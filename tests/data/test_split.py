@@ -24,7 +24,9 @@ from lmpipe.data.tokens import (
 from lmpipe.data.tooldb import PeopleDB, sample_people
 from lmpipe.data.world import generate_people, validation_count, write_world
 from lmpipe.eval.evaluate import accuracy_records, questions_for
-from lmpipe.params.config import ModelParams, TrainParams, WorldParams
+from lmpipe.data.params import WorldParams
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 
 
 def _rows(path):

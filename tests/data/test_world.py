@@ -15,7 +15,7 @@ from lmpipe.data.world import (
     generate_people,
     write_world,
 )
-from lmpipe.params.config import WorldParams
+from lmpipe.data.params import WorldParams
 
 
 def test_same_seed_same_world_and_different_seed_differs():

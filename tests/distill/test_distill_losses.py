@@ -13,7 +13,7 @@ from lmpipe.distill.reverse_kl import reverse_kl
 from lmpipe.distill.skew_kl import skew_kl, skew_reverse_kl
 from lmpipe.distill.support import TailTemperatureError, TeacherDistribution, aligned
 from lmpipe.distill.tvd import tvd
-from lmpipe.params.terms import LOGIT_TERMS
+from lmpipe.distill.terms import LOGIT_TERMS
 
 
 def _pair(seed=0, n=5, v=9):

@@ -21,7 +21,9 @@ from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
 from lmpipe.model.build import build_model
-from lmpipe.params.config import ConfigError, DistillParams, ModelParams
+from lmpipe.core.section import ConfigError
+from lmpipe.distill.params import DistillParams
+from lmpipe.model.params import ModelParams
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
 TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
@@ -84,7 +86,7 @@ def test_training_from_the_cache_follows_the_live_run_step_for_step(full_cache, 
     """Five optimizer steps of forward KL + CE + attention KL through the real training loop:
     the logged losses from the cache equal the live teacher's to 1e-5."""
     from lmpipe.core.run_folder import RunLog
-    from lmpipe.params.config import TrainParams
+    from lmpipe.train.params import TrainParams
     from lmpipe.train.loop import train
 
     teacher, cache = full_cache

@@ -14,7 +14,8 @@ from lmpipe.core.run_folder import RunLog
 from lmpipe.data.tokenizer import special_id
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.build import build_model
-from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.distributed import init_distributed
 from lmpipe.train.loop import train
 from lmpipe.train.losses import cross_entropy_objective

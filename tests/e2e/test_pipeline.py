@@ -341,7 +341,7 @@ def test_saved_tokenizers_are_the_tokenize_stage_s_whatever_the_eval_schedule(pr
     """The teacher's last step is an eval step with generation (left padding): its saved
     tokenizer still carries no padding state and has the tokenize stage's identity, so the
     teacher cache and distillation accept it (the pipeline ran end to end)."""
-    from lmpipe.params.artifacts import tokenizer_identity
+    from lmpipe.core.artifacts import tokenizer_identity
 
     work, _ = project
     assert 60 % 30 == 0  # TINY: teacher steps 60, eval_every 30, eval_people 4

@@ -13,7 +13,8 @@ from lmpipe.data.tokens import TokenSplit
 from lmpipe.eval.evaluate import evaluate_model, tool_call_records
 from lmpipe.eval.generate import Exchange
 from lmpipe.model.build import build_model
-from lmpipe.params.config import EvalParams, TrainParams
+from lmpipe.eval.params import EvalParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.losses import evaluate_split, target_bytes
 from tests.conftest import TINY_MODEL
 

@@ -28,7 +28,11 @@ from lmpipe.eval.harness import (
     write_text_task,
 )
 from lmpipe.model.build import build_model, load_model, save_model
-from lmpipe.params.config import ConfigError, EvalParams, ModelParams, TrainParams, WorldParams
+from lmpipe.core.section import ConfigError
+from lmpipe.data.params import WorldParams
+from lmpipe.eval.params import EvalParams
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.loop import train
 from lmpipe.train.losses import evaluate_split
 

@@ -14,7 +14,7 @@ from lmpipe.core import protocol
 from lmpipe.data import world
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.knowledge import continuation_logprobs, fact_bits, knowledge_records
-from lmpipe.params.config import WorldParams
+from lmpipe.data.params import WorldParams
 
 # |V_a| of the generator, written out: 50 birth years x 12 months x 28 days, 45 cities,
 # 24 universities, 24 majors, 25 employers

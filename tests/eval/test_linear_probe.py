@@ -38,7 +38,10 @@ from lmpipe.eval.linear_probe import (
     split_people,
 )
 from lmpipe.model.build import build_model, save_model
-from lmpipe.params.config import EvalParams, ModelParams, TrainParams, WorldParams
+from lmpipe.data.params import WorldParams
+from lmpipe.eval.params import EvalParams
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.checkpoint import TrainerState, save_checkpoint
 from lmpipe.train.loop import train
 

@@ -12,7 +12,7 @@ from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.model.build import build_model
 from lmpipe.model.init_weights import initialize_
 from lmpipe.model.rope import extend_context, rope_parameters
-from lmpipe.params.config import ModelParams
+from lmpipe.model.params import ModelParams
 
 D, LAYERS = 128, 4
 MID = ModelParams(d_model=D, n_layers=LAYERS, n_heads=4)

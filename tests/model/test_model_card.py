@@ -14,7 +14,8 @@ import yaml
 from lmpipe.core.run_folder import git_state
 from lmpipe.model.build import build_model, count_parameters, load_model, save_model
 from lmpipe.model.card import write_model_card
-from lmpipe.params.config import ModelRunParams, Params, TrainParams, validate_params
+from lmpipe.params.config import Params, validate_params
+from lmpipe.train.params import ModelRunParams, TrainParams
 from tests.conftest import TINY_MODEL
 
 COMPARISON = {

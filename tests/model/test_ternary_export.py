@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from lmpipe.model.build import build_model, count_parameters, load_model
 from lmpipe.model.export import export_int8, export_ternary
-from lmpipe.params.config import ModelParams
+from lmpipe.model.params import ModelParams
 from lmpipe.quant.packed_load import load_quantized
 from lmpipe.quant.packing import INT8_FILE, TernaryLinear, pack_ternary, unpack_ternary
 from lmpipe.quant.ternary import ternarize

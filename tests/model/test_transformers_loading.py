@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 
 from lmpipe.model.build import build_model, load_model, save_model
 from lmpipe.model.export import export_ternary
-from lmpipe.params.config import ModelParams, Params
+from lmpipe.model.params import ModelParams
+from lmpipe.params.config import Params
 from lmpipe.quant.bitlinear import convert_to_bitlinear, set_lambda
 from lmpipe.quant.packing import INT8_FILE, TernaryLinear
 from lmpipe.runs.quantize import quantize_run

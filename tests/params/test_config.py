@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmpipe.params.config import ConfigError, Params, load_params
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +72,9 @@ def test_resolved_params_serialize_to_plain_json():
 
 
 def test_runs_checkpoint_every_100_steps_by_default():
-    from lmpipe.params.config import QuantizeParams, TrainParams
+    from lmpipe.distill.params import QuantizeParams
 
     # a killed run loses at most one interval (README "Checkpoints and resume")
+    from lmpipe.train.params import TrainParams
     assert TrainParams().checkpoint_every == 100
     assert QuantizeParams().train.checkpoint_every == 100

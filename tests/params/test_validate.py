@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from lmpipe.params import checks as params_checks
-from lmpipe.params.config import ConfigError, Params, load_params, validate_params
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import Params, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -292,7 +293,7 @@ def test_linear_names_match_the_model(tie):
     from torch import nn
 
     from lmpipe.model.build import build_model
-    from lmpipe.params.config import ModelParams
+    from lmpipe.model.params import ModelParams
 
     model_params = ModelParams(d_model=16, n_layers=2, n_heads=2, tie_embeddings=tie)
     model = build_model(model_params, 0)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lmpipe.model.build import build_model
-from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.quant.bitlinear import (
     BitLinear158,
     convert_to_bitlinear,

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from lmpipe.model.build import build_model, save_model
-from lmpipe.params.config import ConfigError, ModelParams, TrainParams
+from lmpipe.core.section import ConfigError
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.runs.training import start_model
 
 

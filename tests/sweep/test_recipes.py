@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmpipe.params.config import ConfigError, load_params
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import load_params
 from lmpipe.sweep.recipes import install_recipe
 from tests.project_copy import pipeline_env, run_checked
 

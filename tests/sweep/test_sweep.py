@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from lmpipe.data.world import attribute_values
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 from lmpipe.sweep.grid import expand, load_grid
 from tests.project_copy import pipeline_env, run_checked
 

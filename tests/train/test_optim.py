@@ -10,7 +10,8 @@ import torch
 
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.model.build import build_model, count_parameters
-from lmpipe.params.config import ModelParams, TrainParams
+from lmpipe.model.params import ModelParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.optim import build_optimizer, parameter_groups
 from lmpipe.train.schedule import lr_at
 

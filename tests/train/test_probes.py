@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from lmpipe.core.run_folder import RunLog
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.build import build_model
-from lmpipe.params.config import ConfigError, ProbeParams, TrainParams
+from lmpipe.core.section import ConfigError
+from lmpipe.train.params import ProbeParams, TrainParams
 from lmpipe.train.loop import train
 from lmpipe.train.probe_stats import attention_entropy, summary_stats
 from lmpipe.train.probes import ProbeRecorder, attention_weights

@@ -5,7 +5,7 @@ import os
 from lmpipe.core.run_folder import RunLog
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.build import build_model
-from lmpipe.params.config import TrainParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.loop import train
 from tests.conftest import TINY_MODEL
 

@@ -10,7 +10,7 @@ from lmpipe.data.attention_masks import prefix_lm_mask
 from lmpipe.data.batching import LengthGroupedBatches
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.build import build_model
-from lmpipe.params.config import TrainParams
+from lmpipe.train.params import TrainParams
 from lmpipe.train.loop import train
 from lmpipe.train.losses import evaluate_loss
 from tests.conftest import TINY_MODEL

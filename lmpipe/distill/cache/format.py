@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmpipe.params.artifacts import file_sha256, tokenizer_identity
+from lmpipe.core.artifacts import file_sha256, tokenizer_identity
 
 FORMAT_VERSION = 3  # 3: the manifest holds every shard file's sha256 (+ optional `tail` column)
 REBUILD = "rebuild it: dvc repro -f teacher_cache"

@@ -13,8 +13,8 @@ import torch
 
 from lmpipe.distill.cache.format import (FORMAT_VERSION, REBUILD, decode_logprobs, ramp,
                                          shard_files)
-from lmpipe.params.artifacts import ArtifactError, verify_sha256
-from lmpipe.params.config import ConfigError
+from lmpipe.core.artifacts import ArtifactError, verify_sha256
+from lmpipe.core.section import ConfigError
 
 
 @dataclass

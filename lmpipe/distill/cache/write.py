@@ -31,7 +31,7 @@ from lmpipe.distill.cache.format import (
     shard_files,
     top_k_with_missing,
 )
-from lmpipe.params.artifacts import file_sha256
+from lmpipe.core.artifacts import file_sha256
 
 
 def attention_row_lengths(split: TokenSplit) -> np.ndarray:

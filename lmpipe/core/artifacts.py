@@ -19,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 
 # tokenizer.json sections that decide the text -> ids mapping (not "padding" or "truncation")
 TOKENIZER_JSON_KEYS = ("model", "added_tokens", "normalizer", "pre_tokenizer", "post_processor",

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmpipe.eval.watched_run import (opened_since, process_alive, training_finished,
+from lmpipe.runs.watched_run import (opened_since, process_alive, training_finished,
                                      watched_training_run)
-from lmpipe.params.config import ConfigError
+from lmpipe.core.section import ConfigError
 
 
 def test_a_running_process_is_alive_and_a_reaped_one_is_not():

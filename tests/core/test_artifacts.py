@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from lmpipe.core import artifacts
+from lmpipe.core.artifacts import ArtifactError, file_sha256, tokenizer_identity
 from lmpipe.data.tokenizer import build_byte_tokenizer
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.distill.cache.format import CacheSpec, model_fingerprint
@@ -14,8 +16,6 @@ from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.cache.write import write_cache
 from lmpipe.eval.generate import Sampling, generate
 from lmpipe.model.build import save_model
-from lmpipe.params import artifacts
-from lmpipe.params.artifacts import ArtifactError, file_sha256, tokenizer_identity
 
 FINGERPRINT = {"teacher_sha256": "t", "tokenizer_sha256": "tok"}
 

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 from lmpipe.core.paths import PARAMS, TOKENS, WORLD, run_dir
 from lmpipe.core.run_folder import PARAMS_FILE, SUMMARY_FILE
 from lmpipe.eval.checkpoints import CheckpointEvalConfig
-from lmpipe.params.config import ConfigError, load_params
+from lmpipe.core.section import ConfigError
+from lmpipe.params.config import load_params
 
 
 def watched_training_run(name: str, workdir: str | Path, overrides: Sequence[str] = (),

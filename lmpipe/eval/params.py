@@ -1,0 +1,39 @@
+"""The eval section of params.yaml: the people sampled, generation, lm-eval tasks, linear probes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lmpipe.core.section import Section
+
+
+class EvalParams(Section):
+    seed: int = 0
+    trained_people: int = Field(200, ge=1, description="trained people sampled for recall/tool eval")
+    heldout_people: int = Field(200, ge=0)
+    batch_size: int = Field(256, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    sample_prompt: str = Field("", description="if set, each model continues this prompt into "
+                               "runs/eval/samples.jsonl (sampling with temperature and top_k)")
+    sample_tokens: int = Field(200, ge=1)
+    temperature: float = Field(0.8, ge=0.0, description="0 = greedy")
+    top_k: int = Field(40, ge=1)
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks run on every model (needs "
+        "pip install 'lmpipe[harness]'); 'people' expands to lmpipe's generated people_recall "
+        "(generation, exact match) and people_recall_mc (multiple choice) on the sampled trained "
+        "people; any task lm-eval knows (hellaswag, mmlu, ...) runs if its data is in the local "
+        "Hugging Face cache. Empty by default: it slows the eval stage")
+    harness_limit: int | None = Field(None, ge=1, description="at most this many samples per "
+                                      "harness task; None = all")
+    linear_probe: bool = Field(False, description="fit linear probes on every model's hidden "
+                               "states (lmpipe/eval/linear_probe.py, needs scikit-learn: pip install "
+                               "'lmpipe[probes]'): linear_probe_accuracy per layer and attribute")
+    linear_probe_people: int = Field(1000, ge=4, description="trained people the probes use "
+                                     "(a seeded sample; 70% fit the probe, 30% score it)")
+    linear_probe_context: Literal["bio", "question", "answer"] = Field(
+        "bio", description="where the probe reads: bio = the name's last token at the start of a "
+        "biography; question = the name's last token in the recall question; answer = the recall "
+        "prompt's last token, where the model is about to answer")

