@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 
 from lmpipe.core.section import Section
 
+# the tokenizer kinds lmpipe/data/tokenizer_kinds.py builds, named once
+TOKENIZER_KINDS = ("byte", "char", "bpe", "hf_dir", "tiktoken", "sentencepiece", "smollm2")
+FILE_KINDS = ("hf_dir", "tiktoken", "sentencepiece")  # read from `tokenize.path`
+
 
 class WorldParams(Section):
     """The synthetic people world written by `prepare`."""
@@ -50,7 +54,7 @@ class TokenizeParams(Section):
     text is about people who are never trained (held-out people, or dedicated validation people
     when world.heldout_people is 0)."""
 
-    kind: Literal["byte", "char", "bpe", "hf_dir", "tiktoken", "sentencepiece", "smollm2"] = "byte"
+    kind: Literal[TOKENIZER_KINDS] = "byte"  # type: ignore[valid-type]
     vocab_size: int | None = Field(None, ge=1, description="bpe: vocabulary size to train")
     path: str | None = Field(None, description="hf_dir / tiktoken / sentencepiece: the file or folder")
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0, description=(

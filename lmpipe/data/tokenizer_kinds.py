@@ -39,10 +39,10 @@ from tokenizers import (
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lmpipe.core import protocol
+from lmpipe.data.params import FILE_KINDS, TOKENIZER_KINDS
 from lmpipe.data.tokenizer import add_bos_when_asked, build_byte_tokenizer
 
-KINDS = ("byte", "char", "bpe", "hf_dir", "tiktoken", "sentencepiece", "smollm2")
-FILE_KINDS = ("hf_dir", "tiktoken", "sentencepiece")
+KINDS = TOKENIZER_KINDS
 
 UNK = "<|unk|>"
 # GPT-2's pre-tokenization pattern (tiktoken's `gpt2` encoding).

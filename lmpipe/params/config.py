@@ -28,7 +28,8 @@ from lmpipe.core.section import ConfigError, Section, short
 from lmpipe.data.params import DataParams, TokenizeParams, WorldParams
 from lmpipe.distill.params import DistillParams, QuantizeParams, TeacherCacheParams
 from lmpipe.eval.params import EvalParams
-from lmpipe.params.checks import environment_problems, problems
+from lmpipe.params.checks import problems
+from lmpipe.params.environment import environment_problems
 from lmpipe.train.params import ModelRunParams
 
 

@@ -14,12 +14,13 @@ import pytest
 import yaml
 
 from lmpipe.params import checks as params_checks
+from lmpipe.params import environment as params_environment
 from lmpipe.core.section import ConfigError
 from lmpipe.params.config import Params, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
-HAS_LM_EVAL = params_checks.lm_eval_tasks_dir() is not None
+HAS_LM_EVAL = params_environment.lm_eval_tasks_dir() is not None
 needs_lm_eval = pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval not installed")
 LOGITS_ONLY = {"distill.objective": {"forward_kl": 1.0}}  # no layer-map or attention constraints
 
@@ -241,7 +242,7 @@ def test_lm_eval_task_group_and_tag_names_are_known(tasks):
 
 
 def test_missing_lm_eval_is_named_with_the_extra(monkeypatch):
-    monkeypatch.setattr(params_checks, "lm_eval_tasks_dir", lambda: None)
+    monkeypatch.setattr(params_environment, "lm_eval_tasks_dir", lambda: None)
     with pytest.raises(ConfigError, match=r"eval.harness_tasks = \['people'\] needs lm-eval, "
                                           r"which is not installed; expected pip install "
                                           r"'lmpipe\[harness\]'"):
@@ -258,9 +259,9 @@ tag:
 task:
   - member_defined_elsewhere
 """
-    assert params_checks.task_names(text) == {"quoted_task", "plain_group", "listed_tag",
+    assert params_environment.task_names(text) == {"quoted_task", "plain_group", "listed_tag",
                                               "unindented_tag"}
-    assert params_checks.task_names(b"tag: [a, 'b']\ntask: null\n") == {"a", "b"}
+    assert params_environment.task_names(b"tag: [a, 'b']\ntask: null\n") == {"a", "b"}
 
 
 # --- the checks agree with the code they stand in for (which imports torch) --------------------
@@ -337,10 +338,10 @@ def test_file_vocabularies_match_the_built_tokenizers(tmp_path):
 
     tiktoken_file = write_tiktoken(tmp_path / "tiny.tiktoken")
     pytest.importorskip("tiktoken")
-    assert params_checks.file_vocab("tiktoken", tiktoken_file) == \
+    assert params_environment.file_vocab("tiktoken", tiktoken_file) == \
         len(build_tokenizer("tiktoken", path=tiktoken_file))
     build_tokenizer("byte").save_pretrained(tmp_path / "hf")
-    assert params_checks.file_vocab("hf_dir", tmp_path / "hf") == \
+    assert params_environment.file_vocab("hf_dir", tmp_path / "hf") == \
         len(build_tokenizer("hf_dir", path=tmp_path / "hf"))
     check({"tokenize.kind": "tiktoken", "tokenize.path": str(tiktoken_file),
            "teacher_cache.top_k": 277}, environment=True)
