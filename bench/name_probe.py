@@ -44,7 +44,8 @@ from lmpipe.data import world
 from lmpipe.data.tokenizer import build_byte_tokenizer  # noqa: E402
 from lmpipe.data.tokens import TokenSplit, tokenize_documents  # noqa: E402
 from lmpipe.data.tooldb import PeopleDB  # noqa: E402
-from lmpipe.eval.linear_probe import FINAL, format_table, probe_model  # noqa: E402
+from lmpipe.eval.linear_probe import FINAL, probe_model  # noqa: E402
+from lmpipe.eval.probe_run import format_table  # noqa: E402
 from lmpipe.model.build import build_model  # noqa: E402
 from lmpipe.data.params import WorldParams  # noqa: E402
 from lmpipe.model.params import ModelParams

@@ -5,7 +5,7 @@ It depends on the whole params.yaml and every other stage depends on its output,
 stops here on a bad file, with one line per problem (`lmpipe validate: error: params.yaml:
 <key>: <what is wrong>; expected <what>`) and exit status 2, having written nothing. Besides the
 parameters themselves it checks what they ask of this machine: input files, local tokenizer
-files, lm-eval task names, optional packages (lmpipe/params/checks.py).
+files, lm-eval task names, optional packages (lmpipe/params/environment.py).
 
 On success it writes `.lmpipe/validated.json` with constant content: a valid change to params.yaml
 reruns this stage, and the unchanged output lets DVC rerun only the stages whose own parameters

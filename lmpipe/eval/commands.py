@@ -102,7 +102,8 @@ def _probe_arguments(p: argparse.ArgumentParser) -> None:
 
 def probe_command(args: argparse.Namespace) -> None:
     """Linear probes on every checkpoint of a run: which layer, at which step, holds each fact."""
-    from lmpipe.eval.linear_probe import FINAL, format_table, probe_run
+    from lmpipe.eval.linear_probe import FINAL
+    from lmpipe.eval.probe_run import format_table, probe_run
 
     try:
         records, path = probe_run(Path(args.run), Path(args.db), people=args.people,

@@ -18,6 +18,7 @@ import torch
 from lmpipe.cli import main
 from lmpipe.core import protocol
 from lmpipe.data import world
+from lmpipe.data.params import WorldParams
 from lmpipe.data.tokens import TokenSplit, tokenize_world
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.linear_probe import (
@@ -26,24 +27,22 @@ from lmpipe.eval.linear_probe import (
     control_labels,
     control_scores,
     fit_probe,
-    format_table,
     last_token_states,
     next_token_baseline,
     next_token_ids,
     probe_continuation,
     probe_label,
     probe_model,
-    probe_run,
     probe_text,
     split_people,
 )
-from lmpipe.model.build import build_model, save_model
-from lmpipe.data.params import WorldParams
 from lmpipe.eval.params import EvalParams
+from lmpipe.eval.probe_run import format_table, probe_run
+from lmpipe.model.build import build_model, save_model
 from lmpipe.model.params import ModelParams
-from lmpipe.train.params import TrainParams
 from lmpipe.train.checkpoint import TrainerState, save_checkpoint
 from lmpipe.train.loop import train
+from lmpipe.train.params import TrainParams
 
 pytest.importorskip("sklearn", reason="pip install 'lmpipe[probes]'")
 
