@@ -23,35 +23,29 @@ parameter.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
-
-import altair as alt
 import pandas as pd
 
-from lmpipe.report import units
+from lmpipe.report.curve_charts import TOOL_SERIES, metric_chart, tool_chart
+from lmpipe.report.curve_colors import (
+    aggregates,
+    color_encoding,
+    default_color_by,
+    group_colors,
+    run_colors,
+    run_table,
+)
 from lmpipe.report.page import NO_RUNS, Page, esc, howto, note
-from lmpipe.report.source import Source, label
+from lmpipe.report.source import Source
 
 MAX_POINTS_PER_CURVE = 500   # a lone curve keeps this many points at most (both ends always kept)
 MIN_POINTS_PER_CURVE = 12    # however many curves there are
 POINT_BUDGET = 120_000       # points of all curves together, before the per-curve floor
 FIRST_METRICS = ["loss", "val_loss", "distill objective", "qat objective", "recall",
                  "tool_accuracy", "lr", "grad_norm", "tokens_per_s"]
-TOOL_SERIES = ["recall", "tool_accuracy", "tool_accuracy (held-out)"]
-# what each series of the tool chart is; the page describes only the series it draws
 TOOL_TEXT = {"recall": "answers the trained people's questions from the weights alone",
              "tool_accuracy": "answers them by querying the database tool",
              "tool_accuracy (held-out)": ("asks about people who exist only in the database "
                                           "(from checkpoint evals)")}
-RUN_COLUMNS = {"run_id", "stage", "name", "status", "sweep", "point", "point_group", "seed",
-               "host", "device", "git_commit", "lmpipe_version"}
-BAND_OPACITY = 0.18
-ACCURACY_TITLE = "accuracy (fraction correct)"
-MAX_LEGEND = 20              # more colours than this: no legend (tooltips name the run)
-
-# {rows}: a query of (run_id, metric, step, value); {keep}: points kept per curve at most
 THIN_SQL = """
 WITH numbered AS (
     SELECT *, row_number() OVER (PARTITION BY run_id, metric ORDER BY step) - 1 AS _i,
@@ -101,6 +95,8 @@ GROUP BY g.group_id, r.metric, r.step
 """
 
 
+
+
 def points_per_curve(curves: int) -> int:
     """How many points each of `curves` curves keeps, within the page's budget."""
     if curves <= 0:
@@ -117,294 +113,6 @@ def thinned(src: Source, rows: str) -> pd.DataFrame:
 
 def metric_order(names: list[str]) -> list[str]:
     return [m for m in FIRST_METRICS if m in names] + sorted(set(names) - set(FIRST_METRICS))
-
-
-# ---------------------------------------------------------------------------------------------
-# colour: one value per run
-
-
-def default_color_by(src: Source) -> str:
-    """The first parameter varying across sweep points, else run_id."""
-    varying = src.varying_point_keys()
-    return varying[0] if varying else "run_id"
-
-
-def run_colors(src: Source, color_by: str, run_ids: list[str]) -> tuple[dict[str, Any], str | None]:
-    """run_id -> raw colour value for `run_ids`, and a note when `color_by` had to fall back."""
-    if color_by in RUN_COLUMNS and color_by in src.columns.get("runs", set()):
-        values = dict(src.con.execute(f"SELECT run_id, {color_by} FROM runs").fetchall())
-        return {r: values.get(r) for r in run_ids}, None
-    values = src.param_per_run(color_by)
-    if not any(r in values for r in run_ids):
-        return {r: r for r in run_ids}, (f"No run has the parameter <code>{esc(color_by)}</code>; "
-                                         "coloured by run instead.")
-    return {r: values.get(r) for r in run_ids}, None
-
-
-@dataclass
-class Colors:
-    """Per-run colour fields (`c`: a label, `cq`: the number when continuous) and the encoding."""
-
-    fields: dict[str, dict[str, Any]]
-    encoding: alt.Color
-    field: str
-    clickable: bool  # a discrete legend: clicking an entry highlights its runs
-
-
-def color_encoding(raw: dict[str, Any], title: str) -> Colors:
-    """Few numeric values: ordered categories (viridis); many: a continuous scale (log when they
-    span two decades); anything else: categories, without a legend when there are too many."""
-    values = [v for v in raw.values() if v is not None]
-    numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                   for v in values)
-    labels = {r: label(v) if v is not None else "–" for r, v in raw.items()}
-    distinct = sorted(set(labels.values()))
-    if numeric and len(distinct) > MAX_LEGEND:
-        low, high = min(values), max(values)
-        log = low > 0 and high / low >= 100
-        scale = alt.Scale(type="log" if log else "linear", scheme="viridis")
-        return Colors({r: {"c": labels[r], "cq": raw[r]} for r in raw},
-                      alt.Color("cq:Q", title=title, scale=scale), "cq", False)
-    if numeric:
-        order = sorted({label(v) for v in values}, key=float) + (["–"] if "–" in distinct else [])
-        return Colors({r: {"c": labels[r]} for r in raw},
-                      alt.Color("c:O", title=title, sort=order, scale=alt.Scale(scheme="viridis")),
-                      "c", True)
-    legend = len(distinct) <= MAX_LEGEND
-    scheme = "category10" if len(distinct) <= 10 else "category20"
-    return Colors({r: {"c": labels[r]} for r in raw},
-                  alt.Color("c:N", title=title, legend=alt.Legend() if legend else None,
-                            scale=alt.Scale(scheme=scheme)), "c", legend)
-
-
-def run_table(src: Source, run_ids: list[str], fields: dict[str, dict[str, Any]],
-              groups: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The per-run lookup table: index r, run id, sweep point, colour fields; with `groups`
-    (one row per group id: sweep, point_group, replicates) the curves are groups, and `n` is the
-    number of replicates."""
-    if groups is not None:
-        rows = [{"r": i, "run": g, "point": (f"{groups.at[g, 'sweep']}/"
-                                             f"{groups.at[g, 'point_group']}"
-                                             if isinstance(groups.at[g, "sweep"], str) else "–"),
-                 "n": int(groups.at[g, "replicates"]), **fields[g]}
-                for i, g in enumerate(run_ids)]
-        return pd.DataFrame(rows)
-    points = {r: f"{s}/{p}" for r, s, p in src.run_points.itertuples(index=False)}
-    rows = [{"r": i, "run": run_id, "point": points.get(run_id, "–"), **fields[run_id]}
-            for i, run_id in enumerate(run_ids)]
-    return pd.DataFrame(rows)
-
-
-def aggregates(src: Source, color_by: str) -> bool:
-    """Whether curves are drawn per group of replicates: some group has several, and the colour
-    is not a seed (which asks to see each replicate)."""
-    return src.replicated and color_by not in src.seed_keys and color_by != "seed"
-
-
-def group_colors(src: Source, color_by: str, group_ids: list[str]
-                 ) -> tuple[dict[str, Any], str | None]:
-    """group id -> raw colour value: that of the group's first run (the replicates share every
-    parameter but the seed)."""
-    if color_by == "run_id":
-        return {g: g for g in group_ids}, None
-    first = src.run_groups.drop_duplicates("group_id").set_index("group_id")["run_id"]
-    raw, fallback = run_colors(src, color_by, [first[g] for g in group_ids])
-    if fallback:
-        return {g: g for g in group_ids}, fallback
-    return {g: raw[first[g]] for g in group_ids}, None
-
-
-def inline_csv(frame: pd.DataFrame, numbers: list[str]) -> alt.InlineData:
-    """A frame as inline CSV: about half the bytes of JSON records, parsed by Vega."""
-    text = frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
-    return alt.InlineData(values=text, format=alt.DataFormat(
-        type="csv", parse={c: "number" for c in numbers}))
-
-
-# ---------------------------------------------------------------------------------------------
-# charts
-
-LOG_LABELS = "logy ? format(pow(10, datum.value), '.3~g') : format(datum.value, '.4~g')"
-AXIS_WIDTH = 50   # the y axis's labels; its title is drawn just left of them
-HEIGHT = 300
-X_TITLES = {"step": "optimizer step (count)", "tokens": "tokens seen (count)"}
-
-
-def y_axis() -> alt.Axis:
-    """The y axis of a dropdown chart: no title of its own (axis_title draws it), a fixed width."""
-    return alt.Axis(title=None, labelExpr=LOG_LABELS, minExtent=AXIS_WIDTH, maxExtent=AXIS_WIDTH)
-
-
-def axis_title(metrics: list[str]) -> alt.Chart:
-    """The y axis title of the picked metric with its unit, as a text mark: a Vega-Lite axis title
-    cannot follow a parameter, and "value" would not say what is drawn, nor in what unit."""
-    linear = json.dumps([units.title(m) for m in metrics]).replace("'", "\\'")
-    log = json.dumps([units.title(m, log=True) for m in metrics]).replace("'", "\\'")
-    return (alt.Chart(pd.DataFrame({"k": [0]}))
-            .transform_calculate(label=f"(logy ? {log} : {linear})[metric]")
-            .mark_text(angle=270, fontSize=11, fontWeight="bold", baseline="bottom")
-            .encode(x=alt.value(-AXIS_WIDTH - 4), y=alt.value(HEIGHT / 2), text="label:N"))
-
-
-def metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame, colors: Colors,
-                 title: str) -> alt.TopLevelMixin:
-    """The dropdown-driven curve chart: value against step and, when logged, against tokens; with
-    replicates (columns l and h: the lowest and highest), each mean line over its min–max band."""
-    if "l" in points:
-        return band_metric_chart(points, metrics, runs, colors, title)
-    metric = alt.param(name="metric", value=0, bind=alt.binding_select(
-        options=list(range(len(metrics))), labels=metrics, name="metric "))
-    logy = alt.param(name="logy", value=True, bind=alt.binding_checkbox(name="log y "))
-    pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
-    lookup = [c for c in runs.columns if c != "r"]
-    tooltip = [alt.Tooltip("run:N"), alt.Tooltip("point:N"),
-               alt.Tooltip("c:N", title=title), alt.Tooltip("s:Q", title="step"),
-               alt.Tooltip("t:Q", title="tokens", format=","),
-               alt.Tooltip("v:Q", title="value", format=".5~g")]
-    names = json.dumps(metrics).replace("'", "\\'")  # a JS array literal for the titles
-    panels = []
-    has_tokens = points["t"].notna().any()
-    for x, x_title in [("s", "step")] + ([("t", "tokens")] if has_tokens else []):
-        axis_x = X_TITLES[x_title]
-        title_expr = f"{names}[metric] + ' against {x_title}' + (logy ? ' (log scale)' : '')"
-        chart = (alt.Chart()
-                 .transform_filter("datum.m == metric")
-                 .transform_filter(f"isValid(datum.{x})")
-                 .transform_filter("!logy || datum.v > 0")
-                 .transform_lookup(lookup="r", from_=alt.LookupData(data=runs, key="r",
-                                                                     fields=lookup))
-                 .transform_calculate(y="logy ? log(datum.v) / LN10 : datum.v")
-                 .mark_line(strokeWidth=1.2, point=alt.OverlayMarkDef(size=8, opacity=0))
-                 .encode(x=alt.X(f"{x}:Q", title=axis_x),
-                         y=alt.Y("y:Q", scale=alt.Scale(zero=False), axis=y_axis()),
-                         color=colors.encoding, detail="r:N", tooltip=tooltip)
-                 )
-        if pick is not None:  # the line only: the hover points stay invisible
-            chart = chart.encode(strokeOpacity=alt.condition(pick, alt.value(1.0),
-                                                             alt.value(0.12)))
-        panels.append(alt.layer(chart, axis_title(metrics),
-                                title=alt.Title(text=alt.ExprRef(expr=title_expr)))
-                      .properties(width=460, height=HEIGHT))
-    if pick is not None:
-        panels[0].layer[0] = panels[0].layer[0].add_params(pick)
-    data = inline_csv(points, ["r", "m", "s", "t", "v"])
-    top = alt.hconcat(*panels, data=data) if len(panels) > 1 else panels[0].properties(data=data)
-    return top.add_params(metric, logy)
-
-
-def band_metric_chart(points: pd.DataFrame, metrics: list[str], runs: pd.DataFrame,
-                      colors: Colors, title: str) -> alt.TopLevelMixin:
-    """metric_chart over groups of replicates: per panel a min–max band under the mean line."""
-    metric = alt.param(name="metric", value=0, bind=alt.binding_select(
-        options=list(range(len(metrics))), labels=metrics, name="metric "))
-    logy = alt.param(name="logy", value=True, bind=alt.binding_checkbox(name="log y "))
-    pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
-    lookup = [c for c in runs.columns if c != "r"]
-    tooltip = [alt.Tooltip("run:N", title="group"), alt.Tooltip("point:N"),
-               alt.Tooltip("n:Q", title="replicates"),
-               alt.Tooltip("c:N", title=title), alt.Tooltip("s:Q", title="step"),
-               alt.Tooltip("t:Q", title="tokens", format=","),
-               alt.Tooltip("v:Q", title="mean", format=".5~g"),
-               alt.Tooltip("l:Q", title="min", format=".5~g"),
-               alt.Tooltip("h:Q", title="max", format=".5~g")]
-    names = json.dumps(metrics).replace("'", "\\'")
-    axis = y_axis()
-    panels = []
-    has_tokens = points["t"].notna().any()
-    for k, (x, x_title) in enumerate([("s", "step")] + ([("t", "tokens")] if has_tokens else [])):
-        axis_x = X_TITLES[x_title]
-        title_expr = f"{names}[metric] + ' against {x_title}' + (logy ? ' (log scale)' : '')"
-        band = alt.Chart().mark_area(opacity=BAND_OPACITY).encode(
-            y=alt.Y("yl:Q", scale=alt.Scale(zero=False), axis=axis), y2="yh:Q")
-        line = (alt.Chart().mark_line(strokeWidth=1.2, point=alt.OverlayMarkDef(size=8, opacity=0))
-                .encode(y=alt.Y("y:Q", scale=alt.Scale(zero=False), axis=axis),
-                        tooltip=tooltip))
-        if pick is not None:
-            band = band.encode(fillOpacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)))
-            line = line.encode(strokeOpacity=alt.condition(pick, alt.value(1.0),
-                                                           alt.value(0.12)))
-            if k == 0:
-                line = line.add_params(pick)
-        curves = (
-            alt.layer(band, line)
-            .transform_filter("datum.m == metric")
-            .transform_filter(f"isValid(datum.{x})")
-            .transform_filter("!logy || datum.v > 0")
-            .transform_lookup(lookup="r", from_=alt.LookupData(data=runs, key="r", fields=lookup))
-            # a band edge at or below 0 sits on the mean in log scale rather than at -infinity
-            .transform_calculate(y="logy ? log(datum.v) / LN10 : datum.v",
-                                 yl="logy ? (datum.l > 0 ? log(datum.l) / LN10 : datum.y) "
-                                    ": datum.l",
-                                 yh="logy ? log(datum.h) / LN10 : datum.h")
-            .encode(x=alt.X(f"{x}:Q", title=axis_x), color=colors.encoding, detail="r:N"))
-        panels.append(alt.layer(curves, axis_title(metrics),
-                                title=alt.Title(text=alt.ExprRef(expr=title_expr)))
-                      .properties(width=460, height=HEIGHT))
-    data = inline_csv(points, ["r", "m", "s", "t", "v", "l", "h"])
-    top = alt.hconcat(*panels, data=data) if len(panels) > 1 else panels[0].properties(data=data)
-    return top.add_params(metric, logy)
-
-
-def tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
-               title: str) -> alt.TopLevelMixin:
-    """Recall (no tool) and tool accuracy against step: colour = run/param, dash = metric; with
-    replicates (columns l and h), each mean line over its min–max band."""
-    if "l" in points:
-        return band_tool_chart(points, runs, colors, title)
-    pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
-    series = [s for s in TOOL_SERIES if s in set(points["metric"])] + sorted(
-        set(points["metric"]) - set(TOOL_SERIES))
-    chart = (alt.Chart(inline_csv(points, ["r", "s", "v"]),
-                       title="accuracy with (tool_accuracy) vs without (recall) the tool")
-             .transform_lookup(lookup="r", from_=alt.LookupData(
-                 data=runs, key="r", fields=[c for c in runs.columns if c != "r"]))
-             .mark_line(point=True, strokeWidth=1.2)
-             .encode(x=alt.X("s:Q", title=X_TITLES["step"]),
-                     y=alt.Y("v:Q", title=ACCURACY_TITLE, scale=alt.Scale(domain=[0, 1])),
-                     color=colors.encoding,
-                     strokeDash=alt.StrokeDash("metric:N", title="metric", sort=series),
-                     detail="r:N",
-                     tooltip=[alt.Tooltip("run:N"), alt.Tooltip("point:N"),
-                              alt.Tooltip("c:N", title=title),
-                              alt.Tooltip("metric:N"), alt.Tooltip("s:Q", title="step"),
-                              alt.Tooltip("v:Q", title="accuracy", format=".4f")])
-             .properties(width=560, height=300))
-    if pick is not None:
-        chart = chart.encode(opacity=alt.condition(pick, alt.value(1.0), alt.value(0.12))
-                             ).add_params(pick)
-    return chart
-
-
-def band_tool_chart(points: pd.DataFrame, runs: pd.DataFrame, colors: Colors,
-                    title: str) -> alt.TopLevelMixin:
-    """tool_chart over groups of replicates: a min–max band under each mean line."""
-    pick = alt.selection_point(fields=[colors.field], bind="legend") if colors.clickable else None
-    series = [s for s in TOOL_SERIES if s in set(points["metric"])] + sorted(
-        set(points["metric"]) - set(TOOL_SERIES))
-    y = alt.Y("v:Q", title=ACCURACY_TITLE, scale=alt.Scale(domain=[0, 1]))
-    band = alt.Chart().mark_area(opacity=BAND_OPACITY).encode(
-        y=alt.Y("l:Q", title=ACCURACY_TITLE, scale=alt.Scale(domain=[0, 1])), y2="h:Q",
-        detail=["r:N", "metric:N"])
-    line = (alt.Chart().mark_line(point=True, strokeWidth=1.2)
-            .encode(y=y, strokeDash=alt.StrokeDash("metric:N", title="metric", sort=series),
-                    detail="r:N",
-                    tooltip=[alt.Tooltip("run:N", title="group"), alt.Tooltip("point:N"),
-                             alt.Tooltip("n:Q", title="replicates"),
-                             alt.Tooltip("c:N", title=title),
-                             alt.Tooltip("metric:N"), alt.Tooltip("s:Q", title="step"),
-                             alt.Tooltip("v:Q", title="mean", format=".4f"),
-                             alt.Tooltip("l:Q", title="min", format=".4f"),
-                             alt.Tooltip("h:Q", title="max", format=".4f")]))
-    if pick is not None:
-        band = band.encode(fillOpacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)))
-        line = line.encode(opacity=alt.condition(pick, alt.value(1.0), alt.value(0.12))
-                           ).add_params(pick)
-    return (alt.layer(band, line, data=inline_csv(points, ["r", "s", "v", "l", "h"]),
-                      title="accuracy with (tool_accuracy) vs without (recall) the tool")
-            .transform_lookup(lookup="r", from_=alt.LookupData(
-                data=runs, key="r", fields=[c for c in runs.columns if c != "r"]))
-            .encode(x=alt.X("s:Q", title=X_TITLES["step"]), color=colors.encoding)
-            .properties(width=560, height=300))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,4 +211,3 @@ def build(src: Source, color_by: str | None = None) -> Page:
             + (" Held-out accuracy shows whether the model learned the protocol rather than the "
                "answers." if "tool_accuracy (held-out)" in series else "")))
     return page
-
