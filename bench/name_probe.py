@@ -2,13 +2,13 @@
 
 Physics of LM 3.1 finds attributes linearly readable at a person's name only when the training
 biographies are augmented (several per person, sentences in random order). This trains a byte-level
-model on the small 4-values-per-attribute world of tests/eval/test_linear_probe.py, with `--bios` such
-biographies per person (each fact a sentence starting with the name, in random order) beside the
-Q&A dialogs, then prints the probe accuracy per layer at the name (`bio`) and at the answer
-position (`answer`), each beside its controls (issue 15, lmpipe/eval/linear_probe.py): the next-token
-baseline (a lookup from the token that follows the probed position, at `answer` the answer's first
-byte, to the label), Hewitt & Liang's control task (the same probe on random labels fixed per
-person) and selectivity (accuracy - control task), and a summary of the top layer.
+model on the small 4-values-per-attribute world of tests/eval/test_linear_probe.py, with `--bios`
+such biographies per person (each fact a sentence starting with the name, in random order) beside
+the Q&A dialogs, then prints the probe accuracy per layer at the name (`bio`) and at the answer
+position (`answer`), each beside its controls (issue 15, lmpipe/eval/linear_probe.py): the
+next-token baseline (a lookup from the token that follows the probed position, at `answer` the
+answer's first byte, to the label), Hewitt & Liang's control task (the same probe on random labels
+fixed per person) and selectivity (accuracy - control task), and a summary of the top layer.
 
 The test's values each start with their own letter, so at `answer` the first byte names the value
 of every attribute but the date (every date starts with "1"): the next-token baseline is 1.0 there

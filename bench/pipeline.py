@@ -7,9 +7,9 @@ headline, and each quantized model's size and accuracy against its float twin.
 
 `--seeds N` runs the experiment N times, one cold workspace after another, with the training and
 eval seeds (every `<section>.train.seed` and `eval.seed`, as a sweep's `seeds` axis sets them,
-lmpipe/sweep/grid.py) at 0, 1, ... N-1 and the data fixed, then prints the headline table (per model:
-parameters, validation loss, tool accuracy on trained and held-out people, weight bytes) as the
-mean and, in brackets, the lowest and highest over the seeds (aggregated with DuckDB).
+lmpipe/sweep/grid.py) at 0, 1, ... N-1 and the data fixed, then prints the headline table (per
+model: parameters, validation loss, tool accuracy on trained and held-out people, weight bytes) as
+the mean and, in brackets, the lowest and highest over the seeds (aggregated with DuckDB).
 `--write-readme` rewrites the README's "Latest figures of the default experiment" block (between
 `<!-- bench:pipeline:start -->` and `<!-- bench:pipeline:end -->`) from that table, with the date
 and the machine; `--out` keeps the raw figures as JSON, and `--from` rebuilds the table (and the

@@ -70,7 +70,8 @@ def make_tokens(out: Path) -> Path:
 
 
 def baseline_tree(tmp: Path) -> Path:
-    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "lmpipe/train/probes.py"],
+    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--",
+                            "lmpipe/train/probes.py"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()[-1]
     tree = tmp / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), f"{added}^"], cwd=ROOT,

@@ -13,8 +13,8 @@
   the number of run folders asked for; the last point fails when the count is odd (its training
   run crashed: no summary, no eval run) and two more points are still pending (no folders).
 
-Each run folder holds what `lmpipe/core/run_folder.py` writes: `params.json` (the resolved `Params` plus
-the `run` section), `env.json`, `summary.json` and `metrics.jsonl` (empty for eval runs), and
+Each run folder holds what `lmpipe/core/run_folder.py` writes: `params.json` (the resolved `Params`
+plus the `run` section), `env.json`, `summary.json` and `metrics.jsonl` (empty for eval runs), and
 `evals.jsonl` for eval runs. Training runs share the metric-row budget (one row per numeric field
 per line, `step` excluded, the store's long format) so the total is exactly `metric_rows`.
 

@@ -43,7 +43,8 @@ def stage(fn: StageBody | None = None, *,
         except (ConfigError, FileNotFoundError, SourceError) as exc:
             fail(fn.__name__, exc)
         except RuntimeError as exc:
-            # lmpipe.train.loop.Diverged (not imported here: it would pull in torch before validation)
+            # lmpipe.train.loop.Diverged (not imported here: it would pull in torch before
+            # validation)
             if getattr(exc, "status", None) != "diverged":
                 raise
             print(f"lmpipe {fn.__name__}: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """DVC stage `prepare`: the training documents (and, for the people world, its database and its
-validation documents: `validation.jsonl`, about people who are never trained; lmpipe/data/world.py)."""
+validation documents: `validation.jsonl`, about people who are never trained;
+lmpipe/data/world.py)."""
 
 from pathlib import Path
 

@@ -16,8 +16,8 @@ Tool calls (`tool_call_records`), over the n questions asked with the tool:
 reply alone does not make a call valid: the database answers any existing person's attribute.
 
 Bits per byte (`val_bpb`) is measured on exactly the targets the validation loss is
-(lmpipe/train/losses.py: the same `eval_batches`), over the UTF-8 bytes of their text, special tokens
-counting 0 bytes.
+(lmpipe/train/losses.py: the same `eval_batches`), over the UTF-8 bytes of their text, special
+tokens counting 0 bytes.
 """
 
 from __future__ import annotations

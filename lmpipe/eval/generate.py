@@ -5,8 +5,8 @@ padded, every step feeds each live sequence one token and grows the cache by one
 token is either sampled (greedy, temperature, top-k, top-p, repetition penalty, seeded) or
 *forced*: when a sequence finishes a tool query (an assistant turn `<|call|>QUERY<|end|>`, the
 protocol in `lmpipe/core/protocol.py`), the query goes to the tool (a whitelist parser and bound
-parameters on a read-only database, `lmpipe/data/tooldb.py`; a malformed query or unknown name gets an
-`ERROR` reply, never an exception), and the database turn is queued as forced tokens for that
+parameters on a read-only database, `lmpipe/data/tooldb.py`; a malformed query or unknown name gets
+an `ERROR` reply, never an exception), and the database turn is queued as forced tokens for that
 sequence only. The others keep sampling, so no sequence waits for another's tool call.
 
 transformers' `generate` cannot splice text into one sequence of a batch mid-generation, hence

@@ -29,8 +29,9 @@ class EvalParams(Section):
     harness_limit: int | None = Field(None, ge=1, description="at most this many samples per "
                                       "harness task; None = all")
     linear_probe: bool = Field(False, description="fit linear probes on every model's hidden "
-                               "states (lmpipe/eval/linear_probe.py, needs scikit-learn: pip install "
-                               "'lmpipe[probes]'): linear_probe_accuracy per layer and attribute")
+                               "states (lmpipe/eval/linear_probe.py, needs scikit-learn: pip "
+                               "install 'lmpipe[probes]'): linear_probe_accuracy per layer and "
+                               "attribute")
     linear_probe_people: int = Field(1000, ge=4, description="trained people the probes use "
                                      "(a seeded sample; 70% fit the probe, 30% score it)")
     linear_probe_context: Literal["bio", "question", "answer"] = Field(

@@ -31,8 +31,8 @@ HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 TEACHER_SOURCES = {"cache": "from the teacher_cache stage's top-k cache",
                    "live": "from the teacher model run on every batch"}
 
-# Headline figures (lmpipe.eval.evaluate.headline keys) -> (table column, long name). The order is the
-# column order of the comparison table and of the model-index metrics.
+# Headline figures (lmpipe.eval.evaluate.headline keys) -> (table column, long name). The order is
+# the column order of the comparison table and of the model-index metrics.
 METRICS = {
     "val_loss": ("val loss", "validation loss (nats per token)"),
     "val_ppl": ("val ppl", "validation perplexity"),
@@ -187,7 +187,8 @@ def _loading(model_dir: Path, quantized: dict[str, Any] | None) -> list[str]:
         return []
     if quantized["kind"] == "int8":
         return [f"transformers loads the dequantized float32 weights of `model.safetensors`; "
-                f"`lmpipe.model.build.load_model` loads the compact `{INT8_FILE}` (same outputs).", ""]
+                f"`lmpipe.model.build.load_model` loads the compact `{INT8_FILE}` "
+                "(same outputs).", ""]
     if quantized["unloadable"]:
         return [f"transformers cannot load this directory: its BitLinear needs out_features "
                 f"divisible by 4, which {', '.join(quantized['unloadable'])} is not, and it "
@@ -287,8 +288,8 @@ def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: di
              f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")', "```", "",
              *_loading(model_dir, quantized),
              "Prompts follow lmpipe's dialog and tool protocol (`lmpipe/core/protocol.py`); "
-             "`lmpipe.eval.generate.answer_questions` runs the tool loop. A research model from a small "
-             "experiment: not meant for any use beyond it.", "",
+             "`lmpipe.eval.generate.answer_questions` runs the tool loop. A research model from a "
+             "small experiment: not meant for any use beyond it.", "",
              "## Parameters", "", "The resolved `params.yaml` of the run:", "", "```yaml",
              yaml.safe_dump(params, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)

@@ -5,8 +5,8 @@ config) that `AutoModelForCausalLM.from_pretrained` loads computing what lmpipe 
 refuses with an error; never one it runs silently wrong:
 
 * **ternary** (`quant_method: "bitnet"`): every quantized linear weight is ternarized per tensor
-  with absmean (`lmpipe.quant.ternary.ternarize`) and stored in transformers' BitNet layout: the codes
-  + 1 in 2-bit fields, 4 values per uint8 along dim 0 (`<name>.weight`, shape
+  with absmean (`lmpipe.quant.ternary.ternarize`) and stored in transformers' BitNet layout: the
+  codes + 1 in 2-bit fields, 4 values per uint8 along dim 0 (`<name>.weight`, shape
   `(ceil(out/4), in)`; value i of a packed row comes from rows `[i*row_dim, (i+1)*row_dim)`), with
   `<name>.weight_scale = [1/gamma]` (transformers' BitLinear divides its output by the scale).
   At 2 bits per weight plus one float32 per tensor this is ~1/16 of the float32 size.
@@ -23,10 +23,10 @@ refuses with an error; never one it runs silently wrong:
   `<name>.weight_scale` float32 `[out, 1]`, the other tensors as saved), its quantization config
   (`quant_method: "lmpipe_int8"`) in the file's metadata.
 
-`load_quantized` is lmpipe's loader for both (`lmpipe.model.build.load_model` dispatches to it). It needs
-no torch.compile and no accelerate: ternary linears are unpacked once at load into `TernaryLinear`,
-which computes exactly transformers' BitNet inference in float32 (per-token absmax int8
-activations, ternary weights, output divided by both scales); int8 weights are dequantized to
+`load_quantized` is lmpipe's loader for both (`lmpipe.model.build.load_model` dispatches to it). It
+needs no torch.compile and no accelerate: ternary linears are unpacked once at load into
+`TernaryLinear`, which computes exactly transformers' BitNet inference in float32 (per-token absmax
+int8 activations, ternary weights, output divided by both scales); int8 weights are dequantized to
 float32 at load into ordinary nn.Linear layers (the saving is on disk, not in memory or speed).
 """
 
@@ -59,9 +59,9 @@ def _select_linears(model: nn.Module, skip_modules: list[str]
                     ) -> tuple[list[tuple[str, nn.Linear]], list[str]]:
     """(linears to quantize, names of the linears left in float).
 
-    Skipping matches as lmpipe.runs.quantize does (a skip string anywhere in the module name). A linear
-    whose weight is shared with another module (lm_head tied to embed_tokens) is always skipped:
-    quantizing it would quantize the embedding too or break the tie."""
+    Skipping matches as lmpipe.runs.quantize does (a skip string anywhere in the module name). A
+    linear whose weight is shared with another module (lm_head tied to embed_tokens) is always
+    skipped: quantizing it would quantize the embedding too or break the tie."""
     owners: dict[int, int] = {}
     for _, param in model.named_parameters(remove_duplicate=False):
         owners[id(param)] = owners.get(id(param), 0) + 1

@@ -2,9 +2,9 @@
 lmpipe/params/environment.py).
 
 Each section checks its own keys (its package's params.py); these check what only the whole file
-can say, so that a stage never discovers it mid-run: people counts against the world, `teacher_cache.top_k`
-against the tokenizer's vocabulary, window lengths against the model context, layer maps against
-the layer counts, losses that would be infinite, paths that leave the project.
+can say, so that a stage never discovers it mid-run: people counts against the world,
+`teacher_cache.top_k` against the tokenizer's vocabulary, window lengths against the model context,
+layer maps against the layer counts, losses that would be infinite, paths that leave the project.
 
 `problems(params)` needs nothing but the parameters (every stage, sweep point and recipe runs it,
 through `Params`' validator). `environment_problems(params, root)` (lmpipe/params/environment.py)

@@ -1,9 +1,9 @@
 """What a training run is a function of: its parameters, the content of its inputs, its code.
 
 A checkpoint resumes a run only when the identity it was written under equals the identity of
-the run about to start (lmpipe/train/checkpoint.py compares their fingerprints); anything else starts
-from step 0. The identity holds the stage's resolved section, a content hash of every input the
-run reads (token arrays through their meta.json, which records each array's sha256; the
+the run about to start (lmpipe/train/checkpoint.py compares their fingerprints); anything else
+starts from step 0. The identity holds the stage's resolved section, a content hash of every input
+the run reads (token arrays through their meta.json, which records each array's sha256; the
 tokenizer by what defines it, not its transient state; the world description; a model it starts
 from or learns from) and a hash of the lmpipe source plus the stage scripts, so an edit to the
 training code never resumes a checkpoint the old code wrote.

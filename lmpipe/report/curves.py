@@ -8,9 +8,9 @@ run). Long curves are thinned in SQL to an evenly strided subset that keeps both
 per-curve budget so a thousand runs still make a page of a few MB; the points travel as inline CSV
 joined to a small per-run table inside Vega (lookup), which keeps the page small.
 
-Replicates (a sweep with `seeds`, lmpipe/sweep/grid.py): the runs of one group (same sweep point but for
-the seed, same run name) become one curve, their mean at each step, with a band from the lowest to
-the highest replicate, aggregated in SQL before thinning (lmpipe/store/spread.py). Colouring by a
+Replicates (a sweep with `seeds`, lmpipe/sweep/grid.py): the runs of one group (same sweep point but
+for the seed, same run name) become one curve, their mean at each step, with a band from the lowest
+to the highest replicate, aggregated in SQL before thinning (lmpipe/store/spread.py). Colouring by a
 seed key (`--color-by teacher.train.seed`, or `seed`) draws every replicate's own line instead.
 Without replicates the charts are one line per run, as ever.
 

@@ -5,8 +5,8 @@ The sweep table has one row per sweep point (from `sweep_points`, or from the ru
 columns on a store without it): its status, the point's parameters as columns, and the headline
 figures of its latest eval run (recall and tool accuracy on trained people, knowledge bits,
 parameters), joined through `runs.sweep`/`runs.point`. When a sweep repeats its points over seeds
-(lmpipe/sweep/grid.py `seeds`), the table has one row per group of replicates instead: its parameters
-without the seed keys, its seeds and statuses, and each figure as mean (min–max) over the
+(lmpipe/sweep/grid.py `seeds`), the table has one row per group of replicates instead: its
+parameters without the seed keys, its seeds and statuses, and each figure as mean (min–max) over the
 replicates' latest eval runs, aggregated in SQL (lmpipe/store/spread.py). The runs table lists the
 most recent runs.
 """

@@ -63,8 +63,8 @@ def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Pa
         return build_objective(d, teacher, student)
 
     return run_training(stage, name, params, params.student.model, d.train, tokens_dir,
-                tokenizer_dir, out, make_objective,
-                {"distill": d.model_dump(mode="json"),
-                 "model": params.student.model.model_dump(mode="json")},
-                teacher=str(teacher_dir), inputs={"teacher": identity},
-                keys=(f"{stage}.train", "student.model"))
+                        tokenizer_dir, out, make_objective,
+                        {"distill": d.model_dump(mode="json"),
+                         "model": params.student.model.model_dump(mode="json")},
+                        teacher=str(teacher_dir), inputs={"teacher": identity},
+                        keys=(f"{stage}.train", "student.model"))

@@ -80,11 +80,11 @@ def _check_data_fits(train_key: str, model_key: str, model_params: ModelParams,
                           f"{documents} training documents; expected at most {documents}")
 
 
-def run_training(stage: str, name: str, params: Params, model_params: ModelParams, tp: TrainParams,
-         tokens_dir: Path, tokenizer_dir: Path, out: Path,
-         make_objective: Callable[[torch.nn.Module], Objective], section: dict,
-         teacher: str | None = None, inputs: dict | None = None,
-         keys: tuple[str, str] | None = None) -> dict:
+def run_training(stage: str, name: str, params: Params, model_params: ModelParams,
+                 tp: TrainParams, tokens_dir: Path, tokenizer_dir: Path, out: Path,
+                 make_objective: Callable[[torch.nn.Module], Objective], section: dict,
+                 teacher: str | None = None, inputs: dict | None = None,
+                 keys: tuple[str, str] | None = None) -> dict:
     """Train one run into a staging folder and publish it over `out` when it has finished.
 
     `section`: the parameters that define this run; `inputs`: content hashes of what it reads
@@ -199,5 +199,6 @@ def train_from_scratch(name: str, params: Params, tokens_dir: Path, tokenizer_di
     section = getattr(params, name)
     if section.pretrained:
         return import_teacher(name, params, tokens_dir, tokenizer_dir, out)
-    return run_training("train", name, params, section.model, section.train, tokens_dir, tokenizer_dir,
-                out, lambda model: cross_entropy_objective, section.model_dump(mode="json"))
+    return run_training("train", name, params, section.model, section.train, tokens_dir,
+                        tokenizer_dir, out, lambda model: cross_entropy_objective,
+                        section.model_dump(mode="json"))

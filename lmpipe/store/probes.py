@@ -1,6 +1,6 @@
 """Reading a run's probe logs for the store: `probes.jsonl` (activation and gradient statistics
-while training, lmpipe/train/probes.py) and `linear_probes.jsonl` (what a linear classifier reads from
-each layer of each checkpoint, lmpipe/eval/linear_probe.py).
+while training, lmpipe/train/probes.py) and `linear_probes.jsonl` (what a linear classifier reads
+from each layer of each checkpoint, lmpipe/eval/linear_probe.py).
 
     probes(run_id, step, point, site, layer, depth, kind, stat, value)
                         long format: one row per statistic of a recorded point

@@ -1,7 +1,7 @@
 """Replicates in the run database: which runs repeat one another, and their spread in SQL.
 
-A sweep with `seeds` (lmpipe/sweep/grid.py) runs every point of its grid once per seed: the points of
-one *group* differ only in their seed. The store records each run's `point_group` and `seed`
+A sweep with `seeds` (lmpipe/sweep/grid.py) runs every point of its grid once per seed: the points
+of one *group* differ only in their seed. The store records each run's `point_group` and `seed`
 (from its point.json) and each sweep point's `point_group`, `seed` and `group_params` (its params
 without the seed keys, from sweep.json). Runs replicate one another when they belong to the same
 sweep and group and play the same part in their point (the run folder's name: `teacher`, `eval`),

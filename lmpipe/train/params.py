@@ -68,8 +68,8 @@ class TrainParams(Section):
     probes: ProbeParams = Field(default_factory=ProbeParams)
     eval_people: int = Field(0, ge=0, description="people world: at each eval, ask this many "
                              "trained people's attributes without and with the tool (logs recall "
-                             "and tool_accuracy; lmpipe/eval/train_hook.py); ignored when data.source "
-                             "is not people")
+                             "and tool_accuracy; lmpipe/eval/train_hook.py); ignored when "
+                             "data.source is not people")
     checkpoint_every: int = Field(100, ge=0, description="checkpoint every N steps and at the end, "
                                   "so a killed run loses at most N steps; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1)

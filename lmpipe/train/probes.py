@@ -17,8 +17,8 @@ Probes are inserted as forward hooks only for the steps they record (every `ever
 steps of the dump window) and removed right after, so on every other step, and whenever probes are
 off, the model runs exactly the code it runs without them. A recorded step writes one line per
 point and kind (`forward` or `grad`) to `probes.jsonl` in the run folder: step, point, site, layer,
-depth, kind and the statistics of lmpipe/train/probe_stats.py. With grad accumulation only a step's first
-micro-batch is recorded. Steps inside `dump_steps: [first, last]` also save the raw tensors to
+depth, kind and the statistics of lmpipe/train/probe_stats.py. With grad accumulation only a step's
+first micro-batch is recorded. Steps inside `dump_steps: [first, last]` also save the raw tensors to
 `probes/step_<n>.safetensors` (keys `<point>.<kind>`) for offline analysis.
 """
 

@@ -1,4 +1,5 @@
-"""Progress bars (lmpipe/core/progress.py): a tqdm bar in a terminal, a dozen whole lines in a log."""
+"""Progress bars (lmpipe/core/progress.py): a tqdm bar in a terminal, a dozen whole lines in a
+log."""
 
 from __future__ import annotations
 

@@ -242,8 +242,8 @@ def test_a_diverging_run_fails_loudly_and_replaces_nothing(project, tmp_path):
     copy = tmp_path / "diverged"
     shutil.copytree(work, copy)
     before = _checksums(copy)
-    result = run_checked([sys.executable, "-m", "stages.train", "student", "student.train.lr=1.0e+12"],
-                  copy, env, check=False)
+    result = run_checked([sys.executable, "-m", "stages.train", "student",
+                          "student.train.lr=1.0e+12"], copy, env, check=False)
     assert result.returncode == 3 and "diverged at step" in result.stderr
     staged = copy / "runs/.staging/student"
     summary = json.loads((staged / "summary.json").read_text())
@@ -291,7 +291,8 @@ def test_dvc_experiments_carry_their_metrics_without_the_venv_on_path(project, t
         run_checked(["git", *args], repo, bare)
     dvc = str(repo / ".venv" / "bin" / "dvc")
     for name, steps in (("short", 20), ("long", 40)):
-        run_checked([dvc, "exp", "run", "-n", name, "-S", f"student.train.steps={steps}"], repo, bare)
+        run_checked([dvc, "exp", "run", "-n", name, "-S", f"student.train.steps={steps}"], repo,
+                    bare)
     rows = _experiments(json.loads(run_checked([dvc, "exp", "show", "--json"], repo, bare).stdout))
     tables = {}
     for name, steps in (("short", 20), ("long", 40)):
@@ -312,7 +313,8 @@ def test_the_flow_runs_what_changed_and_nothing_on_an_up_to_date_workspace(proje
     work, env = project
     order, todo = plan(work)
     assert todo == [] and order[0] == "validate" and order[-1] == "report" and len(order) == 11
-    out = run_checked([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work, env).stdout
+    out = run_checked([sys.executable, "flows/pipeline.py", "--workdir", str(work)], work,
+                      env).stdout
     assert "is up to date" in out and "Running stage" not in out
     copy = tmp_path / "copy"
     shutil.copytree(work, copy, symlinks=True)
@@ -451,13 +453,15 @@ def test_command_line_overrides_reach_the_stage_and_are_validated(tmp_path):
         (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, tmp_path / name))
     env = pipeline_env(tmp_path)
-    bad = run_checked([sys.executable, "-m", "stages.prepare", "world.peeple=5"], tmp_path, env, check=False)
+    bad = run_checked([sys.executable, "-m", "stages.prepare", "world.peeple=5"], tmp_path, env,
+                      check=False)
     assert bad.returncode == 2 and "unknown key 'world.peeple'" in bad.stderr
     # every stage cross-checks the whole file: the eval samples must fit the smaller world
     run_checked([sys.executable, "-m", "stages.prepare", "world.people=7", "world.heldout_people=2",
-          "eval.trained_people=7", "eval.heldout_people=2",
-          *(f"{s}.train.eval_people=0" for s in ("teacher", "student", "distill", "quantize"))],
-         tmp_path, env)
+                 "eval.trained_people=7", "eval.heldout_people=2",
+                 *(f"{s}.train.eval_people=0"
+                   for s in ("teacher", "student", "distill", "quantize"))],
+                tmp_path, env)
     assert json.loads((tmp_path / "data/world/world.json").read_text())["documents"] == 7 * 6
 
 
@@ -502,8 +506,8 @@ def test_prepare_reads_a_verified_local_shakespeare(tmp_path):
         (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, tmp_path / name))
     local = ROOT.parent / "shared/data/tinyshakespeare.txt"
-    run_checked([sys.executable, "-m", "stages.prepare", "data.source=shakespeare", f"data.path={local}"],
-         tmp_path, pipeline_env(tmp_path))
+    run_checked([sys.executable, "-m", "stages.prepare", "data.source=shakespeare",
+                 f"data.path={local}"], tmp_path, pipeline_env(tmp_path))
     world = json.loads((tmp_path / "data/world/world.json").read_text())
     assert world["source"] == "shakespeare" and world["documents"] > 5000
     assert world["bytes"] > 1_000_000

@@ -1,5 +1,5 @@
-"""Linear probes (lmpipe/eval/linear_probe.py): the split is by person, the probe scores only what it
-can score, the JSONL is one line per (checkpoint, layer, attribute), the controls (next-token
+"""Linear probes (lmpipe/eval/linear_probe.py): the split is by person, the probe scores only what
+it can score, the JSONL is one line per (checkpoint, layer, attribute), the controls (next-token
 baseline, Hewitt & Liang's control task, selectivity) are right on hidden states built to hold the
 next token only, the label, or nothing, the store and the report carry them, and on a model trained
 for real to memorize a small world the facts are linearly readable at the top layer while an

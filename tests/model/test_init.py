@@ -1,4 +1,5 @@
-"""Weight initialization schemes (lmpipe.model.init_weights) and RoPE context extension (lmpipe.model.rope)."""
+"""Weight initialization schemes (lmpipe.model.init_weights) and RoPE context extension
+(lmpipe.model.rope)."""
 
 from __future__ import annotations
 

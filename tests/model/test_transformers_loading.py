@@ -4,8 +4,8 @@ refuses it with an error. Never silently wrong (the old int8 layout ran raw int8
 weights).
 
 The directories are built by lmpipe's own code paths: `save_model` (teacher, student, distilled),
-`export_ternary` on a model trained through BitLinear158 layers (QAT, as lmpipe.runs.training does), and
-`quantize_run` with method ptq (packed ternary PTQ and the int8 baseline).
+`export_ternary` on a model trained through BitLinear158 layers (QAT, as lmpipe.runs.training does),
+and `quantize_run` with method ptq (packed ternary PTQ and the int8 baseline).
 
 Tolerances: float and int8 directories hold the same float32 weights for both loaders, so their
 logits agree to 1e-6; transformers' BitLinear and lmpipe's TernaryLinear run the same operations

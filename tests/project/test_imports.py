@@ -99,7 +99,8 @@ def test_the_detector_finds_a_cycle():
 def test_lmpipe_has_no_import_cycles():
     graph = _graph()
     assert {"lmpipe.runs.quantize", "lmpipe.quant.ternary", "lmpipe.eval.evaluate"} <= set(graph)
-    assert "lmpipe.quant.ternary" in graph["lmpipe.quant.bitlinear"]  # relative and package imports resolve
+    # relative and package imports resolve
+    assert "lmpipe.quant.ternary" in graph["lmpipe.quant.bitlinear"]
     assert _cycles(graph) == []
 
 

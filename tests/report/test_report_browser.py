@@ -4,8 +4,8 @@ in the console (no script error, no failed load, no Vega warning) and no request
 machine. The checker itself is checked first on pages that break those rules.
 
 Chromium is Debian's `chromium` package (`make test` installs it where apt can; the test is
-skipped, saying so, where it cannot). vl-convert's renders in tests/report/test_report_paper.py check
-each chart's spec; this checks the pages as a reader's browser shows them.
+skipped, saying so, where it cannot). vl-convert's renders in tests/report/test_report_paper.py
+check each chart's spec; this checks the pages as a reader's browser shows them.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 from lmpipe.data.world import attribute_values
 from lmpipe.core.section import ConfigError
 from lmpipe.sweep.grid import expand, load_grid
-from tests.project_copy import pipeline_env, run_checked
+from tests.project_copy import copy_project, pipeline_env, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,11 +168,10 @@ def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("sweep")
     work = tmp / "project"
     work.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe", "recipes"):
-        src = ROOT / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "data",
-                                                                         "runs", "metrics"))
-         if src.is_dir() else shutil.copy(src, work / name))
+    copy_project(work, ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe"))
+    # a recipe folder may hold a sweep's outputs (data/, runs/, metrics/) from an earlier run
+    shutil.copytree(ROOT / "recipes", work / "recipes",
+                    ignore=shutil.ignore_patterns("__pycache__", "data", "runs", "metrics"))
     (work / ".gitignore").write_text("/runs/\n/store/\n/reports/*.html\n__pycache__/\n")
     (work / "tiny.yaml").write_text(TINY_GRID)
     env = pipeline_env(tmp)
@@ -212,8 +211,8 @@ def test_recipe_pipelines_are_hidden_from_the_root_project_until_a_sweep_runs_on
 
 
 def _sweep(work: Path, env: dict[str, str]) -> dict:
-    result = run_checked([str(Path(sys.executable).parent / "lmpipe"), "sweep", "tiny.yaml", "--json"],
-                  work, env, check=False)
+    lmpipe = str(Path(sys.executable).parent / "lmpipe")
+    result = run_checked([lmpipe, "sweep", "tiny.yaml", "--json"], work, env, check=False)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # one point fails
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -258,7 +257,7 @@ def test_a_sweep_runs_isolates_the_failing_point_and_reruns_from_dvc_cache(sweep
     status = run_checked([sys.executable, "-m", "dvc", "status"], work, env)
     assert "recipes/" not in status.stdout + status.stderr and "train@teacher" in status.stdout
     shown = json.loads(run_checked([sys.executable, "-m", "dvc", "exp", "show", "--json"], work,
-                            env).stdout)
+                                   env).stdout)
     exps = {rev["name"]: rev["data"] for row in shown for exp in row.get("experiments") or []
             for rev in exp["revs"]}
     p00 = next(data for name, data in exps.items() if f"{sweep_id}-p00-" in name)
@@ -285,8 +284,8 @@ def test_the_dask_task_runner_runs_points_on_a_local_cluster(sweep_project, tmp_
                     .replace("    data.source: [people, people, people, corpus]\n", "")
                     .replace("    data.path: [null, null, null, /nonexistent/corpus.txt]\n", "")
                     .replace("world.people: [8, 12, 16, 20]", "world.people: [8, 12]"))
-    result = run_checked([str(Path(sys.executable).parent / "lmpipe"), "sweep", "dask.yaml", "--json",
-                   "--runner", "dask"], work, env)
+    lmpipe = str(Path(sys.executable).parent / "lmpipe")
+    result = run_checked([lmpipe, "sweep", "dask.yaml", "--json", "--runner", "dask"], work, env)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["failed"] == [] and out["points"] == 2
     assert out["runner"] == "DaskTaskRunner"
@@ -308,7 +307,7 @@ def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
             "teacher.train.warmup_steps=2", "eval.trained_people=8", "world.heldout_people=4",
             "eval.heldout_people=4", "eval.max_new_tokens=24", "teacher.train.eval_people=3"]
     result = run_checked([str(Path(sys.executable).parent / "lmpipe"), "sweep",
-                   "recipes/knowledge-capacity/grid.yaml", *tiny, "--json"], work, env)
+                          "recipes/knowledge-capacity/grid.yaml", *tiny, "--json"], work, env)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["points"] == 1 and out["failed"] == []     # the pinned axes collapse to one point
     with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:

@@ -118,7 +118,8 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
     `batches` (anything with `.sequential(batch_size)`, default whole documents) should match how
     the teacher was trained: windows for window-trained teachers, so no input exceeds its context.
     `attention` and `loss_on` are the teacher's `train.attention` and `train.loss_on`: a prefix-LM
-    teacher reads each batch with the prefix-LM mask it trained with (lmpipe/data/attention_masks.py).
+    teacher reads each batch with the prefix-LM mask it trained with
+    (lmpipe/data/attention_masks.py).
     """
     vocab = model.config.vocab_size
     if not 1 <= spec.top_k <= vocab:
