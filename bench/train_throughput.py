@@ -1,81 +1,232 @@
-"""Benchmark: lmpipe's training loop on nanoGPT's CPU Shakespeare configuration.
+"""Benchmark: lmpipe's training loop beside nanoGPT's, same configuration, same machine, same hour.
 
-4 layers, 4 heads, 128 dims, block 64, batch 12, byte vocabulary, lr 1e-3 (warmup 100, cosine
-to 1e-4 at 2000), AdamW beta2 0.99, weight decay 0.1, 2000 iterations, on tiny-shakespeare split
-90/10 as nanoGPT does. Prints tokens/s, ms/step and the validation loss at the end, beside the
-nanoGPT reference measured on this machine (issue #3: >= 1.1x its tokens/s, val loss within 2%).
+nanoGPT's CPU Shakespeare configuration on both sides: 4 layers, 4 heads, 128 dims, block 64,
+batch 12, lr 1e-3 (warmup 100, cosine to 1e-4 at the last step), AdamW beta2 0.99, weight decay
+0.1, grad clip 1.0, no dropout, 2000 iterations, tiny Shakespeare split 90/10 (nanoGPT: its
+character vocabulary of 65; lmpipe: its byte vocabulary, the same characters since the text is
+ASCII, so both losses are nats per character). lmpipe's block is Llama's (RMSNorm, RoPE, SwiGLU of
+width 344, about GPT's 4·d MLP in parameters).
 
-usage: .venv/bin/python bench/train_throughput.py [--data PATH] [--steps N] [--threads N]
-                                                   [--compile] [--d-ff N]
+nanoGPT runs from a scratch copy of `../shared/anchors/nanoGPT` (commit 3adf61e, MIT; its command
+is in ../shared/anchors/README.md; nothing of it is copied into lmpipe). The two run as whole
+processes, alternating (nanoGPT first in even pairs, lmpipe first in odd ones), each with the same
+torch threads. Per run it takes the median iteration time of its own log (nanoGPT prints one
+iteration's time every 100; lmpipe logs each 100-step window's mean, the first window skipped),
+tokens/s = batch x block / that time, the whole process's wall time and the final validation
+loss (nanoGPT: 20 batches at its last eval; lmpipe: the whole validation split). It prints each
+run, then the ratio lmpipe/nanoGPT of tokens/s as the median and range over the pairs, and the
+same for wall time. No figure of either side is typed in here: every ratio is from this run.
+
+    .venv/bin/python bench/train_throughput.py                      # 2 pairs, eager, 2000 steps
+    .venv/bin/python bench/train_throughput.py --compile            # torch.compile on both sides
+    .venv/bin/python bench/train_throughput.py --pairs 3 --out tp.json --write-readme
+    .venv/bin/python bench/train_throughput.py --from tp.json --write-readme   # no rerun
+    .venv/bin/python bench/train_throughput.py --lmpipe-only        # one lmpipe run, JSON line
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmpipe.core.run_folder import RunLog  # noqa: E402
-from lmpipe.data.tokenizer import VOCAB_SIZE, special_id  # noqa: E402
-from lmpipe.data.tokens import TokenSplit, write_meta, write_split  # noqa: E402
-from lmpipe.model.build import build_model, count_parameters  # noqa: E402
-from lmpipe.model.params import ModelParams  # noqa: E402
-from lmpipe.train.params import TrainParams
-from lmpipe.train.loop import train  # noqa: E402
+from readme_block import write_block  # noqa: E402
 
-NANOGPT = {"val_loss": 1.886, "ms_per_step_2_threads": 46.6, "tokens_per_s_2_threads": 16_500,
-           "ms_per_step_1_thread": 66.0, "tokens_per_s_1_thread": 11_600}
+ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
+DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+BATCH, BLOCK = 12, 64
+README = ROOT / "bench" / "README.md"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare.txt"))
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--d-ff", type=int, default=344, help="SwiGLU width (8/3 * 128 ~ GPT MLP)")
-    args = parser.parse_args()
-    data = Path(args.data)
-    if not data.is_file():
-        raise SystemExit(f"{data}: tiny-shakespeare text not found (pass --data PATH)")
+def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int) -> dict[str, Any]:
+    """One lmpipe training run in this process (the `--lmpipe-only` body)."""
+    import numpy as np
+
+    from lmpipe.core.run_folder import RunLog
+    from lmpipe.data.tokenizer import VOCAB_SIZE, special_id
+    from lmpipe.data.tokens import TokenSplit, write_meta, write_split
+    from lmpipe.model.build import build_model, count_parameters
+    from lmpipe.model.params import ModelParams
+    from lmpipe.train.loop import train
+    from lmpipe.train.params import TrainParams
+
+    t0 = time.perf_counter()
     raw = np.frombuffer(data.read_bytes(), dtype=np.uint8).astype(np.int64).tolist()
     cut = int(0.9 * len(raw))
     work = Path(tempfile.mkdtemp(prefix="lmpipe-throughput-"))
     splits = {"train": write_split(work, "train", [raw[:cut]], "all"),
               "val": write_split(work, "val", [raw[cut:]], "all")}
     write_meta(work, VOCAB_SIZE, np.uint16, "all", splits)
-    tp = TrainParams(steps=args.steps, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
+    tp = TrainParams(steps=steps, batch_size=BATCH, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, sampling="windows",
-                     block_size=64, loss_on="all", log_every=100, eval_every=args.steps,
-                     threads=args.threads, compile=args.compile, seed=1337)
-    model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=args.d_ff,
-                                    max_seq_len=65), seed=1337)
+                     block_size=BLOCK, loss_on="all", log_every=100, eval_every=steps,
+                     threads=threads, compile=compile, seed=1337)
+    model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=d_ff,
+                                    max_seq_len=BLOCK + 1), seed=1337)
     with RunLog(work / "run", "bench", "throughput", {"train": tp.model_dump()}) as run:
-        t0 = time.perf_counter()
         summary = train(model, TokenSplit.open(work, "train"), TokenSplit.open(work, "val"), tp,
                         run, special_id("<|pad|>"), desc="throughput")
-        wall = time.perf_counter() - t0
         run.finish(**summary)
     records = [json.loads(line) for line in (work / "run/metrics.jsonl").open()]
-    steady = [r for r in records if "tokens_per_s" in r][1:]  # skip the first (warm-up) window
-    tokens_per_s = float(np.median([r["tokens_per_s"] for r in steady]))
-    ms = float(np.median([r["step_time_s"] for r in steady])) * 1000
-    mfu = float(np.median([r["mfu"] for r in steady]))
-    ref = NANOGPT[f"tokens_per_s_{args.threads}_thread{'s' if args.threads > 1 else ''}"] \
-        if args.threads in (1, 2) else float("nan")
-    print(f"params {count_parameters(model):,}  threads {args.threads}  compile {args.compile}")
-    print(f"tokens/s {tokens_per_s:,.0f}  ms/step {ms:.1f}  MFU {mfu:.3f}  wall {wall:.0f} s")
-    print(f"val loss at {args.steps} steps: {summary['final_val_loss']:.4f}  "
-          f"(nanoGPT {NANOGPT['val_loss']}, ratio {summary['final_val_loss'] / NANOGPT['val_loss']:.3f})")
-    print(f"speed vs nanoGPT train.py on {args.threads} thread(s): {tokens_per_s / ref:.2f}x")
+    steady = [r for r in records if "step_time_s" in r][1:]  # the first window warms up
+    ms = statistics.median(r["step_time_s"] for r in steady) * 1000
+    shutil.rmtree(work)
+    return {"side": "lmpipe", "params": count_parameters(model), "ms_per_step": ms,
+            "tokens_per_s": BATCH * BLOCK / ms * 1000, "val_loss": summary["final_val_loss"],
+            "wall_s": time.perf_counter() - t0}
+
+
+def nanogpt_workspace(data: Path) -> Path:
+    """A writable copy of the anchor with tiny Shakespeare prepared as its character dataset."""
+    if not (ANCHOR / "train.py").is_file():
+        raise SystemExit(f"{ANCHOR}: nanoGPT not found (../shared/anchors/nanoGPT beside the "
+                         "project)")
+    work = Path(tempfile.mkdtemp(prefix="nanogpt-")) / "nanoGPT"
+    shutil.copytree(ANCHOR, work)
+    prepared = work / "data" / "shakespeare_char"
+    shutil.copy(data, prepared / "input.txt")
+    subprocess.run([sys.executable, "prepare.py"], cwd=prepared, check=True,
+                   capture_output=True, text=True)
+    return work
+
+
+def nanogpt_run(work: Path, steps: int, compile: bool, env: dict[str, str]) -> dict[str, Any]:
+    """One nanoGPT `train.py` process, timed whole; its log gives iteration times and val loss."""
+    command = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
+               f"--compile={compile}", "--eval_iters=20", "--log_interval=100",
+               f"--block_size={BLOCK}", f"--batch_size={BATCH}", "--n_layer=4", "--n_head=4",
+               "--n_embd=128", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
+               "--dropout=0.0", "--out_dir=out"]
+    t0 = time.perf_counter()
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if result.returncode != 0:
+        raise SystemExit(f"nanoGPT failed:\n{result.stderr[-3000:]}")
+    # every 100th iteration's own time; iteration 0 includes the first eval and warm-up
+    times = [float(m.group(2)) for m in re.finditer(r"^iter (\d+): .* time ([\d.]+)ms",
+                                                    result.stdout, re.M) if int(m.group(1)) > 0]
+    losses = re.findall(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", result.stdout, re.M)
+    params = re.search(r"number of parameters: ([\d.]+)M", result.stdout)
+    ms = statistics.median(times)
+    return {"side": "nanoGPT", "params": round(float(params.group(1)) * 1e6) if params else None,
+            "ms_per_step": ms, "tokens_per_s": BATCH * BLOCK / ms * 1000,
+            "val_loss": float(losses[-1][1]), "wall_s": wall}
+
+
+def machine() -> dict[str, Any]:
+    return {"cores": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version()}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    nano = nanogpt_workspace(Path(args.data))
+    lmpipe_cmd = [sys.executable, str(Path(__file__).resolve()), "--lmpipe-only",
+                  "--data", args.data, "--steps", str(args.steps), "--threads", str(args.threads),
+                  "--d-ff", str(args.d_ff)] + (["--compile"] if args.compile else [])
+    runs = []
+    for pair in range(args.pairs):
+        for side in (("nanoGPT", "lmpipe") if pair % 2 == 0 else ("lmpipe", "nanoGPT")):
+            if side == "nanoGPT":
+                run = nanogpt_run(nano, args.steps, args.compile, env)
+            else:
+                t0 = time.perf_counter()
+                out = subprocess.run(lmpipe_cmd, env=env, capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"lmpipe failed:\n{out.stderr[-3000:]}")
+                run = json.loads(out.stdout.strip().splitlines()[-1])
+                run["wall_s"] = time.perf_counter() - t0  # the whole process, as for nanoGPT
+            run["pair"] = pair
+            runs.append(run)
+            print(f"pair {pair} {run['side']:>7}: {run['tokens_per_s']:,.0f} tokens/s, "
+                  f"{run['ms_per_step']:.1f} ms/step, wall {run['wall_s']:.0f} s, "
+                  f"val loss {run['val_loss']:.3f}", flush=True)
+    shutil.rmtree(nano.parent)
+    return {"date": date.today().isoformat(), "machine": machine(), "steps": args.steps,
+            "threads": args.threads, "compile": args.compile, "runs": runs}
+
+
+def ratios(results: dict[str, Any], key: str, invert: bool = False) -> list[float]:
+    """Per pair: lmpipe's `key` over nanoGPT's (or nanoGPT's over lmpipe's with `invert`)."""
+    out = []
+    for pair in sorted({r["pair"] for r in results["runs"]}):
+        side = {r["side"]: r[key] for r in results["runs"] if r["pair"] == pair}
+        out.append(side["nanoGPT"] / side["lmpipe"] if invert else side["lmpipe"] / side["nanoGPT"])
+    return out
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    speed, wall = ratios(results, "tokens_per_s"), ratios(results, "wall_s", invert=True)
+    lines = []
+    for side in ("nanoGPT", "lmpipe"):
+        runs = [r for r in results["runs"] if r["side"] == side]
+        lines.append(f"| {side} | {statistics.median(r['tokens_per_s'] for r in runs):,.0f} | "
+                     f"{statistics.median(r['ms_per_step'] for r in runs):.1f} | "
+                     f"{statistics.median(r['wall_s'] for r in runs):.0f} | "
+                     f"{statistics.median(r['val_loss'] for r in runs):.3f} |")
+    return lines + [
+        "",
+        f"lmpipe / nanoGPT tokens/s: **{statistics.median(speed):.2f}x** (range "
+        f"{min(speed):.2f}-{max(speed):.2f} over {len(speed)} pairs); whole-process speed "
+        f"(nanoGPT's wall time / lmpipe's): {statistics.median(wall):.2f}x (range "
+        f"{min(wall):.2f}-{max(wall):.2f})."]
+
+
+def readme_block(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    mode = "torch.compile on both sides" if results["compile"] else "eager, no compile"
+    return "\n".join([
+        f"Measured with `bench/train_throughput.py{' --compile' if results['compile'] else ''}` on "
+        f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
+        f"{results['steps']} steps, {results['threads']} torch threads, {mode}; medians over "
+        f"{len(ratios(results, 'wall_s'))} alternating pairs):", "",
+        "| side | tokens/s | ms/step | wall s | val loss |", "|---|---:|---:|---:|---:|",
+        *summary_lines(results)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DATA), help="tiny-shakespeare text")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=2, help="alternating nanoGPT/lmpipe pairs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile on both sides")
+    parser.add_argument("--d-ff", type=int, default=344, help="SwiGLU width (8/3 * 128 ~ GPT MLP)")
+    parser.add_argument("--lmpipe-only", action="store_true", help="one lmpipe run; a JSON line")
+    parser.add_argument("--out", type=Path, help="write the raw figures as JSON")
+    parser.add_argument("--from", dest="source", type=Path, help="a JSON from --out: no rerun")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite bench/README.md's train-throughput block")
+    args = parser.parse_args()
+    if not Path(args.data).is_file():
+        raise SystemExit(f"{args.data}: tiny-shakespeare text not found (pass --data PATH)")
+    if args.lmpipe_only:
+        print(json.dumps(lmpipe_run(Path(args.data), args.steps, args.threads, args.compile,
+                                    args.d_ff)))
+        return
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    results = json.loads(args.source.read_text()) if args.source else measure(args)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(readme_block(results))
+    if args.write_readme:
+        write_block(README, "train-throughput" + ("-compiled" if results["compile"] else ""),
+                    readme_block(results))
 
 
 if __name__ == "__main__":
