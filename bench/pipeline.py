@@ -5,6 +5,11 @@ Copies the project into a fresh temporary DVC workspace (no cache, no outputs), 
 in dependency order with `dvc repro --single-item`, and prints a table of wall times, the eval
 headline, and each quantized model's size and accuracy against its float twin.
 
+Beside each cold run it times nanoGPT's CPU Shakespeare run (../shared/anchors/README.md's command,
+2000 iterations, whole process, from a scratch copy of the anchor; bench/train_throughput.py)
+right after it, and prints the ratio experiment / nanoGPT (issue #18: at most 2.0), as the median
+and range over the pairs; `--no-nanogpt` skips it.
+
 `--seeds N` runs the experiment N times, one cold workspace after another, with the training and
 eval seeds (every `<section>.train.seed` and `eval.seed`, as a sweep's `seeds` axis sets them,
 lmpipe/sweep/grid.py) at 0, 1, ... N-1 and the data fixed, then prints the headline table (per
@@ -31,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from readme_block import markers, write_block  # noqa: E402
+from train_throughput import DATA, nanogpt_run, nanogpt_workspace  # noqa: E402
 
 from flows.pipeline import stage_order  # noqa: E402
 from lmpipe.params.config import apply_overrides, validate_params  # noqa: E402
@@ -243,6 +250,9 @@ def figures_block(results: dict[str, Any]) -> str:
         passed = sum(line.endswith("PASS") for line in checks)
         lines += ["", f"Headline (teacher held-out tool accuracy ≥ 0.9, distilled above scratch): "
                       f"{passed} of {len(checks)} seed{'s' if len(checks) != 1 else ''} pass."]
+    speed = nanogpt_lines(results)
+    if speed:
+        lines += ["", speed[0][0].upper() + speed[0][1:] + "."]
     return "\n".join(lines)
 
 
@@ -275,6 +285,25 @@ def headline_checks(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def nanogpt_reference(nano: Path, total: float) -> float:
+    """nanoGPT's whole run (2000 iterations, the anchor's command) timed now, and the ratio."""
+    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    seconds = nanogpt_run(nano, 2000, False, env)["wall_s"]
+    print(f"{'nanoGPT run':>15}: {seconds:7.1f} s  (the experiment took {total / seconds:.2f}x "
+          "that)", flush=True)
+    return seconds
+
+
+def nanogpt_lines(results: dict[str, Any]) -> list[str]:
+    """The experiment's wall time over nanoGPT's, median and range over the runs."""
+    ratios = [run["total_s"] / run["nanogpt_s"] for run in results["runs"] if "nanogpt_s" in run]
+    if not ratios:
+        return []
+    return [f"default experiment / nanoGPT run: {statistics.median(ratios):.2f}x (range "
+            f"{min(ratios):.2f}-{max(ratios):.2f} over {len(ratios)} pair"
+            f"{'s' if len(ratios) != 1 else ''}; required at most 2.0)"]
+
+
 def write_readme(path: Path, block: str) -> None:
     """Replace the pipeline block of `path` with `block`."""
     write_block(path, "pipeline", block)
@@ -291,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="run N times with the training and eval seeds at 0..N-1")
     parser.add_argument("--tiny", action="store_true",
                         help="a seconds-long configuration, to try the bench (not for figures)")
+    parser.add_argument("--no-nanogpt", action="store_true",
+                        help="do not time nanoGPT's Shakespeare run beside each run")
     parser.add_argument("--out", type=Path, help="write the raw figures of every run as JSON")
     parser.add_argument("--from", dest="source", type=Path,
                         help="read the figures from a previous --out file instead of running")
@@ -315,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         results = {"date": date.today().isoformat(), "machine": machine(),
                    "overrides": overrides, "seed_keys": default_seed_keys(base),
                    "params": params_for(base, overrides, None), "runs": []}
+        nano = None if args.no_nanogpt or args.tiny else nanogpt_workspace(DATA)
         for seed in seeds:
             params = params_for(base, overrides, seed)
             if args.keep:
@@ -323,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
                 work = Path(tempfile.mkdtemp(prefix="lmpipe-bench-"))
             label = f"seed {seed}" if seed is not None else "run"
             run = run_once(work, params, label)
+            if nano is not None:
+                run["nanogpt_s"] = nanogpt_reference(nano, run["total_s"])
             results["runs"].append({"seed": seed if seed is not None else 0, **run})
             if args.write_lock and not overrides and seed in (None, 0):
                 shutil.copy(work / "dvc.lock", ROOT / "dvc.lock")
@@ -331,8 +365,10 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.rmtree(work)
             if args.out:  # after every run: a crash keeps what was measured
                 args.out.write_text(json.dumps(results, indent=2) + "\n")
+        if nano is not None:
+            shutil.rmtree(nano.parent)
     print(headline(results))
-    print("\n".join(headline_checks(results)))
+    print("\n".join(headline_checks(results) + nanogpt_lines(results)))
     if args.write_readme:
         if results.get("overrides") and args.write_readme.resolve() == README.resolve():
             raise SystemExit("refusing to write README.md from an overridden experiment; name "
