@@ -122,11 +122,14 @@ def score_questions(model, tokenizer, split: str, people: list[dict[str, str]],
 
 def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
                    trained: list[dict[str, str]], heldout: list[dict[str, str]],
-                   val_sampling: TrainParams, harness_dir: Path | None = None
+                   val_sampling: TrainParams, harness_dir: Path | None = None,
+                   knowledge: bool = True
                    ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
     """All eval records for one model, plus the transcripts they were scored on.
 
-    `harness_dir`: where the lm-eval people tasks of `params.harness_tasks` are written."""
+    `harness_dir`: where the lm-eval people tasks of `params.harness_tasks` are written;
+    `knowledge`: measure knowledge bits (`params.knowledge_bits` as resolved for the world,
+    lmpipe/runs/evaluation.py)."""
     model, tokenizer = load_model(model_dir)
     # every model is scored on the same batches, read the way the teacher was trained
     tp = val_sampling
@@ -143,7 +146,7 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
          "value": float(count_parameters(model)), "n": None},
         *size_records(Path(model_dir)),
     ]
-    if db is not None:  # what the weights alone hold, in bits (lmpipe/eval/knowledge.py)
+    if db is not None and knowledge:  # what the weights alone hold, in bits (eval/knowledge.py)
         records += knowledge_records(model, tokenizer, db, count_parameters(model),
                                      params.batch_size, people=trained)
     if params.linear_probe and db is not None:  # what each layer holds linearly about a person

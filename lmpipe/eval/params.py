@@ -20,6 +20,12 @@ class EvalParams(Section):
     sample_tokens: int = Field(200, ge=1)
     temperature: float = Field(0.8, ge=0.0, description="0 = greedy")
     top_k: int = Field(40, ge=1)
+    knowledge_bits: bool | Literal["auto"] = Field(
+        "auto", description="knowledge bits (lmpipe/eval/knowledge.py: every candidate value of "
+        "every sampled fact scored, about 40% of the eval stage's time); auto = when the training "
+        "text states facts a model could recall (world.qa_dialogs or world.bios_per_person > 0), "
+        "since a world taught only through tool replies stores none and recall without the tool "
+        "already shows it")
     harness_tasks: list[str] = Field(
         default_factory=list, description="lm-evaluation-harness tasks run on every model (needs "
         "pip install 'lmpipe[harness]'); 'people' expands to lmpipe's generated people_recall "

@@ -18,6 +18,14 @@ from lmpipe.model.build import load_model
 from lmpipe.params.config import Params
 
 
+def measures_knowledge(params: Params) -> bool:
+    """`eval.knowledge_bits` resolved: `auto` measures knowledge bits only when the training text
+    states facts outside tool replies (Q&A dialogs or biographies)."""
+    if params.eval.knowledge_bits != "auto":
+        return params.eval.knowledge_bits
+    return params.world.qa_dialogs or params.world.bios_per_person > 0
+
+
 def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, params: Params,
                  out: Path, metrics_path: Path | None = None) -> dict[str, dict[str, float]]:
     """Evaluate every model on the same questions; write the eval run folder and DVC metrics.
@@ -35,6 +43,7 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
     with (PeopleDB(db_path) if people_world else contextlib.nullcontext()) as db, \
             RunLog(out, "eval", "eval", resolved) as run:
         ep = params.eval
+        knowledge = measures_knowledge(params)
         trained = sample_people(db, "train", ep.trained_people, ep.seed) if db else []
         heldout = sample_people(db, "heldout", ep.heldout_people, ep.seed) if db else []
         (out / "transcripts").mkdir(exist_ok=True)
@@ -42,7 +51,8 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
             for name, folder in progress(models.items(), desc="eval", unit="model"):
                 records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
                                                       params.teacher.train,
-                                                      harness_dir=out / "harness_tasks")
+                                                      harness_dir=out / "harness_tasks",
+                                                      knowledge=knowledge)
                 for r in records:
                     evals.write(json.dumps({"model": name, **r}) + "\n")
                 with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:

@@ -205,3 +205,34 @@ def test_lm_eval_perplexity_of_the_validation_documents_is_lmpipes_val_loss(memo
     doubled = -sum(lm.loglikelihood_rolling(
         [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]))
     assert doubled / ours.targets > ours.loss + 0.05  # BOS after BOS: never seen in training
+
+
+def test_knowledge_bits_are_measured_only_when_asked(memorized):
+    from lmpipe.eval.evaluate import evaluate_model
+
+    root, people, _ = memorized
+    metrics = {}
+    with PeopleDB(root / "world" / "people.duckdb") as db:
+        for knowledge in (True, False):
+            records, _ = evaluate_model(root / "model", db, TokenSplit.open(root / "tokens", "val"),
+                                        EvalParams(batch_size=64), people, [], TrainParams(),
+                                        knowledge=knowledge)
+            metrics[knowledge] = {r["metric"] for r in records}
+    assert {"knowledge_bits", "bits_per_param"} <= metrics[True]
+    assert not {"knowledge_bits", "bits_per_param"} & metrics[False]
+    assert metrics[True] - metrics[False] == {"knowledge_bits", "bits_per_param"}
+
+
+@pytest.mark.parametrize("world, setting, expected", [
+    ({}, "auto", False),                                   # facts only in tool replies
+    ({"qa_dialogs": True}, "auto", True),
+    ({"bios_per_person": 1}, "auto", True),
+    ({}, True, True),
+    ({"qa_dialogs": True}, False, False),
+])
+def test_auto_knowledge_bits_follow_what_the_training_text_states(world, setting, expected):
+    from lmpipe.params.config import Params
+    from lmpipe.runs.evaluation import measures_knowledge
+
+    params = Params.model_validate({"world": world, "eval": {"knowledge_bits": setting}})
+    assert measures_knowledge(params) is expected
