@@ -403,9 +403,22 @@ INVALID = [
 ]
 
 
+# only the data can tell these (the last of INVALID): refused by their stage, not by validate
+DATA_DEPENDENT = INVALID[-3:]
+# through a whole `dvc repro`: an unknown key, an unknown section, a machine check, a cross-field
+# check, and every data-dependent case
+THROUGH_DVC = [INVALID[0], INVALID[7], INVALID[22], INVALID[11], *DATA_DEPENDENT]
+
+
 def test_invalid_params_are_refused_and_touch_nothing(project, tmp_path):
-    """Each invalid params.yaml, in a fresh `dvc repro`: refused with the key named, and every file
-    under data/ runs/ store/ metrics/ reports/ byte-identical afterwards."""
+    """Every invalid params.yaml is refused with the key named: each one by the validate stage's
+    own check (the parameters and what they ask of the machine, in this process, on the project's
+    copy), and a sample plus every case only the data can tell through a fresh `dvc repro`, with
+    every file under data/ runs/ store/ metrics/ reports/ byte-identical afterwards. Every stage
+    depends on validate's output, so a refusal there runs nothing for any of them."""
+    from lmpipe.core.section import ConfigError
+    from lmpipe.params.config import validate_params
+
     assert len(INVALID) >= 30
     work, env = project
     bad = tmp_path / "bad"
@@ -418,6 +431,15 @@ def test_invalid_params_are_refused_and_touch_nothing(project, tmp_path):
         params = yaml.safe_load(good)
         for key, value in changes.items():
             _set(params, key, value)
+        if (changes, fragment) not in DATA_DEPENDENT:
+            try:
+                validate_params(params, "params.yaml", environment=True, root=bad)
+                failures.append(f"{changes}: accepted by the validate stage's check")
+            except ConfigError as error:
+                if fragment not in str(error):
+                    failures.append(f"{changes}: {fragment!r} not named: {error}")
+        if (changes, fragment) not in THROUGH_DVC:
+            continue
         (bad / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         result = run_checked(["dvc", "repro"], bad, env, check=False)
         output = result.stdout + result.stderr
