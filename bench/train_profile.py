@@ -164,7 +164,7 @@ def main() -> None:
              f"({os.cpu_count()} CPU cores, {platform.machine()}, Python "
              f"{platform.python_version()}; {args.threads} torch threads, eager; median of "
              f"{args.repeats} interleaved repeats of {args.steps} steps):", "",
-             "| side | ms/step (range) | nanoGPT's speed over this |", "|---|---:|---:|"]
+             "| side | ms/step (range) | speed vs nanoGPT (its ms / this ms) |", "|---|---:|---:|"]
     lines += [f"| {name} | {ms[name]:.1f} ({min(v):.1f}–{max(v):.1f}) | "
               f"{ms['nanoGPT'] / ms[name]:.2f}x |" for name, v in times.items()]
     lines += ["", "lmpipe's gap to nanoGPT, split: "
