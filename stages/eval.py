@@ -11,8 +11,9 @@ stages write into their model directories carry only their own run's figures.
 import json
 from pathlib import Path
 
-from lmpipe.core.paths import METRICS, TOKENS, WORLD, model_dir, run_dir
+from lmpipe.core.paths import METRICS, PARAMS, TOKENS, WORLD, model_dir, run_dir
 from lmpipe.core.run_folder import SUMMARY_FILE
+from lmpipe.params.arch_support import refuse_unsupported
 from lmpipe.params.config import Params
 from lmpipe.stage import stage
 
@@ -54,6 +55,9 @@ def eval(params, argv):
     if unknown:
         raise SystemExit(f"usage: python -m stages.eval [{'|'.join(MODELS)} ...]; got {unknown}")
     models = {name: model_dir(MODELS[name]) for name in argv or MODELS}
+    # the distilled and quantized models have the student's architecture
+    refuse_unsupported(params, "eval", str(PARAMS),
+                       evaluated={"teacher" if name == "teacher" else "student" for name in models})
     if not argv:
         models |= {name: run_dir(path) for name, path in EXTRA.items()
                    if (run_dir(path) / "config.json").is_file()}

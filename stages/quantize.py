@@ -3,12 +3,14 @@ packed 2 bits per weight, beside an int8 weight-only baseline (compact int8 file
 float twin for transformers). The whole folder is built in staging and replaces `runs/quantize`
 only when every export is written."""
 
-from lmpipe.core.paths import TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.core.paths import PARAMS, TEACHER_CACHE, TOKENIZER, TOKENS, model_dir, run_dir
+from lmpipe.params.arch_support import refuse_unsupported
 from lmpipe.stage import stage
 
 
 @stage
 def quantize(params, argv):
+    refuse_unsupported(params, "quantize", str(PARAMS))
     from lmpipe.core.outputs import staged
     from lmpipe.runs.quantize import quantize_run  # torch: only once the params are valid
 

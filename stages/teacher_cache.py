@@ -6,21 +6,23 @@ spans from `teacher.train.loss_on`), and the tail outside the top-k is also stor
 `distill.temperature` when that is not 1 (lmpipe/distill/cache/), so this stage reads
 `distill.temperature` (a DVC param of the stage)."""
 
-from lmpipe.core.paths import TEACHER_CACHE, TOKENS, model_dir
+from lmpipe.core.paths import PARAMS, TEACHER_CACHE, TOKENS, model_dir
+from lmpipe.params.arch_support import refuse_unsupported
 from lmpipe.stage import stage
 
 
 @stage
 def teacher_cache(params, argv):
+    refuse_unsupported(params, "teacher_cache", str(PARAMS))
     # torch: only once the params are valid
     from lmpipe.core.outputs import staged
+    from lmpipe.core.section import ConfigError
     from lmpipe.data.batching import make_batches
     from lmpipe.data.tokens import TokenSplit
     from lmpipe.distill.cache.format import CacheSpec, model_fingerprint
     from lmpipe.distill.cache.write import write_cache
     from lmpipe.distill.layers import teacher_layers_used
     from lmpipe.model.build import load_model
-    from lmpipe.core.section import ConfigError
 
     teacher = model_dir("teacher")
     model, tokenizer = load_model(teacher)

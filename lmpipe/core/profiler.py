@@ -106,6 +106,25 @@ class PhaseTimer:
 # FLOPs, peak and MFU
 
 
+def _mamba_matmuls(config: Any) -> int:
+    """Weights in one Mamba block's matrix multiplies: in_proj (d -> 2E), x_proj (E -> R + 2S),
+    dt_proj (R -> E), out_proj (E -> d); the conv and the scan are elementwise, left out."""
+    d, e = config.hidden_size, config.intermediate_size
+    r, s = int(config.time_step_rank), config.state_size
+    return d * 2 * e + e * (r + 2 * s) + r * e + e * d
+
+
+def _hawk_matmuls(config: Any) -> int:
+    """Weights in one Hawk block's matrix multiplies: linear_x, linear_y (d -> W), linear_out
+    (W -> d), the RG-LRU's two block-diagonal gates (W^2 / blocks each), the gated MLP (3 d F)."""
+    d, w, f = config.hidden_size, config.lru_width, config.intermediate_size // 2
+    return 3 * d * w + 2 * w * w // config.num_attention_heads + 3 * d * f
+
+
+# model_type -> weights per block in matrix multiplies, for the models without attention
+RECURRENT_MATMULS = {"mamba": _mamba_matmuls, "recurrent_gemma": _hawk_matmuls}
+
+
 def flops_per_token(config: Any, seq_len: int) -> float:
     """Training FLOPs per token of a Llama-style transformers config (PaLM appendix B estimate).
 
@@ -120,9 +139,16 @@ def flops_per_token(config: Any, seq_len: int) -> float:
     out. 6 = 2 FLOPs per multiply-add times (1 forward + 2 backward). The attention term counts
     QK^T and AV over a context of T = `seq_len` tokens with no causal discount (as PaLM does).
     For length-grouped batches pass the padded batch length the model actually ran on.
+
+    Mamba and RecurrentGemma (Hawk) have no attention: 6 * N with N their blocks' matmul weights
+    (RECURRENT_MATMULS) plus the LM head, independent of `seq_len`.
     """
     if seq_len <= 0:
         raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}")
+    recurrent = RECURRENT_MATMULS.get(getattr(config, "model_type", None))
+    if recurrent is not None:
+        return float(6 * (config.num_hidden_layers * recurrent(config)
+                          + config.hidden_size * config.vocab_size))
     d = config.hidden_size
     n_layers = config.num_hidden_layers
     n_heads = config.num_attention_heads

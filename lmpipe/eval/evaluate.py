@@ -50,7 +50,8 @@ def validation_batches(split: TokenSplit, tp: TrainParams, tokenizer: Any, model
     way `tp` trains (sampling, block size, loss positions), VAL_BATCH_SIZE rows, seed 0. The
     training loop's own validation loss uses the run's batch size and seed instead."""
     return make_batches(split, tp.sampling, VAL_BATCH_SIZE, tp.block_size, 0,
-                        tokenizer.pad_token_id, model.config.max_position_embeddings, tp.loss_on)
+                        tokenizer.pad_token_id, getattr(model.config, "max_position_embeddings", None),
+                        tp.loss_on)
 
 
 def questions_for(people: list[dict[str, str]]) -> list[tuple[str, str, str]]:

@@ -1,7 +1,9 @@
-"""Batched generation through the KV cache, with sampling and database tool calls inside the loop.
+"""Batched generation through the model's own cache, with sampling and database tool calls inside
+the loop.
 
-`generate` runs a whole batch in lockstep over the model's KV `cache`: prompts are left-
-padded, every step feeds each live sequence one token and grows the cache by one position. A
+`generate` runs a whole batch in lockstep over the model's inference cache (Llama's KV cache,
+Mamba's conv and SSM states, Hawk's recurrent state: lmpipe/eval/decoders.py): the prompts fill
+it, then every step feeds each live sequence one token and advances its cache by one. A
 token is either sampled (greedy, temperature, top-k, top-p, repetition penalty, seeded) or
 *forced*: when a sequence finishes a tool query (an assistant turn `<|call|>QUERY<|end|>`, the
 protocol in `lmpipe/core/protocol.py`), the query goes to the tool (a whitelist parser and bound
@@ -16,8 +18,8 @@ this loop; the sampling itself is transformers' logits processors.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers.generation.logits_process import (
@@ -30,6 +32,7 @@ from transformers.generation.logits_process import (
 
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
+from lmpipe.eval.decoders import decoder_for
 
 Tool = Callable[[str], str]  # a query the model wrote -> the database's reply
 
@@ -134,10 +137,8 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = _left_padded(tokenizer, prompts, pad)
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    past, logits = out.cache, out.logits[:, -1].float()
-    next_position = positions[:, -1] + 1
+    decoder = decoder_for(model)
+    logits = decoder.prefill(ids, mask)
     limit = getattr(model.config, "max_position_embeddings", None)
     end_id = next(iter(_ids(tokenizer, [protocol.END])), None)
     stop_ids = set(_ids(tokenizer, [protocol.END, protocol.EOS, *sampling.stop_tokens]))
@@ -177,28 +178,22 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
                         out_.tool_calls.append((query, reply))
                         seq.forced.extend(tokenizer(protocol.tool_continuation(reply),
                                                     add_special_tokens=False)["input_ids"])
-                if not seq.forced and token in stop_ids:
-                    seq.done, out_.finish = True, "stop"
-                elif sampling.stop_strings and any(
-                        s in out_.text(tokenizer) for s in sampling.stop_strings):
+                if (not seq.forced and token in stop_ids) or (sampling.stop_strings and any(
+                        s in out_.text(tokenizer) for s in sampling.stop_strings)):
                     seq.done, out_.finish = True, "stop"
                 elif out_.sampled - seq.sampled_before_turn >= sampling.max_new_tokens:
                     seq.done = True  # this turn's budget is spent
             if on_token is not None:
                 on_token(row, tokenizer.decode([token], skip_special_tokens=False))
-            if not seq.done and limit is not None and int(next_position[row]) >= limit:
+            if not seq.done and limit is not None and int(decoder.next_position[row]) >= limit:
                 seq.done = True  # the model's context is full
             feed.append(pad if seq.done else token)
         live = torch.tensor([not s.done for s in seqs], device=device)
         if not live.any():
             break
-        step_ids = torch.tensor(feed, device=device)[:, None]
-        mask = torch.cat([mask, live.long()[:, None]], dim=1)
-        history = torch.cat([history, step_ids], dim=1)
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=next_position[:, None],
-                    cache=past, use_cache=True)
-        past, logits = out.cache, out.logits[:, -1].float()
-        next_position = next_position + live.long()
+        step_ids = torch.tensor(feed, device=device)
+        history = torch.cat([history, step_ids[:, None]], dim=1)
+        logits = decoder.step(step_ids, live)
     return [s.out for s in seqs]
 
 

@@ -1,1 +1,2 @@
-"""Models: build, weight init, RoPE scaling, pretrained import, cards and low-bit export."""
+"""Models: build (llama, mamba, hawk), sizing by parameter count, weight init, RoPE scaling,
+pretrained import, cards and low-bit export."""

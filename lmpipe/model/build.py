@@ -1,4 +1,9 @@
-"""Llama-style models built from a transformers config, and saving/loading them with a tokenizer."""
+"""Fresh models built from a transformers config (llama, mamba or hawk: `model.arch`), and
+saving/loading them with a tokenizer.
+
+Each architecture's config is made by its own function (`llama_config` here, lmpipe/model/mamba.py,
+lmpipe/model/hawk.py) with the same protocol token ids; `build_model` picks one by `arch`.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+    RecurrentGemmaForCausalLM,
+)
 
 from lmpipe.core import protocol
 from lmpipe.data.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
+from lmpipe.model.hawk import hawk_config
 from lmpipe.model.init_weights import initialize_
-from lmpipe.model.rope import rope_parameters
+from lmpipe.model.mamba import mamba_config
 from lmpipe.model.params import ModelParams
+from lmpipe.model.rope import rope_parameters
 from lmpipe.quant.packed_load import load_quantized, quantization_config_of
 
 
@@ -29,7 +45,11 @@ def _protocol_ids(tokenizer) -> dict[str, int]:
 
 
 def llama_config(params: ModelParams, tokenizer=None) -> LlamaConfig:
-    ids = _protocol_ids(tokenizer)
+    """The config of a fresh Llama sized for `tokenizer` (default: the byte tokenizer)."""
+    return _llama_config(params, _protocol_ids(tokenizer))
+
+
+def _llama_config(params: ModelParams, ids: dict[str, int]) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=ids["vocab"],
         hidden_size=params.d_model,
@@ -46,18 +66,36 @@ def llama_config(params: ModelParams, tokenizer=None) -> LlamaConfig:
     )
 
 
-def build_model(params: ModelParams, seed: int, tokenizer=None) -> LlamaForCausalLM:
-    """A freshly initialized model sized for `tokenizer` (default: the byte tokenizer); the seed
-    fixes the initial weights."""
+# arch -> (the transformers class, its config from (params, protocol ids))
+ARCHITECTURES = {
+    "llama": (LlamaForCausalLM, _llama_config),
+    "mamba": (MambaForCausalLM, mamba_config),
+    "hawk": (RecurrentGemmaForCausalLM, hawk_config),
+}
+
+
+def model_config(params: ModelParams, tokenizer=None) -> PreTrainedConfig:
+    """The transformers config of `params.arch`, sized for `tokenizer` (default: the byte
+    tokenizer)."""
+    _, make_config = ARCHITECTURES[params.arch]
+    return make_config(params, _protocol_ids(tokenizer))
+
+
+def build_model(params: ModelParams, seed: int, tokenizer=None) -> PreTrainedModel:
+    """A freshly initialized model of `params.arch` sized for `tokenizer` (default: the byte
+    tokenizer); the seed fixes the initial weights."""
     ids = _protocol_ids(tokenizer)
+    model_class, make_config = ARCHITECTURES[params.arch]
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(params, tokenizer))
+    model = model_class(make_config(params, ids))
     initialize_(model, params.init, seed)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids[protocol.END], ids[protocol.EOS]],
         pad_token_id=ids[protocol.PAD],
         bos_token_id=ids[protocol.BOS],
         do_sample=False,
+        # a cache-free generate for hawk: transformers' cached path fails on it (lmpipe/model/hawk.py)
+        **({"use_cache": False} if params.arch == "hawk" else {}),
     )
     return model
 

@@ -262,17 +262,21 @@ def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: di
              ("parameters", f"{int(n_params):,}" if n_params else "unknown"),
              ("layers", config.get("num_hidden_layers")),
              ("width (hidden size)", config.get("hidden_size")),
-             ("attention heads", f"{heads} ({config.get('num_key_value_heads', heads)} key/value)"),
-             ("MLP width", config.get("intermediate_size")),
+             # a recurrent model (mamba, hawk) has no attention heads and no context limit
+             ("attention heads", f"{heads} ({config.get('num_key_value_heads', heads)} key/value)"
+              if config.get("model_type") != "recurrent_gemma" and heads else None),
+             ("inner width" if config.get("model_type") == "mamba" else "MLP width",
+              config.get("intermediate_size")),
              ("vocabulary", f"{config.get('vocab_size')} tokens"),
-             ("context", f"{config.get('max_position_embeddings')} tokens"),
+             ("context", f"{config.get('max_position_embeddings')} tokens"
+              if config.get("max_position_embeddings") else None),
              ("tied embeddings", "yes" if config.get("tie_word_embeddings") else "no"),
              ("lmpipe", importlib.metadata.version("lmpipe")),
              ("git commit", commit)]
     if base:
         facts.insert(1, ("made from", f"`{base}`"))
     body = [f"# {name}", "", intro, "", "| | |", "|---|---|",
-            *(f"| {k} | {v} |" for k, v in facts), "",
+            *(f"| {k} | {v} |" for k, v in facts if v is not None), "",
             "## Training data", "",
             ("Its source model's data: " if stage == "quantize" else "") + data_text, "",
             "## Training", "", training, *(["", figures] if figures else []), ""]

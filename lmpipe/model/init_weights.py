@@ -16,6 +16,10 @@ Residual output projections are the layers whose output is added to the residual
 
 Biases are zeroed and norm weights set to 1 for every scheme but `hf`. A tied output head is the
 embedding matrix, initialized once as an embedding, and stays tied.
+
+Only Llama takes the schemes other than `hf`: Mamba and RecurrentGemma keep their own
+initialization (Mamba's dt bias and A_log, RecurrentGemma's zero-centred norms), which redrawing
+every linear layer and setting norms to 1 would break.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ def initialize_(model: nn.Module, scheme: str, seed: int) -> None:
     if scheme == "hf":
         return
     config = model.config
+    if config.model_type != "llama":
+        raise ValueError(f"model.init: {scheme!r} is a scheme for llama's layers; expected 'hf' "
+                         f"for a {config.model_type} model (its own initialization)")
     n_layers, d_model = config.num_hidden_layers, config.hidden_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
 

@@ -28,6 +28,7 @@ from lmpipe.core.section import ConfigError, Section, short
 from lmpipe.data.params import DataParams, TokenizeParams, WorldParams
 from lmpipe.distill.params import DistillParams, QuantizeParams, TeacherCacheParams
 from lmpipe.eval.params import EvalParams
+from lmpipe.params.arch_support import training_problems
 from lmpipe.params.checks import problems
 from lmpipe.params.environment import environment_problems
 from lmpipe.train.params import ModelRunParams
@@ -56,8 +57,8 @@ class Params(Section):
     eval: EvalParams = EvalParams()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Params":
-        found = problems(self)
+    def _cross_checks(self) -> Params:
+        found = problems(self) + list(training_problems(self))
         if found:
             raise ParamsProblems(found)
         return self
@@ -89,7 +90,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 # PyYAML follows YAML 1.1, where 1e-3 (no dot, unsigned exponent) is a string, not a float
 _EXPONENT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-_SUBKEY = re.compile(r"^([A-Za-z_]\w*)((?:\.[\w-]+)*): (.*)$", re.S)
+_SUBKEY = re.compile(r"^([A-Za-z_]\w*)((?:\.[\w-]+)*): (.*)$", re.DOTALL)
 
 
 def _section_of(annotation: Any) -> type[Section] | None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from lmpipe.core.outputs import discard, publish, staged, staging_dir
 from lmpipe.core.paths import WORLD
 from lmpipe.core.run_folder import RunLog
+from lmpipe.core.section import ConfigError
 from lmpipe.data.batching import make_batches
 from lmpipe.data.tokenizer import load_tokenizer
 from lmpipe.data.tokens import TokenSplit
@@ -25,17 +26,16 @@ from lmpipe.eval.train_hook import accuracy_hook
 from lmpipe.model.build import build_model, count_parameters, load_model, save_model
 from lmpipe.model.card import write_model_card
 from lmpipe.model.export import export_ternary
+from lmpipe.model.params import ModelParams
 from lmpipe.model.pretrained import import_pretrained
 from lmpipe.model.rope import extend_context
-from lmpipe.core.section import ConfigError
-from lmpipe.model.params import ModelParams
 from lmpipe.params.config import Params
-from lmpipe.train.params import TrainParams
 from lmpipe.params.identity import data_identity, model_identity, run_identity
 from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
 from lmpipe.train.distributed import init_distributed, shutdown
 from lmpipe.train.loop import Diverged, Objective, train
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
+from lmpipe.train.params import TrainParams
 
 
 def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> torch.nn.Module:
@@ -47,12 +47,20 @@ def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> t
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"train.init_from = {tp.init_from}: its embedding has "
                           f"{model.config.vocab_size} rows, the tokenizer has {len(tokenizer)} tokens")
-    for key, mine in (("hidden_size", model_params.d_model),
-                      ("num_hidden_layers", model_params.n_layers),
-                      ("num_attention_heads", model_params.n_heads)):
+    # any other model type continues as llama did before `arch` existed
+    made_as = {"mamba": "mamba", "recurrent_gemma": "hawk"}.get(model.config.model_type, "llama")
+    if made_as != model_params.arch:
+        raise ConfigError(f"train.init_from = {tp.init_from}: a {model.config.model_type} model, "
+                          f"but the model section says arch {model_params.arch!r}")
+    checked = (("hidden_size", model_params.d_model), ("num_hidden_layers", model_params.n_layers))
+    if model_params.arch == "llama":
+        checked += (("num_attention_heads", model_params.n_heads),)
+    for key, mine in checked:
         if getattr(model.config, key) != mine:
             raise ConfigError(f"train.init_from = {tp.init_from}: its {key} is "
                               f"{getattr(model.config, key)}, the model section says {mine}")
+    if model_params.arch != "llama":  # no positions to stretch: a recurrent model has no RoPE
+        return model.train()
     if model_params.max_seq_len != model.config.max_position_embeddings or \
             model_params.rope_scaling != "none":
         model = extend_context(model, model_params.max_seq_len, model_params.rope_scaling,

@@ -1,0 +1,142 @@
+"""Each architecture's inference cache for the lockstep loop of lmpipe/eval/generate.py: fill it
+from a batch of left-padded prompts (`prefill`), then advance every row by one token a step
+(`step`), returning the next-token logits of each row either way.
+
+  attention (llama, and any model that returns `out.cache`): the prompts run left-padded, with an
+      attention mask and positions counted from each prompt's first real token; each step grows
+      the KV cache by one position, a finished row's pad masked out.
+  mamba: left-padded too. transformers' Mamba multiplies its hidden states by the attention mask
+      before the input projection and again before the scan, and lmpipe builds that projection
+      without bias (lmpipe/model/mamba.py): a padded position feeds zeros to the convolution
+      window and leaves the SSM state at zero, the state an unpadded prompt starts from. Steps
+      pass no mask (Mamba's must be as long as the step, and transformers' generate passes none).
+  recurrent_gemma (hawk): its temporal conv1d does not mask padding (a pad's activations enter
+      the first real tokens' windows; its RG-LRU does reset where position_ids == 0), so each
+      group of equal-length prompts is prefilled unpadded and the fixed-size states (conv window
+      and RG-LRU state of every layer) are stacked along the batch; the steps need no padding.
+      RecurrentGemma keeps that state in its modules, not in a cache object (its output has no
+      `cache`): the decoder sets and reads it there.
+
+A finished row keeps being fed pad tokens: rows never mix, so that only changes its own state,
+whose outputs the loop ignores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from transformers import DynamicCache
+
+
+class Decoder(Protocol):
+    next_position: torch.Tensor  # (B,) the position of the token each row is fed next
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after each prompt; `ids`/`mask` (B, T) left-padded, mask 1 on tokens."""
+
+    def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """Feed `tokens` (B,) and return the next logits (B, V); `live` (B,) bool: False for a
+        finished row (fed a pad, its position not advanced)."""
+
+
+class AttentionDecoder:
+    """Left padding, attention mask and explicit positions over the model's returned cache."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self.mask = mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self.past = out.cache
+        self.next_position = positions[:, -1] + 1
+        return out.logits[:, -1].float()
+
+    def _step_mask(self) -> torch.Tensor | None:
+        return self.mask
+
+    def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, live.long()[:, None]], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self._step_mask(),
+                         position_ids=self.next_position[:, None], cache=self.past, use_cache=True)
+        self.past = out.cache
+        self.next_position = self.next_position + live.long()
+        return out.logits[:, -1].float()
+
+
+class MambaDecoder(AttentionDecoder):
+    """Mamba masks padded positions itself (module docstring); its steps take no mask."""
+
+    def _step_mask(self) -> torch.Tensor | None:
+        return None
+
+
+class RecurrentGemmaDecoder:
+    """Hawk: unpadded prefill per prompt length, states stacked in the model's modules."""
+
+    # A mask the model takes as already prepared (its convention for `generate`): building its
+    # sliding-window mask fails when no block is attention (lmpipe/model/hawk.py).
+    NO_MASK: ClassVar[dict[str, Any]] = {"sliding_attention": None}
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        # the temporal blocks, in layer order, wherever they sit in the module tree
+        self.blocks = [m for m in model.modules() if hasattr(m, "rg_lru")]
+        if len(self.blocks) != model.config.num_hidden_layers:
+            raise ValueError("generate: this RecurrentGemma has attention blocks (Griffin); "
+                             "lmpipe generates with recurrent blocks only (model.arch: hawk)")
+        # never read by recurrent blocks; passing one keeps the model from resetting its state
+        self.cache = DynamicCache(config=model.config)
+
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=self.NO_MASK,
+                         use_cache=True, cache=self.cache)
+        return out.logits[:, -1].float()
+
+    def _zero_states(self, batch: int, device: torch.device) -> list[list[torch.Tensor]]:
+        return [[torch.zeros(batch, b.lru_width, b.conv1d_width - 1, device=device),
+                 torch.zeros(batch, b.lru_width, device=device)] for b in self.blocks]
+
+    def _set_states(self, states: list[list[torch.Tensor]]) -> None:
+        for block, (conv, recurrent) in zip(self.blocks, states):
+            block.conv1d_state, block.rg_lru.recurrent_states = conv, recurrent
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(-1)
+        states = self._zero_states(len(ids), ids.device)
+        logits = None
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            self._set_states(self._zero_states(len(rows), ids.device))
+            positions = torch.arange(length, device=ids.device).expand(len(rows), -1)
+            group = self._run(ids[rows, ids.shape[1] - length:], positions)
+            if logits is None:
+                logits = group.new_empty(len(ids), group.shape[-1])
+            logits[rows] = group
+            for (conv, recurrent), block in zip(states, self.blocks):
+                conv[rows] = block.conv1d_state
+                recurrent[rows] = block.rg_lru.recurrent_states
+        self._set_states(states)
+        self.next_position = lengths.clone()
+        return logits
+
+    def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        logits = self._run(tokens[:, None], self.next_position[:, None])
+        self.next_position = self.next_position + live.long()
+        return logits
+
+
+DECODERS = {"mamba": MambaDecoder, "recurrent_gemma": RecurrentGemmaDecoder}
+
+
+def decoder_for(model: torch.nn.Module) -> Decoder:
+    """The decoder of `model`'s architecture (by its config's model_type)."""
+    kind = getattr(model.config, "model_type", None)
+    if kind in DECODERS:
+        return DECODERS[kind](model)
+    if getattr(model, "_is_stateful", False):  # a recurrent cache this module does not know
+        raise ValueError(f"generate: no decoder for the recurrent model type {kind!r}; expected "
+                         f"llama or one of {', '.join(DECODERS)}")
+    return AttentionDecoder(model)

@@ -1,0 +1,120 @@
+"""The architectures of `model.arch` (llama, mamba, hawk): built with lmpipe's protocol ids,
+sized by parameter count, saved and reloaded as plain transformers models, their params checked
+with errors that name the field."""
+
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lmpipe.core import protocol
+from lmpipe.core.section import ConfigError
+from lmpipe.model.build import build_model, count_parameters, load_model, save_model
+from lmpipe.model.params import ARCHS, ModelParams
+from lmpipe.model.sizing import parameters_at, width_for_params
+from lmpipe.params.config import validate_params
+
+TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_state": 4, "max_seq_len": 64}
+CLASSES = {"llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM",
+           "hawk": "RecurrentGemmaForCausalLM"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("tie", [True, False])
+def test_each_arch_has_the_protocol_ids_and_honours_tied_embeddings(arch, tie, tokenizer):
+    model = build_model(ModelParams(arch=arch, tie_embeddings=tie, **TINY), seed=0, tokenizer=tokenizer)
+    assert type(model).__name__ == CLASSES[arch]
+    ids = dict(zip(protocol.SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(protocol.SPECIAL_TOKENS)))
+    config, generation = model.config, model.generation_config
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == \
+        (ids[protocol.BOS], ids[protocol.EOS], ids[protocol.PAD])
+    assert generation.eos_token_id == [ids[protocol.END], ids[protocol.EOS]]
+    assert (generation.pad_token_id, generation.bos_token_id) == (ids[protocol.PAD], ids[protocol.BOS])
+    assert config.vocab_size == len(tokenizer)
+    shared = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert shared == tie
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    for arch in ("mamba", "hawk"):
+        a, b, c = (build_model(ModelParams(arch=arch, **TINY), seed=s) for s in (3, 3, 4))
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                         c.state_dict().values()))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_width_for_params_brings_each_arch_within_3_percent_of_150k(arch):
+    params = ModelParams(arch=arch, n_layers=2)
+    width = width_for_params(params, 150_000)
+    built = build_model(params.model_copy(update={"d_model": width}), seed=0)
+    assert parameters_at(params, width) == count_parameters(built)
+    assert abs(count_parameters(built) - 150_000) <= 0.03 * 150_000
+    # the nearest width: one step either way is farther from the target
+    step = {"llama": 4, "mamba": 1, "hawk": 2}[arch]
+    assert all(abs(parameters_at(params, w) - 150_000) >= abs(count_parameters(built) - 150_000)
+               for w in (width - step, width + step))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_saved_model_reloads_with_identical_logits(arch, tokenizer, tmp_path):
+    model = build_model(ModelParams(arch=arch, tie_embeddings=False, **TINY), seed=1).eval()
+    save_model(model, tokenizer, tmp_path)
+    ids = torch.tensor([tokenizer("Where was Al Bo born?")["input_ids"]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        loaded, _ = load_model(tmp_path)
+        plain = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+        assert type(plain).__name__ == CLASSES[arch]
+        assert torch.equal(loaded(input_ids=ids).logits, want)
+        assert torch.equal(plain(input_ids=ids).logits, want)
+    assert plain.generation_config.eos_token_id == model.generation_config.eos_token_id
+
+
+def test_llama_params_dump_as_before_arch_existed():
+    assert list(ModelParams().model_dump()) == [
+        "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "rope_theta",
+        "rope_scaling", "rope_factor", "tie_embeddings", "init"]
+    mamba = ModelParams(arch="mamba").model_dump()
+    assert mamba["arch"] == "mamba" and "n_heads" not in mamba and "lru_blocks" not in mamba
+    assert ModelParams.model_validate(mamba) == ModelParams(arch="mamba")
+
+
+def _error(model: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_params({"teacher": {"model": model}})
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"arch": "gru"}, r"teacher\.model\.arch: .*'llama', 'mamba' or 'hawk'"),
+    ({"arch": "mamba", "d_state": 0}, r"teacher\.model\.d_state: .*greater than or equal to 1"),
+    ({"arch": "mamba", "d_conv": 1}, r"teacher\.model\.d_conv: .*greater than or equal to 2"),
+    ({"arch": "mamba", "expand": 0}, r"teacher\.model\.expand: .*greater than or equal to 1"),
+    ({"arch": "hawk", "lru_width": 30, "lru_blocks": 4},
+     r"teacher\.model\.lru_blocks: lru_width \(30\) is not divisible by lru_blocks \(4\)"),
+    ({"arch": "hawk", "lru_blocks": 3},
+     r"teacher\.model\.lru_blocks: lru_width \(64\) is not divisible"),
+    ({"arch": "mamba", "init": "mitchell"},
+     r"teacher\.model\.init: 'mitchell' is a scheme for llama's layers; expected 'hf' for arch mamba"),
+])
+def test_a_bad_arch_field_is_named(model, expected):
+    assert re.search(expected, _error(model))
+
+
+def test_llama_only_fields_do_not_invalidate_other_archs():
+    for arch in ("mamba", "hawk"):  # 30 / 4 heads and an odd head width would fail llama
+        ModelParams(arch=arch, d_model=30, n_heads=4, n_kv_heads=3, rope_scaling="yarn",
+                    lru_blocks=2)
+    assert "n_heads" in _error({"d_model": 30, "n_heads": 4})
+
+
+@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+def test_flops_per_token_counts_every_matmul_weight_of_a_recurrent_model(arch):
+    from lmpipe.core.profiler import flops_per_token
+
+    model = build_model(ModelParams(arch=arch, tie_embeddings=False, **TINY), seed=0)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    gates = sum(p.numel() for n, p in model.named_parameters() if n.endswith("gate_weight"))
+    assert flops_per_token(model.config, seq_len=50) == 6 * (weights + gates)
