@@ -41,7 +41,8 @@ def teacher_cache(params, argv):
                      temperature=params.distill.temperature)
     split = TokenSplit.open(TOKENS, "train")
     batches = make_batches(split, tp.sampling, p.batch_size, tp.block_size, 0,
-                           tokenizer.pad_token_id, model.config.max_position_embeddings, "all")
+                           tokenizer.pad_token_id,
+                           getattr(model.config, "max_position_embeddings", None), "all")
     if not 1 <= p.top_k <= model.config.vocab_size:
         raise ConfigError(f"teacher_cache.top_k = {p.top_k}: the teacher's vocabulary has "
                           f"{model.config.vocab_size} ids; expected 1 <= top_k <= "

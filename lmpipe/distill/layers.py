@@ -1,7 +1,8 @@
 """Which student layer is compared with which teacher layer, for hidden-state and attention terms.
 
-Layers are indices into a model's `hidden_states`: 0 is the embedding output, i the output of block
-i (1-based), L the last block. A mapping is one of:
+Layers are numbered as lmpipe/model/hidden_states.py numbers them, the same in every architecture:
+0 is the embedding output, i the output of block i (1-based), L the last block (after the final
+norm). A mapping is one of:
 
     all       block i <-> block i (equal depths only)
     last      L_s <-> L_t

@@ -29,6 +29,7 @@ from lmpipe.distill.teacher import CachedTeacher, TeacherSource
 from lmpipe.core.section import ConfigError
 from lmpipe.distill.params import DistillParams
 from lmpipe.distill.terms import ACTIVATION_TERMS, HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
+from lmpipe.model.hidden_states import ATTENTION_FREE, layer_states
 
 
 def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -38,6 +39,17 @@ def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if bool(targets.all()):
         return shifted.reshape(-1, *tensor.shape[2:])
     return shifted[targets]
+
+
+def _refuse_attention_free(dp: DistillParams, teacher: TeacherSource, student_config) -> None:
+    """attention_kl needs an attention map on both sides: mamba and hawk have none (an imported
+    teacher is checked here; lmpipe/params/arch_support.py refuses trained ones earlier)."""
+    teacher_config = getattr(getattr(teacher, "model", None), "config", None)
+    for side, config in (("student", student_config), ("teacher", teacher_config)):
+        if config is not None and config.model_type in ATTENTION_FREE:
+            raise ConfigError(f"distill.objective.attention_kl = {dp.objective['attention_kl']:g}: "
+                              f"the {side} ({config.model_type}) has no attention map to compare; "
+                              "set it to 0 (hidden_mse or hidden_cosine compare its layers)")
 
 
 class DistillObjective:
@@ -76,6 +88,7 @@ class DistillObjective:
                               "teacher_cache.hidden_layers")
         self.attention_blocks = ()
         if "attention_kl" in self.terms:
+            _refuse_attention_free(dp, teacher, student_config)
             if any(s == 0 or t == 0 for s, t in self.pairs):
                 raise ConfigError(f"distill.layers = {dp.layers!r}: layer 0 is the embedding "
                                   "output and has no attention map")
@@ -159,9 +172,13 @@ class DistillObjective:
                 diagnostics["cakld_confidence"] = options.confidence
             for term in logit_terms:
                 terms[term] = scale * LOGIT_LOSSES[term](log_p, log_q, options).sum()
+        # the same layer numbers for every architecture (lmpipe/model/hidden_states.py); DDP
+        # wraps the student, whose config is its module's
+        states = (layer_states(getattr(model, "module", model), batch.input_ids, out)
+                  if self.hidden_terms else ())
         for term in self.hidden_terms:
             loss = hidden_mse if term == "hidden_mse" else hidden_cosine
-            per_pair = [loss(projector(_at_targets(out.hidden_states[s], targets)),
+            per_pair = [loss(projector(_at_targets(states[s], targets)),
                              signals.hidden[t]).sum()
                         for (s, t), projector in zip(self.pairs, self.projectors)]
             terms[term] = torch.stack(per_pair).mean()

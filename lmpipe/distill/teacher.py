@@ -29,6 +29,7 @@ from lmpipe.distill.attention_kl import head_mean_rows
 from lmpipe.distill.cache.format import log_tempered_tail, top_k_with_missing
 from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.support import TeacherDistribution
+from lmpipe.model.hidden_states import layer_states
 from lmpipe.core.section import ConfigError
 
 
@@ -136,7 +137,8 @@ class LiveTeacher:
             tail = None if temperature == 1.0 else log_tempered_tail(logprobs, ids, temperature)
             distribution = TeacherDistribution(values, ids, missing, tail,
                                                None if tail is None else temperature)
-        hidden = {layer: out.hidden_states[layer][:, :-1][targets].float() for layer in hidden_layers}
+        states = layer_states(self.model, batch.input_ids, out) if hidden_layers else ()
+        hidden = {layer: states[layer][:, :-1][targets].float() for layer in hidden_layers}
         attention = {block: head_mean_rows(out.attentions[block - 1], targets)
                      for block in attention_layers}
         return TeacherSignals(distribution, hidden, attention)

@@ -70,6 +70,7 @@ from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 
 MAX_LOGITS = 1 << 26  # logits held at once (batch x width x vocabulary): 256 MB of float32
+RECURRENT = frozenset({"mamba", "recurrent_gemma"})  # config.model_type scored without a cache
 
 
 def world_info(db: PeopleDB) -> dict:
@@ -104,10 +105,13 @@ def continuation_logprobs(model, groups: list[tuple[list[int], list[list[int]]]]
     """ln P(continuation | context) for every continuation of every (context, continuations)
     group: the sum of the continuation tokens' log-probs.
 
-    A transformers model runs each context once and its continuations on the context's KV cache
-    (a fact's 24-50 candidates share a ~40-token prompt: ~5x fewer tokens); any other module
-    taking `input_ids` (the tests' crafted models) gets context + continuation whole."""
-    if isinstance(model, PreTrainedModel):
+    A transformers attention model runs each context once and its continuations on the
+    context's KV cache (a fact's 24-50 candidates share a ~40-token prompt: ~5x fewer tokens).
+    A recurrent model (mamba, hawk: RECURRENT) and any other module taking `input_ids` (the
+    tests' crafted models) get context + continuation whole, right-padded: their state is not
+    a cache `batch_select_indices` can copy per continuation (hawk keeps it in its modules),
+    and a causal recurrence never lets a pad after the continuation reach its scores."""
+    if isinstance(model, PreTrainedModel) and model.config.model_type not in RECURRENT:
         return _cached_logprobs(model, groups, pad_id, batch_size, vocab)
     pairs = [(c, t) for c, tails in groups for t in tails]
     flat = _whole_logprobs(model, [c for c, _ in pairs], [t for _, t in pairs], pad_id,

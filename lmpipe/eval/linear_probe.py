@@ -5,11 +5,12 @@ For every checkpoint of a run (`RUN/checkpoints/step_*/`) and its final model (`
 run each trained person's name through the model and keep the hidden state at the name's last
 token at every layer (transformers' `output_hidden_states`: layer 0 is the token embedding, layer k
 the residual stream after block k; the last layer is taken after the final RMSNorm, as transformers
-returns it). Then, per attribute and per layer, a multinomial logistic regression on standardized
-features is fit on 70% of the people and scored on the other 30%. People, not examples, are split:
-a test person's name was never seen by the probe, so a probe can only succeed if the model writes
-the attribute into the name's representation along directions shared across people ("born in
-Paris" is a direction), not if the probe memorizes people itself.
+returns it; Mamba's, which has no embedding entry, is re-indexed to match:
+lmpipe/model/hidden_states.py). Then, per attribute and per layer, a multinomial logistic
+regression on standardized features is fit on 70% of the people and scored on the other 30%.
+People, not examples, are split: a test person's name was never seen by the probe, so a probe can
+only succeed if the model writes the attribute into the name's representation along directions
+shared across people ("born in Paris" is a direction), not if the probe memorizes people itself.
 
 Context. The default (`bio`) is the opening of a biography, `{name}` after the BOS: two of the
 three biography templates start "{name} was born on ..." / "{name} is a graduate of ...", so the model
@@ -89,6 +90,7 @@ import torch
 from lmpipe.core import protocol
 from lmpipe.core.run_folder import LINEAR_PROBES_FILE
 from lmpipe.data.world import BIO_TEMPLATES
+from lmpipe.model.hidden_states import layer_states
 
 PROBE_FILE = LINEAR_PROBES_FILE
 CONTEXTS = ("bio", "question", "answer")
@@ -172,13 +174,16 @@ def last_token_states(model: torch.nn.Module, tokenizer, texts: Sequence[str],
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(list(texts[start:start + batch_size]))["input_ids"]
         width = max(len(ids) for ids in encoded)
-        # right padding and no attention mask: under causal attention a real token never sees the
-        # pads after it, so each row's last real state is exactly what the unpadded text gives
+        # right padding and no attention mask: under causal attention (or a recurrence) a real
+        # token never sees the pads after it, so each row's last real state is exactly what the
+        # unpadded text gives
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         for row, seq in enumerate(encoded):
             ids[row, :len(seq)] = torch.tensor(seq)
         last = torch.tensor([len(seq) - 1 for seq in encoded])
-        hidden = model(input_ids=ids.to(device), output_hidden_states=True).hidden_states
+        ids = ids.to(device)
+        # the same layer numbers for every architecture (a recurrent model is causal too)
+        hidden = layer_states(model, ids, model(input_ids=ids, output_hidden_states=True))
         rows, last = torch.arange(len(encoded), device=device), last.to(device)
         # one position per row from each layer (not a stack of every position of every layer)
         out.append(torch.stack([h[rows, last] for h in hidden], dim=1).float().cpu().numpy())

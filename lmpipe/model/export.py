@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmpipe.model.build import save_tokenizer
+from lmpipe.quant.float_linears import read_by_weight
 from lmpipe.quant.packing import (
     BITNET,
     INT8,
@@ -61,15 +62,18 @@ def _select_linears(model: nn.Module, skip_modules: list[str]
 
     Skipping matches as lmpipe.runs.quantize does (a skip string anywhere in the module name). A
     linear whose weight is shared with another module (lm_head tied to embed_tokens) is always
-    skipped: quantizing it would quantize the embedding too or break the tie."""
+    skipped: quantizing it would quantize the embedding too or break the tie; so is one the
+    architecture reads by weight (Mamba's dt_proj: lmpipe/quant/float_linears.py)."""
     owners: dict[int, int] = {}
     for _, param in model.named_parameters(remove_duplicate=False):
         owners[id(param)] = owners.get(id(param), 0) + 1
     targets, skipped = [], []
+    by_weight = read_by_weight(model)
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
-        if any(s in name for s in skip_modules) or owners.get(id(module.weight), 0) > 1:
+        if (any(s in name for s in skip_modules) or owners.get(id(module.weight), 0) > 1
+                or name in by_weight):
             skipped.append(name)
         else:
             targets.append((name, module))

@@ -1,20 +1,32 @@
 """Which stages run which architectures (`teacher.model.arch`, `student.model.arch`), and the
 refusals, before any compute, of what a stage cannot yet do with a model that is not llama.
 
-Works for mamba and hawk: training from scratch (`train@teacher`, `train@student`: causal
-attention, documents or windows, gradient accumulation, checkpoints and resume, the eval hook's
-recall and tool accuracy through each model's own cache) and the eval stage's validation loss,
-recall and tool accuracy. Refused, each with the key to change:
+Works for mamba and hawk:
+  train            from scratch (`train@teacher`, `train@student`): causal attention, documents
+                   or windows, gradient accumulation, checkpoints and resume, the eval hook's
+                   recall and tool accuracy through each model's own cache, and QAT (`qat`)
+  teacher_cache    a mamba or hawk teacher: top-k logits and hidden states
+  distill          any teacher/student pair of llama, mamba and hawk, cached or live: every logit
+                   term, and the hidden-state terms through layer maps, a layer number meaning
+                   the same place in every architecture (lmpipe/model/hidden_states.py)
+  quantize         BitLinear QAT or PTQ on the nn.Linear layers, packed ternary export and
+                   loading, the int8 baseline (Mamba's dt_proj, read by weight, stays float:
+                   lmpipe/quant/float_linears.py)
+  eval             validation loss, knowledge bits (a recurrent model scores each candidate by a
+                   whole forward: lmpipe/eval/knowledge.py), recall and tool accuracy, linear
+                   probes (layers numbered as for distillation)
+
+Refused, each with the key to change:
 
   train            attention: prefix_lm (a recurrent model reads tokens in order: no token can
-                   see a later one), probes (they hook Llama's attention and MLP), qat (BitLinear
-                   export is Llama's), compile (not yet verified on the recurrent scans)
-  teacher_cache    a non-llama teacher (hidden states and attention rows are indexed as Llama's)
-  distill          a non-llama teacher or student (layer maps, attention_kl)
-  quantize         a non-llama student (ternary export and packed loading are Llama's)
-  eval             knowledge bits (Llama's KV cache reused across continuations), linear
-                   probes (hidden-state indexing) and lm-eval harness tasks, for any non-llama
-                   model it evaluates
+                   see a later one), probes (they hook Llama's attention and MLP), compile (not
+                   yet verified on the recurrent scans)
+  teacher_cache    attention rows of a non-llama teacher (`teacher_cache.attention_layers`, or
+                   `distill.objective.attention_kl`, which auto caches them): it has no attention
+  distill          `distill.objective.attention_kl` when the teacher or the student is not llama
+                   (no attention map to compare)
+  eval             lm-eval harness tasks (`eval.harness_tasks`: not yet verified), for any
+                   non-llama model it evaluates
 
 `training_problems(p)` runs with every validation (the train sections are the runs' own);
 `stage_problems(p, stage)` runs where that stage starts and in the `validate` stage for every
@@ -40,7 +52,6 @@ REFUSED_SWITCHES = {  # train key -> (is it on?, why a non-llama model cannot ha
                    "reading tokens in order, cannot"), "causal"),
     "probes.enabled": (lambda tp: tp.probes.enabled,
                        "true: the probes hook Llama's attention and MLP modules", "false"),
-    "qat": (lambda tp: tp.qat, "true: the ternary export is Llama's so far", "false"),
     "compile": (lambda tp: tp.compile, "true: not yet verified on the recurrent scans", "false"),
 }
 
@@ -65,48 +76,31 @@ def training_problems(p: Params) -> Iterator[Problem]:
                               f"{expected} for arch {arch}")
 
 
-def _refuse(section: str, arch: str, stage: str, why: str, instead: str) -> Problem:
-    return Problem(f"{section}.model.arch", f"= {arch!r}: the {stage} stage supports llama only "
-                   f"so far ({why})", f"llama, or {instead}")
-
-
-def _knowledge_bits(p: Params) -> bool:
-    # lmpipe.runs.evaluation.measures_knowledge, without importing torch
-    if p.eval.knowledge_bits != "auto":
-        return p.eval.knowledge_bits
-    return p.data.source == "people" and (p.world.qa_dialogs or p.world.bios_per_person > 0)
-
-
 def stage_problems(p: Params, stage: str,
                    evaluated: Iterable[str] = ("teacher", "student")) -> Iterator[Problem]:
     """What `stage` cannot do with the architectures `p` asks for; `evaluated`: the sections
     whose models the eval stage scores (the distilled and quantized models are the student's)."""
     archs = dict(_trained(p))
-    without = "a pipeline without it (dvc repro train eval)"
-    if stage == "teacher_cache" and archs.get("teacher", "llama") != "llama":
-        yield _refuse("teacher", archs["teacher"], stage, "its hidden states and attention rows "
-                      "are indexed as Llama's", without)
-    if stage == "distill":
-        for section in ("teacher", "student"):
-            if archs.get(section, "llama") != "llama":
-                yield _refuse(section, archs[section], stage, "layer maps and attention_kl "
-                              "assume Llama's blocks", without)
-    if stage == "quantize" and archs.get("student", "llama") != "llama":
-        yield _refuse("student", archs["student"], stage, "the ternary export and packed "
-                      "loading are Llama's", without)
+    weight = p.distill.objective.get("attention_kl", 0)
+    if stage in ("teacher_cache", "distill") and weight > 0:
+        # teacher_cache too: with attention_layers auto it would cache the teacher's rows
+        for section in ("teacher", "student") if stage == "distill" else ("teacher",):
+            arch = archs.get(section, "llama")
+            if arch != "llama":
+                yield Problem("distill.objective.attention_kl", f"= {weight:g}, but "
+                              f"{section}.model.arch = {arch!r} has no attention map to compare",
+                              f"0 (hidden_mse or hidden_cosine instead) for arch {arch}")
+    listed = p.teacher_cache.attention_layers
+    if (stage == "teacher_cache" and archs.get("teacher", "llama") != "llama"
+            and isinstance(listed, list) and listed):
+        yield Problem("teacher_cache.attention_layers", f"= {listed!r}, but teacher.model.arch = "
+                      f"{archs['teacher']!r} has no attention", f"[] or auto for arch "
+                      f"{archs['teacher']}")
     if stage == "eval":
         for section, arch in archs.items():
             if arch == "llama" or section not in evaluated:
                 continue
             e = p.eval
-            if _knowledge_bits(p):
-                yield Problem("eval.knowledge_bits", f"on ({e.knowledge_bits!r} with facts in the "
-                              f"training text), but {section}.model.arch = {arch!r}: knowledge "
-                              "bits reuse Llama's KV cache across continuations",
-                              f"false for arch {arch}")
-            if e.linear_probe:
-                yield Problem("eval.linear_probe", f"true, but {section}.model.arch = {arch!r}: "
-                              "the probes index hidden states as Llama's", f"false for arch {arch}")
             if e.harness_tasks:
                 yield Problem("eval.harness_tasks", f"= {e.harness_tasks!r}, but "
                               f"{section}.model.arch = {arch!r}: lm-eval is not yet verified on "

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmpipe.quant.float_linears import check_qat_forward, read_by_weight
 from lmpipe.quant.ternary import ternarize
 
 
@@ -47,10 +48,14 @@ class BitLinear158(nn.Linear):
 
 def convert_to_bitlinear(model: nn.Module, skip_modules: list[str]) -> list[str]:
     """Turn every nn.Linear whose name matches none of `skip_modules` into a BitLinear158 in
-    place (the weights are kept); returns the converted names."""
+    place (the weights are kept); returns the converted names. Linears the architecture reads by
+    weight stay nn.Linear (lmpipe/quant/float_linears.py)."""
+    check_qat_forward(model)
+    by_weight = read_by_weight(model)
     converted = []
     for name, module in model.named_modules():
-        if type(module) is nn.Linear and not any(s in name for s in skip_modules):
+        if (type(module) is nn.Linear and not any(s in name for s in skip_modules)
+                and name not in by_weight):
             module.__class__ = BitLinear158  # same parameters, new forward
             converted.append(name)
     if not converted:

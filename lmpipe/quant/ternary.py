@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from lmpipe.quant.float_linears import read_by_weight
+
 EPS = 1e-5
 
 
@@ -21,10 +23,13 @@ def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def quantize_ternary_(model: torch.nn.Module, skip: list[str]) -> dict[str, float]:
-    """Replace every nn.Linear weight (names not matching `skip`) with its ternary approximation."""
+    """Replace every nn.Linear weight (names not matching `skip`, none the architecture reads by
+    weight: lmpipe/quant/float_linears.py) with its ternary approximation."""
     scales: dict[str, float] = {}
+    by_weight = read_by_weight(model)
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or any(s in name for s in skip):
+        if (not isinstance(module, torch.nn.Linear) or any(s in name for s in skip)
+                or name in by_weight):
             continue
         codes, gamma = ternarize(module.weight)
         module.weight.copy_(codes * gamma)

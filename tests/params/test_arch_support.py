@@ -23,7 +23,6 @@ def params(**models) -> Params:
 @pytest.mark.parametrize("switch, key", [
     ({"attention": "prefix_lm"}, "teacher.train.attention = 'prefix_lm'"),
     ({"probes": {"enabled": True}}, "teacher.train.probes.enabled: true"),
-    ({"qat": True}, "teacher.train.qat: true"),
     ({"compile": True}, "teacher.train.compile: true"),
 ])
 def test_a_recurrent_models_own_run_refuses_llama_only_switches(switch, key):
@@ -37,29 +36,46 @@ def test_training_and_eval_of_a_recurrent_teacher_are_not_refused():
     assert list(stage_problems(p, "train")) == [] and list(stage_problems(p, "eval")) == []
 
 
-def test_stages_that_need_llama_name_the_arch_key_and_the_stage():
-    lines = [problem.line("params.yaml") for problem in pipeline_problems(params(teacher="mamba",
-                                                                                 student="hawk"))]
-    without = "expected llama, or a pipeline without it (dvc repro train eval)"
-    distill = "(layer maps and attention_kl assume Llama's blocks)"
-    assert lines == [
-        ("params.yaml: teacher.model.arch = 'mamba': the teacher_cache stage supports llama only "
-         f"so far (its hidden states and attention rows are indexed as Llama's); {without}"),
-        (f"params.yaml: teacher.model.arch = 'mamba': the distill stage supports llama only so "
-         f"far {distill}; {without}"),
-        (f"params.yaml: student.model.arch = 'hawk': the distill stage supports llama only so far "
-         f"{distill}; {without}"),
-        ("params.yaml: student.model.arch = 'hawk': the quantize stage supports llama only so far "
-         f"(the ternary export and packed loading are Llama's); {without}")]
+@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+def test_qat_of_a_recurrent_model_is_not_refused(arch):
+    validate_params({"teacher": {"model": {"arch": arch}, "train": {"qat": True}}})
+
+
+def test_every_stage_after_training_runs_recurrent_models():
+    """teacher_cache, distill and quantize run any pair of archs (lmpipe/model/hidden_states.py,
+    lmpipe/quant/float_linears.py)."""
+    for teacher, student in (("mamba", "hawk"), ("llama", "mamba"), ("hawk", "llama")):
+        assert pipeline_problems(params(teacher=teacher, student=student)) == []
     assert pipeline_problems(params()) == []
 
 
-def test_eval_refuses_knowledge_bits_probes_and_harness_for_the_models_it_scores():
+def test_attention_kl_and_cached_attention_rows_are_refused_for_an_attention_free_model():
+    p = Params.model_validate({**TOOL_ONLY, "teacher": {"model": {"arch": "hawk"}},
+                               "student": {"model": {"arch": "mamba"}},
+                               "distill": {"objective": {"forward_kl": 1.0, "attention_kl": 0.5},
+                                           "layers": "last"},
+                               "teacher_cache": {"attention_layers": [2]}})
+    lines = [problem.line("params.yaml") for problem in pipeline_problems(p, ("teacher_cache",
+                                                                              "distill"))]
+    fix = "expected 0 (hidden_mse or hidden_cosine instead) for arch"
+    assert lines == [
+        ("params.yaml: distill.objective.attention_kl = 0.5, but teacher.model.arch = 'hawk' has "
+         f"no attention map to compare; {fix} hawk"),
+        ("params.yaml: teacher_cache.attention_layers = [2], but teacher.model.arch = 'hawk' has "
+         "no attention; expected [] or auto for arch hawk"),
+        ("params.yaml: distill.objective.attention_kl = 0.5, but student.model.arch = 'mamba' has "
+         f"no attention map to compare; {fix} mamba")]
+    llama = Params.model_validate({**TOOL_ONLY, "distill": p.distill.model_dump(),
+                                   "teacher_cache": {"attention_layers": [2]}})
+    assert pipeline_problems(llama, ("teacher_cache", "distill")) == []
+
+
+def test_eval_refuses_only_harness_tasks_for_the_recurrent_models_it_scores():
     p = Params.model_validate({"teacher": {"model": {"arch": "mamba"}},
-                               "world": {"qa_dialogs": True},
-                               "eval": {"linear_probe": True, "harness_tasks": ["people"]}})
+                               "world": {"qa_dialogs": True}, "eval": {"knowledge_bits": True,
+                               "linear_probe": True, "harness_tasks": ["people"]}})
     with pytest.raises(ConfigError) as caught:
         refuse_unsupported(p, "eval", "params.yaml", evaluated={"teacher"})
     keys = [line.split(":")[1].split()[0] for line in str(caught.value).splitlines()]
-    assert keys == ["eval.knowledge_bits", "eval.linear_probe", "eval.harness_tasks"]
+    assert keys == ["eval.harness_tasks"]  # knowledge bits and linear probes run
     refuse_unsupported(p, "eval", "params.yaml", evaluated={"student"})  # a llama: fine

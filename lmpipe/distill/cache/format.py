@@ -78,7 +78,8 @@ def log_tempered_tail(logprobs: torch.Tensor, ids: torch.Tensor, temperature: fl
 @dataclass(frozen=True)
 class CacheSpec:
     """What to store: k, the log-prob encoding, the shard size and the hidden layers to keep
-    (indices into the model's `hidden_states`: 0 is the embedding output, L the last layer) and
+    (0 is the embedding output, L the last layer, in every architecture:
+    lmpipe/model/hidden_states.py) and
     the blocks whose attention rows to keep (1..L)."""
 
     top_k: int

@@ -32,6 +32,7 @@ from lmpipe.distill.cache.format import (
     top_k_with_missing,
 )
 from lmpipe.core.artifacts import file_sha256
+from lmpipe.model.hidden_states import layer_states
 
 
 def attention_row_lengths(split: TokenSplit) -> np.ndarray:
@@ -167,8 +168,9 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
         if tail:
             columns["tail"] = log_tempered_tail(logp, ids, spec.temperature).numpy().astype(
                 MISSING_DTYPES[spec.logprobs])
+        states = layer_states(model, batch.input_ids, out_) if spec.hidden_layers else ()
         for layer in spec.hidden_layers:
-            columns[f"hidden{layer}"] = out_.hidden_states[layer][:, :-1][real].float().numpy(
+            columns[f"hidden{layer}"] = states[layer][:, :-1][real].float().numpy(
             ).astype(HIDDEN_DTYPES[spec.hidden_dtype])
         ragged, row_lengths = {}, None
         if spec.attention_layers:
