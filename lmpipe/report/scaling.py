@@ -15,6 +15,13 @@ measured more than once is then only ever the replicates of one model (a sweep w
 shows their mean, and their lowest and highest measurement in the tooltip and the table. Every
 model not on the map (all of them on the default run, where the distilled, QAT, PTQ and int8
 models share the scratch student's size) is one labelled point of its own in a per-model chart.
+
+Architectures (`model.arch`: llama, mamba, hawk) are compared side by side, never averaged: each
+model's arch is its section's (`teacher.model.arch` for the teacher, `student.model.arch` for the
+student and the models made from it; a point's override first, llama when the run does not say,
+as a llama section's dump omits it). When the models differ in arch, the knowledge chart and the
+accuracy map get one panel per arch and the per-model chart names each model's arch
+(recipes/in-tool-learning/archs.yaml sweeps them at matched parameter counts).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ MODEL_ORDER = ["teacher", "student", "model", "distilled", "quantized", "quantiz
 MODEL_RANK = {m: i for i, m in enumerate(MODEL_ORDER)}
 MAX_NAMED = 12       # the knowledge chart names its points when outside a sweep and this few
 MAX_MODEL_ROWS = 40   # the per-model chart shows at most this many (group, model) rows
+DEFAULT_ARCH = "llama"  # a run that does not name its arch (every run before issue 19) is llama
 ACCURACY_SCHEME = "yellowgreenblue"
 
 MODELS_SQL = """
@@ -117,7 +125,23 @@ def load(src: Source) -> pd.DataFrame:
                        for s, p in zip(models["sweep"], models["point"])]
     groups = dict(zip(src.run_groups["run_id"], src.run_groups["group_id"]))
     models["group_id"] = [groups.get(r, r) for r in models["run_id"]]
+    models["arch"] = arch_column(src, models)
     return models.reset_index(drop=True)
+
+
+def arch_column(src: Source, models: pd.DataFrame) -> list[str]:
+    """Each model's architecture: the teacher's from `teacher.model.arch`, every other model's
+    (the student and what is distilled or quantized from it) from `student.model.arch`."""
+    sections = {"teacher": src.param_per_run("teacher.model.arch"),
+                "student": src.param_per_run("student.model.arch")}
+    return [label(sections["teacher" if model == "teacher" else "student"].get(run_id))
+            or DEFAULT_ARCH for run_id, model in zip(models["run_id"], models["model"])]
+
+
+def archs_of(models: pd.DataFrame) -> list[str]:
+    """The architectures among `models`, llama first then in order of appearance."""
+    found = list(dict.fromkeys(models["arch"])) if "arch" in models else []
+    return sorted(found, key=lambda a: a != DEFAULT_ARCH)
 
 
 def map_kind(models: pd.DataFrame) -> str | None:
@@ -149,14 +173,18 @@ def model_rows(models: pd.DataFrame) -> pd.DataFrame:
         subset = models[models[world] & models[column].notna()]
         for (group, model), g in subset.groupby(["group_id", "model"], sort=False):
             rows.append({"group": group, "model": model, "panel": title,
+                         "arch": g["arch"].iloc[0] if "arch" in g else DEFAULT_ARCH,
                          "value": g[column].mean(), "lo": g[column].min(), "hi": g[column].max(),
                          "n": len(g), "parameters": g["parameters"].iloc[0],
                          "facts": g["facts"].iloc[0]})
-    frame = pd.DataFrame(rows, columns=["group", "model", "panel", "value", "lo", "hi", "n",
-                                        "parameters", "facts"])
+    frame = pd.DataFrame(rows, columns=["group", "model", "panel", "arch", "value", "lo", "hi",
+                                        "n", "parameters", "facts"])
     several = frame["group"].nunique() > 1
-    frame["label"] = [f"{m} ({p:,.0f} params)" + (f" · {g}" if several else "")
-                      for m, p, g in zip(frame["model"], frame["parameters"], frame["group"])]
+    archs = frame["arch"].nunique() > 1  # name the arch only when it tells models apart
+    frame["label"] = [f"{m}{f' [{a}]' if archs else ''} ({p:,.0f} params)"
+                      + (f" · {g}" if several else "")
+                      for m, a, p, g in zip(frame["model"], frame["arch"], frame["parameters"],
+                                            frame["group"])]
     frame["text"] = [f"{v:.3f}" if n <= 1 or lo == hi else f"{v:.3f} ({lo:.3f}–{hi:.3f})"
                      for v, lo, hi, n in zip(frame["value"], frame["lo"], frame["hi"], frame["n"])]
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
@@ -176,7 +204,7 @@ def model_chart(rows: pd.DataFrame) -> alt.TopLevelMixin:
             continue
         y = alt.Y("label:N", sort=labels, title="model (parameters)")
         x = alt.X("value:Q", title=units.title(column), scale=alt.Scale(domain=[0, 1]))
-        tooltip = [alt.Tooltip("group:N", title="eval run"), "model:N",
+        tooltip = [alt.Tooltip("group:N", title="eval run"), "model:N", "arch:N",
                    alt.Tooltip("parameters:Q", format=","), alt.Tooltip("facts:Q", format=","),
                    alt.Tooltip("value:Q", title="mean accuracy", format=".4f"),
                    alt.Tooltip("lo:Q", title="min", format=".4f"),
@@ -202,7 +230,8 @@ def _facts_color(values: pd.Series) -> alt.Color:
                      scale=alt.Scale(type="log", scheme="viridis"))
 
 
-def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
+def knowledge_chart(models: pd.DataFrame, title: str = "knowledge bits against parameters",
+                    width: int = 620) -> alt.TopLevelMixin:
     """Knowledge bits against parameters, log-log, with the 2 bits/param line."""
     low, high = models["parameters"].min() / 1.5, models["parameters"].max() * 1.5
     line = pd.DataFrame({"parameters": [low, high], "bits": [BITS_PER_PARAM * low,
@@ -219,7 +248,7 @@ def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
     points = alt.Chart(models).mark_point(filled=True, size=70, opacity=0.85).encode(
         x=x, y=y, color=_facts_color(models["facts"]),
         shape=alt.Shape("mode:N", title="mode"),
-        tooltip=[alt.Tooltip("run_id:N", title="eval run"), "model:N",
+        tooltip=[alt.Tooltip("run_id:N", title="eval run"), "model:N", "arch:N",
                  alt.Tooltip("where:N", title="sweep point"), "mode:N",
                  alt.Tooltip("parameters:Q", format=","), alt.Tooltip("facts:Q", format=","),
                  alt.Tooltip("knowledge_bits:Q", format=",.1f"),
@@ -239,8 +268,7 @@ def knowledge_chart(models: pd.DataFrame) -> alt.TopLevelMixin:
         layers.append(alt.Chart(labels).mark_text(
             align="left", baseline="top", dx=8, dy=-6, fontSize=10, color="#333",
             lineBreak="\n").encode(x=x, y=y, text="text:N"))
-    return alt.layer(*layers).properties(width=620, height=400,
-                                         title="knowledge bits against parameters")
+    return alt.layer(*layers).properties(width=width, height=400, title=title)
 
 
 def contour_panel(models: pd.DataFrame, column: str, title: str) -> tuple[alt.LayerChart, dict]:
@@ -333,7 +361,16 @@ def build(src: Source) -> Page:
                      "trains tool use, not recall, stores nothing in the weights): nothing to draw "
                      "on a log scale.</p>")
         else:
-            page.chart("knowledge", knowledge_chart(positive))
+            archs = archs_of(positive)
+            if len(archs) > 1:
+                # side by side on shared axes: one arch's capacity beside another's
+                page.chart("knowledge", alt.hconcat(*(
+                    knowledge_chart(positive[positive["arch"] == a],
+                                    f"knowledge bits against parameters: {a}", width=330)
+                    for a in archs)).resolve_scale(x="shared", y="shared", color="shared",
+                                                   shape="shared"))
+            else:
+                page.chart("knowledge", knowledge_chart(positive))
             if dropped:
                 page.add(note(f"{dropped} of {len(bits)} models store 0 bits and are not drawn "
                               "(log scale)."))
@@ -353,40 +390,56 @@ def build(src: Source) -> Page:
     on_map = models["model"] == kind
     if kind is not None:
         page.add("<h2>Accuracy over parameters × facts, with and without the tool</h2>")
-    panels, infos = [], []
-    for key, column, world, title in PANELS if kind is not None else []:
-        subset = models[on_map & models[world] & models[column].notna()
-                        & models["facts"].notna() & (models["parameters"] > 0)]
-        if subset.empty:
-            infos.append((key, title, None))
-            continue
-        chart, info = contour_panel(subset, column, title)
-        panels.append(chart)
-        infos.append((key, title, info))
-    if panels:
-        add_map(page, kind, panels, infos)
-    elif model_rows(models).empty:
+    archs = archs_of(models[on_map])
+    mapped = False
+    # one map per arch: a cell averaging an attention model with a recurrent one of the same size
+    # would be no model at all
+    for arch in archs if kind is not None else []:
+        panels, infos = [], []
+        for key, column, world, title in PANELS:
+            subset = models[on_map & (models["arch"] == arch) & models[world]
+                            & models[column].notna() & models["facts"].notna()
+                            & (models["parameters"] > 0)]
+            if subset.empty:
+                infos.append((key, title, None))
+                continue
+            chart, info = contour_panel(subset, column,
+                                        title if len(archs) == 1 else f"{arch}: {title}")
+            panels.append(chart)
+            infos.append((key, title, info))
+        if panels:
+            add_map(page, kind, panels, infos, arch if len(archs) > 1 else None,
+                    explain=not mapped)
+            mapped = True
+    if not mapped and model_rows(models).empty:
         page.add("<p>No evaluated model has <code>recall</code> or <code>tool_accuracy</code> on "
                  "trained people yet.</p>")
-    add_model_chart(page, models[~on_map] if panels else models, mapped=kind if panels else None)
+    add_model_chart(page, models[~on_map] if mapped else models, mapped=kind if mapped else None)
     return page
 
 
-def add_map(page: Page, kind: str, panels: list[alt.LayerChart], infos: list[tuple]) -> None:
+def add_map(page: Page, kind: str, panels: list[alt.LayerChart], infos: list[tuple],
+            arch: str | None = None, explain: bool = True) -> None:
     """The accuracy map of the `kind` models (one panel with the tool, one without), its notes,
-    how to read it and its lattice tables."""
+    how to read it and its lattice tables; `arch`: the map is that architecture's, one of
+    several on the page (its chart `contours-<arch>`); `explain`: add how to read it (once a
+    page)."""
+    prefix = f"{arch}: " if arch is not None else ""
     chart = alt.hconcat(*panels).resolve_scale(color="shared")
-    page.chart("contours", chart)
-    page.add(note(f"The map is drawn from the <em>{esc(kind)}</em> models only: models of one "
+    if arch is not None:
+        page.add(f"<h3>{esc(arch)}</h3>")
+    page.chart("contours" if arch is None else f"contours-{arch}", chart)
+    what = esc(kind) if arch is None else f"{esc(kind)} [{esc(arch)}]"
+    page.add(note(f"The map is drawn from the <em>{what}</em> models only: models of one "
                   "kind, trained the same way, so that a cell averages only replicates."))
     for key, title, info in infos:
         if info is None:
             what = ("trained with tool dialogs (world.tool_dialogs)" if key == "tool"
                     else "trained with question/answer dialogs (world.qa_dialogs)")
-            page.add(note(f"<em>{title}</em>: no model {what} has this accuracy yet."))
+            page.add(note(f"<em>{prefix}{title}</em>: no model {what} has this accuracy yet."))
             continue
         nx, ny = info["nodes"]
-        text = (f"<em>{title}</em>: {info['models']} models on a {nx} × {ny} lattice of "
+        text = (f"<em>{prefix}{title}</em>: {info['models']} models on a {nx} × {ny} lattice of "
                 f"(parameters, facts), {info['measured']} cells measured, "
                 f"{info['missing']} missing")
         if nx < 2 or ny < 2:
@@ -394,6 +447,17 @@ def add_map(page: Page, kind: str, panels: list[alt.LayerChart], infos: list[tup
         elif not info["lines"]:
             text += "; no contour level is crossed"
         page.add(note(text + "."))
+    if explain:
+        add_map_howto(page)
+    for key, title, info in infos:
+        if info is not None and len(info["grid"]) <= 16 and len(info["grid"].columns) <= 17:
+            spread = " (min–max where measured more than once)" if info["spread"] else ""
+            page.add(f"<h3>{esc(prefix)}{title}: mean accuracy per lattice cell{spread}</h3>",
+                     table(info["grid"]))
+
+
+def add_map_howto(page: Page) -> None:
+    """How to read the accuracy map."""
     page.add(howto(
         "Each panel is a map of accuracy over model size (x, parameters) and world size (y, "
         "facts = people × 6), both on log scales. The coloured cells are the measured lattice "
@@ -406,11 +470,6 @@ def add_map(page: Page, kind: str, panels: list[alt.LayerChart], infos: list[tup
         "(twice the parameters hold twice the facts); with the tool, accuracy should not depend "
         "on the number of facts, so its lines run vertically (only size matters) or are absent "
         "(every size answers). Compare where the 0.5 line sits in the two panels."))
-    for key, title, info in infos:
-        if info is not None and len(info["grid"]) <= 16 and len(info["grid"].columns) <= 17:
-            spread = " (min–max where measured more than once)" if info["spread"] else ""
-            page.add(f"<h3>{title}: mean accuracy per lattice cell{spread}</h3>",
-                     table(info["grid"]))
 
 
 def add_model_chart(page: Page, models: pd.DataFrame, mapped: str | None) -> None:
