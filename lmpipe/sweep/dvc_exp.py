@@ -46,7 +46,11 @@ def sweep_dir(project: Path, grid: Grid) -> Path:
 
 
 def exp_command(grid: Grid, point: Point, exp_name: str, queue: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "dvc", "exp", "run", "--queue" if queue else "--temp",
+    # points share the project's repo lock for the moments DVC sets up and saves an experiment;
+    # on a loaded machine DVC's default (a few retries, then "Unable to acquire lock") failed a
+    # healthy point, so a point waits its turn instead
+    command = [sys.executable, "-m", "dvc", "--wait-for-lock", "exp", "run",
+               "--queue" if queue else "--temp",
                "-n", exp_name, str(grid.pipeline)]
     for key, value in point.overrides.items():
         # `++`: set the key whether or not the params file spells it out (Hydra override syntax)
