@@ -51,12 +51,17 @@ $(TEST_STAMP): $(STAMP)
 	  >/dev/null 2>&1; } || echo "chromium not installed: tests/report/test_report_browser.py will skip"
 	@touch $(TEST_STAMP)
 
+# The stages run in one warm interpreter (lmpipe/core/warm_server.py): torch and transformers are
+# imported once instead of once a stage. Plain `dvc repro` runs the same stages, each in a fresh
+# process.
 run: $(STAMP)
-	dvc repro
+	python -m lmpipe.core.warm_server -- dvc repro
 	@echo "report: $(CURDIR)/reports/index.html"
 
+# One pytest worker a core (at most 4), a test file to a worker (its module fixtures built once);
+# tests/conftest.py gives each worker one torch thread and sends the longest files first.
 test: $(TEST_STAMP)
-	python -m pytest
+	python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 clean:
 	rm -rf data runs store metrics reports/*.html

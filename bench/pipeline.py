@@ -2,7 +2,8 @@
 headline figures with their spread over seeds.
 
 Copies the project into a fresh temporary DVC workspace (no cache, no outputs), runs one `dvc
-repro` there, as `make run` does, and prints a table of wall times, the eval
+repro` there as `make run` does (under the warm stage server, lmpipe/core/warm_server.py;
+`--fresh-processes` for plain `dvc repro`, every stage importing torch itself), and prints a table of wall times, the eval
 headline, and each quantized model's size and accuracy against its float twin.
 
 Beside each cold run it times nanoGPT's CPU Shakespeare run (../shared/anchors/README.md's command,
@@ -97,8 +98,10 @@ def params_for(base: dict[str, Any], overrides: list[str], seed: int | None) -> 
     return tree
 
 
-def run_once(work: Path, params: dict[str, Any], label: str) -> dict[str, Any]:
-    """Run the pipeline cold in `work`; return its stage timings, eval table and exports."""
+def run_once(work: Path, params: dict[str, Any], label: str,
+             fresh_processes: bool = False) -> dict[str, Any]:
+    """Run the pipeline cold in `work` (under the warm stage server as `make run` does, or with
+    `fresh_processes` plain `dvc repro`); return its stage timings, eval table and exports."""
     work.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         src = ROOT / name
@@ -124,7 +127,9 @@ def run_once(work: Path, params: dict[str, Any], label: str) -> dict[str, Any]:
             print(f"{current:>15}: {timings[current]:7.1f} s", flush=True)
 
     with open(work / "bench.log", "w") as log:
-        process = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE,
+        command = ["dvc", "repro"] if fresh_processes else \
+            [sys.executable, "-m", "lmpipe.core.warm_server", "--", "dvc", "repro"]
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             log.write(line)
@@ -341,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a seconds-long configuration, to try the bench (not for figures)")
     parser.add_argument("--no-nanogpt", action="store_true",
                         help="do not time nanoGPT's Shakespeare run beside each run")
+    parser.add_argument("--fresh-processes", action="store_true",
+                        help="plain `dvc repro` (each stage in a fresh process) instead of "
+                             "`make run`'s warm stage server")
     parser.add_argument("--out", type=Path, help="write the raw figures of every run as JSON")
     parser.add_argument("--from", dest="source", type=Path,
                         help="read the figures from a previous --out file instead of running")
@@ -373,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 work = Path(tempfile.mkdtemp(prefix="lmpipe-bench-"))
             label = f"seed {seed}" if seed is not None else "run"
-            run = run_once(work, params, label)
+            run = run_once(work, params, label, args.fresh_processes)
             if nano is not None:
                 run["nanogpt_s"] = nanogpt_reference(nano, run["total_s"])
             results["runs"].append({"seed": seed if seed is not None else 0, **run})

@@ -80,6 +80,8 @@ if __name__ == "__main__":
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
+from lmpipe.core.warm_server import stage_server  # noqa: E402
+
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
 def run_stage(stage: str, workdir: str) -> str:
@@ -117,8 +119,9 @@ def pipeline(workdir: str = str(PROJECT)) -> list[str]:
     get_run_logger().info(f"{len(order) - len(todo)} of {len(order)} stages up to date; "
                           f"running {', '.join(todo) or 'nothing'}")
     done = []
-    for stage in todo:
-        done.append(run_stage(stage, str(root)))
+    with stage_server():  # torch and transformers imported once for every stage, not once each
+        for stage in todo:
+            done.append(run_stage(stage, str(root)))
     metrics = root / "metrics" / "eval.json"
     if metrics.is_file():
         create_markdown_artifact(key="lmpipe-eval", markdown=eval_markdown(

@@ -8,7 +8,7 @@ import os
 
 __version__ = "0.1.0"
 
-_OFFLINE_DEFAULTS = {
+OFFLINE_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -16,5 +16,5 @@ _OFFLINE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
-for _key, _value in _OFFLINE_DEFAULTS.items():
+for _key, _value in OFFLINE_DEFAULTS.items():
     os.environ.setdefault(_key, _value)

@@ -18,4 +18,10 @@ while [ -z "$py" ] && [ -n "$dir" ]; do
 done
 stage=$1
 shift
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "${py:-python}" -m "stages.$stage" "$@"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# With a warm stage server (lmpipe/core/warm_server.py: torch and transformers imported once),
+# the stage runs in a child forked from it; the client falls back to a fresh process by itself.
+if [ -n "${LMPIPE_STAGE_SERVER:-}" ] && [ -S "$LMPIPE_STAGE_SERVER" ]; then
+    exec "${py:-python}" -S "$root/lmpipe/core/warm_client.py" "$stage" "$@"
+fi
+exec "${py:-python}" -m "stages.$stage" "$@"

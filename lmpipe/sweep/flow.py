@@ -26,6 +26,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from lmpipe.core.paths import REPORTS, RUNS, STORE
+from lmpipe.core.warm_server import stage_server
 from lmpipe.sweep.dvc_exp import pipeline_visible, run_point, sweep_dir
 from lmpipe.sweep.grid import Grid, Point, load_grid
 
@@ -107,7 +108,8 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
     logger.info("sweep %s: %d points, %d at a time, %d retries", grid.sweep_id,
                 len(grid.points), jobs, grid.retries)
     run = sweep_point.with_options(retries=grid.retries)
-    with pipeline_visible(root, grid.pipeline, grid.sweep_id):
+    # the points' stages fork from one warm interpreter (torch and transformers imported once)
+    with pipeline_visible(root, grid.pipeline, grid.sweep_id), stage_server():
         futures = {run.submit(str(root), grid, p, threads): p for p in grid.points}
         for future in as_completed(list(futures)):
             point = futures[future]
