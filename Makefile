@@ -61,7 +61,7 @@ run: $(STAMP)
 # One pytest worker a core (at most 4), a test file to a worker (its module fixtures built once);
 # tests/conftest.py gives each worker one torch thread and sends the longest files first.
 test: $(TEST_STAMP)
-	python -m pytest -n auto --maxprocesses 4 --dist loadfile
+	python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf data runs store metrics reports/*.html
