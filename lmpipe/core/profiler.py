@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from lmpipe.core.archs import model_type
+
 PHASES = ("data", "forward_backward", "optimizer", "logging", "eval")
 
 
@@ -122,7 +124,8 @@ def _hawk_matmuls(config: Any) -> int:
 
 
 # model_type -> weights per block in matrix multiplies, for the models without attention
-RECURRENT_MATMULS = {"mamba": _mamba_matmuls, "recurrent_gemma": _hawk_matmuls}
+# (the recurrent architectures of lmpipe/core/archs.py)
+RECURRENT_MATMULS = {model_type("mamba"): _mamba_matmuls, model_type("hawk"): _hawk_matmuls}
 
 
 def flops_per_token(config: Any, seq_len: int) -> float:

@@ -79,7 +79,11 @@ def import_time_env(env: dict[str, str]) -> dict[str, str]:
 def _stage_import_env(env: dict[str, str]) -> dict[str, str]:
     """The import-time environment a stage started with `env` has once `import lmpipe` has
     filled in its offline defaults (before anything else is imported)."""
-    return import_time_env({**OFFLINE_DEFAULTS, **env})
+    found = import_time_env({**OFFLINE_DEFAULTS, **env})
+    # Python's own meaning: PYTHONHASHSEED=random draws the hash seed as if it were unset
+    if found.get("PYTHONHASHSEED") == "random":
+        del found["PYTHONHASHSEED"]
+    return found
 
 
 # taken before the preload: importing torch sets some of these variables itself
@@ -97,6 +101,7 @@ _INTERPRETER_PATH = _interpreter_path()
 
 
 def preload() -> None:
+    """Import the heavy third-party modules every stage needs (PRELOAD), once, in the server."""
     for name in PRELOAD:
         try:
             importlib.import_module(name)

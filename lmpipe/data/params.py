@@ -23,6 +23,21 @@ class WorldParams(Section):
     bios_per_person: int = Field(0, ge=0)
     qa_dialogs: bool = False
     tool_dialogs: bool = True
+    conversations_per_person: int = Field(0, ge=0, description="multi-turn conversations about each "
+                                          "person: conversation_turns questions in turn, through "
+                                          "the tool (tool_dialogs) or else from memory (qa_dialogs)")
+    conversation_turns: int = Field(3, ge=2, le=6, description="questions in a conversation, each "
+                                    "a different attribute of its person")
+    tool_error_rate: float = Field(0.0, ge=0.0, lt=1.0, description="share of tool rounds (dialogs "
+                                   "and conversations) whose first query gets a transient "
+                                   "'ERROR: busy' reply, which the model learns to retry")
+
+    @model_validator(mode="after")
+    def _conversations_need_dialogs(self) -> "WorldParams":
+        if self.conversations_per_person and not (self.tool_dialogs or self.qa_dialogs):
+            raise ValueError("conversations_per_person: a conversation is tool or Q&A rounds; "
+                             "expected tool_dialogs or qa_dialogs true")
+        return self
 
 
 class DataParams(Section):

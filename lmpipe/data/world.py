@@ -1,7 +1,8 @@
 """The synthetic people world: the default experiment's data, generated from a seed.
 
 Each person has a unique full name and six attributes. Trained people appear in biographies,
-question/answer dialogs and tool dialogs; held-out people exist only in the database, so accuracy
+question/answer dialogs, tool dialogs and multi-turn conversations (several of their attributes
+asked in turn; with `tool_error_rate`, some tool rounds meet a busy database and retry); held-out people exist only in the database, so accuracy
 on them measures tool use, not memory. Generation is a pure function of `WorldParams`.
 
 The split is made here, at the level of people, not later per document: a fact the evaluator
@@ -180,10 +181,24 @@ def _render(person: Person, params: WorldParams, rng: random.Random,
             docs.append({"kind": "qa", "name": person.name, "attribute": attribute, "split": split,
                          "facts": fact, "text": protocol.qa_dialog(attribute, person.name, answer)})
         if params.tool_dialogs:
+            text = protocol.conversation([protocol.Round(attribute, person.name, answer,
+                                                         _failures(params, rng))], with_tool=True)
             docs.append({"kind": "tool", "name": person.name, "attribute": attribute,
-                         "split": split, "facts": fact,
-                         "text": protocol.tool_dialog(attribute, person.name, answer)})
+                         "split": split, "facts": fact, "text": text})
+    for _ in range(params.conversations_per_person):
+        asked = rng.sample(protocol.ATTRIBUTES, params.conversation_turns)
+        rounds = [protocol.Round(a, person.name, person.value(a), _failures(params, rng))
+                  for a in asked]
+        docs.append({"kind": "conversation", "name": person.name, "attributes": asked,
+                     "split": split, "facts": {a: person.value(a) for a in asked},
+                     "text": protocol.conversation(rounds, with_tool=params.tool_dialogs)})
     return docs
+
+
+def _failures(params: WorldParams, rng: random.Random) -> int:
+    """Busy replies before a tool round's answer: one with probability world.tool_error_rate.
+    Draws nothing at rate 0, so a world without tool errors is the one rendered before them."""
+    return int(rng.random() < params.tool_error_rate) if params.tool_error_rate else 0
 
 
 def documents(people: list[Person], params: WorldParams) -> Iterator[dict]:

@@ -1,12 +1,20 @@
-"""`lmpipe generate` and `lmpipe probe`: a saved model's text (with the tool) and linear probes."""
+"""`lmpipe generate` and `lmpipe probe`: a saved model's text (with the tool), an interactive chat
+that keeps its conversation's KV in a prefix cache between turns, and linear probes."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from lmpipe.core.command import Command
 from lmpipe.core.paths import WORLD
+
+if TYPE_CHECKING:
+    from lmpipe.eval.generate import Generation, Sampling
+    from lmpipe.eval.prefix_cache import PrefixCache
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,12 +22,18 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
                    "(e.g. runs/teacher/model, runs/quantize/model)")
     p.add_argument("prompt", nargs="?", default="",
                    help="text to continue, or with --db/--chat the question to answer "
-                   "(default: empty, i.e. generate from the start of a document)")
+                   "(default: empty, i.e. generate from the start of a document; with --chat: "
+                   "an interactive chat)")
     p.add_argument("--db", help="a people.duckdb (e.g. data/world/people.duckdb): the prompt is a "
                    "question and the model's tool calls are answered from this database "
                    "(default: no tool)")
     p.add_argument("--chat", action="store_true", help="the prompt is a question in a dialog "
-                   "turn, answered from memory without the tool (default: plain continuation)")
+                   "turn, answered from memory without the tool, or with --db with it (default: "
+                   "plain continuation). Without a prompt: an interactive chat, one user turn a "
+                   "line of stdin, the conversation's KV kept in a prefix cache between turns "
+                   "(lines '/stats': its counters; '/quit' or end of input: stop)")
+    p.add_argument("--no-cache", action="store_true", help="interactive chat: recompute the whole "
+                   "conversation every turn instead (to compare)")
     p.add_argument("--max-new-tokens", type=int, default=200,
                    help="stop after this many generated tokens (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8,
@@ -61,6 +75,11 @@ def generate_command(args: argparse.Namespace) -> None:
                         stop_strings=tuple(args.stop or ()),
                         stop_tokens=tuple(args.stop_token or ()), seed=args.seed)
     with (PeopleDB(Path(args.db)) if args.db else contextlib.nullcontext()) as db:
+        if args.chat and not args.prompt:
+            chat(model, tokenizer, sys.stdin, sys.stdout, sampling,
+                 tool=db.answer if db else None, prefix_cache=not args.no_cache,
+                 prompt="> " if sys.stdin.isatty() else "")
+            return
         if args.db or args.chat:
             head = protocol.turn(protocol.SYSTEM, protocol.TOOL_SYSTEM_PROMPT) if db else ""
             prompt = f"{head}{protocol.turn(protocol.USER, args.prompt)}{protocol.ASSISTANT}"
@@ -72,13 +91,76 @@ def generate_command(args: argparse.Namespace) -> None:
     print()
 
 
+def chat(model, tokenizer, lines: Iterable[str], out: TextIO, sampling: Sampling,
+         tool: Callable[[str], str] | None = None, prefix_cache: bool = True,
+         prompt: str = "") -> tuple[list[Generation], PrefixCache | None]:
+    """An interactive chat: each line of `lines` is a user turn (protocol.turn(USER, line), the
+    dialog opened by protocol.head(with_tool)), the model's reply streams to `out` (tool turns
+    spliced in), and the conversation grows by both; a reply cut at its token budget is closed
+    with END. With `prefix_cache` one PrefixCache holds the conversation's KV between turns, so
+    each turn prefills only its new tokens. '/stats' prints the cache's counters, '/quit' (or the
+    end of `lines`) stops; the counters are printed at the end. `prompt` is written before each
+    line is read. Returns every turn's generation and the cache (None without one)."""
+    from lmpipe.core import protocol
+    from lmpipe.eval.generate import generate
+    from lmpipe.eval.prefix_cache import PrefixCache, supported
+
+    cache = PrefixCache(model) if prefix_cache and supported(model) else None
+    if prefix_cache and cache is None:
+        print("(this model keeps a recurrent state: no prefix cache, every turn computes the "
+              "whole conversation)", file=out)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    conversation = protocol.head(tool is not None)
+    turns: list[Generation] = []
+
+    def counters() -> str:
+        if cache is None:
+            return "prefix cache: off"
+        s = cache.stats()
+        total = s["tokens_reused"] + s["tokens_computed"]
+        return (f"prefix cache: {s['hits']} of {s['lookups']} turns reused a prefix; prefill "
+                f"tokens reused {s['tokens_reused']:,}, computed {s['tokens_computed']:,} "
+                f"({s['tokens_computed'] / max(total, 1):.0%} of {total:,}); {s['nodes']} "
+                f"nodes, {s['tokens']:,} tokens, {sum(s['bytes'].values()):,} bytes of KV")
+
+    print(prompt, end="", file=out, flush=True)
+    for line in lines:
+        text = line.rstrip("\n")
+        if text.strip() == "/quit":
+            break
+        if text.strip() == "/stats":
+            print(counters(), file=out)
+        elif text.strip():
+            asked = conversation + protocol.turn(protocol.USER, text) + protocol.ASSISTANT
+            if limit is not None and len(tokenizer(asked)["input_ids"]) >= limit:
+                print(f"(the conversation is longer than the model's context, {limit} tokens: "
+                      "stopping)", file=out)
+                break
+            [g] = generate(model, tokenizer, [asked], sampling, tool=tool, batch_size=1,
+                           on_token=lambda row, token: print(token, end="", file=out,
+                                                             flush=True),
+                           prefix_cache=cache)
+            print(file=out)
+            reply = g.text(tokenizer)
+            conversation = asked + (reply if reply.endswith(protocol.END) else
+                                    reply + protocol.END)
+            turns.append(g)
+        print(prompt, end="", file=out, flush=True)
+    if prompt:
+        print(file=out)
+    print(counters(), file=out)
+    return turns, cache
+
+
 GENERATE = Command(
     "generate",
     "stream a saved model's continuation of a prompt (e.g. runs/teacher/model); --db: answer a "
     "question with the tool",
     "Stream a saved model's continuation of a prompt to stdout. With --db or --chat the prompt is "
     "a question put to the model as a dialog turn; with --db the model may call the database "
-    "tool, whose replies are spliced in as it generates.",
+    "tool, whose replies are spliced in as it generates. --chat without a prompt is an "
+    "interactive chat: one user turn a line of stdin, each turn prefilling only its new tokens "
+    "(a prefix cache keeps the conversation's KV).",
     arguments=_generate_arguments, run=generate_command)
 
 

@@ -28,6 +28,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from transformers import DynamicCache
 
+from lmpipe.core.archs import model_type
+
 
 class Decoder(Protocol):
     next_position: torch.Tensor  # (B,) the position of the token each row is fed next
@@ -128,7 +130,8 @@ class RecurrentGemmaDecoder:
         return logits
 
 
-DECODERS = {"mamba": MambaDecoder, "recurrent_gemma": RecurrentGemmaDecoder}
+# config.model_type (lmpipe/core/archs.py) -> its decoder; any other model is AttentionDecoder
+DECODERS = {model_type("mamba"): MambaDecoder, model_type("hawk"): RecurrentGemmaDecoder}
 
 
 def decoder_for(model: torch.nn.Module) -> Decoder:

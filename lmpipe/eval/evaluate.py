@@ -31,6 +31,13 @@ from lmpipe.core import protocol
 from lmpipe.data.batching import make_batches
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.data.tooldb import PeopleDB, sample_people
+from lmpipe.eval.conversations import (
+    cache_records,
+    conversation_cache,
+    conversation_records,
+    conversation_trees,
+    run_conversations,
+)
 from lmpipe.eval.generate import Exchange, answer_questions
 from lmpipe.eval.harness import harness_records
 from lmpipe.eval.knowledge import knowledge_records
@@ -162,9 +169,30 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
             scored, transcripts[f"{metric}/{split}"] = score_questions(
                 model, tokenizer, split, people, tool, params.max_new_tokens, params.batch_size)
             records += scored
+    if params.conversations and db is not None:
+        for split, people in (("trained", trained), ("heldout", heldout)):
+            if people:
+                records += score_conversations(model, tokenizer, split,
+                                               people[:params.conversations], db, params)
     if params.harness_tasks:
         records += harness_records(model_dir, params, db, trained, harness_dir)
     return records, transcripts
+
+
+def score_conversations(model, tokenizer, split: str, people: list[dict[str, str]],
+                        db: PeopleDB, params: EvalParams) -> list[dict[str, Any]]:
+    """Conversation trees about `people`, asked through the tool (lmpipe/eval/conversations.py):
+    conversation_accuracy overall and per turn; with `params.conversation_cache` (an attention
+    model), one prefix cache for the split's levels and its prefix_cache_* counters."""
+    trees = conversation_trees(people, params.conversation_turns, params.conversation_branches,
+                               params.seed)
+    with conversation_cache(model, params.conversation_cache,
+                            params.conversation_cache_mb) as cache:
+        answered = run_conversations(model, tokenizer, trees, db.answer, params.max_new_tokens,
+                                     params.batch_size, params.tool_error_rate, params.seed,
+                                     prefix_cache=cache)
+        counters = cache_records(split, cache.stats()) if cache is not None else []
+    return conversation_records(split, answered) + counters
 
 
 def size_records(model_dir: Path) -> list[dict[str, Any]]:
@@ -186,10 +214,13 @@ def size_records(model_dir: Path) -> list[dict[str, Any]]:
 
 
 def headline(records: list[dict[str, Any]]) -> dict[str, float]:
-    """The overall figures of one model, keyed `metric` or `metric_split` (for DVC metrics)."""
+    """The overall figures of one model, keyed `metric` or `metric_split` (for DVC metrics).
+    Per-turn rows and the prefix cache's counters (the eval's work, not the model's skill) stay
+    in evals.jsonl only."""
     out = {}
     for r in records:
-        if r["attribute"] is None:
+        if r["attribute"] is None and r.get("turn") is None and \
+                not r["metric"].startswith("prefix_cache_"):
             key = r["metric"] if r["split"] in ("val", "model") else f"{r['metric']}_{r['split']}"
             out[key] = round(r["value"], 6)
     return out

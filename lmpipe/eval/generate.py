@@ -12,7 +12,9 @@ an `ERROR` reply, never an exception), and the database turn is queued as forced
 sequence only. The others keep sampling, so no sequence waits for another's tool call.
 
 transformers' `generate` cannot splice text into one sequence of a batch mid-generation, hence
-this loop; the sampling itself is transformers' logits processors.
+this loop; the sampling itself is transformers' logits processors. With a `prefix_cache`
+(lmpipe/eval/prefix_cache.py, attention models) a prompt's prefill reuses the KV of the longest
+prefix an earlier batch computed (the next turn of a conversation), and computes only the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.generation.logits_process import (
@@ -33,6 +36,9 @@ from transformers.generation.logits_process import (
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import decoder_for
+
+if TYPE_CHECKING:
+    from lmpipe.eval.prefix_cache import PrefixCache
 
 Tool = Callable[[str], str]  # a query the model wrote -> the database's reply
 
@@ -118,27 +124,33 @@ def _left_padded(tokenizer, prompts: list[str], pad: int) -> tuple[torch.Tensor,
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], sampling: Sampling = Sampling(),
              tool: Tool | None = None, batch_size: int = 32, max_tool_calls: int = 1,
-             on_token: Callable[[int, str], None] | None = None) -> list[Generation]:
+             on_token: Callable[[int, str], None] | None = None,
+             prefix_cache: PrefixCache | None = None) -> list[Generation]:
     """Continue every prompt. Stops a sequence at EOS, at an assistant turn's END that is not a
     tool query (or every END when there is no tool), at a stop string, after
     `sampling.max_new_tokens` sampled tokens in one turn (a tool reply starts a new turn), or
-    when the model's context is full. `on_token(row, text)` streams decoded tokens."""
+    when the model's context is full. `on_token(row, text)` streams decoded tokens.
+    `prefix_cache` (lmpipe/eval/prefix_cache.py, attention models): each prompt's prefill reuses
+    the longest prefix an earlier sequence computed, and each finished batch is stored in it."""
     results: list[Generation] = []
     generator = torch.Generator().manual_seed(sampling.seed)
     for start in range(0, len(prompts), batch_size):
         results += _generate_batch(model, tokenizer, prompts[start:start + batch_size], sampling,
-                                   tool, max_tool_calls, generator, on_token)
+                                   tool, max_tool_calls, generator, on_token, prefix_cache)
     return results
 
 
 def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, generator,
-                    on_token) -> list[Generation]:
+                    on_token, prefix_cache=None) -> list[Generation]:
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = _left_padded(tokenizer, prompts, pad)
     ids, mask = ids.to(device), mask.to(device)
-    decoder = decoder_for(model)
-    logits = decoder.prefill(ids, mask)
+    if prefix_cache is None:
+        decoder = decoder_for(model)
+        logits = decoder.prefill(ids, mask)
+    else:
+        decoder, logits = prefix_cache.prefill(model, ids, mask)
     limit = getattr(model.config, "max_position_embeddings", None)
     end_id = next(iter(_ids(tokenizer, [protocol.END])), None)
     stop_ids = set(_ids(tokenizer, [protocol.END, protocol.EOS, *sampling.stop_tokens]))
@@ -194,6 +206,8 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
         step_ids = torch.tensor(feed, device=device)
         history = torch.cat([history, step_ids[:, None]], dim=1)
         logits = decoder.step(step_ids, live)
+    if prefix_cache is not None:
+        prefix_cache.insert_batch(decoder, ids, mask, [s.out.ids for s in seqs])
     return [s.out for s in seqs]
 
 

@@ -67,10 +67,10 @@ import torch
 from transformers import PreTrainedModel
 
 from lmpipe.core import protocol
+from lmpipe.core.archs import RECURRENT_TYPES
 from lmpipe.data.tooldb import PeopleDB
 
 MAX_LOGITS = 1 << 26  # logits held at once (batch x width x vocabulary): 256 MB of float32
-RECURRENT = frozenset({"mamba", "recurrent_gemma"})  # config.model_type scored without a cache
 
 
 def world_info(db: PeopleDB) -> dict:
@@ -107,11 +107,11 @@ def continuation_logprobs(model, groups: list[tuple[list[int], list[list[int]]]]
 
     A transformers attention model runs each context once and its continuations on the
     context's KV cache (a fact's 24-50 candidates share a ~40-token prompt: ~5x fewer tokens).
-    A recurrent model (mamba, hawk: RECURRENT) and any other module taking `input_ids` (the
+    A recurrent model (mamba, hawk: RECURRENT_TYPES) and any other module taking `input_ids` (the
     tests' crafted models) get context + continuation whole, right-padded: their state is not
     a cache `batch_select_indices` can copy per continuation (hawk keeps it in its modules),
     and a causal recurrence never lets a pad after the continuation reach its scores."""
-    if isinstance(model, PreTrainedModel) and model.config.model_type not in RECURRENT:
+    if isinstance(model, PreTrainedModel) and model.config.model_type not in RECURRENT_TYPES:
         return _cached_logprobs(model, groups, pad_id, batch_size, vocab)
     pairs = [(c, t) for c, tails in groups for t in tails]
     flat = _whole_logprobs(model, [c for c, _ in pairs], [t for _, t in pairs], pad_id,

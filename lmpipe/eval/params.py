@@ -15,6 +15,26 @@ class EvalParams(Section):
     heldout_people: int = Field(200, ge=0)
     batch_size: int = Field(256, ge=1)
     max_new_tokens: int = Field(48, ge=1)
+    conversations: int = Field(0, ge=0, description="people per split (trained, held-out) whose "
+                               "conversation trees are asked through the tool "
+                               "(lmpipe/eval/conversations.py): conversation_accuracy per turn")
+    conversation_turns: int = Field(6, ge=1, le=6, description="questions in a conversation's "
+                                    "main line, each a different attribute of its person")
+    conversation_branches: int = Field(3, ge=0, description="follow-ups per conversation, each "
+                                       "forking after a turn of the main line")
+    tool_error_rate: float = Field(0.0, ge=0.0, lt=1.0, description="conversations: share of "
+                                   "queries the database first answers 'ERROR: busy, try again' "
+                                   "(the model may call twice a turn)")
+    conversation_cache: bool = Field(True, description="conversations: a prefix-tree KV cache "
+                                     "(lmpipe/eval/prefix_cache.py) carries each conversation "
+                                     "from turn to turn, so a turn prefills only its new tokens; "
+                                     "same answers, prefix_cache_* eval records (attention "
+                                     "models; recurrent ones run without it)")
+    conversation_cache_mb: float | None = Field(None, gt=0, description="conversations: memory "
+                                                "budget of that cache in MB (host; the device's "
+                                                "too on a GPU), least-recently-used KV beyond "
+                                                "it paged out to a temporary folder on disk; "
+                                                "None = unbounded, no disk")
     sample_prompt: str = Field("", description="if set, each model continues this prompt into "
                                "runs/eval/samples.jsonl (sampling with temperature and top_k)")
     sample_tokens: int = Field(200, ge=1)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import torch
 
-# model_type of lmpipe's architectures without attention (hawk is RecurrentGemma built with
-# recurrent blocks only): no attention map for attention_kl
-ATTENTION_FREE = frozenset({"mamba", "recurrent_gemma"})
+from lmpipe.core.archs import RECURRENT_TYPES
+
+# model_type of lmpipe's architectures without attention, the recurrent ones
+# (lmpipe/core/archs.py): no attention map for attention_kl
+ATTENTION_FREE = RECURRENT_TYPES
 
 
 def layer_states(model: torch.nn.Module, input_ids: torch.Tensor,

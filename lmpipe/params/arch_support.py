@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from lmpipe.core.archs import DEFAULT_ARCH, is_recurrent
 from lmpipe.core.section import ConfigError
 from lmpipe.params.checks import Problem
 
@@ -65,9 +66,9 @@ def _trained(p: Params) -> Iterator[tuple[str, str]]:
 
 
 def training_problems(p: Params) -> Iterator[Problem]:
-    """The train switches a non-llama model's own run cannot use."""
+    """The train switches a recurrent model's own run cannot use."""
     for name, arch in _trained(p):
-        if arch == "llama":
+        if not is_recurrent(arch):
             continue
         tp = getattr(p, name).train
         for key, (is_on, why, expected) in REFUSED_SWITCHES.items():
@@ -85,20 +86,20 @@ def stage_problems(p: Params, stage: str,
     if stage in ("teacher_cache", "distill") and weight > 0:
         # teacher_cache too: with attention_layers auto it would cache the teacher's rows
         for section in ("teacher", "student") if stage == "distill" else ("teacher",):
-            arch = archs.get(section, "llama")
-            if arch != "llama":
+            arch = archs.get(section, DEFAULT_ARCH)
+            if is_recurrent(arch):
                 yield Problem("distill.objective.attention_kl", f"= {weight:g}, but "
                               f"{section}.model.arch = {arch!r} has no attention map to compare",
                               f"0 (hidden_mse or hidden_cosine instead) for arch {arch}")
     listed = p.teacher_cache.attention_layers
-    if (stage == "teacher_cache" and archs.get("teacher", "llama") != "llama"
+    if (stage == "teacher_cache" and is_recurrent(archs.get("teacher", DEFAULT_ARCH))
             and isinstance(listed, list) and listed):
         yield Problem("teacher_cache.attention_layers", f"= {listed!r}, but teacher.model.arch = "
                       f"{archs['teacher']!r} has no attention", f"[] or auto for arch "
                       f"{archs['teacher']}")
     if stage == "eval":
         for section, arch in archs.items():
-            if arch == "llama" or section not in evaluated:
+            if arch == "llama" or section not in evaluated:  # lm-eval: verified on llama only
                 continue
             e = p.eval
             if e.harness_tasks:

@@ -23,6 +23,7 @@ import altair as alt
 import pandas as pd
 
 from lmpipe.report import units
+from lmpipe.report.conversations import turn_chart, turn_rows
 from lmpipe.report.curves import thinned
 from lmpipe.report.page import NO_RUNS, Page, esc, fmt, fmt_count, fmt_spread, howto, note, table
 from lmpipe.report.source import Source
@@ -136,7 +137,7 @@ def panel_chart(rows: pd.DataFrame, panel: str, models: list[str], spread: bool)
     """One measure's bars, one per model, the value on top (over replicates: the mean with a
     whisker from the lowest to the highest), the y axis titled with the metric and its unit."""
     metric = rows["metric"].iloc[0]
-    accuracy = panel in ACCURACY_PANELS
+    accuracy = panel in ACCURACY_PANELS or metric.endswith("accuracy")
     log = _log_scale(metric, rows["value_min"] if spread else rows["value"])
     scale = (alt.Scale(domain=[0, 1]) if accuracy else
              alt.Scale(type="log") if log else alt.Scale(zero=True))
@@ -302,6 +303,18 @@ def build(src: Source) -> Page:
                 "recall and tool accuracy is what the tool adds. Losses, perplexity and bits per "
                 "byte: lower is better; weight and file bytes show what quantization saves."))
             page.add("<h3>Overall numbers per model</h3>", table(overall_table(overall)))
+        turns = turn_rows(src, list(members["run_id"]))
+        if not turns.empty:
+            page.add("<h3>Accuracy as a conversation grows</h3>")
+            page.chart("conversation_turns", turn_chart(turns, model_order(
+                list(turns["model"].unique()))))
+            page.add(howto(
+                "The eval's conversation trees (<code>eval.conversations</code>): each person's "
+                "questions asked one after another in one dialog, the model's earlier queries, "
+                "replies and answers in context, plus branches that fork after a turn and ask "
+                "about someone else. Exact-match accuracy with the tool at each turn (branches at "
+                "their depth); a flat line holds up as the conversation grows."
+                + (" Bands: the lowest to the highest replicate." if len(members) > 1 else "")))
 
     page.add("<h2>Distillation</h2>")
     students = STUDENTS.format(not_in_sweep=src.not_in_sweep("r"))

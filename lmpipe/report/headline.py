@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from lmpipe.report import distillation, scaling
+from lmpipe.report import distillation, scaling_data
 from lmpipe.report.page import esc, fmt_spread
 from lmpipe.report.source import Source
 
@@ -113,7 +113,7 @@ def pipeline_lines(src: Source) -> tuple[str, list[str]]:
 
 def sweep_lines(src: Source) -> list[str]:
     """Per sweep of one kind of model: tool accuracy with the tool against recall without it."""
-    models = scaling.load(src)
+    models = scaling_data.load(src)
     if models.empty:
         return []
     models = models[models["sweep"].notna()]

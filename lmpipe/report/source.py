@@ -83,10 +83,12 @@ class Source:
         return not self.scalar("SELECT count(*) FROM runs")
 
     def stage_rows(self, alias: str = "") -> str:
-        """SQL condition on `evals` (as `alias`) for the eval stage's rows, not a training run's
-        checkpoint series (a store without `evals.step` has only the former)."""
-        column = f"{alias}.step" if alias else "step"
-        return f"{column} IS NULL" if self.has("evals", "step") else "true"
+        """SQL condition on `evals` (as `alias`) for the eval stage's figures of whole models: not
+        a training run's checkpoint series, nor one turn of a conversation (`evals.turn`; the
+        row of all turns together stays). A store without those columns has neither."""
+        prefix = f"{alias}." if alias else ""
+        conditions = [f"{prefix}{c} IS NULL" for c in ("step", "turn") if self.has("evals", c)]
+        return " AND ".join(conditions) or "true"
 
     def not_in_sweep(self, alias: str = "") -> str:
         """SQL condition on `runs` (as `alias`) for runs outside any sweep (all runs on an older

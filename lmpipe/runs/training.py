@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lmpipe.core.archs import arch_of, is_recurrent
 from lmpipe.core.outputs import discard, publish, staged, staging_dir
 from lmpipe.core.paths import WORLD
 from lmpipe.core.run_folder import RunLog
@@ -47,19 +48,18 @@ def start_model(model_params: ModelParams, tp: TrainParams, tokenizer=None) -> t
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"train.init_from = {tp.init_from}: its embedding has "
                           f"{model.config.vocab_size} rows, the tokenizer has {len(tokenizer)} tokens")
-    # any other model type continues as llama did before `arch` existed
-    made_as = {"mamba": "mamba", "recurrent_gemma": "hawk"}.get(model.config.model_type, "llama")
+    made_as = arch_of(model.config.model_type)  # any other model type continues as llama
     if made_as != model_params.arch:
         raise ConfigError(f"train.init_from = {tp.init_from}: a {model.config.model_type} model, "
                           f"but the model section says arch {model_params.arch!r}")
     checked = (("hidden_size", model_params.d_model), ("num_hidden_layers", model_params.n_layers))
-    if model_params.arch == "llama":
+    if not is_recurrent(model_params.arch):
         checked += (("num_attention_heads", model_params.n_heads),)
     for key, mine in checked:
         if getattr(model.config, key) != mine:
             raise ConfigError(f"train.init_from = {tp.init_from}: its {key} is "
                               f"{getattr(model.config, key)}, the model section says {mine}")
-    if model_params.arch != "llama":  # no positions to stretch: a recurrent model has no RoPE
+    if is_recurrent(model_params.arch):  # no positions to stretch: a recurrent model has no RoPE
         return model.train()
     if model_params.max_seq_len != model.config.max_position_embeddings or \
             model_params.rope_scaling != "none":

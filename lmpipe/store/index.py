@@ -25,10 +25,12 @@ Tables (timestamps in UTC):
                                         unquoted, other values as JSON text); e.g.
                                         SELECT "world.people", ... FROM params_wide
     metrics(run_id, step, name, value)  long format: one row per numeric field per step
-    evals(run_id, model, metric, split, attribute, value, n, step)
+    evals(run_id, model, metric, split, attribute, value, n, step, turn)
                                         step: the checkpoint a training run's eval series
                                         measured (lmpipe/eval/checkpoints.py); null for the eval
-                                        stage's rows
+                                        stage's rows; turn: a conversation's turn
+                                        (conversation_accuracy, lmpipe/eval/conversations.py),
+                                        null for every other row and for all turns together
     summaries(run_id, key, value, value_num)   summary.json keys beyond the fixed ones
     sweep_points(sweep, point, status, exp, attempts, wall_time_s, error, params,
                  point_group, seed, group_params)
@@ -77,7 +79,7 @@ __all__ = ["SCHEMA", "discover_runs", "export_parquet", "index_runs", "query"]
 log = logging.getLogger(__name__)
 
 # Bump when a table's meaning changes without its columns changing: older files are rebuilt.
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 # No PRIMARY KEY on runs: DuckDB before 1.2 refuses to re-insert a key deleted earlier in the same
 # transaction, which is exactly what re-reading a changed run does; discovery keeps ids unique.
@@ -99,7 +101,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
                 ("value", "DOUBLE")],
     "evals": [("run_id", "VARCHAR"), ("model", "VARCHAR"), ("metric", "VARCHAR"),
               ("split", "VARCHAR"), ("attribute", "VARCHAR"), ("value", "DOUBLE"),
-              ("n", "BIGINT"), ("step", "BIGINT")],
+              ("n", "BIGINT"), ("step", "BIGINT"), ("turn", "BIGINT")],
     "summaries": [("run_id", "VARCHAR"), ("key", "VARCHAR"), ("value", "VARCHAR"),
                   ("value_num", "DOUBLE")],
     "sweep_points": [("sweep", "VARCHAR"), ("point", "VARCHAR"), ("status", "VARCHAR"),

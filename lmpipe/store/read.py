@@ -291,7 +291,7 @@ def _read_evals(path: Path, run_id: str, out: list[tuple]) -> int:
             continue
         out.append((run_id, _clean(r["model"]), _clean(r["metric"]), _text(r.get("split")),
                     _text(r.get("attribute")), _number(r["value"]), _integer(r.get("n")),
-                    _integer(r.get("step"))))
+                    _integer(r.get("step")), _integer(r.get("turn"))))
     return skipped
 
 

@@ -31,7 +31,7 @@ Columns = Mapping[str, set[str]]
 
 ALL_COLUMNS: dict[str, set[str]] = {
     "runs": {"run_id", "sweep", "point", "point_group", "seed"},
-    "evals": {"run_id", "model", "metric", "split", "attribute", "value", "step"},
+    "evals": {"run_id", "model", "metric", "split", "attribute", "value", "step", "turn"},
     "metrics": {"run_id", "step", "name", "value"},
     "sweep_points": {"sweep", "point", "status", "params", "point_group", "seed", "group_params"},
 }
@@ -76,19 +76,20 @@ def eval_spread_sql(columns: Columns = ALL_COLUMNS) -> str:
     """Eval figures per replicate group: each run's rows averaged first (a run may repeat a
     row), then mean, min, max and n over the group's runs."""
     step = "step" if _has(columns, "evals", "step") else "NULL::BIGINT AS step"
+    turn = "turn" if _has(columns, "evals", "turn") else "NULL::BIGINT AS turn"
     return f"""
 WITH g AS ({run_groups_sql(columns)}),
 per_run AS (
-    SELECT run_id, model, metric, split, attribute, {step}, avg(value) AS value
+    SELECT run_id, model, metric, split, attribute, {step}, {turn}, avg(value) AS value
     FROM evals WHERE isfinite(value) GROUP BY ALL
 )
 SELECT g.group_id, any_value(g.sweep) AS sweep, any_value(g.point_group) AS point_group,
-       p.model, p.metric, p.split, p.attribute, p.step,
+       p.model, p.metric, p.split, p.attribute, p.step, p.turn,
        avg(p.value) AS mean, min(p.value) AS min, max(p.value) AS max, count(*) AS n,
        list(g.seed ORDER BY g.seed) FILTER (WHERE g.seed IS NOT NULL) AS seeds,
        list(p.run_id ORDER BY p.run_id) AS runs
 FROM per_run p JOIN g USING (run_id)
-GROUP BY g.group_id, p.model, p.metric, p.split, p.attribute, p.step"""
+GROUP BY g.group_id, p.model, p.metric, p.split, p.attribute, p.step, p.turn"""
 
 
 def metric_spread_sql(columns: Columns = ALL_COLUMNS) -> str:

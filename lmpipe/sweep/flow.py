@@ -143,6 +143,14 @@ def task_runner(runner: str, jobs: int, dask_address: str | None = None):
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
+        import dask
+
+        # A local cluster's workers start with this process's environment: dask's defaults add
+        # numpy thread counts and a fixed PYTHONHASHSEED, which the warm stage server cannot
+        # honour in a forked stage, so the points' stages would start fresh processes instead of
+        # forking from the sweep's server. point_env sets each point's thread counts itself.
+        dask.config.set({"distributed.nanny.pre-spawn-environ":
+                         {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "random")}})
         return DaskTaskRunner(cluster_kwargs={"n_workers": jobs, "threads_per_worker": 1,
                                               "dashboard_address": None})
     raise ValueError(f"runner: expected 'threads' or 'dask', got {runner!r}")

@@ -134,6 +134,12 @@ def test_a_request_the_server_cannot_serve_runs_in_a_fresh_process(workspace, se
     assert result.returncode == 0
     assert "refused: environment differs from the server's in HF_HUB_OFFLINE" in result.stderr
     assert json.loads(result.stdout.splitlines()[1])["ppid"] != server_pid
+    # a fixed hash seed cannot be honoured in a fork; PYTHONHASHSEED=random means unset (Dask)
+    pinned = _run(workspace, ["probe"], socket, PYTHONHASHSEED="6640")
+    assert "refused: environment differs from the server's in PYTHONHASHSEED" in pinned.stderr
+    drawn = _run(workspace, ["probe"], socket, PYTHONHASHSEED="random")
+    assert "stage server" not in drawn.stderr
+    assert json.loads(drawn.stdout.splitlines()[1])["ppid"] == server_pid
     gone = _run(workspace, ["probe"], socket.parent / "no-server.sock")  # no socket: no client
     assert gone.returncode == 0 and "stage server" not in gone.stderr
 

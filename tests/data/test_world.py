@@ -81,3 +81,40 @@ def test_tool_dialog_answers_match_the_database(tmp_path):
             assert doc["text"] == protocol.tool_dialog(doc["attribute"], doc["name"], value)
             assert f"{protocol.DB}{value}{protocol.END}" in doc["text"]
 
+
+
+def test_conversations_ask_distinct_attributes_in_turn_and_train_only_the_models_turns(tmp_path):
+    from lmpipe.data.tokenizer import build_byte_tokenizer, loss_mask
+    from lmpipe.data.tokens import check_trained_facts
+
+    params = WorldParams(seed=4, people=12, heldout_people=3, conversations_per_person=2,
+                         conversation_turns=4, tool_error_rate=0.25)
+    people = {p.name: p for p in generate_people(params)}
+    docs = list(documents(list(people.values()), params))
+    talks = [d for d in docs if d["kind"] == "conversation"]
+    assert len(talks) == 2 * (12 + 3) and {d["split"] for d in talks} == {"train", "val"}
+    busy = 0
+    tokenizer = build_byte_tokenizer()
+    for doc in talks:
+        person, asked = people[doc["name"]], doc["attributes"]
+        assert len(set(asked)) == 4 and doc["facts"] == {a: person.value(a) for a in asked}
+        assert doc["text"].count(protocol.USER) == 4 and doc["text"].endswith(protocol.EOS)
+        for attribute in asked:  # each question, its query (retried when busy), its answer
+            value = person.value(attribute)
+            call = f"{protocol.CALL}FIND {attribute} FOR {person.name}{protocol.END}"
+            assert f"{protocol.question(attribute, person.name)}{protocol.END}" in doc["text"]
+            assert f"{call}{protocol.DB}{value}{protocol.END}{protocol.ASSISTANT}{value}{protocol.END}" \
+                in doc["text"]
+        busy += doc["text"].count(protocol.TOOL_BUSY)
+        # trained: exactly the assistant turns (queries, retries, answers), never the user's,
+        # the database's or the system's
+        ids = tokenizer(doc["text"])["input_ids"]
+        trained = tokenizer.decode([i for i, m in zip(ids, loss_mask(ids)) if m])
+        calls = doc["text"].count(protocol.CALL)
+        assert calls == 4 + doc["text"].count(protocol.TOOL_BUSY)
+        assert trained.count(protocol.CALL) == calls and protocol.USER not in trained
+        assert protocol.TOOL_BUSY not in trained and "Which" not in trained
+    assert 0.1 < busy / (len(talks) * 4) < 0.4  # about a quarter of the rounds met a busy database
+    check_trained_facts(docs)  # conversations state their person's facts like dialogs do
+    with pytest.raises(ValueError, match="expected tool_dialogs or qa_dialogs"):
+        WorldParams(conversations_per_person=1, tool_dialogs=False)

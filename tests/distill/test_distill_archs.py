@@ -3,13 +3,10 @@ hawk (checked against forward hooks on the blocks), a recurrent student learns f
 teacher (and a llama student from a recurrent teacher) through the cache and live alike, and
 attention_kl is refused when a side has no attention."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from lmpipe.core.run_folder import RunLog
 from lmpipe.core.section import ConfigError
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.data.tokens import TokenSplit
@@ -18,12 +15,12 @@ from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.cache.write import write_cache
 from lmpipe.distill.objective import build_objective
 from lmpipe.distill.params import DistillParams
-from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
+from lmpipe.distill.teacher import LiveTeacher
 from lmpipe.model.build import build_model
 from lmpipe.model.hidden_states import layer_states
 from lmpipe.model.params import ModelParams
-from lmpipe.train.loop import train
 from lmpipe.train.params import TrainParams
+from tests.distill.cache_vs_live import cache_and_live_runs, losses
 
 FINAL_NORM = {"llama": "norm", "mamba": "norm_f", "hawk": "final_norm"}
 
@@ -62,25 +59,19 @@ def distill_curves(teacher: torch.nn.Module, student_arch: str, tiny_tokens, tok
                    folder) -> list[list[float]]:
     """Eight steps of forward KL + CE + hidden MSE (student block 1 <-> teacher block 1, the
     final states) from a k = V fp32 cache of `teacher`, then from the live `teacher`."""
-    split, val = TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val")
+    split = TokenSplit.open(tiny_tokens, "train")
     write_cache(teacher.eval(), split, CacheSpec(VOCAB_SIZE, "fp32", hidden_layers=(1, 2),
                                                  hidden_dtype="fp32"),
                 tokenizer.pad_token_id, folder / "cache", 5, {})
     tp = TrainParams(steps=8, batch_size=4, warmup_steps=1, log_every=1, eval_every=8, lr=3e-3)
     d = DistillParams(objective={"forward_kl": 0.5, "ce": 0.5, "hidden_mse": 1.0},
                       layers="uniform", projector="linear", train=tp)
-    curves = []
-    sources = (("cache", CachedTeacher(TeacherCache.open(folder / "cache"))),
-               ("live", LiveTeacher(teacher)))
-    for name, source in sources:
-        student = tiny(student_arch, seed=1)
-        objective = build_objective(d, source, student)
-        with RunLog(folder / name, "distill", name, {}) as run:
-            train(student, split, val, tp, run, tokenizer.pad_token_id, objective=objective)
-        records = [json.loads(line) for line in (folder / name / "metrics.jsonl").open()]
-        curves.append([r["loss"] for r in records if "loss" in r])
+    runs = cache_and_live_runs(TeacherCache.open(folder / "cache"), teacher,
+                               lambda: tiny(student_arch, seed=1), d, tiny_tokens,
+                               tokenizer.pad_token_id, folder)
+    for records in runs:
         assert {"loss_forward_kl", "loss_ce", "loss_hidden_mse"} <= set(records[-2])
-    return curves
+    return [losses(records) for records in runs]
 
 
 @pytest.mark.parametrize("teacher_arch, student_arch",

@@ -1,8 +1,6 @@
 """The combined objective: cache and live teacher agree, non-targets never count, each term is
 logged, layer maps, projectors, gradient surgery and student initialization."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -24,6 +22,7 @@ from lmpipe.model.build import build_model
 from lmpipe.core.section import ConfigError
 from lmpipe.distill.params import DistillParams
 from lmpipe.model.params import ModelParams
+from tests.distill.cache_vs_live import cache_and_live_runs, losses
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
 TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
@@ -85,23 +84,15 @@ def test_training_from_the_cache_follows_the_live_run_step_for_step(full_cache, 
                                                                    tokenizer, tmp_path):
     """Five optimizer steps of forward KL + CE + attention KL through the real training loop:
     the logged losses from the cache equal the live teacher's to 1e-5."""
-    from lmpipe.core.run_folder import RunLog
     from lmpipe.train.params import TrainParams
-    from lmpipe.train.loop import train
 
     teacher, cache = full_cache
-    split, val = TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val")
     tp = TrainParams(steps=5, batch_size=4, warmup_steps=1, log_every=1, eval_every=5)
     d = DistillParams(objective={"forward_kl": 0.5, "ce": 0.5, "attention_kl": 1.0},
                       layers=[[1, 1], [2, 1]], train=tp)
-    curves = []
-    for name, source in (("cache", CachedTeacher(cache)), ("live", LiveTeacher(teacher))):
-        student = build_model(STUDENT, seed=1)
-        objective = build_objective(d, source, student)
-        with RunLog(tmp_path / name, "distill", name, {}) as run:
-            train(student, split, val, tp, run, tokenizer.pad_token_id, objective=objective)
-        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
-        curves.append([r["loss"] for r in records if "loss" in r])
+    runs = cache_and_live_runs(cache, teacher, lambda: build_model(STUDENT, seed=1), d,
+                               tiny_tokens, tokenizer.pad_token_id, tmp_path)
+    curves = [losses(records) for records in runs]
     assert len(curves[0]) == 5 and curves[0][0] > curves[0][-1]
     np.testing.assert_allclose(curves[0], curves[1], atol=1e-5, rtol=0)
 

@@ -25,18 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "world": {"people": 60, "heldout_people": 12},
-    "teacher": {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2},
+    "world": {"people": 60, "heldout_people": 12, "conversations_per_person": 1},
+    # max_seq_len 512: the world's three-question conversations are ~330 tokens
+    "teacher": {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 512},
                 "train": {"steps": 60, "batch_size": 16, "lr": 0.01, "warmup_steps": 5,
                           "log_every": 10, "eval_every": 30, "eval_people": 4}},
-    "student": {"model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
+    "student": {"model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 512},
                 "train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10,
                           "eval_people": 0}},
     "distill": {"train": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "log_every": 10,
                           "eval_people": 0}},
     "quantize": {"train": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 10,
                            "qat_warmup_steps": 10, "eval_people": 0}},
-    "eval": {"trained_people": 8, "heldout_people": 8, "max_new_tokens": 40},
+    "eval": {"trained_people": 8, "heldout_people": 8, "max_new_tokens": 40,
+             "conversations": 3, "conversation_turns": 3, "conversation_branches": 1},
 }
 
 
@@ -119,11 +121,23 @@ def test_store_and_report(project):
                                "run_id='teacher' AND name IN ('recall', 'tool_accuracy') "
                                "GROUP BY name").fetchall()
         assert dict(accuracy) == {"recall": [30, 60], "tool_accuracy": [30, 60]}  # at each eval
+        # conversation trees: 3 people a split, 3 turns and 1 branch each (at depth 2 or 3)
+        turns = con.execute("SELECT split, turn, n FROM evals WHERE model = 'teacher' AND "
+                            "metric = 'conversation_accuracy' ORDER BY split, turn NULLS FIRST"
+                            ).fetchall()
+        for split in ("heldout", "trained"):
+            rows = [(t, n) for s, t, n in turns if s == split]
+            assert [t for t, _ in rows] == [None, 1, 2, 3] and rows[0][1] == 12
+            assert rows[1][1] == 3 and rows[2][1] + rows[3][1] == 9
+    table = json.loads((work / "metrics/eval.json").read_text())
+    assert "conversation_accuracy_heldout" in table["teacher"]  # the per-turn rows stay out
+    assert not any("turn" in key for key in table["teacher"])
     html = (work / "reports/index.html").read_text()
     assert "quantized" in html and "<script src=\"http" not in html
     distillation = (work / "reports/distillation.html").read_text()
     assert "distillation.html" in html
     assert "<h2>Distillation</h2>" in distillation and "loss_attention_kl" in distillation
+    assert "Accuracy as a conversation grows" in distillation
 
 
 def test_distill_logs_each_term_and_refuses_a_cache_of_another_teacher(project, tmp_path):

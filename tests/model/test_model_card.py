@@ -197,7 +197,8 @@ def test_quantize_writes_its_card(saved, tmp_path):
 
 
 def test_eval_writes_full_cards_into_its_own_folder_only(tmp_path, tokenizer):
-    from stages.eval import MODELS, write_cards
+    from lmpipe.core.pipeline_models import MODELS
+    from lmpipe.runs.evaluation import write_cards
 
     models = {}
     for name, run in MODELS.items():

@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from lmpipe.report import scaling
+from lmpipe.report import scaling, scaling_data, scaling_models
 from lmpipe.report.source import Source
 from lmpipe.store.index import SCHEMA
 
@@ -76,7 +76,7 @@ def scaling_page(tmp_path: Path, archs: list[str]) -> tuple[str, pd.DataFrame]:
     make_store(db, archs)
     src = Source.open(db)
     try:
-        return scaling.build(src).html(), scaling.load(src)
+        return scaling.build(src).html(), scaling_data.load(src)
     finally:
         src.close()
 
@@ -102,7 +102,7 @@ def test_each_model_gets_its_arch_from_the_point_or_defaults_to_llama(three) -> 
     _, models = three
     assert sorted(models.groupby("arch").size().items()) == [("hawk", 4), ("llama", 4),
                                                              ("mamba", 4)]
-    assert scaling.archs_of(models) == ["llama", "mamba", "hawk"]
+    assert scaling_data.archs_of(models) == ["llama", "mamba", "hawk"]
 
 
 def test_one_accuracy_map_per_arch_never_averaged_across_archs(three) -> None:
@@ -134,10 +134,10 @@ def test_per_model_labels_name_the_arch(tmp_path: Path) -> None:
     make_store(db, ["llama", "hawk"])
     src = Source.open(db)
     try:
-        models = scaling.load(src)
+        models = scaling_data.load(src)
     finally:
         src.close()
-    rows = scaling.model_rows(models[models["parameters"] < 100_000])
+    rows = scaling_models.model_rows(models[models["parameters"] < 100_000])
     assert {label.split(" (")[0] for label in rows["label"]} == {"teacher [llama]",
                                                                   "teacher [hawk]"}
 

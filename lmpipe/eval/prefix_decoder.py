@@ -1,0 +1,59 @@
+"""The attention decoder of a prefix-cached batch (lmpipe/eval/prefix_cache.py): its prefill
+starts from each row's cached prefix KV and runs only the suffixes, and it hands back each row's
+KV for the cache to store; its steps are AttentionDecoder's (lmpipe/eval/decoders.py).
+
+A row's cache and mask read [pad | prefix_i | pad | suffix_i]: the prefixes left-padded to the
+longest one, the suffixes left-padded to theirs. The mask marks the real tokens; a suffix's
+positions go on from its own prefix length, so every real token sits at the position (hence has
+the RoPE'd key) it has when the prompt is computed whole, and the masked slots in the middle
+are never attended to.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from lmpipe.eval.decoders import AttentionDecoder
+
+
+class PrefixDecoder(AttentionDecoder):
+    """AttentionDecoder whose prefill starts from cached prefixes; its steps are the parent's."""
+
+    def prefill_after(self, prefixes: list[torch.Tensor | None], ids: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after each row's prefix KV (L, 2, heads, p_i, head_dim) or None, then
+        its suffix `ids`/`mask` (B, S) left-padded."""
+        lengths = [0 if kv is None else kv.shape[3] for kv in prefixes]
+        width = max(lengths)
+        device = ids.device
+        cache, prefix_mask = None, torch.zeros((len(ids), width), dtype=torch.long, device=device)
+        if width:
+            first = next(kv for kv in prefixes if kv is not None)
+            layers, _, heads, _, head_dim = first.shape
+            # zeros under the padding: masked out, never attended to
+            past = torch.zeros((layers, 2, len(ids), heads, width, head_dim), dtype=first.dtype,
+                               device=device)
+            for row, kv in enumerate(prefixes):
+                if kv is not None:
+                    past[:, :, row, :, width - kv.shape[3]:] = kv
+                    prefix_mask[row, width - kv.shape[3]:] = 1
+            cache = DynamicCache(config=self.model.config)
+            for layer in range(layers):
+                cache.layers[layer].update(past[layer, 0], past[layer, 1])
+        # each row's suffix goes on from its own prefix length (a padded slot's position is
+        # never read: it is masked)
+        start = torch.tensor(lengths, device=device)[:, None]
+        positions = (start + mask.cumsum(-1) - 1).clamp(min=0)
+        self.mask = torch.cat([prefix_mask, mask], dim=1)
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                         cache=cache, use_cache=True)
+        self.past = out.cache
+        self.next_position = positions[:, -1] + 1
+        return out.logits[:, -1].float()
+
+    def row_kv(self, row: int, start: int, stop: int) -> torch.Tensor:
+        """The KV (L, 2, heads, stop - start, head_dim) of a row's real tokens start:stop."""
+        real = self.mask[row].nonzero().squeeze(1)[start:stop]
+        return torch.stack([torch.stack([layer.keys[row][:, real], layer.values[row][:, real]])
+                            for layer in self.past.layers])
