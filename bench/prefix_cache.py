@@ -22,7 +22,7 @@ no tool queries and its turns run to --max-new-tokens) or `--model DIR`, a saved
 whose max_seq_len holds a six-question conversation (>= 1024, e.g. recipes/conversations.yaml's
 teacher) with `--world` the folder of its people.duckdb. Usage:
 
-    .venv/bin/python bench/prefix_cache.py                  # 8 people: about a minute
+    .venv/bin/python bench/prefix_cache.py                  # 8 people: a couple of minutes
     .venv/bin/python bench/prefix_cache.py --people 200     # the issue's workload
 """
 

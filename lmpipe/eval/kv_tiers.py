@@ -1,11 +1,15 @@
 """Memory tiers for the prefix cache's KV pages: the compute device (when the model is on an
-accelerator), host memory, and disk (one safetensors file a page, under a directory the caller
-gives). Each tier has a byte budget; the cache (lmpipe/eval/prefix_cache.py) decides which pages
+accelerator), host memory, and disk (one append-only file of raw pages, `pages.bin`, in a folder of the cache's
+own under a directory the caller gives). Each tier has a byte budget; the cache (lmpipe/eval/prefix_cache.py) decides which pages
 move, this module moves them and counts the bytes.
 
-The disk tier's bytes are those of its files, which include the files of pages read back into
-memory: a page's KV never changes, so its file stays as a clean copy and paging it out again
-writes nothing; a disk over budget deletes those copies first.
+The disk tier's bytes are those of its pages on disk, which include the copies of pages read back
+into memory: a page's KV never changes, so its disk copy stays clean and paging it out again
+writes nothing; a disk over budget drops those copies first. A page on disk is a byte range of
+the one file (written with one write, read back with one `os.pread`): a file a page cost a file
+creation each, which on a busy disk took longer than the prefill the cache saves
+(bench/prefix_cache.py). The range of a dropped page is reused by the next page of the same size;
+the file goes with `clear` and `close`.
 
 A page (`KVPage`) is the KV of one span of tokens: one tensor (layers, 2, kv_heads, span,
 head_dim), K at [:, 0] and V at [:, 1], so layer l's K and V are (kv_heads, span, head_dim), as the
@@ -15,27 +19,29 @@ slice and a single file entry.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from itertools import count
+from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 DEVICE, HOST, DISK = "device", "host", "disk"
+PAGES_FILE = "pages.bin"
 
 
 class KVPage:
-    """The KV of one span, in one tier: `kv` in memory (device or host), or a file on disk
-    (`path`; a page in memory may keep its file as a clean copy)."""
+    """The KV of one span, in one tier: `kv` in memory (device or host), or a byte range of the
+    disk file at `offset` (a page in memory may keep its disk copy as a clean copy)."""
 
-    __slots__ = ("kv", "length", "nbytes", "path", "tier")
+    __slots__ = ("dtype", "kv", "length", "nbytes", "offset", "shape", "tier")
 
     def __init__(self, kv: torch.Tensor, tier: str) -> None:
         self.kv: torch.Tensor | None = kv
-        self.path: Path | None = None
+        self.offset: int | None = None
         self.tier = tier
+        self.shape, self.dtype = tuple(kv.shape), kv.dtype
         self.length = kv.shape[3]
         self.nbytes = kv.numel() * kv.element_size()
 
@@ -62,8 +68,10 @@ class Tiers:
         self.paged_in = dict.fromkeys(names, 0)   # bytes that came back into a tier from below
         self.compute_device = compute_device
         self.folder: Path | None = None
-        self._files = count()  # page file names
-        self.written = 0  # bytes written to disk (a page read back keeps its file: written once)
+        self._fd: int | None = None  # the pages file, opened at the first write
+        self._end = 0  # its length
+        self._holes: dict[int, list[int]] = defaultdict(list)  # nbytes -> free offsets
+        self.written = 0  # bytes written to disk (a page read back keeps its copy: written once)
         if DISK in names:
             if directory is None:
                 raise ValueError("prefix cache: a disk tier needs a directory")
@@ -104,7 +112,7 @@ class Tiers:
         self.used[page.tier] -= page.nbytes
         self.paged_out[page.tier] += page.nbytes
         if below == DISK:
-            if page.path is None:
+            if page.offset is None:
                 self._write(page, page.kv)
             page.kv = None
         else:
@@ -115,7 +123,7 @@ class Tiers:
     def _move_up(self, page: KVPage) -> None:
         above = self.names[self.names.index(page.tier) - 1]
         if page.tier == DISK:
-            page.kv = load_file(str(page.path))["kv"].to(self._device_of(above))
+            page.kv = self._load(page).to(self._device_of(above))
         else:
             self.used[page.tier] -= page.nbytes
             page.kv = page.kv.to(self._device_of(above))
@@ -124,14 +132,14 @@ class Tiers:
         self.paged_in[above] += page.nbytes
 
     def forget_file(self, page: KVPage) -> None:
-        """Delete the disk copy of a page held in memory too (room on disk)."""
+        """Drop the disk copy of a page held in memory too (room on disk)."""
         self._unlink(page)
 
     def split(self, page: KVPage, k: int) -> tuple[KVPage, KVPage]:
         """The pages of the first k tokens and of the rest, in the page's tier. In memory the
         halves are copies, so the whole's storage is freed and each half's bytes are its own."""
         on_disk = page.tier == DISK
-        kv = load_file(str(page.path))["kv"] if on_disk else page.kv
+        kv = self._load(page) if on_disk else page.kv
         self._unlink(page)
         halves = []
         for part in (kv[:, :, :, :k], kv[:, :, :, k:]):
@@ -151,28 +159,50 @@ class Tiers:
         page.kv = None
 
     def _write(self, page: KVPage, kv: torch.Tensor) -> None:
-        page.path = self.folder / f"{next(self._files)}.safetensors"
-        save_file({"kv": kv.contiguous()}, str(page.path))
+        if self._fd is None:
+            self._fd = os.open(self.folder / PAGES_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        holes = self._holes.get(page.nbytes)
+        if holes:
+            page.offset = holes.pop()
+        else:
+            page.offset, self._end = self._end, self._end + page.nbytes
+        data = kv.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+        os.pwrite(self._fd, data, page.offset)
         self.written += page.nbytes
         self._grow(DISK, page.nbytes)
 
+    def _load(self, page: KVPage) -> torch.Tensor:
+        """A disk page's KV, read back into host memory."""
+        data = bytearray(os.pread(self._fd, page.nbytes, page.offset))
+        return torch.frombuffer(data, dtype=page.dtype).view(page.shape)
+
     def _unlink(self, page: KVPage) -> None:
-        if page.path is not None:
-            page.path.unlink(missing_ok=True)
+        if page.offset is not None:
+            self._holes[page.nbytes].append(page.offset)
             self.used[DISK] -= page.nbytes
-            page.path = None
+            page.offset = None
+
+    def disk_pages(self) -> int:
+        """Bytes of the pages file (live pages and reusable holes)."""
+        return self._end
 
     def clear(self) -> None:
-        """Forget every page: memory is the caller's to drop, the disk pages are deleted."""
+        """Forget every page: memory is the caller's to drop, the pages file is deleted."""
+        self._close_file()
         if self.folder is not None:
-            for page in self.folder.glob("*.safetensors"):
-                page.unlink()
+            (self.folder / PAGES_FILE).unlink(missing_ok=True)
         self.used = dict.fromkeys(self.names, 0)
 
     def close(self) -> None:
         """Remove this cache's disk folder."""
+        self._close_file()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._end, self._holes = None, 0, defaultdict(list)
 
     def _grow(self, tier: str, nbytes: int) -> None:
         self.used[tier] += nbytes

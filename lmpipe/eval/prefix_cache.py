@@ -156,7 +156,7 @@ class PrefixCache:
                 nodes = list(self.resident[tier])
                 if tier == DISK:
                     copies = [n for t in self.tiers.names if t != DISK for n in self.resident[t]
-                              if n.payload.path is not None]
+                              if n.payload.offset is not None]
                     if copies:  # clean copies of pages in memory go first
                         self.tiers.forget_file(min(copies, key=lambda n: n.last_used).payload)
                         continue
@@ -166,18 +166,32 @@ class PrefixCache:
                     self._evict(min(leaves, key=lambda n: n.last_used))
                     continue
                 # a node moves only after its children (a path cools from its leaf up); a node
-                # inserted under a colder parent can leave none ready: then any node goes
-                ready = [n for n in nodes if self._colder_below(n, tier)] or nodes
-                heap = [(n.last_used, n.id, n) for n in ready]
-                heapq.heapify(heap)
-                while heap and self.tiers.over(tier):
-                    node = heapq.heappop(heap)[2]
-                    self.tiers.page_out(node.payload)
-                    self._moved(node, tier)
-                    parent = node.parent
-                    if parent.payload is not None and parent.payload.tier == tier and \
-                            self._colder_below(parent, tier):
-                        heapq.heappush(heap, (parent.last_used, parent.id, parent))
+                # inserted under a colder parent can leave none ready: then any node goes.
+                # Least recently used first, readiness checked as nodes come off the heap (the
+                # tier may hold many nodes; a lookup usually needs a few moved)
+                if not self._page_out_lru(tier, nodes, ready_only=True) and \
+                        not self._page_out_lru(tier, nodes, ready_only=False):
+                    break  # nothing of this tier's left to move (never with a consistent index)
+
+    def _page_out_lru(self, tier: str, nodes: list[Node], ready_only: bool) -> int:
+        """Page `tier`'s least-recently-used nodes down until it is within budget, only those
+        whose children are all colder when `ready_only`; a paged-out node's parent becomes a
+        candidate. Returns how many moved."""
+        heap = [(n.last_used, n.id, n) for n in nodes]
+        heapq.heapify(heap)
+        moved = 0
+        while heap and self.tiers.over(tier):
+            node = heapq.heappop(heap)[2]
+            if node.payload.tier != tier or (ready_only and not self._colder_below(node, tier)):
+                continue  # moved already (a parent pushed twice), or its children are warmer
+            self.tiers.page_out(node.payload)
+            self._moved(node, tier)
+            moved += 1
+            parent = node.parent
+            if parent.payload is not None and parent.payload.tier == tier and \
+                    self._colder_below(parent, tier):
+                heapq.heappush(heap, (parent.last_used, parent.id, parent))
+        return moved
 
     def _colder_below(self, node: Node, tier: str) -> bool:
         rank = self.tiers.names.index

@@ -9,6 +9,7 @@ tool changes over (parameters, number of facts). The page, a module a section:
     scaling_models      every model not on a map (all of them on the default run, where the
                         distilled, QAT, PTQ and int8 models share the scratch student's size),
                         one labelled point each
+    conversations       the sweeps' accuracy per turn of a conversation, when they recorded it
 
 Architectures (`model.arch`: llama, mamba, hawk) are compared side by side, never averaged: when
 the models differ in arch, the knowledge chart and the accuracy map get one panel per arch and the
@@ -18,6 +19,7 @@ parameter counts).
 
 from __future__ import annotations
 
+from lmpipe.report.conversations import add_sweep_turns
 from lmpipe.report.page import NO_RUNS, Page
 from lmpipe.report.scaling_data import load
 from lmpipe.report.scaling_knowledge import add_knowledge
@@ -34,13 +36,14 @@ def build(src: Source) -> Page:
         return page
     models = load(src)
     add_knowledge(page, models)
-    if models.empty:
-        return page
-    kind = map_kind(models)
-    mapped = add_maps(page, models, kind)
-    if not mapped and model_rows(models).empty:
-        page.add("<p>No evaluated model has <code>recall</code> or <code>tool_accuracy</code> on "
-                 "trained people yet.</p>")
-    on_map = models["model"] == kind
-    add_model_chart(page, models[~on_map] if mapped else models, mapped=kind if mapped else None)
+    if not models.empty:
+        kind = map_kind(models)
+        mapped = add_maps(page, models, kind)
+        if not mapped and model_rows(models).empty:
+            page.add("<p>No evaluated model has <code>recall</code> or <code>tool_accuracy</code> "
+                     "on trained people yet.</p>")
+        on_map = models["model"] == kind
+        add_model_chart(page, models[~on_map] if mapped else models,
+                        mapped=kind if mapped else None)
+    add_sweep_turns(page, src)
     return page

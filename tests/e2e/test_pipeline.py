@@ -404,7 +404,7 @@ INVALID = [
     ({"tokenize.val_fraction": 1.5}, "tokenize.val_fraction"),
     ({"teacher.model.n_heads": 3}, "n_heads"),
     ({"teacher.pretrained": "/no/such/model"}, "teacher.pretrained"),
-    ({"teacher.train.sampling": "windows", "teacher.train.block_size": 400}, "block_size"),
+    ({"teacher.train.sampling": "windows", "teacher.train.block_size": 600}, "block_size"),
     ({"student.train.lr": -1.0}, "student.train.lr"),
     ({"student.train.optimizer": "adam"}, "student.train.optimizer"),
     ({"teacher.train.device": "tpu"}, "teacher.train.device"),

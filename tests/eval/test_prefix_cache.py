@@ -4,14 +4,16 @@ out to disk and back, or evict), batches mixing rows that share prefixes with ro
 greedy generation with a tool giving the same tokens with and without the cache, and the refusal
 of recurrent models."""
 
+import itertools
+
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import AttentionDecoder
 from lmpipe.eval.generate import Sampling, generate
+from lmpipe.eval.kv_tiers import PAGES_FILE
 from lmpipe.eval.prefix_cache import PrefixCache
 from lmpipe.eval.prefix_tree import RadixTree
 from lmpipe.model.build import build_model
@@ -147,6 +149,18 @@ def within_budgets(cache: PrefixCache) -> None:
         assert cache.resident[tier] == {n for n in cache.tree.nodes() if n.payload.tier == tier}
 
 
+def disk_ranges(cache: PrefixCache) -> list[tuple[int, int]]:
+    """(offset, bytes) of every page with a disk copy, checked to be disjoint and inside the
+    pages file, whose size the tiers report."""
+    ranges = sorted((n.payload.offset, n.payload.nbytes) for n in cache.tree.nodes()
+                    if n.payload.offset is not None)
+    for (start, size), (after, _) in itertools.pairwise(ranges):
+        assert start + size <= after
+    size = (cache.tiers.folder / PAGES_FILE).stat().st_size
+    assert size == cache.tiers.disk_pages() and (not ranges or sum(ranges[-1]) <= size)
+    return ranges
+
+
 def test_cached_prefill_equals_the_whole_prompt_on_a_conversation_tree(llama, tokenizer):
     cache = PrefixCache(llama)
     reused, computed = run_levels(llama, tokenizer, cache, LEVELS)
@@ -171,9 +185,10 @@ def test_a_budget_that_pages_every_node_out_to_disk_and_back(llama, tokenizer, t
     # pages go back down row by row: host memory never held more than one row's KV
     longest = max(len(tokenizer(p)["input_ids"]) for level in LEVELS for p in level) + len(STEPS)
     assert 0 < stats["peak_bytes"]["host"] <= longest * 2 * 2 * 8 * 4
-    pages = list(cache.tiers.folder.glob("*.safetensors"))
-    assert len(pages) == stats["nodes"]  # one file a node, nothing left behind by page-ins
-    assert sum(load_file(p)["kv"].numel() * 4 for p in pages) == stats["bytes"]["disk"]
+    ranges = disk_ranges(cache)
+    assert len(ranges) == stats["nodes"]  # one copy a node, nothing left behind by page-ins
+    assert sum(n for _, n in ranges) == stats["bytes"]["disk"]
+    assert [p.name for p in cache.tiers.folder.iterdir()] == [PAGES_FILE]
     cache.clear()
     assert cache.stats()["nodes"] == 0 and cache.stats()["bytes"] == {"host": 0, "disk": 0}
     assert not list(cache.tiers.folder.iterdir())
@@ -208,9 +223,10 @@ def test_a_full_last_tier_evicts_leaves_and_stays_correct(llama, tokenizer, tmp_
     last = "disk" if disk else "host"
     assert stats["nodes_evicted"] > 0 and 0 < stats["bytes"][last] <= budget
     assert 0 < stats["tokens_reused"] < reused  # evicted prefixes are computed again
-    if disk:  # the files are the disk tier's bytes
-        pages = list(cache.tiers.folder.glob("*.safetensors"))
-        assert sum(load_file(p)["kv"].numel() * 4 for p in pages) == stats["bytes"]["disk"]
+    if disk:  # the pages on disk are the disk tier's bytes; evicted ones left reusable holes
+        ranges = disk_ranges(cache)
+        assert sum(n for _, n in ranges) == stats["bytes"]["disk"]
+        assert cache.tiers.disk_pages() > stats["bytes"]["disk"]
 
 
 def test_a_batch_mixes_rows_that_share_prefixes_with_rows_that_share_none(llama, tokenizer):
