@@ -14,21 +14,12 @@ from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.commands import chat
 from lmpipe.eval.generate import Sampling
-from lmpipe.model.build import build_model, save_model
-from lmpipe.model.params import ModelParams
+from lmpipe.model.build import save_model
+from tests.eval.tiny_models import noisy_llama
 
 LINES = "Where was Al Bo born?\n\nWhat did he study?\n/stats\nWho employs him?\n"
 
 
-def noisy_llama():
-    """Noisy weights: logits of order 1, so a wrong cached KV changes the greedy reply."""
-    model = build_model(ModelParams(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-                                    max_seq_len=512), seed=0).eval()
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.5 * torch.randn(weight.shape, generator=generator))
-    return model
 
 
 class Ascii(torch.nn.Module):
@@ -53,7 +44,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 def test_each_turn_reuses_the_conversation_so_far_and_replies_as_without_the_cache(
         tokenizer, tiny_world):
-    model = Ascii(noisy_llama())
+    model = Ascii(noisy_llama(max_seq_len=512, noise=0.5, seed=2))
     assert tokenizer.convert_tokens_to_ids(protocol.BOS) >= 256  # specials after the bytes
     greedy = Sampling(max_new_tokens=10)
     with PeopleDB(tiny_world / "people.duckdb") as db:
@@ -99,7 +90,7 @@ def test_each_turn_reuses_the_conversation_so_far_and_replies_as_without_the_cac
 
 def test_lmpipe_generate_chat_reads_turns_from_stdin(tokenizer, tiny_world, tmp_path, capsys,
                                                      monkeypatch):
-    model = noisy_llama()
+    model = noisy_llama(max_seq_len=512, noise=0.5, seed=2)
     save_model(model, tokenizer, tmp_path / "model")
     lines = "Where was Al Bo born?\nWhat did he study?\n/quit\nnever asked\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines))

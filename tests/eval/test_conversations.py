@@ -21,8 +21,7 @@ from lmpipe.eval.conversations import (
 )
 from lmpipe.eval.evaluate import headline, score_conversations
 from lmpipe.eval.params import EvalParams
-from lmpipe.model.build import build_model
-from lmpipe.model.params import ModelParams
+from tests.eval.tiny_models import noisy_llama
 
 PEOPLE = [{"name": f"Person {c}", **{a: f"{a}-{c}" for a in protocol.ATTRIBUTES}} for c in "ABC"]
 
@@ -180,12 +179,7 @@ def calling_llama(tokenizer):
     """A tiny llama with noisy weights (logits of order 1: a wrong prefix KV changes its greedy
     tokens) that opens every assistant turn with a tool call and leans towards END, so its
     turns mix tool calls spliced in, answers it stops and answers cut at the token budget."""
-    model = build_model(ModelParams(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-                                    max_seq_len=512), seed=0).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.5 * torch.randn(weight.shape, generator=generator))
+    model = noisy_llama(max_seq_len=512, noise=0.5, seed=1)
     assistant, call, end = tokenizer.convert_tokens_to_ids([protocol.ASSISTANT, protocol.CALL,
                                                             protocol.END])
 

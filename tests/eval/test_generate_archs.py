@@ -10,6 +10,7 @@ from lmpipe.eval.decoders import decoder_for
 from lmpipe.eval.generate import Sampling, generate
 from lmpipe.model.build import build_model
 from lmpipe.model.params import ARCHS, ModelParams
+from tests.eval.tiny_models import steered
 
 
 def random_model(arch: str, noise: float) -> torch.nn.Module:
@@ -56,30 +57,6 @@ def test_cached_decoding_equals_recomputing_the_whole_sequence(arch, tokenizer):
             cached = torch.stack([step[r] for step in logits[:len(fed) + 1]])
             assert (cached - whole).abs().max().item() <= 1e-5, (arch, r)
     assert decoder.next_position.tolist() == [3 + finished_after, 15, 12, 7]
-
-
-def steered(model: torch.nn.Module, tokenizer, rules: dict[str, str]) -> torch.nn.Module:
-    """`model` with rules on top of its logits: after a token of `rules` the token it names is
-    certain, and the tokens rules name are never written otherwise. Everything else is the
-    model's own (random) prediction, through its own cache."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) if t.startswith("<|") else tokenizer(
-        t, add_special_tokens=False)["input_ids"][0] for pair in rules.items() for t in pair}
-    table = torch.zeros(len(tokenizer), len(tokenizer))
-    table[:, [ids[then] for then in rules.values()]] = -1e4
-    for after, then in rules.items():
-        table[ids[after], ids[then]] = 1e4
-
-    class Steered(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner, self.config = model, model.config
-
-        def forward(self, input_ids, **kwargs):
-            out = self.inner(input_ids=input_ids, **kwargs)
-            out.logits[:, -1] += table[input_ids[:, -1]]
-            return out
-
-    return Steered()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

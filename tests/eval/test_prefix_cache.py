@@ -18,6 +18,7 @@ from lmpipe.eval.prefix_cache import PrefixCache
 from lmpipe.eval.prefix_tree import RadixTree
 from lmpipe.model.build import build_model
 from lmpipe.model.params import ModelParams
+from tests.eval.tiny_models import noisy_llama, steered
 
 # -- the radix tree ------------------------------------------------------------------------------
 
@@ -63,13 +64,7 @@ def test_radix_tree_inserts_split_nodes_and_match_finds_the_longest_prefix():
 def llama():
     """Two layers, grouped-query attention, noise on every weight: logits of order 1, so a wrong
     position or a wrong key shows far above 1e-5 (a fresh model's logits are all near zero)."""
-    model = build_model(ModelParams(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-                                    max_seq_len=256), seed=0).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.1 * torch.randn(weight.shape, generator=generator))
-    return model
+    return noisy_llama(max_seq_len=256, noise=0.1, seed=1)
 
 
 def follow(prompt: str, answer: str, attribute: str, name: str = "Al Bo") -> str:
@@ -281,31 +276,9 @@ def test_lru_pages_the_least_recently_used_leaf_out_first(llama, tmp_path):
 # -- generation ----------------------------------------------------------------------------------
 
 
-def steered(model, tokenizer):
-    """`model` made to write the tool query "?" after "~" (a tool call), then go on freely."""
-    rules = {"~": protocol.CALL, protocol.CALL: "?", "?": protocol.END}
-    ids = {t: tokenizer.convert_tokens_to_ids(t) if t.startswith("<|") else tokenizer(
-        t, add_special_tokens=False)["input_ids"][0] for pair in rules.items() for t in pair}
-    table = torch.zeros(len(tokenizer), len(tokenizer))
-    table[:, [ids[then] for then in rules.values()]] = -1e4
-    for after, then in rules.items():
-        table[ids[after], ids[then]] = 1e4
-
-    class Steered(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner, self.config = model, model.config
-
-        def forward(self, input_ids, **kwargs):
-            out = self.inner(input_ids=input_ids, **kwargs)
-            out.logits[:, -1] += table[input_ids[:, -1]]
-            return out
-
-    return Steered()
-
-
 def test_greedy_generation_with_a_tool_is_the_same_with_the_cache(llama, tokenizer, tiny_world):
-    model = steered(llama, tokenizer)
+    # writes the tool query "?" after "~" (a tool call), then goes on freely
+    model = steered(llama, tokenizer, {"~": protocol.CALL, protocol.CALL: "?", "?": protocol.END})
     cache = PrefixCache(model)
     greedy = Sampling(max_new_tokens=6)
     with PeopleDB(tiny_world / "people.duckdb") as db:
