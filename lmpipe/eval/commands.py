@@ -1,5 +1,6 @@
 """`lmpipe generate` and `lmpipe probe`: a saved model's text (with the tool), an interactive chat
-that keeps its conversation's KV in a prefix cache between turns, and linear probes."""
+that keeps its conversation in a prefix cache between turns (an attention model's KV, a recurrent
+model's state snapshots), and linear probes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from lmpipe.core.paths import WORLD
 
 if TYPE_CHECKING:
     from lmpipe.eval.generate import Generation, Sampling
-    from lmpipe.eval.prefix_cache import PrefixCache
+    from lmpipe.eval.tree_cache import TreeCache
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true", help="the prompt is a question in a dialog "
                    "turn, answered from memory without the tool, or with --db with it (default: "
                    "plain continuation). Without a prompt: an interactive chat, one user turn a "
-                   "line of stdin, the conversation's KV kept in a prefix cache between turns "
+                   "line of stdin, the conversation kept in a prefix cache between turns "
                    "(lines '/stats': its counters; '/quit' or end of input: stop)")
     p.add_argument("--no-cache", action="store_true", help="interactive chat: recompute the whole "
                    "conversation every turn instead (to compare)")
@@ -93,22 +94,20 @@ def generate_command(args: argparse.Namespace) -> None:
 
 def chat(model, tokenizer, lines: Iterable[str], out: TextIO, sampling: Sampling,
          tool: Callable[[str], str] | None = None, prefix_cache: bool = True,
-         prompt: str = "") -> tuple[list[Generation], PrefixCache | None]:
+         prompt: str = "") -> tuple[list[Generation], TreeCache | None]:
     """An interactive chat: each line of `lines` is a user turn (protocol.turn(USER, line), the
     dialog opened by protocol.head(with_tool)), the model's reply streams to `out` (tool turns
     spliced in), and the conversation grows by both; a reply cut at its token budget is closed
-    with END. With `prefix_cache` one PrefixCache holds the conversation's KV between turns, so
-    each turn prefills only its new tokens. '/stats' prints the cache's counters, '/quit' (or the
+    with END. With `prefix_cache` one prefix cache holds the conversation between turns (its KV,
+    or a recurrent model's state after each turn: `prefix_cache_for`), so each turn prefills
+    only its new tokens. '/stats' prints the cache's counters, '/quit' (or the
     end of `lines`) stops; the counters are printed at the end. `prompt` is written before each
     line is read. Returns every turn's generation and the cache (None without one)."""
     from lmpipe.core import protocol
     from lmpipe.eval.generate import generate
-    from lmpipe.eval.prefix_cache import PrefixCache, supported
+    from lmpipe.eval.recurrent_prefix_cache import prefix_cache_for
 
-    cache = PrefixCache(model) if prefix_cache and supported(model) else None
-    if prefix_cache and cache is None:
-        print("(this model keeps a recurrent state: no prefix cache, every turn computes the "
-              "whole conversation)", file=out)
+    cache = prefix_cache_for(model) if prefix_cache else None
     limit = getattr(model.config, "max_position_embeddings", None)
     conversation = protocol.head(tool is not None)
     turns: list[Generation] = []
@@ -121,7 +120,8 @@ def chat(model, tokenizer, lines: Iterable[str], out: TextIO, sampling: Sampling
         return (f"prefix cache: {s['hits']} of {s['lookups']} turns reused a prefix; prefill "
                 f"tokens reused {s['tokens_reused']:,}, computed {s['tokens_computed']:,} "
                 f"({s['tokens_computed'] / max(total, 1):.0%} of {total:,}); {s['nodes']} "
-                f"nodes, {s['tokens']:,} tokens, {sum(s['bytes'].values()):,} bytes of KV")
+                f"nodes, {s['tokens']:,} tokens, {sum(s['bytes'].values()):,} bytes of "
+                f"{'state snapshots' if 'snapshots' in s else 'KV'}")
 
     print(prompt, end="", file=out, flush=True)
     for line in lines:
@@ -160,7 +160,7 @@ GENERATE = Command(
     "a question put to the model as a dialog turn; with --db the model may call the database "
     "tool, whose replies are spliced in as it generates. --chat without a prompt is an "
     "interactive chat: one user turn a line of stdin, each turn prefilling only its new tokens "
-    "(a prefix cache keeps the conversation's KV).",
+    "(a prefix cache keeps the conversation: its KV, or a recurrent model's state).",
     arguments=_generate_arguments, run=generate_command)
 
 

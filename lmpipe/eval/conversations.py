@@ -18,7 +18,8 @@ again (two calls a turn). Scored per turn by exact match (`conversation_records`
 hold as the conversation grows?
 
 Turn d + 1's prompt is turn d's prompt and generation plus a question, so with a prefix cache
-(`conversation_cache`, lmpipe/eval/prefix_cache.py) every level prefills only what the level
+(`conversation_cache`: attention KV, lmpipe/eval/prefix_cache.py, or a recurrent model's state
+snapshots, lmpipe/eval/recurrent_prefix_cache.py) every level prefills only what the level
 before it did not compute: the new question, and the whole prompt only at depth 1. The answers
 are the same with and without it; `cache_records` turns its counters into eval records.
 """
@@ -39,7 +40,8 @@ import torch
 from lmpipe.core import protocol
 from lmpipe.eval.generate import Generation, Sampling, generate
 from lmpipe.eval.kv_tiers import DEVICE, HOST
-from lmpipe.eval.prefix_cache import PrefixCache, supported
+from lmpipe.eval.recurrent_prefix_cache import prefix_cache_for
+from lmpipe.eval.tree_cache import TreeCache
 
 Tool = Callable[[str], str]
 
@@ -192,13 +194,13 @@ def conversation_records(split: str, answered: list[Answered]) -> list[dict[str,
 
 @contextmanager
 def conversation_cache(model: torch.nn.Module, enabled: bool = True,
-                       memory_mb: float | None = None) -> Iterator[PrefixCache | None]:
+                       memory_mb: float | None = None) -> Iterator[TreeCache | None]:
     """A prefix cache for one `run_conversations` (pass it as `prefix_cache=`), or None when
-    `enabled` is off or `model` keeps a recurrent state (it then runs without a cache).
-    `memory_mb`: the byte budget of each memory tier (host; the compute device too on an
-    accelerator), least-recently-used KV beyond it paged out to disk under a temporary folder
-    removed at the end; None = unbounded, no disk."""
-    if not enabled or not supported(model):
+    `enabled` is off: of KV for an attention model, of state snapshots for a recurrent one
+    (`prefix_cache_for`). `memory_mb`: the byte budget of each memory tier (host; the compute
+    device too on an accelerator), least-recently-used pages beyond it paged out to disk under a
+    temporary folder removed at the end; None = unbounded, no disk."""
+    if not enabled:
         yield None
         return
     budgets = None
@@ -208,7 +210,7 @@ def conversation_cache(model: torch.nn.Module, enabled: bool = True,
         budgets = {HOST: memory, **({DEVICE: memory} if on_device else {})}
     with (tempfile.TemporaryDirectory(prefix="lmpipe-kv-") if memory_mb is not None
           else nullcontext()) as folder:
-        cache = PrefixCache(model, budgets, directory=folder)
+        cache = prefix_cache_for(model, budgets, directory=folder)
         try:
             yield cache
         finally:
@@ -221,7 +223,7 @@ CACHE_METRICS = ("prefix_cache_hit_rate", "prefix_cache_tokens_reused",
 
 
 def cache_records(split: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """A prefix cache's counters (PrefixCache.stats) as eval records: the share of prompts that
+    """A prefix cache's counters (TreeCache.stats) as eval records: the share of prompts that
     reused a prefix (n: prompts), prefill tokens reused and computed (n: prefill tokens of the
     prompts, what a run without the cache computes), and bytes paged out of and back into
     memory, over every tier (n: null)."""

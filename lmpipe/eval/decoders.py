@@ -18,7 +18,14 @@ from a batch of left-padded prompts (`prefill`), then advance every row by one t
       `cache`): the decoder sets and reads it there.
 
 A finished row keeps being fed pad tokens: rows never mix, so that only changes its own state,
-whose outputs the loop ignores.
+whose outputs the loop ignores. The recurrent decoders put a finished row's state back as it was
+before the step, so at the end of a batch each row's state is the one after its last fed token:
+the state snapshot the recurrent prefix cache stores (lmpipe/eval/recurrent_prefix_cache.py).
+They read and write every row's fixed-size state (`states`, `set_states`); a step from given
+states feeds one token a row, a row not `live` staying as it is (how the cache feeds suffixes of
+different lengths from their snapshots: transformers' Mamba and RecurrentGemma run a chunk of
+several tokens partly as if from a zero state, Mamba's scan and Hawk's convolution, so a chunk
+cannot go on from a snapshot).
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from lmpipe.core.archs import model_type
+from lmpipe.eval.kv_buffer import buffered_cache
 
 
 class Decoder(Protocol):
@@ -51,10 +60,25 @@ class AttentionDecoder:
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.mask = mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         cache=self._new_cache(), use_cache=True,
+                         logits_to_keep=1)
         self.past = out.cache
         self.next_position = positions[:, -1] + 1
         return out.logits[:, -1].float()
+
+    def _new_cache(self) -> Cache:
+        return buffered_cache()
+
+    def can_drop_rows(self) -> bool:
+        """Whether `keep_rows` works: the model's cache can select rows of the batch."""
+        return hasattr(self.past, "batch_select_indices")
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Go on with only `rows` of the batch: the loop drops finished rows, which would
+        otherwise cost every later step as much as a live one."""
+        self.past.batch_select_indices(rows)
+        self.mask, self.next_position = self.mask[rows], self.next_position[rows]
 
     def _step_mask(self) -> torch.Tensor | None:
         return self.mask
@@ -69,10 +93,47 @@ class AttentionDecoder:
 
 
 class MambaDecoder(AttentionDecoder):
-    """Mamba masks padded positions itself (module docstring); its steps take no mask."""
+    """Mamba masks padded positions itself (module docstring); its steps take no mask. A row not
+    live keeps its state (a pad would move it)."""
+
+    def _new_cache(self) -> None:
+        return None  # the model makes its own conv and SSM state cache
+
+    def can_drop_rows(self) -> bool:
+        return False  # a finished row is frozen, not dropped
 
     def _step_mask(self) -> torch.Tensor | None:
         return None
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        # the cache's own tensors: transformers updates them in place
+        return [t for layer in self.past.layers for t in (layer.conv_states[0],
+                                                          layer.recurrent_states[0])]
+
+    def states(self) -> list[torch.Tensor]:
+        """A copy of every row's state: each layer's conv window then SSM state, (B, ...) each."""
+        return [t.clone() for t in self._state_tensors()]
+
+    def set_states(self, states: list[torch.Tensor], next_position: torch.Tensor) -> None:
+        """Go on from `states` (as `states` gives them, any batch size), each row's next token at
+        `next_position` (B,)."""
+        self.past = DynamicCache(config=self.model.config)
+        for layer, conv, ssm in zip(self.past.layers, states[0::2], states[1::2], strict=True):
+            layer.lazy_initialization(conv_states=conv, recurrent_states=ssm)
+            layer.conv_states[0].copy_(conv)
+            layer.recurrent_states[0].copy_(ssm)
+            layer.has_previous_state[0] = True  # a state to go on from, not a prefill to come
+        self.next_position = next_position.clone()
+        self.mask = next_position.new_zeros((len(next_position), 0))  # the steps append to it
+
+    def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        held = ~live
+        kept = [t[held] for t in self._state_tensors()] if held.any() else None
+        logits = super().step(tokens, live)
+        if kept is not None:
+            for t, before in zip(self._state_tensors(), kept):
+                t[held] = before
+        return logits
 
 
 class RecurrentGemmaDecoder:
@@ -124,9 +185,28 @@ class RecurrentGemmaDecoder:
         self.next_position = lengths.clone()
         return logits
 
+    def states(self) -> list[torch.Tensor]:
+        """A copy of every row's state: each block's conv window then RG-LRU state, (B, ...)."""
+        return [t.clone() for b in self.blocks for t in (b.conv1d_state, b.rg_lru.recurrent_states)]
+
+    def set_states(self, states: list[torch.Tensor], next_position: torch.Tensor) -> None:
+        """Go on from `states` (as `states` gives them, any batch size), each row's next token at
+        `next_position` (B,)."""
+        self._set_states([[conv.clone(), recurrent.clone()]
+                          for conv, recurrent in zip(states[0::2], states[1::2], strict=True)])
+        self.next_position = next_position.clone()
+
     def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        held = ~live
+        kept = [t[held] for b in self.blocks for t in (b.conv1d_state, b.rg_lru.recurrent_states)
+                ] if held.any() else None
         logits = self._run(tokens[:, None], self.next_position[:, None])
         self.next_position = self.next_position + live.long()
+        if kept is not None:  # a row not live keeps its state (a pad would move it)
+            now = self.states()  # copies: the block's new state may view its step's outputs
+            for t, before in zip(now, kept):
+                t[held] = before
+            self._set_states(list(zip(now[0::2], now[1::2])))
         return logits
 
 

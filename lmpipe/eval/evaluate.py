@@ -182,8 +182,9 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
 def score_conversations(model, tokenizer, split: str, people: list[dict[str, str]],
                         db: PeopleDB, params: EvalParams) -> list[dict[str, Any]]:
     """Conversation trees about `people`, asked through the tool (lmpipe/eval/conversations.py):
-    conversation_accuracy overall and per turn; with `params.conversation_cache` (an attention
-    model), one prefix cache for the split's levels and its prefix_cache_* counters."""
+    conversation_accuracy overall and per turn; with `params.conversation_cache`, one prefix
+    cache (KV, or a recurrent model's state snapshots) for the split's levels and its
+    prefix_cache_* counters."""
     trees = conversation_trees(people, params.conversation_turns, params.conversation_branches,
                                params.seed)
     with conversation_cache(model, params.conversation_cache,

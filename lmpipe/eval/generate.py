@@ -13,8 +13,9 @@ sequence only. The others keep sampling, so no sequence waits for another's tool
 
 transformers' `generate` cannot splice text into one sequence of a batch mid-generation, hence
 this loop; the sampling itself is transformers' logits processors. With a `prefix_cache`
-(lmpipe/eval/prefix_cache.py, attention models) a prompt's prefill reuses the KV of the longest
-prefix an earlier batch computed (the next turn of a conversation), and computes only the rest.
+(lmpipe/eval/prefix_cache.py: attention KV; lmpipe/eval/recurrent_prefix_cache.py: Mamba's and
+Hawk's state snapshots) a prompt's prefill reuses what an earlier batch computed of its longest
+cached prefix (the next turn of a conversation), and computes only the rest.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import decoder_for
 
 if TYPE_CHECKING:
-    from lmpipe.eval.prefix_cache import PrefixCache
+    from lmpipe.eval.tree_cache import TreeCache
 
 Tool = Callable[[str], str]  # a query the model wrote -> the database's reply
+DROP_SHARE = 0.25  # the share of a batch's rows that, once finished, the loop drops
 
 
 @dataclass(frozen=True)
@@ -125,13 +127,14 @@ def _left_padded(tokenizer, prompts: list[str], pad: int) -> tuple[torch.Tensor,
 def generate(model, tokenizer, prompts: list[str], sampling: Sampling = Sampling(),
              tool: Tool | None = None, batch_size: int = 32, max_tool_calls: int = 1,
              on_token: Callable[[int, str], None] | None = None,
-             prefix_cache: PrefixCache | None = None) -> list[Generation]:
+             prefix_cache: TreeCache | None = None) -> list[Generation]:
     """Continue every prompt. Stops a sequence at EOS, at an assistant turn's END that is not a
     tool query (or every END when there is no tool), at a stop string, after
     `sampling.max_new_tokens` sampled tokens in one turn (a tool reply starts a new turn), or
     when the model's context is full. `on_token(row, text)` streams decoded tokens.
-    `prefix_cache` (lmpipe/eval/prefix_cache.py, attention models): each prompt's prefill reuses
-    the longest prefix an earlier sequence computed, and each finished batch is stored in it."""
+    `prefix_cache` (`prefix_cache_for(model)`, lmpipe/eval/recurrent_prefix_cache.py): each
+    prompt's prefill reuses the longest cached prefix an earlier sequence computed, and each
+    finished batch is stored in it."""
     results: list[Generation] = []
     generator = torch.Generator().manual_seed(sampling.seed)
     for start in range(0, len(prompts), batch_size):
@@ -160,6 +163,7 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
     processors = sampling.processors()
     history = ids
     seqs = [_Sequence(p) for p in prompts]
+    rows = list(range(len(seqs)))  # the sequence each row of the decoder's batch continues
     while True:
         scores = processors(history, logits) if len(processors) else logits
         if sampling.temperature > 0:
@@ -168,7 +172,8 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
         else:
             chosen = scores.argmax(-1).cpu()
         feed = []
-        for row, seq in enumerate(seqs):
+        for row, index in enumerate(rows):
+            seq = seqs[index]
             if seq.done:
                 feed.append(pad)
                 continue
@@ -196,18 +201,29 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
                 elif out_.sampled - seq.sampled_before_turn >= sampling.max_new_tokens:
                     seq.done = True  # this turn's budget is spent
             if on_token is not None:
-                on_token(row, tokenizer.decode([token], skip_special_tokens=False))
+                on_token(index, tokenizer.decode([token], skip_special_tokens=False))
             if not seq.done and limit is not None and int(decoder.next_position[row]) >= limit:
                 seq.done = True  # the model's context is full
             feed.append(pad if seq.done else token)
-        live = torch.tensor([not s.done for s in seqs], device=device)
+        live = torch.tensor([not seqs[i].done for i in rows], device=device)
         if not live.any():
             break
         step_ids = torch.tensor(feed, device=device)
+        if DROP_SHARE * len(rows) <= len(rows) - int(live.sum()) and \
+                getattr(decoder, "can_drop_rows", bool)():
+            # enough rows have finished to drop them: a later step costs only the live ones
+            keep, gone = live.nonzero().squeeze(1), (~live).nonzero().squeeze(1).tolist()
+            if prefix_cache is not None:
+                finished = [rows[g] for g in gone]
+                prefix_cache.insert_batch(decoder, ids[finished], mask[finished],
+                                          [seqs[i].out.ids for i in finished], decoder_rows=gone)
+            decoder.keep_rows(keep)
+            rows = [rows[k] for k in keep.tolist()]
+            history, live, step_ids = history[keep], live[keep], step_ids[keep]
         history = torch.cat([history, step_ids[:, None]], dim=1)
         logits = decoder.step(step_ids, live)
     if prefix_cache is not None:
-        prefix_cache.insert_batch(decoder, ids, mask, [s.out.ids for s in seqs])
+        prefix_cache.insert_batch(decoder, ids[rows], mask[rows], [seqs[i].out.ids for i in rows])
     return [s.out for s in seqs]
 
 

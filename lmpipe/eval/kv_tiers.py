@@ -14,7 +14,9 @@ the file goes with `clear` and `close`.
 A page (`KVPage`) is the KV of one span of tokens: one tensor (layers, 2, kv_heads, span,
 head_dim), K at [:, 0] and V at [:, 1], so layer l's K and V are (kv_heads, span, head_dim), as the
 model's cache holds them for one row. One tensor a page keeps a split and a disk page to a single
-slice and a single file entry.
+slice and a single file entry. The recurrent cache's pages (`StatePage`,
+lmpipe/eval/recurrent_prefix_cache.py) are one row's state snapshot as raw bytes, moved the same
+way; they are never split.
 """
 
 from __future__ import annotations
@@ -93,9 +95,10 @@ class Tiers:
         budget = self.budgets[tier]
         return 0 if budget is None else max(0, self.used[tier] - budget)
 
-    def add(self, kv: torch.Tensor) -> KVPage:
-        """A new page in the top tier."""
-        page = KVPage(kv.to(self._device_of(self.top)), self.top)
+    def add(self, kv: torch.Tensor, kind: type[KVPage] = KVPage) -> KVPage:
+        """A new page in the top tier; `kind` is the page's class (the recurrent cache's state
+        snapshots are pages of another shape, lmpipe/eval/recurrent_prefix_cache.py)."""
+        page = kind(kv.to(self._device_of(self.top)), self.top)
         self._grow(self.top, page.nbytes)
         return page
 

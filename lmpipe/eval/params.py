@@ -25,14 +25,15 @@ class EvalParams(Section):
     tool_error_rate: float = Field(0.0, ge=0.0, lt=1.0, description="conversations: share of "
                                    "queries the database first answers 'ERROR: busy, try again' "
                                    "(the model may call twice a turn)")
-    conversation_cache: bool = Field(True, description="conversations: a prefix-tree KV cache "
-                                     "(lmpipe/eval/prefix_cache.py) carries each conversation "
-                                     "from turn to turn, so a turn prefills only its new tokens; "
-                                     "same answers, prefix_cache_* eval records (attention "
-                                     "models; recurrent ones run without it)")
+    conversation_cache: bool = Field(True, description="conversations: a prefix-tree cache "
+                                     "(lmpipe/eval/prefix_cache.py: KV; recurrent models: state "
+                                     "snapshots, lmpipe/eval/recurrent_prefix_cache.py) carries "
+                                     "each conversation from turn to turn, so a turn prefills "
+                                     "only its new tokens; same answers, prefix_cache_* eval "
+                                     "records")
     conversation_cache_mb: float | None = Field(None, gt=0, description="conversations: memory "
                                                 "budget of that cache in MB (host; the device's "
-                                                "too on a GPU), least-recently-used KV beyond "
+                                                "too on a GPU), least-recently-used pages beyond "
                                                 "it paged out to a temporary folder on disk; "
                                                 "None = unbounded, no disk")
     sample_prompt: str = Field("", description="if set, each model continues this prompt into "

@@ -23,21 +23,22 @@ into the tree with their KV, so the next turn of a conversation, whose prompt ex
 hits.
 
 Attention models only: a recurrent model (mamba, recurrent_gemma) has no per-token KV to cut at
-any prefix; caching its state snapshots at node boundaries is a later step, and the cache refuses
-those models by name.
+any prefix, so this cache refuses it by name; lmpipe/eval/recurrent_prefix_cache.py caches its
+state snapshots at node boundaries instead, on the same tree and tiers (lmpipe/eval/tree_cache.py),
+and its `prefix_cache_for(model)` picks the cache a model needs.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from lmpipe.eval.kv_tiers import DEVICE, DISK, HOST, Tiers
+from lmpipe.eval.kv_tiers import KVPage
 from lmpipe.eval.prefix_decoder import PrefixDecoder
-from lmpipe.eval.prefix_tree import Node, RadixTree
+from lmpipe.eval.prefix_tree import Node
+from lmpipe.eval.tree_cache import TreeCache
 
 RECURRENT = {"mamba": "mamba", "recurrent_gemma": "hawk"}  # model_type -> lmpipe arch
 
@@ -49,8 +50,9 @@ def supported(model: torch.nn.Module) -> bool:
     return kind not in RECURRENT and not getattr(model, "_is_stateful", False)
 
 
-class PrefixCache:
-    """Radix-tree KV cache with a byte budget per tier (module docstring).
+class PrefixCache(TreeCache):
+    """Radix-tree KV cache with a byte budget per tier (module docstring; the budgets, tiers and
+    counters are TreeCache's, lmpipe/eval/tree_cache.py).
 
     `budgets` maps tier names ("device", "host", "disk") to bytes (None or absent: unbounded);
     `directory` adds the disk tier (the pages go to a fresh folder under it); `device_tier`
@@ -63,18 +65,10 @@ class PrefixCache:
             kind = getattr(model.config, "model_type", None)
             raise ValueError(f"prefix cache: model type {kind!r} (arch "
                              f"{RECURRENT.get(kind, kind)!r}) keeps a recurrent state, not an "
-                             "attention KV cache; the prefix cache supports attention models "
-                             "(llama) only")
-        self.model = model
-        device = next(model.parameters()).device
-        on_device = device.type != "cpu" if device_tier is None else device_tier
-        names = (DEVICE,) * on_device + (HOST,) + (DISK,) * (directory is not None)
-        self.tiers = Tiers(names, budgets or {}, device, directory)
-        self.tree = RadixTree(self.tiers.split)
-        # the nodes of each tier: a budget check looks at its own tier's nodes only
-        self.resident: dict[str, set[Node]] = {name: set() for name in names}
-        self.lookups = self.hits = self.tokens_reused = self.tokens_computed = 0
-        self.nodes_evicted = 0
+                             "attention KV cache; this cache supports attention models (llama) "
+                             "only: use RecurrentPrefixCache, or prefix_cache_for(model) "
+                             "(lmpipe/eval/recurrent_prefix_cache.py)")
+        super().__init__(model, budgets, directory, device_tier)
 
     # -- the two calls of the generation loop ---------------------------------------------------
 
@@ -104,11 +98,13 @@ class PrefixCache:
         return decoder, logits
 
     def insert_batch(self, decoder: PrefixDecoder, ids: torch.Tensor, mask: torch.Tensor,
-                     generated: list[list[int]]) -> None:
+                     generated: list[list[int]], decoder_rows: list[int] | None = None) -> None:
         """Store each row's fed tokens (its prompt, then the generated tokens the model was fed:
-        all but a finished row's last) with their KV from the decoder's cache."""
-        for row in range(len(ids)):
-            tokens = ids[row][mask[row].bool()].tolist() + list(generated[row])
+        all but a finished row's last) with their KV from the decoder's cache, where row i is
+        the decoder's row `decoder_rows[i]` (default: i)."""
+        for i in range(len(ids)):
+            row = i if decoder_rows is None else decoder_rows[i]
+            tokens = ids[i][mask[i].bool()].tolist() + list(generated[i])
             stop = min(int(decoder.mask[row].sum()), len(tokens))
             self.insert(tokens[:stop], lambda start, row=row, stop=stop:
                         decoder.row_kv(row, start, stop))
@@ -140,58 +136,20 @@ class PrefixCache:
             self.resident[node.payload.tier].add(node)
         return path
 
-    def _moved(self, node: Node, tier: str) -> None:
-        """Keep `resident` in step after `node` left `tier`."""
-        if node.payload.tier != tier:
-            self.resident[tier].discard(node)
-            self.resident[node.payload.tier].add(node)
+    # -- the order of page-outs and evictions (lmpipe/eval/tree_cache.py) ----------------------
 
-    # -- budgets --------------------------------------------------------------------------------
+    def _split(self, payload: KVPage, k: int) -> tuple[KVPage, KVPage]:
+        return self.tiers.split(payload, k)
 
-    def enforce_budgets(self) -> None:
-        """Page least-recently-used nodes down (or evict them from the last tier) until every
-        tier is within its budget, fastest tier first."""
-        for tier in self.tiers.names:
-            while self.tiers.over(tier):
-                nodes = list(self.resident[tier])
-                if tier == DISK:
-                    copies = [n for t in self.tiers.names if t != DISK for n in self.resident[t]
-                              if n.payload.offset is not None]
-                    if copies:  # clean copies of pages in memory go first
-                        self.tiers.forget_file(min(copies, key=lambda n: n.last_used).payload)
-                        continue
-                if self.tiers.next_tier(tier) is None:
-                    leaves = [n for n in nodes if not n.children] or \
-                        [n for n in self.tree.nodes() if not n.children]
-                    self._evict(min(leaves, key=lambda n: n.last_used))
-                    continue
-                # a node moves only after its children (a path cools from its leaf up); a node
-                # inserted under a colder parent can leave none ready: then any node goes.
-                # Least recently used first, readiness checked as nodes come off the heap (the
-                # tier may hold many nodes; a lookup usually needs a few moved)
-                if not self._page_out_lru(tier, nodes, ready_only=True) and \
-                        not self._page_out_lru(tier, nodes, ready_only=False):
-                    break  # nothing of this tier's left to move (never with a consistent index)
+    def _ready(self, node: Node, tier: str) -> bool:
+        # a node moves only after its children (a path cools from its leaf up)
+        return self._colder_below(node, tier)
 
-    def _page_out_lru(self, tier: str, nodes: list[Node], ready_only: bool) -> int:
-        """Page `tier`'s least-recently-used nodes down until it is within budget, only those
-        whose children are all colder when `ready_only`; a paged-out node's parent becomes a
-        candidate. Returns how many moved."""
-        heap = [(n.last_used, n.id, n) for n in nodes]
-        heapq.heapify(heap)
-        moved = 0
-        while heap and self.tiers.over(tier):
-            node = heapq.heappop(heap)[2]
-            if node.payload.tier != tier or (ready_only and not self._colder_below(node, tier)):
-                continue  # moved already (a parent pushed twice), or its children are warmer
-            self.tiers.page_out(node.payload)
-            self._moved(node, tier)
-            moved += 1
-            parent = node.parent
-            if parent.payload is not None and parent.payload.tier == tier and \
-                    self._colder_below(parent, tier):
-                heapq.heappush(heap, (parent.last_used, parent.id, parent))
-        return moved
+    def _victim(self, tier: str) -> Node:
+        # only a leaf can go: its descendants would lose the KV of their prefix
+        leaves = [n for n in self.resident[tier] if not n.children] or \
+            [n for n in self.tree.nodes() if not n.children]
+        return min(leaves, key=lambda n: n.last_used)
 
     def _colder_below(self, node: Node, tier: str) -> bool:
         rank = self.tiers.names.index
@@ -202,33 +160,3 @@ class PrefixCache:
         self.tiers.drop(node.payload)
         self.tree.remove_leaf(node)
         self.nodes_evicted += 1
-
-    # -- reporting ------------------------------------------------------------------------------
-
-    def stats(self) -> dict:
-        """Counters: lookups (one a prompt), hits (prompts that reused a prefix), prefill tokens
-        reused and computed, nodes and tokens held, bytes held (now, and at most: that one counts
-        the moments mid-prefill when a batch's hits are resident at once), paged out and paged in
-        per tier, bytes written to disk, budgets, nodes evicted."""
-        nodes = list(self.tree.nodes())
-        return {
-            "lookups": self.lookups, "hits": self.hits,
-            "tokens_reused": self.tokens_reused, "tokens_computed": self.tokens_computed,
-            "nodes": len(nodes), "tokens": sum(len(n.tokens) for n in nodes),
-            "bytes": dict(self.tiers.used), "peak_bytes": dict(self.tiers.peak),
-            "budgets": dict(self.tiers.budgets),
-            "paged_out_bytes": dict(self.tiers.paged_out),
-            "paged_in_bytes": dict(self.tiers.paged_in), "disk_written_bytes": self.tiers.written,
-            "nodes_evicted": self.nodes_evicted,
-        }
-
-    def clear(self) -> None:
-        """Drop every node (their disk pages too); the cache stays usable."""
-        self.tree = RadixTree(self.tiers.split)
-        self.resident = {name: set() for name in self.tiers.names}
-        self.tiers.clear()
-
-    def close(self) -> None:
-        """Drop every node and remove this cache's disk folder."""
-        self.clear()
-        self.tiers.close()

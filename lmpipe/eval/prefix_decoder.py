@@ -6,15 +6,16 @@ A row's cache and mask read [pad | prefix_i | pad | suffix_i]: the prefixes left
 longest one, the suffixes left-padded to theirs. The mask marks the real tokens; a suffix's
 positions go on from its own prefix length, so every real token sits at the position (hence has
 the RoPE'd key) it has when the prompt is computed whole, and the masked slots in the middle
-are never attended to.
+are never attended to. The prefixes are copied straight into the batch cache's buffers
+(lmpipe/eval/kv_buffer.py), which have room for the suffixes and the decoding steps after them.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from lmpipe.eval.decoders import AttentionDecoder
+from lmpipe.eval.kv_buffer import SPARE, buffered_cache
 
 
 class PrefixDecoder(AttentionDecoder):
@@ -27,27 +28,28 @@ class PrefixDecoder(AttentionDecoder):
         lengths = [0 if kv is None else kv.shape[3] for kv in prefixes]
         width = max(lengths)
         device = ids.device
-        cache, prefix_mask = None, torch.zeros((len(ids), width), dtype=torch.long, device=device)
+        prefix_mask = torch.zeros((len(ids), width), dtype=torch.long, device=device)
+        cache = buffered_cache(spare=ids.shape[1] + SPARE)
         if width:
             first = next(kv for kv in prefixes if kv is not None)
             layers, _, heads, _, head_dim = first.shape
-            # zeros under the padding: masked out, never attended to
-            past = torch.zeros((layers, 2, len(ids), heads, width, head_dim), dtype=first.dtype,
-                               device=device)
+            cache = buffered_cache(layers, spare=ids.shape[1] + SPARE)
+            # written into the cache's own buffers: zeros under the padding, never attended to
+            buffers = [layer.allocate(len(ids), heads, head_dim, width, first.dtype, device)
+                       for layer in cache.layers]
             for row, kv in enumerate(prefixes):
                 if kv is not None:
-                    past[:, :, row, :, width - kv.shape[3]:] = kv
+                    for (keys, values), layer_kv in zip(buffers, kv):
+                        keys[row, :, width - kv.shape[3]:width] = layer_kv[0]
+                        values[row, :, width - kv.shape[3]:width] = layer_kv[1]
                     prefix_mask[row, width - kv.shape[3]:] = 1
-            cache = DynamicCache(config=self.model.config)
-            for layer in range(layers):
-                cache.layers[layer].update(past[layer, 0], past[layer, 1])
         # each row's suffix goes on from its own prefix length (a padded slot's position is
         # never read: it is masked)
         start = torch.tensor(lengths, device=device)[:, None]
         positions = (start + mask.cumsum(-1) - 1).clamp(min=0)
         self.mask = torch.cat([prefix_mask, mask], dim=1)
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                         cache=cache, use_cache=True)
+                         cache=cache, use_cache=True, logits_to_keep=1)
         self.past = out.cache
         self.next_position = positions[:, -1] + 1
         return out.logits[:, -1].float()
@@ -55,5 +57,9 @@ class PrefixDecoder(AttentionDecoder):
     def row_kv(self, row: int, start: int, stop: int) -> torch.Tensor:
         """The KV (L, 2, heads, stop - start, head_dim) of a row's real tokens start:stop."""
         real = self.mask[row].nonzero().squeeze(1)[start:stop]
-        return torch.stack([torch.stack([layer.keys[row][:, real], layer.values[row][:, real]])
+        first, last = int(real[0]), int(real[-1])
+        # usually one run of positions (a turn's new tokens follow each other): a slice, cheaper
+        # than gathering; a copy either way, so the stored KV does not hold the batch's buffer
+        where = slice(first, last + 1) if last - first + 1 == len(real) else real
+        return torch.stack([torch.stack([layer.keys[row][:, where], layer.values[row][:, where]])
                             for layer in self.past.layers])

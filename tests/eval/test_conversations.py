@@ -67,9 +67,11 @@ class ConversationModel(torch.nn.Module):
         return plan[len(done)] if len(done) < len(plan) else self.tok.pad_token_id
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None,
-                use_cache=True):
-        history = input_ids if cache is None else torch.cat([cache, input_ids], 1)
-        if cache is None:  # a prefill: how many questions each row's conversation holds
+                use_cache=True, logits_to_keep=0):
+        # its cache is the token history; a prefill is handed generate's empty KV cache
+        prefill = not isinstance(cache, torch.Tensor)
+        history = input_ids if prefill else torch.cat([cache, input_ids], 1)
+        if prefill:  # a prefill: how many questions each row's conversation holds
             self.user_turns_seen += [self.tok.decode(ids).count(protocol.USER)
                                      for ids in history.tolist()]
         logits = torch.full((input_ids.shape[0], 1, len(self.tok)), -1e9)

@@ -6,6 +6,7 @@ import torch
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.generate import Sampling, answer_questions, generate
+from tests.eval.tiny_models import noisy_llama, steered
 
 PROMPTS = [protocol.prompt("major", "Al Bo", True),
            protocol.prompt("birth_date", "Christina Delacroix-Evans", False),
@@ -56,6 +57,24 @@ def test_stop_strings_and_streaming(tiny_model, tokenizer):
     assert early.ids == free.ids[:free.ids.index(free.ids[2]) + 1] and early.finish == "stop"
 
 
+def test_finished_rows_leave_the_batch_and_the_others_decode_the_same(tokenizer):
+    # after "!" the model ends its turn at once; the other rows run to their token budget
+    model = steered(noisy_llama(), tokenizer, {"!": protocol.END})
+    prompts = [PROMPTS[0] + "!", PROMPTS[1], PROMPTS[2] + "!", PROMPTS[0], PROMPTS[2]]
+    widths = []
+    hook = model.inner.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True)
+    greedy = Sampling(max_new_tokens=8)
+    batched = generate(model, tokenizer, prompts, greedy, batch_size=5)
+    hook.remove()
+    # the prefill with all five rows; the two that end at their first token take no step
+    assert widths == [5] + [3] * 7
+    single = [generate(model, tokenizer, [p], greedy, batch_size=1)[0] for p in prompts]
+    assert [g.ids for g in batched] == [g.ids for g in single]
+    assert [len(g.ids) for g in batched] == [1, 8, 1, 8, 8]
+
+
 class ScriptedModel(torch.nn.Module):
     """Answers questions about "Direct" people straight away; for everyone else writes a query
     (`queries[name]`), then copies whatever the database said. Its `cache` is just
@@ -84,8 +103,10 @@ class ScriptedModel(torch.nn.Module):
         return plan[len(done)] if len(done) < len(plan) else self.tok.pad_token_id
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None,
-                use_cache=True):
-        history = input_ids if cache is None else torch.cat([cache, input_ids], 1)
+                use_cache=True, logits_to_keep=0):
+        # its cache is the token history; a prefill is handed generate's empty KV cache
+        prefill = not isinstance(cache, torch.Tensor)
+        history = input_ids if prefill else torch.cat([cache, input_ids], 1)
         self.calls.append(input_ids.shape[1])
         logits = torch.full((input_ids.shape[0], 1, len(self.tok)), -1e9)
         for row, ids in enumerate(history.tolist()):
