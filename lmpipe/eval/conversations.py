@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,12 +195,14 @@ def conversation_records(split: str, answered: list[Answered]) -> list[dict[str,
 
 @contextmanager
 def conversation_cache(model: torch.nn.Module, enabled: bool = True,
-                       memory_mb: float | None = None) -> Iterator[TreeCache | None]:
+                       memory_mb: float | None = None,
+                       pages_under: str | Path | None = None) -> Iterator[TreeCache | None]:
     """A prefix cache for one `run_conversations` (pass it as `prefix_cache=`), or None when
     `enabled` is off: of KV for an attention model, of state snapshots for a recurrent one
     (`prefix_cache_for`). `memory_mb`: the byte budget of each memory tier (host; the compute
-    device too on an accelerator), least-recently-used pages beyond it paged out to disk under a
-    temporary folder removed at the end; None = unbounded, no disk."""
+    device too on an accelerator), least-recently-used pages beyond it paged out to disk in a
+    temporary folder under `pages_under` (the eval's run folder; default: the system's temporary
+    directory), removed at the end; None = unbounded, no disk."""
     if not enabled:
         yield None
         return
@@ -208,8 +211,8 @@ def conversation_cache(model: torch.nn.Module, enabled: bool = True,
         memory = int(memory_mb * 2**20)
         on_device = next(model.parameters()).device.type != "cpu"
         budgets = {HOST: memory, **({DEVICE: memory} if on_device else {})}
-    with (tempfile.TemporaryDirectory(prefix="lmpipe-kv-") if memory_mb is not None
-          else nullcontext()) as folder:
+    with (tempfile.TemporaryDirectory(prefix="kv-pages-", dir=pages_under)
+          if memory_mb is not None else nullcontext()) as folder:
         cache = prefix_cache_for(model, budgets, directory=folder)
         try:
             yield cache

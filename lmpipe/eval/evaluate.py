@@ -131,11 +131,13 @@ def score_questions(model, tokenizer, split: str, people: list[dict[str, str]],
 def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, params: EvalParams,
                    trained: list[dict[str, str]], heldout: list[dict[str, str]],
                    val_sampling: TrainParams, harness_dir: Path | None = None,
-                   knowledge: bool = True
+                   knowledge: bool = True, scratch_dir: Path | None = None
                    ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
     """All eval records for one model, plus the transcripts they were scored on.
 
     `harness_dir`: where the lm-eval people tasks of `params.harness_tasks` are written;
+    `scratch_dir`: where the conversation cache pages out to disk under a memory budget (a
+    folder of its own, removed when the split is scored; default: the system's temp directory);
     `knowledge`: measure knowledge bits (`params.knowledge_bits` as resolved for the world,
     lmpipe/runs/evaluation.py)."""
     model, tokenizer = load_model(model_dir)
@@ -173,22 +175,25 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
         for split, people in (("trained", trained), ("heldout", heldout)):
             if people:
                 records += score_conversations(model, tokenizer, split,
-                                               people[:params.conversations], db, params)
+                                               people[:params.conversations], db, params,
+                                               scratch_dir)
     if params.harness_tasks:
         records += harness_records(model_dir, params, db, trained, harness_dir)
     return records, transcripts
 
 
 def score_conversations(model, tokenizer, split: str, people: list[dict[str, str]],
-                        db: PeopleDB, params: EvalParams) -> list[dict[str, Any]]:
+                        db: PeopleDB, params: EvalParams,
+                        pages_under: Path | None = None) -> list[dict[str, Any]]:
     """Conversation trees about `people`, asked through the tool (lmpipe/eval/conversations.py):
     conversation_accuracy overall and per turn; with `params.conversation_cache`, one prefix
     cache (KV, or a recurrent model's state snapshots) for the split's levels and its
-    prefix_cache_* counters."""
+    prefix_cache_* counters; under `params.conversation_cache_mb` it pages out to a folder of
+    its own under `pages_under`."""
     trees = conversation_trees(people, params.conversation_turns, params.conversation_branches,
                                params.seed)
-    with conversation_cache(model, params.conversation_cache,
-                            params.conversation_cache_mb) as cache:
+    with conversation_cache(model, params.conversation_cache, params.conversation_cache_mb,
+                            pages_under) as cache:
         answered = run_conversations(model, tokenizer, trees, db.answer, params.max_new_tokens,
                                      params.batch_size, params.tool_error_rate, params.seed,
                                      prefix_cache=cache)

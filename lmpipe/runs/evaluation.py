@@ -65,7 +65,7 @@ def evaluate_run(models: dict[str, Path], db_path: Path, tokens_dir: Path, param
                 records, transcripts = evaluate_model(folder, db, val_split, ep, trained, heldout,
                                                       params.teacher.train,
                                                       harness_dir=out / "harness_tasks",
-                                                      knowledge=knowledge)
+                                                      knowledge=knowledge, scratch_dir=out)
                 for r in records:
                     evals.write(json.dumps({"model": name, **r}) + "\n")
                 with open(out / "transcripts" / f"{name}.jsonl", "w", encoding="utf-8") as f:

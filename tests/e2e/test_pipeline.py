@@ -38,7 +38,9 @@ TINY = {
     "quantize": {"train": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 10,
                            "qat_warmup_steps": 10, "eval_people": 0}},
     "eval": {"trained_people": 8, "heldout_people": 8, "max_new_tokens": 40,
-             "conversations": 3, "conversation_turns": 3, "conversation_branches": 1},
+             "conversations": 3, "conversation_turns": 3, "conversation_branches": 1,
+             # ~10 KB: the conversation cache pages out to the eval's run folder and back
+             "conversation_cache_mb": 0.01},
 }
 
 
@@ -129,6 +131,10 @@ def test_store_and_report(project):
             rows = [(t, n) for s, t, n in turns if s == split]
             assert [t for t, _ in rows] == [None, 1, 2, 3] and rows[0][1] == 12
             assert rows[1][1] == 3 and rows[2][1] + rows[3][1] == 9
+        paged = con.execute("SELECT metric, value FROM evals WHERE model = 'teacher' AND "
+                            "metric LIKE 'prefix_cache_paged_%' AND split = 'heldout'").fetchall()
+        assert len(paged) == 2 and all(value > 0 for _, value in paged)
+    assert not list((work / "runs/eval").glob("kv-pages-*"))  # the pages went with the cache
     table = json.loads((work / "metrics/eval.json").read_text())
     assert "conversation_accuracy_heldout" in table["teacher"]  # the per-turn rows stay out
     assert not any("turn" in key for key in table["teacher"])

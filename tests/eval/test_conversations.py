@@ -222,7 +222,7 @@ def oracle(tokenizer, answered) -> tuple[int, int]:
 
 
 def test_the_cache_gives_the_same_conversations_and_prefills_only_new_tokens(calling_llama,
-                                                                            tokenizer):
+                                                                            tokenizer, tmp_path):
     trees = conversation_trees(PEOPLE, turns=4, branches=2, seed=0)
     db = {(p["name"], a): p[a] for p in PEOPLE for a in protocol.ATTRIBUTES}
 
@@ -246,10 +246,12 @@ def test_the_cache_gives_the_same_conversations_and_prefills_only_new_tokens(cal
     without = sum(len(tokenizer(a.prompt)["input_ids"]) for a in plain)
     assert reused + computed == without and computed < 0.5 * without
     for memory_mb in (None, 0.002):  # unbounded; ~2 KB: most of the tree paged out to disk
-        with conversation_cache(calling_llama, memory_mb=memory_mb) as cache:
+        with conversation_cache(calling_llama, memory_mb=memory_mb,
+                                pages_under=tmp_path) as cache:
             cached = run(prefix_cache=cache)
             stats = cache.stats()
             folder = cache.tiers.folder
+            paged_to = sorted(tmp_path.iterdir())
         assert [(a.prompt, a.generation.ids, a.generation.tool_calls, a.answer)
                 for a in cached] == generations
         assert (stats["tokens_reused"], stats["tokens_computed"]) == (reused, computed)
@@ -262,7 +264,9 @@ def test_the_cache_gives_the_same_conversations_and_prefills_only_new_tokens(cal
             assert stats["budgets"]["host"] == int(0.002 * 2**20)
             assert stats["bytes"]["host"] <= stats["budgets"]["host"] < stats["bytes"]["disk"]
             assert stats["paged_out_bytes"]["host"] > stats["paged_in_bytes"]["host"] > 0
-            assert not folder.exists()  # the temporary pages are gone with the cache
+            # the pages went to a folder of the cache's own under the run folder given ...
+            assert folder.parent.parent == tmp_path and paged_to == [folder.parent]
+            assert not folder.parent.exists()  # ... gone with the cache
     with conversation_cache(calling_llama, enabled=False) as cache:
         assert cache is None
 
