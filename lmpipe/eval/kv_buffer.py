@@ -34,13 +34,14 @@ class BufferLayer(DynamicLayer):
 
     def allocate(self, batch: int, heads: int, head_dim: int, filled: int, dtype: torch.dtype,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start with `filled` positions of zeros (for the caller to write into: the returned
-        key and value buffers, (B, heads, capacity, head_dim)) and room for more."""
+        """Start with `filled` positions and room for more; returns the key and value buffers,
+        (B, heads, capacity, head_dim). The first `filled` positions of every row are the
+        caller's to write, padding included (zeros will do): a masked-out position is still
+        read, and uninitialized memory could hold NaN, which no mask removes. Positions past
+        `filled` are never read before `update` writes them."""
         shape = (batch, heads, filled + self.spare, head_dim)
-        # zeros, not empty: a masked-out position is still multiplied by the queries, and garbage
-        # memory could hold NaN, which no mask removes
-        self._keys = torch.zeros(shape, dtype=dtype, device=device)
-        self._values = torch.zeros(shape, dtype=dtype, device=device)
+        self._keys = torch.empty(shape, dtype=dtype, device=device)
+        self._values = torch.empty(shape, dtype=dtype, device=device)
         self.device, self.dtype, self.is_initialized = device, dtype, True
         self._view(filled)
         return self._keys, self._values
@@ -65,7 +66,7 @@ class BufferLayer(DynamicLayer):
     def _grow(self, capacity: int) -> None:
         for name in ("_keys", "_values"):
             old = getattr(self, name)
-            new = old.new_zeros((*old.shape[:2], capacity, old.shape[3]))
+            new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
             new[:, :, :self.filled] = old[:, :, :self.filled]
             setattr(self, name, new)
 

@@ -84,7 +84,8 @@ class PrefixCache(TreeCache):
             # the row's KV is copied out (or referenced) for the batch: its pages may go back
             # down at once, so a tier holds at most its budget and one row's prefix
             self.enforce_budgets()
-        suffixes = [tokens[0 if kv is None else kv.shape[3]:] for tokens, kv in zip(rows, prefixes)]
+        suffixes = [tokens[sum(part.shape[3] for part in parts):]
+                    for tokens, parts in zip(rows, prefixes)]
         width = max(map(len, suffixes))
         # the padding is masked out: any token id does
         suffix_ids = torch.zeros((len(rows), width), dtype=torch.long, device=ids.device)
@@ -112,13 +113,14 @@ class PrefixCache(TreeCache):
 
     # -- the tree -------------------------------------------------------------------------------
 
-    def lookup(self, tokens: list[int]) -> torch.Tensor | None:
-        """The KV (L, 2, heads, p, head_dim) on the compute device of the longest cached prefix of
-        `tokens` short of its last token, or None; pages the prefix's nodes up to the top tier."""
+    def lookup(self, tokens: list[int]) -> list[torch.Tensor]:
+        """The KV on the compute device of the longest cached prefix of `tokens` short of its last
+        token, as the consecutive parts its nodes hold (each (L, 2, heads, n, head_dim); none
+        for a miss); pages the prefix's nodes up to the top tier."""
         path, length = self.tree.match(tokens[:-1])
         self.lookups += 1
         if not length:
-            return None
+            return []
         self.hits += 1
         self.tokens_reused += length
         parts = []
@@ -127,7 +129,7 @@ class PrefixCache(TreeCache):
             kv = self.tiers.read(node.payload).to(self.tiers.compute_device)
             parts.append(kv[:, :, :, :used])
             self._moved(node, tier)
-        return torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
+        return parts
 
     def insert(self, tokens: list[int], kv_from: Callable[[int], torch.Tensor]) -> list[Node]:
         """Store `tokens`; `kv_from(start)` gives the KV of tokens[start:] when some are new."""

@@ -21,28 +21,35 @@ from lmpipe.eval.kv_buffer import SPARE, buffered_cache
 class PrefixDecoder(AttentionDecoder):
     """AttentionDecoder whose prefill starts from cached prefixes; its steps are the parent's."""
 
-    def prefill_after(self, prefixes: list[torch.Tensor | None], ids: torch.Tensor,
+    def prefill_after(self, prefixes: list[list[torch.Tensor]], ids: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
-        """Logits (B, V) after each row's prefix KV (L, 2, heads, p_i, head_dim) or None, then
-        its suffix `ids`/`mask` (B, S) left-padded."""
-        lengths = [0 if kv is None else kv.shape[3] for kv in prefixes]
+        """Logits (B, V) after each row's cached prefix, its KV in consecutive parts (each
+        (L, 2, heads, n, head_dim); none for a miss), then its suffix `ids`/`mask` (B, S)
+        left-padded."""
+        lengths = [sum(part.shape[3] for part in parts) for parts in prefixes]
         width = max(lengths)
         device = ids.device
         prefix_mask = torch.zeros((len(ids), width), dtype=torch.long, device=device)
         cache = buffered_cache(spare=ids.shape[1] + SPARE)
         if width:
-            first = next(kv for kv in prefixes if kv is not None)
+            first = next(parts[0] for parts in prefixes if parts)
             layers, _, heads, _, head_dim = first.shape
             cache = buffered_cache(layers, spare=ids.shape[1] + SPARE)
-            # written into the cache's own buffers: zeros under the padding, never attended to
+            # the prefixes go straight into the cache's buffers, right-aligned
             buffers = [layer.allocate(len(ids), heads, head_dim, width, first.dtype, device)
                        for layer in cache.layers]
-            for row, kv in enumerate(prefixes):
-                if kv is not None:
+            for row, parts in enumerate(prefixes):
+                if parts:
+                    kv = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
                     for (keys, values), layer_kv in zip(buffers, kv):
-                        keys[row, :, width - kv.shape[3]:width] = layer_kv[0]
-                        values[row, :, width - kv.shape[3]:width] = layer_kv[1]
-                    prefix_mask[row, width - kv.shape[3]:] = 1
+                        keys[row, :, width - lengths[row]:width] = layer_kv[0]
+                        values[row, :, width - lengths[row]:width] = layer_kv[1]
+                    prefix_mask[row, width - lengths[row]:] = 1
+            # zeros before them: masked out, never attended to, but read
+            padding = (prefix_mask == 0)[:, None, :, None]
+            for keys, values in buffers:
+                keys[:, :, :width].masked_fill_(padding, 0)
+                values[:, :, :width].masked_fill_(padding, 0)
         # each row's suffix goes on from its own prefix length (a padded slot's position is
         # never read: it is masked)
         start = torch.tensor(lengths, device=device)[:, None]

@@ -13,6 +13,7 @@ from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import AttentionDecoder
 from lmpipe.eval.generate import Sampling, generate
+from lmpipe.eval.kv_buffer import BufferLayer
 from lmpipe.eval.kv_tiers import PAGES_FILE
 from lmpipe.eval.prefix_cache import PrefixCache
 from lmpipe.eval.prefix_tree import RadixTree
@@ -169,6 +170,23 @@ def test_cached_prefill_equals_the_whole_prompt_on_a_conversation_tree(llama, to
     assert stats["bytes"]["host"] == stats["tokens"] * kv_bytes_per_token
 
 
+def test_the_padding_before_a_shorter_prefix_is_overwritten(llama, tokenizer, monkeypatch):
+    # the batch cache's buffers are allocated uninitialized: poison them, as garbage memory may
+    # be, and the masked slots before each shorter prefix must still be written (NaN survives
+    # any mask), and nothing past the filled positions read
+    allocate = BufferLayer.allocate
+
+    def poisoned(self, *args):
+        keys, values = allocate(self, *args)
+        keys.fill_(float("nan"))
+        values.fill_(float("nan"))
+        return keys, values
+
+    monkeypatch.setattr(BufferLayer, "allocate", poisoned)
+    cache = PrefixCache(llama)
+    run_levels(llama, tokenizer, cache, LEVELS)  # its prefixes differ in length in a batch
+
+
 def test_a_budget_that_pages_every_node_out_to_disk_and_back(llama, tokenizer, tmp_path):
     cache = PrefixCache(llama, budgets={"host": 1}, directory=tmp_path)
     reused, computed = run_levels(llama, tokenizer, cache, LEVELS)
@@ -255,7 +273,8 @@ def test_lru_pages_the_least_recently_used_leaf_out_first(llama, tmp_path):
     tier = {n.tokens: n.payload.tier for n in cache.tree.nodes()}
     assert tier == {(1, 2, 3): "disk", (6, 7): "disk", (4, 5): "disk", (9, 9, 9): "host"}
     assert cache.stats()["paged_out_bytes"]["host"] == 7 * token
-    assert cache.lookup([4, 5, 0]).flatten().unique().tolist() == [4.0]  # read back from disk
+    [part] = cache.lookup([4, 5, 0])  # read back from disk
+    assert part.flatten().unique().tolist() == [4.0]
     cache.enforce_budgets()
     tier = {n.tokens: n.payload.tier for n in cache.tree.nodes()}
     assert tier[(4, 5)] == "host" and tier[(9, 9, 9)] == "host"
