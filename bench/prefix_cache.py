@@ -1,4 +1,5 @@
-"""Benchmark: the prefix-tree KV cache (lmpipe/eval/prefix_cache.py) on the eval's own
+"""Benchmark: the prefix-tree cache (lmpipe/eval/prefix_cache.py: KV; with --arch mamba or hawk,
+lmpipe/eval/recurrent_prefix_cache.py: state snapshots) on the eval's own
 conversation trees (issue 20).
 
 The workload is the eval's (lmpipe/eval/conversations.py): `conversation_trees(people, turns=6,
@@ -17,10 +18,10 @@ in a fresh process (its own peak RSS), alternating none / cache / budget for --r
 
 It prints the prefill tokens computed (the issue asks <= 1/3 of without), the end-to-end seconds
 of `run_conversations` and the speed-ups (>= 2x unbounded, >= 1.5x under the budget), the page
-counters, and each mode's peak RSS. The model is a llama built from config (untrained: it writes
-no tool queries and its turns run to --max-new-tokens) or `--model DIR`, a saved lmpipe model
-whose max_seq_len holds a six-question conversation (>= 1024, e.g. recipes/conversations.yaml's
-teacher) with `--world` the folder of its people.duckdb. Usage:
+counters, and each mode's peak RSS. The model is built from config (--arch, llama by default;
+untrained: it writes no tool queries and its turns run to --max-new-tokens) or `--model DIR`, a
+saved lmpipe model whose max_seq_len holds a six-question conversation (>= 1024, e.g.
+recipes/conversations.yaml's teacher) with `--world` the folder of its people.duckdb. Usage:
 
     .venv/bin/python bench/prefix_cache.py                  # 8 people: a couple of minutes
     .venv/bin/python bench/prefix_cache.py --people 200     # the issue's workload
@@ -68,7 +69,8 @@ def child(args: argparse.Namespace) -> None:
         model, tokenizer = load_model(args.model)
     else:
         tokenizer = build_byte_tokenizer()
-        model = build_model(ModelParams(d_model=args.d_model, n_layers=args.layers, n_heads=4,
+        model = build_model(ModelParams(arch=args.arch, d_model=args.d_model,
+                                        n_layers=args.layers, n_heads=4,
                                         max_seq_len=args.max_seq_len), seed=0,
                             tokenizer=tokenizer)
     model.eval()
@@ -98,7 +100,7 @@ def run_child(args: argparse.Namespace, mode: str, budget: int = 0) -> dict:
     command = [sys.executable, __file__, "--only", mode, "--budget-bytes", str(budget),
                "--people", str(args.people), "--batch", str(args.batch),
                "--max-new-tokens", str(args.max_new_tokens), "--world", args.world,
-               "--d-model", str(args.d_model), "--layers", str(args.layers),
+               "--arch", args.arch, "--d-model", str(args.d_model), "--layers", str(args.layers),
                "--max-seq-len", str(args.max_seq_len)]
     if args.model:
         command += ["--model", args.model]
@@ -122,6 +124,9 @@ def main() -> None:
                         ">= 1024 (default: a llama built from config)")
     parser.add_argument("--world", default=None, help="folder of people.duckdb (default: a "
                         "world of --people people written to a temporary folder)")
+    parser.add_argument("--arch", default="llama", choices=("llama", "mamba", "hawk"),
+                        help="the architecture of the model built from config (mamba and hawk: "
+                        "the cache of state snapshots, lmpipe/eval/recurrent_prefix_cache.py)")
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--max-seq-len", type=int, default=1024)
@@ -148,8 +153,8 @@ def main() -> None:
     load_after = os.getloadavg()
     median = {mode: statistics.median(r["seconds"] for r in rs) for mode, rs in runs.items()}
     none, cache, paged = (runs[mode][0] for mode in MODES)
-    model = args.model or (f"llama built from config (d={args.d_model}, {args.layers} layers, "
-                           f"max_seq_len {args.max_seq_len}, untrained)")
+    model = args.model or (f"{args.arch} built from config (d={args.d_model}, {args.layers} "
+                           f"layers, max_seq_len {args.max_seq_len}, untrained)")
     print(f"machine: {os.cpu_count()} CPU cores {platform.machine()}, Python "
           f"{platform.python_version()}, torch {torch.__version__}; load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)")
@@ -177,14 +182,14 @@ def main() -> None:
     for label, run in (("unbounded", cache), ("budget", paged)):
         s = run["stats"]
         print(f"  {label}: lookups {s['lookups']}, hits {s['hits']}, tokens reused "
-              f"{s['tokens_reused']:,}, nodes {s['nodes']}, evicted {s['nodes_evicted']}, KV bytes "
-              f"now {s['bytes']} peak {s['peak_bytes']}, paged out {s['paged_out_bytes']}, "
-              f"paged in {s['paged_in_bytes']}, written to disk {s['disk_written_bytes']:,}; "
-              f"RSS after loading {run['rss_loaded_mb']:.0f} MB")
+              f"{s['tokens_reused']:,}, nodes {s['nodes']}, evicted {s['nodes_evicted']}, "
+              f"cache bytes now {s['bytes']} peak {s['peak_bytes']}, paged out "
+              f"{s['paged_out_bytes']}, paged in {s['paged_in_bytes']}, written to disk "
+              f"{s['disk_written_bytes']:,}; RSS after loading {run['rss_loaded_mb']:.0f} MB")
     peak = max(r["stats"]["peak_bytes"]["host"] for r in runs["budget"])
-    print(f"  working set {working_set:,} B of KV; budget {budget:,} B ({args.budget_share:.0%}); "
-          f"the budget runs' host peak {peak:,} B (a budget plus one row's prefix, mid-prefill)")
-
+    print(f"  working set {working_set:,} B of cache (KV or state snapshots); budget "
+          f"{budget:,} B ({args.budget_share:.0%}); the budget runs' host peak {peak:,} B (a "
+          "budget plus one row's prefix, mid-prefill)")
 
 if __name__ == "__main__":
     main()
