@@ -44,7 +44,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from readme_block import upsert_row
 
 from lmpipe.data.params import WorldParams
 from lmpipe.data.tokenizer import build_byte_tokenizer
@@ -130,6 +132,11 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--max-seq-len", type=int, default=1024)
+    parser.add_argument("--label", help="the model's name in the README row (default: the "
+                        "architecture and size built from config, or --model)")
+    parser.add_argument("--write-readme", type=Path, action="append", default=[],
+                        metavar="MARKDOWN", help="put this run's row into the prefix-cache table "
+                        "of a Markdown file (README.md, bench/README.md; repeatable)")
     parser.add_argument("--only", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--budget-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,9 +194,37 @@ def main() -> None:
               f"{s['paged_out_bytes']}, paged in {s['paged_in_bytes']}, written to disk "
               f"{s['disk_written_bytes']:,}; RSS after loading {run['rss_loaded_mb']:.0f} MB")
     peak = max(r["stats"]["peak_bytes"]["host"] for r in runs["budget"])
+    for markdown in args.write_readme:
+        write_row(markdown, args, none, cache, median, runs)
     print(f"  working set {working_set:,} B of cache (KV or state snapshots); budget "
           f"{budget:,} B ({args.budget_share:.0%}); the budget runs' host peak {peak:,} B (a "
           "budget plus one row's prefix, mid-prefill)")
+
+TABLE = ("| model | workload | prefill tokens, cache / none | no cache (s) | cache (s) | "
+         "10% budget (s) | same outputs | measured |\n|---|---|---:|---:|---:|---:|---:|---|")
+
+
+def write_row(markdown: Path, args: argparse.Namespace, none: dict, cache: dict,
+              median: dict[str, float], runs: dict[str, list[dict]]) -> None:
+    """This run's row of the prefix-cache table (readme_block.upsert_row): medians with the
+    speed-ups, the run count, the date and the load."""
+    label = args.label or (args.model if args.model else
+                           f"{args.arch} d={args.d_model}, {args.layers} layers, untrained")
+    computed = cache["stats"]["tokens_computed"]
+    whole = none["prompt_tokens"]
+    same = min(sum(o == n for o, n in zip(r["outputs"], none["outputs"]))
+               for rs in runs.values() for r in rs)
+    workload = (f"{args.people} people, {none['prompts']:,} prompts, <= {args.max_new_tokens} "
+                f"tokens a turn, {none['tool_calls']} tool calls")
+    row = [label, workload,
+           f"{computed:,} / {whole:,} = **{computed / whole:.3f}**",
+           f"{median['none']:.2f}",
+           f"{median['cache']:.2f} (**{median['none'] / median['cache']:.2f}x**)",
+           f"{median['budget']:.2f} (**{median['none'] / median['budget']:.2f}x**)",
+           f"{same}/{none['prompts']}",
+           f"{time.strftime('%Y-%m-%d')}, medians of {args.repeats}"]
+    upsert_row(markdown, "prefix-cache", TABLE, row)
+
 
 if __name__ == "__main__":
     main()
