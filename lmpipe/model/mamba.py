@@ -2,7 +2,8 @@
 
 Mamba (Gu & Dao 2023) replaces attention with a selective state space: each block projects to
 an inner width `expand * d_model`, runs a causal depthwise convolution of width `d_conv`, then a
-recurrence with a state of `d_state` per inner channel. It has no MLP and no positions.
+recurrence with a state of `d_state` per inner channel. It has no MLP and no positions. On CPU
+its multi-token scans (training, prefill) run mamba.py's parallel scan (`use_mambapy`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def mamba_config(params: ModelParams, ids: dict[str, int]) -> MambaConfig:
         # no bias in the input projection: a padded position's zeroed input then stays zero, so
         # left padding leaves the conv and SSM state of the real tokens untouched
         use_bias=False,
+        # without mamba_ssm's CUDA kernels transformers scans a sequence one position at a time;
+        # with mamba.py installed (the mambapy package, a dependency) it runs mamba.py's
+        # parallel scan instead: ~4x faster training on CPU (bench/archs.py), the same model
+        use_mambapy=True,
         tie_word_embeddings=params.tie_embeddings,
         bos_token_id=ids[protocol.BOS],
         eos_token_id=ids[protocol.EOS],

@@ -118,3 +118,25 @@ def test_flops_per_token_counts_every_matmul_weight_of_a_recurrent_model(arch):
     weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     gates = sum(p.numel() for n, p in model.named_parameters() if n.endswith("gate_weight"))
     assert flops_per_token(model.config, seq_len=50) == 6 * (weights + gates)
+
+
+def test_mamba_scans_in_parallel_and_agrees_with_the_sequential_scan(tokenizer):
+    # mamba.py's parallel scan (use_mambapy) against transformers' own one-position-at-a-time
+    # loop on the same weights: logits and gradients
+    model = build_model(ModelParams(arch="mamba", **TINY), seed=0, tokenizer=tokenizer)
+    mixers = [m for m in model.modules() if hasattr(m, "use_mambapy")]
+    assert model.config.use_mambapy and mixers and all(m.use_mambapy for m in mixers)
+    ids = torch.randint(0, len(tokenizer), (3, 37), generator=torch.Generator().manual_seed(0))
+    results = []
+    for parallel in (True, False):
+        for mixer in mixers:
+            mixer.use_mambapy = parallel
+        model.zero_grad()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        results.append((out.logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (logits, grads), (reference, reference_grads) = results
+    assert (logits - reference).abs().max().item() < 1e-5
+    assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, reference_grads))
+    # the two paths really differ in how they compute (equal to the last bit would mean one path)
+    assert not torch.equal(logits, reference)
