@@ -57,6 +57,7 @@ from lmpipe.data.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 from lmpipe.eval.decoders import decoder_for
 from lmpipe.eval.generate import Sampling, generate
 from lmpipe.model.build import build_model, count_parameters
+from lmpipe.model.mamba import parallel_scans
 from lmpipe.model.params import ARCHS, ModelParams
 from lmpipe.model.sizing import width_for_params
 from lmpipe.train.losses import cross_entropy_objective
@@ -85,6 +86,7 @@ def train_stepper(params: ModelParams, batch: Batch, seed: int) -> Callable[[], 
     """One optimizer step of a fresh model, as lmpipe's training loop takes it (fp32, eager)."""
     tp = TrainParams()
     model = build_model(params, seed=seed).train()
+    parallel_scans(model)  # as the loop does (a mamba's mixers)
     optimizer = build_optimizer(model, tp)
     targets = batch.target_mask.sum().clamp(min=1)
 
@@ -171,14 +173,20 @@ def time_generation(models: dict[str, torch.nn.Module], tokenizer, batch: int, n
 
 # --- 3. cache memory ------------------------------------------------------------------------------
 
-def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
-    """Bytes of every distinct tensor reachable from `obj` through attributes, dicts and lists."""
+def tensor_bytes(obj: Any, seen: set | None = None) -> int:
+    """Bytes of every distinct tensor storage reachable from `obj` through attributes, dicts and
+    lists: the memory allocated, each storage once (a view and the buffer under it, as llama's
+    KV cache holds them (lmpipe/eval/kv_buffer.py), count as the buffer)."""
     seen = set() if seen is None else seen
     if id(obj) in seen:
         return 0
     seen.add(id(obj))
     if torch.is_tensor(obj):
-        return obj.numel() * obj.element_size()
+        storage = obj.untyped_storage()
+        if ("storage", storage.data_ptr()) in seen:
+            return 0
+        seen.add(("storage", storage.data_ptr()))
+        return storage.nbytes()
     if isinstance(obj, dict):
         return sum(tensor_bytes(v, seen) for v in obj.values())
     if isinstance(obj, (list, tuple)):

@@ -29,17 +29,19 @@ class BufferLayer(DynamicLayer):
         self.filled = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        batch, heads, _, head_dim = key_states.shape
-        self.allocate(batch, heads, head_dim, 0, key_states.dtype, key_states.device)
+        batch, heads, length, head_dim = key_states.shape
+        # room for this first update (a prompt) and the spare positions after it
+        self.allocate(batch, heads, head_dim, 0, key_states.dtype, key_states.device,
+                      room=length + self.spare)
 
     def allocate(self, batch: int, heads: int, head_dim: int, filled: int, dtype: torch.dtype,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start with `filled` positions and room for more; returns the key and value buffers,
-        (B, heads, capacity, head_dim). The first `filled` positions of every row are the
+                 device: torch.device, room: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start with `filled` positions and `room` more (default: the layer's spare); returns
+        the key and value buffers, (B, heads, capacity, head_dim). The first `filled` positions of every row are the
         caller's to write, padding included (zeros will do): a masked-out position is still
         read, and uninitialized memory could hold NaN, which no mask removes. Positions past
         `filled` are never read before `update` writes them."""
-        shape = (batch, heads, filled + self.spare, head_dim)
+        shape = (batch, heads, filled + (self.spare if room is None else room), head_dim)
         self._keys = torch.empty(shape, dtype=dtype, device=device)
         self._values = torch.empty(shape, dtype=dtype, device=device)
         self.device, self.dtype, self.is_initialized = device, dtype, True

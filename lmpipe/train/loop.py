@@ -26,6 +26,7 @@ from lmpipe.core.progress import progress
 from lmpipe.core.run_folder import RunLog
 from lmpipe.data.batching import Batch, make_batches
 from lmpipe.data.tokens import TokenSplit
+from lmpipe.model.mamba import parallel_scans
 from lmpipe.core.section import ConfigError
 from lmpipe.train.params import TrainParams
 from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
@@ -121,6 +122,7 @@ class Trainer:
         if tp.qat:  # before the optimizer and DDP see the model: same parameters, new forward
             convert_to_bitlinear(model, tp.qat_skip_modules)
         self.model = model.to(self.device)
+        parallel_scans(model)  # a Mamba's backward through the sequential scan is ~4x slower
         if tp.grad_checkpointing:
             model.activation_checkpointing_enable()
         max_len = getattr(model.config, "max_position_embeddings", None)

@@ -176,8 +176,8 @@ def test_the_padding_before_a_shorter_prefix_is_overwritten(llama, tokenizer, mo
     # any mask), and nothing past the filled positions read
     allocate = BufferLayer.allocate
 
-    def poisoned(self, *args):
-        keys, values = allocate(self, *args)
+    def poisoned(self, *args, **kwargs):
+        keys, values = allocate(self, *args, **kwargs)
         keys.fill_(float("nan"))
         values.fill_(float("nan"))
         return keys, values

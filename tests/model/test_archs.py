@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from lmpipe.core import protocol
 from lmpipe.core.section import ConfigError
 from lmpipe.model.build import build_model, count_parameters, load_model, save_model
+from lmpipe.model.mamba import parallel_scans
 from lmpipe.model.params import ARCHS, ModelParams
 from lmpipe.model.sizing import parameters_at, width_for_params
 from lmpipe.params.config import validate_params
@@ -125,12 +126,13 @@ def test_mamba_scans_in_parallel_and_agrees_with_the_sequential_scan(tokenizer):
     # loop on the same weights: logits and gradients
     model = build_model(ModelParams(arch="mamba", **TINY), seed=0, tokenizer=tokenizer)
     mixers = [m for m in model.modules() if hasattr(m, "use_mambapy")]
-    assert model.config.use_mambapy and mixers and all(m.use_mambapy for m in mixers)
+    # built (and saved) with the loop; the training loop switches the scan on
+    assert not model.config.use_mambapy and mixers and not any(m.use_mambapy for m in mixers)
     ids = torch.randint(0, len(tokenizer), (3, 37), generator=torch.Generator().manual_seed(0))
     results = []
     for parallel in (True, False):
-        for mixer in mixers:
-            mixer.use_mambapy = parallel
+        parallel_scans(model, parallel)
+        assert all(m.use_mambapy == parallel for m in mixers)
         model.zero_grad()
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()

@@ -19,3 +19,6 @@ def test_a_recurrent_model_trains(arch, tiny_tokens, tokenizer, tmp_path):
         summary = train(model, TokenSplit.open(tiny_tokens, "train"),
                         TokenSplit.open(tiny_tokens, "val"), tp, run, tokenizer.pad_token_id)
     assert summary["final_val_loss"] < 0.85 * summary["initial_val_loss"]
+    # mamba trained on mamba.py's parallel scan (lmpipe/model/mamba.py)
+    assert [m.use_mambapy for m in model.modules() if hasattr(m, "use_mambapy")] == \
+        ([True] if arch == "mamba" else [])
