@@ -19,6 +19,7 @@ from lmpipe.eval.prefix_cache import PrefixCache
 from lmpipe.eval.prefix_tree import RadixTree
 from lmpipe.model.build import build_model
 from lmpipe.model.params import ModelParams
+from tests.eval.cache_checks import left_padded, within_budgets
 from tests.eval.tiny_models import noisy_llama, steered
 
 # -- the radix tree ------------------------------------------------------------------------------
@@ -88,15 +89,6 @@ LEVELS = [[T1], [T2], [T3, B2A, B2B], [OTHER, T4, B3, protocol.prompt("major", "
 STEPS = "ok!"  # fed after each prefill, as a generated continuation would be
 
 
-def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
-    return ids, mask
-
-
 def common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -135,14 +127,6 @@ def run_levels(model, tokenizer, cache: PrefixCache, levels: list[list[str]]) ->
         stored += [row + f for row, f in zip(rows, fed)]
         within_budgets(cache)
     return reused, computed
-
-
-def within_budgets(cache: PrefixCache) -> None:
-    stats = cache.stats()
-    for tier, budget in stats["budgets"].items():
-        assert budget is None or stats["bytes"][tier] <= budget, (tier, stats)
-        # the cache's index of each tier's nodes agrees with the pages themselves
-        assert cache.resident[tier] == {n for n in cache.tree.nodes() if n.payload.tier == tier}
 
 
 def disk_ranges(cache: PrefixCache) -> list[tuple[int, int]]:

@@ -21,6 +21,8 @@ from lmpipe.eval.decoders import decoder_for
 from lmpipe.eval.generate import Sampling, generate
 from lmpipe.eval.prefix_cache import PrefixCache
 from lmpipe.eval.recurrent_prefix_cache import RecurrentPrefixCache, prefix_cache_for
+from tests.eval.cache_checks import left_padded
+from tests.eval.cache_checks import within_budgets as shared_checks
 from tests.eval.test_chat import Ascii
 from tests.eval.test_generate_archs import random_model
 from tests.eval.tiny_models import noisy_llama, steered
@@ -33,15 +35,6 @@ def model(request):
     """Noise on every weight: a fresh Hawk's biases are zero and a fresh model's logits all near
     zero, which would hide a wrong state."""
     return random_model(request.param, noise=0.2)
-
-
-def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
-    return ids, mask
 
 
 # -- the decoders: a finished row keeps its state ------------------------------------------------
@@ -182,11 +175,7 @@ def run_levels(model, tokenizer, cache: RecurrentPrefixCache) -> tuple[int, int]
 
 
 def within_budgets(cache: RecurrentPrefixCache) -> None:
-    stats = cache.stats()
-    for tier, budget in stats["budgets"].items():
-        assert budget is None or stats["bytes"][tier] <= budget, (tier, stats)
-        assert cache.resident[tier] == {n for n in cache.tree.nodes()
-                                        if n.payload is not None and n.payload.tier == tier}
+    shared_checks(cache)
     # every leaf ends a stored sequence: a branch with no state would be pruned
     assert all(n.payload is not None for n in cache.tree.nodes() if not n.children)
 
