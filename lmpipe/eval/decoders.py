@@ -50,6 +50,10 @@ class Decoder(Protocol):
         """Feed `tokens` (B,) and return the next logits (B, V); `live` (B,) bool: False for a
         finished row (fed a pad, its position not advanced)."""
 
+    def can_drop_rows(self) -> bool:
+        """Whether `keep_rows(rows)` may drop finished rows from the batch (else they are fed
+        pads and ignored)."""
+
 
 class AttentionDecoder:
     """Left padding, attention mask and explicit positions over the model's returned cache."""
@@ -195,6 +199,9 @@ class RecurrentGemmaDecoder:
         self._set_states([[conv.clone(), recurrent.clone()]
                           for conv, recurrent in zip(states[0::2], states[1::2], strict=True)])
         self.next_position = next_position.clone()
+
+    def can_drop_rows(self) -> bool:
+        return False  # a finished row is frozen, not dropped
 
     def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         held = ~live

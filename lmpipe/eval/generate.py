@@ -210,7 +210,7 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
             break
         step_ids = torch.tensor(feed, device=device)
         if DROP_SHARE * len(rows) <= len(rows) - int(live.sum()) and \
-                getattr(decoder, "can_drop_rows", bool)():
+                decoder.can_drop_rows():
             # enough rows have finished to drop them: a later step costs only the live ones
             keep, gone = live.nonzero().squeeze(1), (~live).nonzero().squeeze(1).tolist()
             if prefix_cache is not None:

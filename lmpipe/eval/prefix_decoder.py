@@ -30,11 +30,12 @@ class PrefixDecoder(AttentionDecoder):
         width = max(lengths)
         device = ids.device
         prefix_mask = torch.zeros((len(ids), width), dtype=torch.long, device=device)
-        cache = buffered_cache(spare=ids.shape[1] + SPARE)
+        first = next((parts[0] for parts in prefixes if parts), None)
+        # room for the suffixes and the decoding steps after them
+        cache = buffered_cache(None if first is None else first.shape[0],
+                               spare=ids.shape[1] + SPARE)
         if width:
-            first = next(parts[0] for parts in prefixes if parts)
-            layers, _, heads, _, head_dim = first.shape
-            cache = buffered_cache(layers, spare=ids.shape[1] + SPARE)
+            _, _, heads, _, head_dim = first.shape
             # the prefixes go straight into the cache's buffers, right-aligned
             buffers = [layer.allocate(len(ids), heads, head_dim, width, first.dtype, device)
                        for layer in cache.layers]
