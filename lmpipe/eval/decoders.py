@@ -37,7 +37,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache
 
 from lmpipe.core.archs import model_type
-from lmpipe.eval.kv_buffer import buffered_cache
+from lmpipe.eval.kv_buffer import SPARE, buffered_cache
 
 
 class Decoder(Protocol):
@@ -56,10 +56,12 @@ class Decoder(Protocol):
 
 
 class AttentionDecoder:
-    """Left padding, attention mask and explicit positions over the model's returned cache."""
+    """Left padding, attention mask and explicit positions over the model's returned cache;
+    `spare`: positions of KV room beyond the prompts (lmpipe/eval/kv_buffer.py)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, spare: int = SPARE) -> None:
         self.model = model
+        self.spare = spare
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.mask = mask
@@ -72,7 +74,7 @@ class AttentionDecoder:
         return out.logits[:, -1].float()
 
     def _new_cache(self) -> Cache:
-        return buffered_cache()
+        return buffered_cache(spare=self.spare)
 
     def can_drop_rows(self) -> bool:
         """Whether `keep_rows` works: the model's cache can select rows of the batch."""
@@ -221,12 +223,14 @@ class RecurrentGemmaDecoder:
 DECODERS = {model_type("mamba"): MambaDecoder, model_type("hawk"): RecurrentGemmaDecoder}
 
 
-def decoder_for(model: torch.nn.Module) -> Decoder:
-    """The decoder of `model`'s architecture (by its config's model_type)."""
+def decoder_for(model: torch.nn.Module, spare: int = SPARE) -> Decoder:
+    """The decoder of `model`'s architecture (by its config's model_type); `spare`: the KV
+    positions an attention decoder allocates beyond the prompts, the steps it expects (more
+    grow the buffer)."""
     kind = getattr(model.config, "model_type", None)
     if kind in DECODERS:
         return DECODERS[kind](model)
     if getattr(model, "_is_stateful", False):  # a recurrent cache this module does not know
         raise ValueError(f"generate: no decoder for the recurrent model type {kind!r}; expected "
                          f"llama or one of {', '.join(DECODERS)}")
-    return AttentionDecoder(model)
+    return AttentionDecoder(model, spare)

@@ -37,6 +37,7 @@ from transformers.generation.logits_process import (
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import decoder_for
+from lmpipe.eval.padding import left_padded
 
 if TYPE_CHECKING:
     from lmpipe.eval.tree_cache import TreeCache
@@ -112,15 +113,7 @@ def _left_padded(tokenizer, prompts: list[str], pad: int) -> tuple[torch.Tensor,
     tokenizer: asking it to pad switches padding on in its backend, which the caller shares and
     a later `save_pretrained` would write into tokenizer.json. The tokenizer adds each prompt's
     BOS, as it does to every training document (lmpipe/core/protocol.py)."""
-    rows = tokenizer(prompts)["input_ids"]
-    width = max(map(len, rows), default=0)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
-    return ids, mask
+    return left_padded(tokenizer(prompts)["input_ids"], pad)
 
 
 @torch.no_grad()
@@ -149,11 +142,13 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = _left_padded(tokenizer, prompts, pad)
     ids, mask = ids.to(device), mask.to(device)
+    # KV room for one turn's steps (a tool turn grows it)
+    spare = sampling.max_new_tokens + 1
     if prefix_cache is None:
-        decoder = decoder_for(model)
+        decoder = decoder_for(model, spare)
         logits = decoder.prefill(ids, mask)
     else:
-        decoder, logits = prefix_cache.prefill(model, ids, mask)
+        decoder, logits = prefix_cache.prefill(model, ids, mask, spare)
     limit = getattr(model.config, "max_position_embeddings", None)
     end_id = next(iter(_ids(tokenizer, [protocol.END])), None)
     stop_ids = set(_ids(tokenizer, [protocol.END, protocol.EOS, *sampling.stop_tokens]))

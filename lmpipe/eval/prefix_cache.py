@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
+from lmpipe.eval.kv_buffer import SPARE
 from lmpipe.eval.kv_tiers import KVPage
+from lmpipe.eval.padding import left_padded, real_tokens
 from lmpipe.eval.prefix_decoder import PrefixDecoder
 from lmpipe.eval.prefix_tree import Node
 from lmpipe.eval.tree_cache import TreeCache
@@ -72,12 +74,13 @@ class PrefixCache(TreeCache):
 
     # -- the two calls of the generation loop ---------------------------------------------------
 
-    def prefill(self, model: torch.nn.Module, ids: torch.Tensor,
-                mask: torch.Tensor) -> tuple[PrefixDecoder, torch.Tensor]:
-        """Prefill left-padded prompts (B, T) from their cached prefixes: (decoder, logits)."""
+    def prefill(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                spare: int = SPARE) -> tuple[PrefixDecoder, torch.Tensor]:
+        """Prefill left-padded prompts (B, T) from their cached prefixes: (decoder, logits);
+        `spare`: KV positions for the steps after them (lmpipe/eval/kv_buffer.py)."""
         if model is not self.model:
             raise ValueError("prefix cache: built for another model; its KV would be wrong here")
-        rows = [ids[row][mask[row].bool()].tolist() for row in range(len(ids))]
+        rows = real_tokens(ids, mask)
         prefixes = []
         for tokens in rows:
             prefixes.append(self.lookup(tokens))
@@ -86,15 +89,11 @@ class PrefixCache(TreeCache):
             self.enforce_budgets()
         suffixes = [tokens[sum(part.shape[3] for part in parts):]
                     for tokens, parts in zip(rows, prefixes)]
-        width = max(map(len, suffixes))
         # the padding is masked out: any token id does
-        suffix_ids = torch.zeros((len(rows), width), dtype=torch.long, device=ids.device)
-        suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=ids.device)
-        for row, tokens in enumerate(suffixes):
-            suffix_ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-            suffix_mask[row, width - len(tokens):] = 1
+        suffix_ids, suffix_mask = left_padded(suffixes, 0)
+        suffix_ids, suffix_mask = suffix_ids.to(ids.device), suffix_mask.to(ids.device)
         self.tokens_computed += sum(map(len, suffixes))
-        decoder = PrefixDecoder(model)
+        decoder = PrefixDecoder(model, spare)
         logits = decoder.prefill_after(prefixes, suffix_ids, suffix_mask)
         return decoder, logits
 
@@ -103,10 +102,11 @@ class PrefixCache(TreeCache):
         """Store each row's fed tokens (its prompt, then the generated tokens the model was fed:
         all but a finished row's last) with their KV from the decoder's cache, where row i is
         the decoder's row `decoder_rows[i]` (default: i)."""
-        for i in range(len(ids)):
+        fed = decoder.mask.sum(1).tolist()  # each decoder row's real tokens
+        for i, prompt in enumerate(real_tokens(ids, mask)):
             row = i if decoder_rows is None else decoder_rows[i]
-            tokens = ids[i][mask[i].bool()].tolist() + list(generated[i])
-            stop = min(int(decoder.mask[row].sum()), len(tokens))
+            tokens = prompt + list(generated[i])
+            stop = min(fed[row], len(tokens))
             self.insert(tokens[:stop], lambda start, row=row, stop=stop:
                         decoder.row_kv(row, start, stop))
             self.enforce_budgets()

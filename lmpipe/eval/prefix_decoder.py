@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from lmpipe.eval.decoders import AttentionDecoder
-from lmpipe.eval.kv_buffer import SPARE, buffered_cache
+from lmpipe.eval.kv_buffer import buffered_cache
 
 
 class PrefixDecoder(AttentionDecoder):
@@ -33,24 +33,26 @@ class PrefixDecoder(AttentionDecoder):
         first = next((parts[0] for parts in prefixes if parts), None)
         # room for the suffixes and the decoding steps after them
         cache = buffered_cache(None if first is None else first.shape[0],
-                               spare=ids.shape[1] + SPARE)
+                               spare=ids.shape[1] + self.spare)
         if width:
             _, _, heads, _, head_dim = first.shape
-            # the prefixes go straight into the cache's buffers, right-aligned
+            # every prefix's parts side by side, then a zero column for the padding (masked
+            # out, never attended to, but read: it must hold no NaN)
+            flat = torch.cat([part for parts in prefixes for part in parts]
+                             + [first.new_zeros((*first.shape[:3], 1, head_dim))], dim=3)
+            # each slot of the batch's [pad | prefix] its column of `flat`, right-aligned
+            size = torch.tensor(lengths, device=device)[:, None]
+            slot = torch.arange(width, device=device)
+            real = slot >= width - size
+            prefix_mask[real] = 1
+            column = torch.where(real, size.cumsum(0) - width + slot, flat.shape[3] - 1)
             buffers = [layer.allocate(len(ids), heads, head_dim, width, first.dtype, device)
                        for layer in cache.layers]
-            for row, parts in enumerate(prefixes):
-                if parts:
-                    kv = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
-                    for (keys, values), layer_kv in zip(buffers, kv):
-                        keys[row, :, width - lengths[row]:width] = layer_kv[0]
-                        values[row, :, width - lengths[row]:width] = layer_kv[1]
-                    prefix_mask[row, width - lengths[row]:] = 1
-            # zeros before them: masked out, never attended to, but read
-            padding = (prefix_mask == 0)[:, None, :, None]
-            for keys, values in buffers:
-                keys[:, :, :width].masked_fill_(padding, 0)
-                values[:, :, :width].masked_fill_(padding, 0)
+            for layer, pair in enumerate(buffers):
+                for kind, buffer in enumerate(pair):  # keys, values
+                    gathered = flat[layer, kind].index_select(1, column.flatten())
+                    buffer[:, :, :width] = gathered.view(heads, len(ids), width,
+                                                         head_dim).transpose(0, 1)
         # each row's suffix goes on from its own prefix length (a padded slot's position is
         # never read: it is masked)
         start = torch.tensor(lengths, device=device)[:, None]

@@ -40,8 +40,10 @@ class Node:
         return f"Node({list(self.tokens)}, children={len(self.children)})"
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
+def _common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # most often the whole span: compared at C speed
+        return n
     i = 0
     while i < n and a[i] == b[i]:
         i += 1
@@ -60,6 +62,7 @@ class RadixTree:
         """The longest stored prefix of `tokens`: the nodes on its path, each with how many of
         its tokens the prefix uses (all of them but maybe the last node's), and its length.
         Stamps the path as used."""
+        tokens = tuple(tokens)
         path: list[tuple[Node, int]] = []
         node, i = self.root, 0
         while i < len(tokens):

@@ -34,7 +34,9 @@ from pathlib import Path
 import torch
 
 from lmpipe.eval.decoders import decoder_for
+from lmpipe.eval.kv_buffer import SPARE
 from lmpipe.eval.kv_tiers import KVPage
+from lmpipe.eval.padding import real_tokens
 from lmpipe.eval.prefix_cache import RECURRENT, PrefixCache, supported
 from lmpipe.eval.prefix_tree import Node
 from lmpipe.eval.tree_cache import TreeCache
@@ -94,13 +96,14 @@ class RecurrentPrefixCache(TreeCache):
 
     # -- the two calls of the generation loop ---------------------------------------------------
 
-    def prefill(self, model: torch.nn.Module, ids: torch.Tensor,
-                mask: torch.Tensor) -> tuple[object, torch.Tensor]:
-        """Prefill left-padded prompts (B, T) from their cached snapshots: (decoder, logits)."""
+    def prefill(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                spare: int = SPARE) -> tuple[object, torch.Tensor]:
+        """Prefill left-padded prompts (B, T) from their cached snapshots: (decoder, logits);
+        `spare` is for attention decoders: a state has no positions to make room for."""
         if model is not self.model:
             raise ValueError("prefix cache: built for another model; its states would be wrong "
                              "here")
-        rows = [ids[row][mask[row].bool()].tolist() for row in range(len(ids))]
+        rows = real_tokens(ids, mask)
         starts, snapshots = [], []
         for tokens in rows:
             start, snapshot = self.lookup(tokens)
@@ -168,9 +171,9 @@ class RecurrentPrefixCache(TreeCache):
         states = decoder.states()
         self.layout = layout_of(states)
         packed = pack(states)
-        for i in range(len(ids)):
+        for i, prompt in enumerate(real_tokens(ids, mask)):
             row = i if decoder_rows is None else decoder_rows[i]
-            tokens = ids[i][mask[i].bool()].tolist() + list(generated[i])
+            tokens = prompt + list(generated[i])
             stop = min(int(decoder.next_position[row]), len(tokens))  # the tokens it was fed
             self.insert(tokens[:stop], packed[row])
             self.enforce_budgets()

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lmpipe.eval.kv_buffer import SPARE
 from lmpipe.eval.kv_tiers import DEVICE, DISK, HOST, Tiers
 from lmpipe.eval.prefix_tree import Node, RadixTree
 
@@ -49,9 +50,10 @@ class TreeCache:
 
     # -- what a subclass decides ----------------------------------------------------------------
 
-    def prefill(self, model: torch.nn.Module, ids: torch.Tensor,
-                mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """Prefill left-padded prompts (B, T) from their cached prefixes: (decoder, logits)."""
+    def prefill(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                spare: int = SPARE) -> tuple[Any, torch.Tensor]:
+        """Prefill left-padded prompts (B, T) from their cached prefixes: (decoder, logits);
+        `spare`: KV positions an attention decoder allocates for the steps after them."""
         raise NotImplementedError
 
     def insert_batch(self, decoder: Any, ids: torch.Tensor, mask: torch.Tensor,
