@@ -3,6 +3,8 @@ tool changes over (parameters, number of facts). The page, a module a section:
 
     scaling_data        the evaluated models, one row each: parameters, facts, training mode,
                         knowledge bits, accuracies and architecture, from the store
+    scaling_archs       when the models differ in architecture: tool accuracy (trained and
+                        held-out people) and recall against parameters, a line per arch
     scaling_knowledge   knowledge bits against parameters, with the 2 bits/param line
     scaling_maps        accuracy maps over (parameters, facts), drawn only from models of one
                         kind that span a lattice (a sweep's)
@@ -20,6 +22,7 @@ parameter counts).
 from __future__ import annotations
 
 from lmpipe.report.conversations import add_sweep_turns
+from lmpipe.report.scaling_archs import add_arch_comparison
 from lmpipe.report.page import NO_RUNS, Page
 from lmpipe.report.scaling_data import load
 from lmpipe.report.scaling_knowledge import add_knowledge
@@ -35,6 +38,7 @@ def build(src: Source) -> Page:
         page.add(NO_RUNS)
         return page
     models = load(src)
+    add_arch_comparison(page, models)
     add_knowledge(page, models)
     if not models.empty:
         kind = map_kind(models)

@@ -41,7 +41,9 @@ WITH overall AS (
            max(n) FILTER (WHERE metric = 'recall' AND split = 'trained') AS recall_n,
            avg(value) FILTER (WHERE metric = 'tool_accuracy' AND split = 'trained')
                AS tool_accuracy,
-           max(n) FILTER (WHERE metric = 'tool_accuracy' AND split = 'trained') AS tool_n
+           max(n) FILTER (WHERE metric = 'tool_accuracy' AND split = 'trained') AS tool_n,
+           avg(value) FILTER (WHERE metric = 'tool_accuracy' AND split = 'heldout')
+               AS heldout_tool_accuracy
     FROM evals
     WHERE attribute IS NULL AND {stage_rows} AND isfinite(value)
       AND metric IN ('parameters', 'knowledge_bits', 'recall', 'tool_accuracy')
