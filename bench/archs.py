@@ -1,5 +1,5 @@
-"""Benchmark: llama, mamba and hawk at equal parameters: training speed, generation speed and the
-inference state's memory against sequence length (issue 19's measured requirements).
+"""Benchmark: llama, mamba, mamba2 and hawk at equal parameters: training speed, generation speed
+and the inference state's memory against sequence length (issue 19's measured requirements).
 
 Every architecture is built by lmpipe (`build_model`) at the width `width_for_params` gives for
 the same parameter budget (default ~150k, 2 layers, the byte tokenizer's vocabulary), then:
@@ -7,7 +7,7 @@ the same parameter budget (default ~150k, 2 layers, the byte tokenizer's vocabul
 1. training: lmpipe's optimizer (`build_optimizer`, AdamW with the defaults of `train`) and
    objective (`cross_entropy_objective`, the loss the training loop calls), the loop's step
    (backward on the per-target mean, grad clip, step, zero_grad) on the same random batch for
-   every arch. Timed in one process and interleaved (llama mamba hawk llama mamba hawk ...) so
+   every arch. Timed in one process and interleaved (llama mamba mamba2 hawk llama ...) so
    drift and a neighbour's load hit every arch alike; each round's warm-up steps are not timed.
    The ratio to llama is taken within each round, then summarized as median (min-max).
 2. generation: `lmpipe.eval.generate` at batch 32, greedy, prompts of mixed length, through each
@@ -15,14 +15,15 @@ the same parameter budget (default ~150k, 2 layers, the byte tokenizer's vocabul
    samples exactly `--new-tokens` (an untrained model would otherwise stop wherever its argmax
    lands on END/EOS, and the arch comparison would be of random stopping points).
 3. cache memory: the bytes of the inference state each decoder holds after prefilling `--gen-batch`
-   rows of each length: llama's KV cache (DynamicCache keys and values), mamba's conv and SSM
-   states (its cache's linear-attention layers), hawk's conv window and RG-LRU state (set on its
+   rows of each length: llama's KV cache (DynamicCache keys and values), mamba's and mamba2's
+   conv and SSM states (their caches' linear-attention layers), hawk's conv window and RG-LRU state (set on its
    temporal blocks). Counted from the tensors themselves, so nothing is typed in.
 
 One torch thread by default (`--threads`): bench/README.md says why.
 
     .venv/bin/python bench/archs.py [--params 150000 --rounds 5 --steps 5 --lengths 64,128,...]
-        [--out archs.json] [--html reports/archs.html] [--write-readme] [--quick]
+        [--archs llama,mamba2,...] [--out archs.json] [--html reports/archs.html]
+        [--write-readme] [--quick]
     .venv/bin/python bench/archs.py --from archs.json [--html PAGE] [--write-readme]
 """
 
@@ -197,8 +198,9 @@ def tensor_bytes(obj: Any, seen: set | None = None) -> int:
 
 
 def state_bytes(decoder: Any) -> int:
-    """The inference state a decoder holds: the model's cache object (llama, mamba), or the conv
-    and RG-LRU states set on hawk's temporal blocks (RecurrentGemma keeps them in its modules)."""
+    """The inference state a decoder holds: the model's cache object (llama, mamba, mamba2), or
+    the conv and RG-LRU states set on hawk's temporal blocks (RecurrentGemma keeps them in its
+    modules)."""
     if hasattr(decoder, "blocks"):
         return sum(tensor_bytes([b.conv1d_state, b.rg_lru.recurrent_states])
                    for b in decoder.blocks)
@@ -262,7 +264,8 @@ def report_lines(result: dict[str, Any], command: str) -> list[str]:
     lengths = sorted({r["seq_len"] for r in result["cache"]})
     by = {(r["arch"], r["seq_len"]): r["bytes"] for r in result["cache"]}
     lines += ["", (f"Inference state after prefilling {s['gen_batch']} rows of each length "
-              "(bytes; llama: KV cache, mamba: conv + SSM states, hawk: conv + RG-LRU states):"),
+              "(bytes; llama: KV cache, mamba and mamba2: conv + SSM states, hawk: conv + RG-LRU "
+              "states):"),
               "", "| arch | " + " | ".join(f"T={n}" for n in lengths) + " |",
               "|---|" + "---:|" * len(lengths)]
     lines += [f"| {a} | " + " | ".join(f"{by[(a, n)]:,}" for n in lengths) + " |" for a in archs]
@@ -312,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gen-rounds", type=int, default=3)
     parser.add_argument("--lengths", default="64,128,256,512,1024",
                         help="prefill lengths of the cache table, comma-separated")
+    parser.add_argument("--archs", default=",".join(ARCHS),
+                        help="the architectures to measure, comma-separated (llama always: the "
+                        "ratios are to it)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 2 rounds of 1 step, 8 new tokens, lengths 64,256")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
@@ -338,7 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     # the timed models' context covers training and generation (llama's generate stops at its
     # positions); the cache table builds its own at the longest prefill (cache_memory)
     context = max(args.train_len, max(map(len, prompts)) + 8 + args.new_tokens, 256)
-    specs = {arch: sized(arch, args.params, args.layers, context) for arch in ARCHS}
+    archs = ["llama", *(a for a in args.archs.split(",") if a and a != "llama")]
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        parser.error(f"--archs: unknown {', '.join(unknown)}; expected some of {', '.join(ARCHS)}")
+    specs = {arch: sized(arch, args.params, args.layers, context) for arch in archs}
     tokenizer = build_byte_tokenizer()
     models = {arch: build_model(p, seed=0).eval() for arch, p in specs.items()}
     result: dict[str, Any] = {

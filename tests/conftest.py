@@ -31,7 +31,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # the workers first, so none is left running one alone at the end.
 LONGEST_FILES = ("e2e/test_headline.py", "sweep/test_sweep.py", "sweep/test_recipes.py",
                  "e2e/test_pipeline.py", "train/test_resume_ddp.py", "eval/test_linear_probe.py",
-                 "flows/test_async_eval.py", "eval/test_harness.py")
+                 "flows/test_async_eval.py", "eval/test_harness.py",
+                 "train/test_resume_ddp_archs.py", "eval/test_harness_archs.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,8 @@
 
     arch     model_type        recurrent
     llama    llama             no: attention, a KV cache, RoPE positions
-    mamba    mamba             yes: selective state space
+    mamba    mamba             yes: selective state space (Mamba-1)
+    mamba2   mamba2            yes: state space duality (Mamba-2: chunked, matmul-based scan)
     hawk     recurrent_gemma   yes: RecurrentGemma built with recurrent blocks only
 
 A recurrent model reads tokens in order through a state of fixed size: it has no attention map
@@ -32,6 +33,7 @@ class Arch:
 ARCHS: dict[str, Arch] = {arch.name: arch for arch in (
     Arch("llama", "llama", recurrent=False),
     Arch("mamba", "mamba", recurrent=True),
+    Arch("mamba2", "mamba2", recurrent=True),
     Arch("hawk", "recurrent_gemma", recurrent=True),
 )}
 # a section (or a run's params) that does not name its arch is llama: a llama section's dump omits

@@ -116,6 +116,16 @@ def _mamba_matmuls(config: Any) -> int:
     return d * 2 * e + e * (r + 2 * s) + r * e + e * d
 
 
+def _mamba2_matmuls(config: Any) -> int:
+    """Weights in one Mamba-2 block's matrix multiplies: in_proj (d -> 2E + 2GS + H: gate, x, B,
+    C, dt) and out_proj (E -> d); the conv, the scan's chunked products (no weights) and the
+    gated norm are left out, as Mamba's scan is."""
+    d = config.hidden_size
+    e = int(config.expand * d)
+    gs, heads = config.n_groups * config.state_size, config.num_heads
+    return d * (2 * e + 2 * gs + heads) + e * d
+
+
 def _hawk_matmuls(config: Any) -> int:
     """Weights in one Hawk block's matrix multiplies: linear_x, linear_y (d -> W), linear_out
     (W -> d), the RG-LRU's two block-diagonal gates (W^2 / blocks each), the gated MLP (3 d F)."""
@@ -125,7 +135,8 @@ def _hawk_matmuls(config: Any) -> int:
 
 # model_type -> weights per block in matrix multiplies, for the models without attention
 # (the recurrent architectures of lmpipe/core/archs.py)
-RECURRENT_MATMULS = {model_type("mamba"): _mamba_matmuls, model_type("hawk"): _hawk_matmuls}
+RECURRENT_MATMULS = {model_type("mamba"): _mamba_matmuls, model_type("mamba2"): _mamba2_matmuls,
+                     model_type("hawk"): _hawk_matmuls}
 
 
 def flops_per_token(config: Any, seq_len: int) -> float:
@@ -143,8 +154,9 @@ def flops_per_token(config: Any, seq_len: int) -> float:
     QK^T and AV over a context of T = `seq_len` tokens with no causal discount (as PaLM does).
     For length-grouped batches pass the padded batch length the model actually ran on.
 
-    Mamba and RecurrentGemma (Hawk) have no attention: 6 * N with N their blocks' matmul weights
-    (RECURRENT_MATMULS) plus the LM head, independent of `seq_len`.
+    Mamba, Mamba-2 and RecurrentGemma (Hawk) have no attention: 6 * N with N their blocks'
+    matmul weights (RECURRENT_MATMULS) plus the LM head, independent of `seq_len` (Mamba-2's
+    chunked scan has seq-dependent products too, but no weights: left out, as for Mamba).
     """
     if seq_len <= 0:
         raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}")

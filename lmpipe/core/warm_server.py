@@ -51,6 +51,7 @@ PRELOAD = (
     "numpy", "yaml", "safetensors.torch", "tokenizers", "duckdb", "torch",
     "transformers", "transformers.models.llama.modeling_llama",
     "transformers.models.mamba.modeling_mamba",
+    "transformers.models.mamba2.modeling_mamba2",
     "transformers.models.recurrent_gemma.modeling_recurrent_gemma",
     "transformers.generation.utils",
 )

@@ -42,8 +42,8 @@ def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _refuse_attention_free(dp: DistillParams, teacher: TeacherSource, student_config) -> None:
-    """attention_kl needs an attention map on both sides: mamba and hawk have none (an imported
-    teacher is checked here; lmpipe/params/arch_support.py refuses trained ones earlier)."""
+    """attention_kl needs an attention map on both sides: mamba, mamba2 and hawk have none (an
+    imported teacher is checked here; lmpipe/params/arch_support.py refuses trained ones earlier)."""
     teacher_config = getattr(getattr(teacher, "model", None), "config", None)
     for side, config in (("student", student_config), ("teacher", teacher_config)):
         if config is not None and config.model_type in ATTENTION_FREE:

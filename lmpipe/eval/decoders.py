@@ -10,6 +10,13 @@ from a batch of left-padded prompts (`prefill`), then advance every row by one t
       without bias (lmpipe/model/mamba.py): a padded position feeds zeros to the convolution
       window and leaves the SSM state at zero, the state an unpadded prompt starts from. Steps
       pass no mask (Mamba's must be as long as the step, and transformers' generate passes none).
+  mamba2: the same decoder as mamba. transformers' Mamba-2 zeroes padded positions before its
+      input projection (no bias either, lmpipe/model/mamba2.py) and again after the convolution
+      (`apply_mask_to_padding_states`), so a pad leaves zeros in the conv window and the SSM state
+      at zero (its dt*B*x is zero; the decay of a zero state is zero); its cache is the same
+      DynamicCache of linear-attention layers (conv window and SSM state per layer, updated in
+      place by a one-token step). Only rounding differs from an unpadded prompt: the chunks of
+      its scan start at other tokens.
   recurrent_gemma (hawk): its temporal conv1d does not mask padding (a pad's activations enter
       the first real tokens' windows; its RG-LRU does reset where position_ids == 0), so each
       group of equal-length prompts is prefilled unpadded and the fixed-size states (conv window
@@ -99,8 +106,8 @@ class AttentionDecoder:
 
 
 class MambaDecoder(AttentionDecoder):
-    """Mamba masks padded positions itself (module docstring); its steps take no mask. A row not
-    live keeps its state (a pad would move it)."""
+    """Mamba and Mamba-2 mask padded positions themselves (module docstring); their steps take no
+    mask. A row not live keeps its state (a pad would move it)."""
 
     def _new_cache(self) -> None:
         return None  # the model makes its own conv and SSM state cache
@@ -220,7 +227,8 @@ class RecurrentGemmaDecoder:
 
 
 # config.model_type (lmpipe/core/archs.py) -> its decoder; any other model is AttentionDecoder
-DECODERS = {model_type("mamba"): MambaDecoder, model_type("hawk"): RecurrentGemmaDecoder}
+DECODERS = {model_type("mamba"): MambaDecoder, model_type("mamba2"): MambaDecoder,
+            model_type("hawk"): RecurrentGemmaDecoder}
 
 
 def decoder_for(model: torch.nn.Module, spare: int = SPARE) -> Decoder:

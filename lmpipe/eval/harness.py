@@ -7,11 +7,26 @@ attribute's values). `write_text_task` turns documents (e.g. the validation spli
 perplexity task whose loss per token is lmpipe's validation loss. `run_harness` runs any lm-eval tasks, these or lm-eval's own (hellaswag,
 mmlu, ... when their data is in the local Hugging Face cache), on a saved lmpipe model and returns
 lmpipe eval records. lm-eval is optional: it is imported only here, inside the functions.
+
+Every architecture runs (llama, mamba, hawk; tests/eval/test_harness_archs.py checks lm-eval's
+log-likelihoods and greedy answers against direct forwards and lmpipe's own generation), through
+lm-eval's `hf` model with two changes for the recurrent ones (`lm_class`):
+  - hawk (recurrent_gemma) generates without a cache (transformers' RecurrentGemma fails in any
+    cached forward when no block is attention: lmpipe/model/hawk.py), which lm-eval asks for
+    unconditionally, and unpadded, its prompts grouped by length: its convolution does not mask
+    the left padding lm-eval's batches carry, so a pad would enter the prompt's state. Mamba
+    masks padded positions itself (lmpipe/model/mamba.py) and generates as llama does. Scoring
+    (log-likelihood) batches are right-padded, which a causal model never sees.
+  - a model without a position limit in its config (no `max_position_embeddings`: the recurrent
+    ones) gets `max_length` `UNBOUNDED_LENGTH` rather than the tokenizer's placeholder, so that
+    no prompt is cut and a rolling perplexity window is a whole document, as in lmpipe's own
+    validation loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import numbers
 import random
@@ -32,6 +47,12 @@ PEOPLE_TASKS = (RECALL_TASK, MC_TASK)
 PEOPLE_ALIAS = "people"  # in eval.harness_tasks: both people tasks
 MAX_CHOICES = 16
 INSTALL_HINT = "pip install 'lmpipe[harness]'"
+# lm-eval's `max_length` for a model whose config sets no position limit (a recurrent model)
+UNBOUNDED_LENGTH = 1 << 20
+# the config attributes lm-eval reads a context length from (lm_eval.models.utils)
+LENGTH_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+# model types that generate uncached and unpadded in lm-eval (module docstring)
+UNPADDED_GENERATION = frozenset({"recurrent_gemma"})
 
 
 def _choices(answer: str, values: list[str], key: str) -> list[str]:
@@ -153,9 +174,59 @@ def hf_model_args(model_dir: str | Path, add_bos_token: bool = True) -> dict[str
     lmpipe's evaluator encodes its prompts; True keeps it for generation and multiple-choice
     tasks. Rolling log-likelihood (perplexity) tasks need False: lm-eval puts its own BOS prefix
     before each rolling window, so a tokenizer BOS would be scored as a second one (predicted
-    from the first) and the perplexity would not be lmpipe's validation loss.
+    from the first) and the perplexity would not be lmpipe's validation loss. A config without a
+    position limit (a recurrent model) gets `max_length` UNBOUNDED_LENGTH (module docstring).
     """
-    return {"pretrained": str(model_dir), "dtype": "float32", "add_bos_token": add_bos_token}
+    args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": "float32",
+                            "add_bos_token": add_bos_token}
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    if not any(config.get(key) for key in LENGTH_KEYS):
+        args["max_length"] = UNBOUNDED_LENGTH
+    return args
+
+
+@functools.cache
+def lm_class() -> type:
+    """lm-eval's HFLM, generating as each architecture can (module docstring); llama and mamba
+    run lm-eval's own code unchanged."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils_hf import stop_sequences_criteria
+
+    class LmpipeHFLM(HFLM):
+        def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str],
+                            **generation_kwargs: Any) -> torch.Tensor:
+            if self.model.config.model_type not in UNPADDED_GENERATION:
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            mask = generation_kwargs.pop("attention_mask")
+            # greedy unless asked otherwise, as lm-eval's own _model_generate decides
+            kwargs = generation_kwargs
+            kwargs.setdefault("temperature", 0.0)
+            if kwargs["temperature"] == 0.0 and kwargs.get("do_sample") is None:
+                kwargs["do_sample"] = False
+            if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
+                kwargs.pop("temperature")
+            width, new_tokens = context.shape[1], max_length - context.shape[1]
+            # lm-eval reads each row's continuation from column `width` on: a row keeps its
+            # left padding, and is right-padded after its generated tokens
+            out = torch.full((context.shape[0], max_length), self.tokenizer.pad_token_id,
+                             dtype=context.dtype, device=context.device)
+            lengths = mask.sum(dim=1)
+            for length in lengths.unique().tolist():
+                rows = (lengths == length).nonzero().squeeze(1)
+                prompts = context[rows, width - length:]
+                with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                    enabled=self.mixed_precision_dtype is not None):
+                    generated = self.model.generate(
+                        input_ids=prompts, attention_mask=torch.ones_like(prompts),
+                        max_length=length + new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                        stopping_criteria=stop_sequences_criteria(self.tokenizer, stop, length,
+                                                                  len(rows)),
+                        use_cache=False, **kwargs)
+                out[rows, width - length:width - length + generated.shape[1]] = generated
+            return out
+
+    return LmpipeHFLM
 
 
 def _rolling(manager, task: str) -> bool:
@@ -232,9 +303,10 @@ def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Pat
     # perplexity tasks without the tokenizer's BOS (hf_model_args), the others with it
     for names, bos in (([t for t in tasks if t not in rolling], True), (rolling, False)):
         if names:
+            lm = lm_class().create_from_arg_obj(hf_model_args(model_dir, add_bos_token=bos),
+                                                {"batch_size": batch_size, "device": "cpu"})
             records += _records(lm_eval.simple_evaluate(
-                model="hf", model_args=hf_model_args(model_dir, add_bos_token=bos), tasks=names,
-                task_manager=manager, device="cpu", batch_size=batch_size, limit=limit,
+                model=lm, tasks=names, task_manager=manager, limit=limit,
                 # stderr is not reported; 0 skips the bootstrap
                 bootstrap_iters=0, log_samples=False))
     return records

@@ -107,10 +107,11 @@ def continuation_logprobs(model, groups: list[tuple[list[int], list[list[int]]]]
 
     A transformers attention model runs each context once and its continuations on the
     context's KV cache (a fact's 24-50 candidates share a ~40-token prompt: ~5x fewer tokens).
-    A recurrent model (mamba, hawk: RECURRENT_TYPES) and any other module taking `input_ids` (the
-    tests' crafted models) get context + continuation whole, right-padded: their state is not
-    a cache `batch_select_indices` can copy per continuation (hawk keeps it in its modules),
-    and a causal recurrence never lets a pad after the continuation reach its scores."""
+    A recurrent model (mamba, mamba2, hawk: RECURRENT_TYPES) and any other module taking
+    `input_ids` (the tests' crafted models) get context + continuation whole, right-padded: their
+    state is not a cache `batch_select_indices` can copy per continuation (hawk keeps it in its
+    modules), and a causal recurrence never lets a pad after the continuation reach its
+    scores."""
     if isinstance(model, PreTrainedModel) and model.config.model_type not in RECURRENT_TYPES:
         return _cached_logprobs(model, groups, pad_id, batch_size, vocab)
     pairs = [(c, t) for c, tails in groups for t in tails]

@@ -22,7 +22,7 @@ of a batch each row's real tokens (prompt and everything fed after it, tool turn
 into the tree with their KV, so the next turn of a conversation, whose prompt extends this one,
 hits.
 
-Attention models only: a recurrent model (mamba, recurrent_gemma) has no per-token KV to cut at
+Attention models only: a recurrent model (mamba, mamba2, recurrent_gemma) has no per-token KV to cut at
 any prefix, so this cache refuses it by name; lmpipe/eval/recurrent_prefix_cache.py caches its
 state snapshots at node boundaries instead, on the same tree and tiers (lmpipe/eval/tree_cache.py),
 and its `prefix_cache_for(model)` picks the cache a model needs.
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from lmpipe.core.archs import ARCHS
 from lmpipe.eval.kv_buffer import SPARE
 from lmpipe.eval.kv_tiers import KVPage
 from lmpipe.eval.padding import left_padded, real_tokens
@@ -42,7 +43,8 @@ from lmpipe.eval.prefix_decoder import PrefixDecoder
 from lmpipe.eval.prefix_tree import Node
 from lmpipe.eval.tree_cache import TreeCache
 
-RECURRENT = {"mamba": "mamba", "recurrent_gemma": "hawk"}  # model_type -> lmpipe arch
+# model_type -> lmpipe arch of the recurrent architectures (lmpipe/core/archs.py)
+RECURRENT = {arch.model_type: arch.name for arch in ARCHS.values() if arch.recurrent}
 
 
 def supported(model: torch.nn.Module) -> bool:

@@ -1,6 +1,6 @@
 """A prefix-tree cache of recurrent state snapshots for the batched generation loop
 (lmpipe/eval/generate.py), for the models whose cache is a fixed-size state, not a per-token KV:
-Mamba and Hawk (recurrent_gemma). After SGLang's Mamba radix cache: a state cannot be cut at an
+Mamba, Mamba-2 and Hawk (recurrent_gemma). After SGLang's Mamba radix cache: a state cannot be cut at an
 arbitrary token, so only the node ends that carry a snapshot are reusable.
 
 The index is the radix tree of the attention cache (lmpipe/eval/prefix_tree.py), its memory the
@@ -16,7 +16,10 @@ snapshot; then one decoder of the whole batch feeds the hits' suffixes a token a
 suffix left-padded to the longest so that every row ends on its last prompt token, a row frozen
 (its state kept) while it is padding and all along for the prefilled rows. transformers runs a
 chunk of tokens partly as if from a zero state, so a suffix cannot go in one call; its tokens
-count in `tokens_computed`, but each step runs the whole batch. At the end of a batch each row's
+count in `tokens_computed`, but each step runs the whole batch. (Mamba-2's scan does start a chunk from
+the cache's state, but the suffixes of a batch differ in length, and the pads in front of a
+shorter one would decay its snapshot: a masked position still has dt > 0. It goes a token a step
+like the others.) At the end of a batch each row's
 fed tokens (prompt, then the generated tokens it was fed) go into the tree with its final state
 (a finished row's is frozen at its last fed token) as the snapshot of that sequence's end: the
 next turn of a conversation, whose prompt extends it, starts there.
@@ -247,6 +250,6 @@ def prefix_cache_for(model: torch.nn.Module, budgets: dict[str, int | None] | No
                      directory: str | Path | None = None,
                      device_tier: bool | None = None) -> PrefixCache | RecurrentPrefixCache:
     """The prefix cache `model` needs: of attention KV (PrefixCache) or of recurrent state
-    snapshots (RecurrentPrefixCache, Mamba and Hawk)."""
+    snapshots (RecurrentPrefixCache, Mamba, Mamba-2 and Hawk)."""
     kind = RecurrentPrefixCache if not supported(model) else PrefixCache
     return kind(model, budgets, directory, device_tier)

@@ -1,8 +1,9 @@
-"""Fresh models built from a transformers config (llama, mamba or hawk: `model.arch`), and
+"""Fresh models built from a transformers config (llama, mamba, mamba2 or hawk: `model.arch`), and
 saving/loading them with a tokenizer.
 
 Each architecture's config is made by its own function (`llama_config` here, lmpipe/model/mamba.py,
-lmpipe/model/hawk.py) with the same protocol token ids; `build_model` picks one by `arch`.
+lmpipe/model/mamba2.py, lmpipe/model/hawk.py) with the same protocol token ids; `build_model` picks
+one by `arch`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    Mamba2ForCausalLM,
     MambaForCausalLM,
     PreTrainedConfig,
     PreTrainedModel,
@@ -28,6 +30,7 @@ from lmpipe.data.tokenizer import VOCAB_SIZE, load_tokenizer, special_id
 from lmpipe.model.hawk import hawk_config
 from lmpipe.model.init_weights import initialize_
 from lmpipe.model.mamba import mamba_config
+from lmpipe.model.mamba2 import mamba2_config
 from lmpipe.model.params import ModelParams
 from lmpipe.model.rope import rope_parameters
 from lmpipe.quant.packed_load import load_quantized, quantization_config_of
@@ -70,6 +73,7 @@ def _llama_config(params: ModelParams, ids: dict[str, int]) -> LlamaConfig:
 ARCHITECTURES = {
     "llama": (LlamaForCausalLM, _llama_config),
     "mamba": (MambaForCausalLM, mamba_config),
+    "mamba2": (Mamba2ForCausalLM, mamba2_config),
     "hawk": (RecurrentGemmaForCausalLM, hawk_config),
 }
 

@@ -199,6 +199,14 @@ def _loading(model_dir: Path, quantized: dict[str, Any] | None) -> list[str]:
             "torch.compile.", ""]
 
 
+def _inner_width(config: dict[str, Any]) -> int | None:
+    """Mamba's inner width or an MLP's (config.json's intermediate_size); Mamba-2's config.json
+    has none, only its factor `expand`."""
+    if config.get("model_type") == "mamba2":
+        return config.get("expand", 0) * config.get("hidden_size", 0) or None
+    return config.get("intermediate_size")
+
+
 def _table(comparison: dict[str, dict[str, float]], this: str) -> str:
     """Markdown table, one row per model, columns for the headline figures any model has."""
     keys = [k for k in ("parameters", *METRICS) if any(k in r for r in comparison.values())]
@@ -262,11 +270,13 @@ def write_model_card(model_dir: str | Path, *, name: str, stage: str, params: di
              ("parameters", f"{int(n_params):,}" if n_params else "unknown"),
              ("layers", config.get("num_hidden_layers")),
              ("width (hidden size)", config.get("hidden_size")),
-             # a recurrent model (mamba, hawk) has no attention heads and no context limit
+             # a recurrent model (mamba, mamba2, hawk) has no attention heads and no context limit
              ("attention heads", f"{heads} ({config.get('num_key_value_heads', heads)} key/value)"
               if config.get("model_type") != "recurrent_gemma" and heads else None),
-             ("inner width" if config.get("model_type") == "mamba" else "MLP width",
-              config.get("intermediate_size")),
+             ("SSM heads", f"{config.get('num_heads')} of {config.get('head_dim')} channels"
+              if config.get("model_type") == "mamba2" else None),
+             ("inner width" if config.get("model_type") in ("mamba", "mamba2") else "MLP width",
+              _inner_width(config)),
              ("vocabulary", f"{config.get('vocab_size')} tokens"),
              ("context", f"{config.get('max_position_embeddings')} tokens"
               if config.get("max_position_embeddings") else None),

@@ -8,13 +8,14 @@ from pydantic import Field, model_serializer, model_validator
 
 from lmpipe.core.section import Section
 
-ARCHS = ("llama", "mamba", "hawk")
+ARCHS = ("llama", "mamba", "mamba2", "hawk")
 # The fields each architecture reads beyond the shared ones (d_model, n_layers, max_seq_len,
 # tie_embeddings, init). A dump leaves out the others, so a llama section dumps exactly as it did
 # before `arch` existed (its runs' params.json unchanged) and a mamba one shows no attention heads.
 OWN_FIELDS = {
     "llama": ("n_heads", "n_kv_heads", "d_ff", "rope_theta", "rope_scaling", "rope_factor"),
     "mamba": ("arch", "d_state", "expand", "d_conv"),
+    "mamba2": ("arch", "d_state", "expand", "d_conv", "head_dim"),
     "hawk": ("arch", "d_ff", "d_conv", "lru_width", "lru_blocks"),
 }
 
@@ -24,9 +25,10 @@ class ModelParams(Section):
     transformers class (lmpipe/model/build.py); fields that an architecture does not have are
     ignored by it."""
 
-    arch: Literal["llama", "mamba", "hawk"] = Field(
+    arch: Literal["llama", "mamba", "mamba2", "hawk"] = Field(
         "llama", description="llama: attention (LlamaForCausalLM); mamba: selective state space "
-        "(MambaForCausalLM); hawk: gated linear RNN (RecurrentGemmaForCausalLM with recurrent "
+        "(MambaForCausalLM); mamba2: state space duality, a chunked matmul scan "
+        "(Mamba2ForCausalLM); hawk: gated linear RNN (RecurrentGemmaForCausalLM with recurrent "
         "blocks only)")
     d_model: int = Field(64, ge=8)
     n_layers: int = Field(2, ge=1)
@@ -34,7 +36,7 @@ class ModelParams(Section):
     n_kv_heads: int | None = Field(None, ge=1, description="llama: grouped-query attention heads; "
                                    "default n_heads")
     d_ff: int | None = Field(None, ge=1, description="llama, hawk: MLP width; default 4 * d_model "
-                             "(mamba has no MLP)")
+                             "(mamba and mamba2 have no MLP)")
     max_seq_len: int = Field(256, ge=16, description="the longest training document; llama: the "
                              "context of its positions")
     rope_theta: float = Field(10000.0, gt=0.0, description="llama: RoPE base")
@@ -48,12 +50,17 @@ class ModelParams(Section):
         "hf", description="hf: transformers' default normal(0.02); gpt2_scaled: normal(0.02) with "
         "residual projections scaled by 1/sqrt(2*layers); small: normal(sqrt(2/(5*d))); "
         "mitchell: normal(1/sqrt(fan_in)), residual projections scaled by 1/sqrt(2*(layer+1)); "
-        "mamba and hawk: hf only")
+        "mamba, mamba2 and hawk: hf only")
     d_state: int = Field(16, ge=1, description="mamba: SSM state size per channel "
-                         "(MambaConfig.state_size)")
-    expand: int = Field(2, ge=1, description="mamba: the mixer's inner width is expand * d_model")
-    d_conv: int = Field(4, ge=2, description="mamba, hawk: kernel width of the causal "
+                         "(MambaConfig.state_size); mamba2: per head channel "
+                         "(Mamba2Config.state_size)")
+    expand: int = Field(2, ge=1, description="mamba, mamba2: the mixer's inner width is "
+                        "expand * d_model")
+    d_conv: int = Field(4, ge=2, description="mamba, mamba2, hawk: kernel width of the causal "
                         "(depthwise) convolution before the recurrence")
+    head_dim: int = Field(16, ge=1, description="mamba2: channels per SSM head (each head has "
+                          "its own decay); must divide expand * d_model, which makes "
+                          "expand * d_model / head_dim heads")
     lru_width: int | None = Field(None, ge=1, description="hawk: width of the RG-LRU recurrence; "
                                   "default d_model")
     lru_blocks: int = Field(2, ge=1, description="hawk: diagonal blocks of the RG-LRU's gate "
@@ -87,6 +94,11 @@ class ModelParams(Section):
             # dt bias (inverse-softplus time steps) and double RecurrentGemma's (1 + w) norms
             raise ValueError(f"init: {self.init!r} is a scheme for llama's layers; expected 'hf' "
                              f"for arch {self.arch} (its own initialization)")
+        if self.arch == "mamba2" and (self.expand * self.d_model) % self.head_dim:
+            raise ValueError(f"head_dim: the inner width expand * d_model = {self.expand} * "
+                             f"{self.d_model} = {self.expand * self.d_model} is not divisible by "
+                             f"head_dim ({self.head_dim}); expected a divisor of it (e.g. "
+                             "d_model a multiple of head_dim / gcd(expand, head_dim))")
         if self.arch == "hawk" and self.hawk_lru_width % self.lru_blocks:
             raise ValueError(f"lru_blocks: lru_width ({self.hawk_lru_width}) is not divisible by "
                              f"lru_blocks ({self.lru_blocks}); expected a divisor of lru_width")

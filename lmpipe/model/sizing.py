@@ -8,6 +8,8 @@ arch-specific fields) closest to `target` parameters, counted as `count_paramete
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lmpipe.data.tokenizer import VOCAB_SIZE
@@ -19,10 +21,13 @@ MAX_WIDTH = 4096
 
 def width_step(params: ModelParams) -> int:
     """The granularity of d_model the architecture accepts as configured: llama needs an even
-    head width (d_model a multiple of 2 * n_heads); hawk's default lru_width (= d_model) must
-    split into lru_blocks."""
+    head width (d_model a multiple of 2 * n_heads); mamba2's inner width expand * d_model must
+    split into heads of head_dim; hawk's default lru_width (= d_model) must split into
+    lru_blocks."""
     if params.arch == "llama":
         return 2 * params.n_heads
+    if params.arch == "mamba2":
+        return params.head_dim // math.gcd(params.expand, params.head_dim)
     if params.arch == "hawk" and params.lru_width is None:
         return params.lru_blocks
     return 1

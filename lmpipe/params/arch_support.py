@@ -14,20 +14,23 @@ Works for mamba and hawk:
                    lmpipe/quant/float_linears.py)
   eval             validation loss, knowledge bits (a recurrent model scores each candidate by a
                    whole forward: lmpipe/eval/knowledge.py), recall and tool accuracy, linear
-                   probes (layers numbered as for distillation)
+                   probes (layers numbered as for distillation), lm-eval harness tasks
+                   (`eval.harness_tasks`: hawk generates uncached and unpadded,
+                   lmpipe/eval/harness.py)
+  train.probes     every architecture, at the sites it has (lmpipe/train/probes.py): llama
+                   embeddings, attention, attention_weights, mlp, residual, logits; mamba (and
+                   mamba2) embeddings, mixer, residual, logits; hawk embeddings, mixer, mlp,
+                   residual, logits. `points: null` (the default) probes every site of the arch;
+                   a listed site the arch lacks is refused, naming the key, for llama too
 
 Refused, each with the key to change:
 
   train            attention: prefix_lm (a recurrent model reads tokens in order: no token can
-                   see a later one), probes (they hook Llama's attention and MLP), compile (not
-                   yet verified on the recurrent scans)
+                   see a later one), compile (`COMPILE_FINDINGS`: measured slower than eager)
   teacher_cache    attention rows of a non-llama teacher (`teacher_cache.attention_layers`, or
                    `distill.objective.attention_kl`, which auto caches them): it has no attention
   distill          `distill.objective.attention_kl` when the teacher or the student is not llama
                    (no attention map to compare)
-  eval             lm-eval harness tasks (`eval.harness_tasks`: not yet verified), for any
-                   non-llama model it evaluates
-
 `training_problems(p)` runs with every validation (the train sections are the runs' own);
 `stage_problems(p, stage)` runs where that stage starts and in the `validate` stage for every
 stage of the root pipeline, so a recipe that runs only train and eval is not refused for the
@@ -39,21 +42,43 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from lmpipe.core.archs import DEFAULT_ARCH, is_recurrent
+from lmpipe.core.archs import DEFAULT_ARCH, is_recurrent, model_type
 from lmpipe.core.section import ConfigError
 from lmpipe.params.checks import Problem
+from lmpipe.train.params import probe_sites
 
 if TYPE_CHECKING:
     from lmpipe.params.config import Params
+    from lmpipe.train.params import ProbeParams
 
 PIPELINE_STAGES = ("train", "teacher_cache", "distill", "quantize", "eval")
+# why `train.compile` stays refused for the recurrent models: one measured finding per arch (the
+# refusal names the finding of the arch it refuses, else every finding there is)
+COMPILE_FINDINGS = {
+    # d_model=91, 2 layers, batch 32x128, mambapy scan, CPU: 107 s to compile the first step,
+    # then 2.1 s/step against 1.1 s eager
+    "mamba": "compiled it runs ~2x slower than eager: graph breaks in transformers' scan",
+    # d_model=64, 2 layers, batch 32x128, 2 threads: one graph (no break) of its unrolled
+    # 128-step scan, 82-110 ms/step against 125-198 eager, but 155-210 s to compile cold
+    "hawk": ("compiles to one graph and then runs ~1.6x faster than eager, but its cold compile "
+             "(transformers' scan unrolled over the sequence) takes 155-210 s, ~3,000 steps of "
+             "the saving at this size, and lmpipe's training loop has not been tested compiled "
+             "on it"),
+}
+
+
+def _compile_refusal(arch: str) -> str:
+    if arch in COMPILE_FINDINGS:
+        return f"true: {COMPILE_FINDINGS[arch]}"
+    measured = "; ".join(f"{name}: {why}" for name, why in COMPILE_FINDINGS.items())
+    return f"true: not yet measured on {arch}" + (f" ({measured})" if measured else "")
+
+
 REFUSED_SWITCHES = {  # train key -> (is it on?, why a non-llama model cannot have it)
     "attention": (lambda tp: tp.attention == "prefix_lm",
                   ("= 'prefix_lm' lets prompt tokens see later ones, which a recurrent model, "
                    "reading tokens in order, cannot"), "causal"),
-    "probes.enabled": (lambda tp: tp.probes.enabled,
-                       "true: the probes hook Llama's attention and MLP modules", "false"),
-    "compile": (lambda tp: tp.compile, "true: not yet verified on the recurrent scans", "false"),
+    "compile": (lambda tp: tp.compile, _compile_refusal, "false"),
 }
 
 
@@ -66,21 +91,36 @@ def _trained(p: Params) -> Iterator[tuple[str, str]]:
 
 
 def training_problems(p: Params) -> Iterator[Problem]:
-    """The train switches a recurrent model's own run cannot use."""
+    """The train switches a recurrent model's own run cannot use, and probe sites a trained
+    model's arch does not have."""
     for name, arch in _trained(p):
+        tp = getattr(p, name).train
+        yield from _probe_sites(name, arch, tp.probes)
         if not is_recurrent(arch):
             continue
-        tp = getattr(p, name).train
         for key, (is_on, why, expected) in REFUSED_SWITCHES.items():
             if is_on(tp):
-                yield Problem(f"{name}.train.{key}", f"{why} ({name}.model.arch = {arch!r})",
+                reason = why(arch) if callable(why) else why
+                yield Problem(f"{name}.train.{key}", f"{reason} ({name}.model.arch = {arch!r})",
                               f"{expected} for arch {arch}")
+
+
+def _probe_sites(name: str, arch: str, probes: ProbeParams) -> Iterator[Problem]:
+    if not probes.enabled:
+        return
+    own, _ = probe_sites(model_type(arch), None)
+    _, missing = probe_sites(model_type(arch), probes.points)
+    if missing:
+        yield Problem(f"{name}.train.probes.points", f"= {probes.points!r} lists "
+                      f"{', '.join(map(repr, missing))}, a site {name}.model.arch = {arch!r} does "
+                      "not have", f"some of {own} for arch {arch}, or null for all of them")
 
 
 def stage_problems(p: Params, stage: str,
                    evaluated: Iterable[str] = ("teacher", "student")) -> Iterator[Problem]:
     """What `stage` cannot do with the architectures `p` asks for; `evaluated`: the sections
-    whose models the eval stage scores (the distilled and quantized models are the student's)."""
+    whose models the eval stage scores (the distilled and quantized models are the student's),
+    for a refusal of the eval stage (there is none today: every arch runs every eval)."""
     archs = dict(_trained(p))
     weight = p.distill.objective.get("attention_kl", 0)
     if stage in ("teacher_cache", "distill") and weight > 0:
@@ -97,15 +137,6 @@ def stage_problems(p: Params, stage: str,
         yield Problem("teacher_cache.attention_layers", f"= {listed!r}, but teacher.model.arch = "
                       f"{archs['teacher']!r} has no attention", f"[] or auto for arch "
                       f"{archs['teacher']}")
-    if stage == "eval":
-        for section, arch in archs.items():
-            if arch == "llama" or section not in evaluated:  # lm-eval: verified on llama only
-                continue
-            e = p.eval
-            if e.harness_tasks:
-                yield Problem("eval.harness_tasks", f"= {e.harness_tasks!r}, but "
-                              f"{section}.model.arch = {arch!r}: lm-eval is not yet verified on "
-                              "it", f"[] for arch {arch}")
 
 
 def pipeline_problems(p: Params, stages: Iterable[str] = PIPELINE_STAGES) -> list[Problem]:

@@ -2,7 +2,9 @@
 read from each layer of each checkpoint.
 
 The first chart is a heatmap of one probe statistic over training: x = the recorded step, y = the
-probed point from the embeddings (top) down to the logits, colour = the statistic. Dropdowns pick
+probed point from the embeddings (top) down to the logits, colour = the statistic; the points are
+those of the run's architecture (lmpipe/train/probes.py: a recurrent model's blocks have a
+`mixer`, no attention), drawn alike. Dropdowns pick
 the run, the statistic (mean, std, RMS, max |x|, fraction of zeros, quantiles, attention entropy)
 and the kind (forward values or gradients). At most `MAX_STEPS` evenly spaced recorded steps per
 run are drawn, for the `MAX_RUNS` most recent runs with probes. The second is the linear-probe
@@ -161,8 +163,10 @@ def build(src: Source) -> Page:
                  "(lmpipe/train/probes.py).</p>")
     else:
         page.add(howto("Each row is a probed point (embeddings at the top, then each block's "
-                       "attention output, attention-weight entropy, MLP output and residual "
-                       "stream, then the logits), each column a recorded step. Pick the run, the "
+                       "sites: llama's attention output, attention-weight entropy and MLP "
+                       "output, or a recurrent model's mixer output (Mamba's SSM, Hawk's RG-LRU "
+                       "block) and, for Hawk, MLP output; then the residual stream after the "
+                       "block; the logits last), each column a recorded step. Pick the run, the "
                        "statistic and forward values or gradients. A residual stream whose RMS "
                        "keeps growing, gradients that vanish in early layers, or attention whose "
                        "entropy collapses to 0 (one key) all show as bands."))

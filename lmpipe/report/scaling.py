@@ -13,10 +13,10 @@ tool changes over (parameters, number of facts). The page, a module a section:
                         one labelled point each
     conversations       the sweeps' accuracy per turn of a conversation, when they recorded it
 
-Architectures (`model.arch`: llama, mamba, hawk) are compared side by side, never averaged: when
-the models differ in arch, the knowledge chart and the accuracy map get one panel per arch and the
-per-model chart names each model's arch (recipes/in-tool-learning/archs.yaml sweeps them at matched
-parameter counts).
+Architectures (`model.arch`: llama, mamba, mamba2, hawk) are compared side by side, never
+averaged: when the models differ in arch, the knowledge chart and the accuracy map get one panel
+per arch and the per-model chart names each model's arch (recipes/in-tool-learning/archs.yaml
+sweeps them at matched parameter counts).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ world.qa_dialogs) and, in a sweep, its point's `mode`. Facts = people × the six
 sweep only the latest eval run of each point and model counts (a retried point is not counted
 twice).
 
-Each model's architecture (`model.arch`: llama, mamba, hawk) is its section's
+Each model's architecture (`model.arch`: llama, mamba, mamba2, hawk) is its section's
 (lmpipe/core/pipeline_models.py: `teacher.model.arch` for the teacher, `student.model.arch` for
 the student and the models made from it): a point's override first, llama when the run does not
 say, as a llama section's dump omits it.

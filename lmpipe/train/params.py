@@ -11,7 +11,24 @@ from pydantic import Field, model_validator
 from lmpipe.core.section import Section, short
 from lmpipe.model.params import ModelParams
 
-PROBE_SITES = ("embeddings", "attention", "attention_weights", "mlp", "residual", "logits")
+PROBE_SITES = ("embeddings", "attention", "attention_weights", "mixer", "mlp", "residual", "logits")
+# the sites each architecture has, by its saved `config.model_type` (lmpipe/core/archs.py); where
+# they live in each model is lmpipe/train/probes.py's LAYOUTS
+SITES_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
+    "llama": ("embeddings", "attention", "attention_weights", "mlp", "residual", "logits"),
+    "mamba": ("embeddings", "mixer", "residual", "logits"),        # no attention, no MLP
+    "mamba2": ("embeddings", "mixer", "residual", "logits"),
+    "recurrent_gemma": ("embeddings", "mixer", "mlp", "residual", "logits"),  # hawk
+}
+
+
+def probe_sites(model_type: str, points: list[str] | None) -> tuple[list[str], list[str]]:
+    """(the sites to probe, the listed ones a model of `model_type` does not have): `points`
+    null means every site it has."""
+    own = SITES_BY_MODEL_TYPE.get(model_type, SITES_BY_MODEL_TYPE["llama"])
+    if points is None:
+        return list(own), []
+    return [s for s in points if s in own], [s for s in points if s not in own]
 
 
 class ProbeParams(Section):
@@ -19,8 +36,10 @@ class ProbeParams(Section):
 
     enabled: bool = False
     every: int = Field(10, ge=1, description="record every N-th step")
-    points: list[Literal[PROBE_SITES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: list(PROBE_SITES), description="which sites to probe")
+    points: list[Literal[PROBE_SITES]] | None = Field(  # type: ignore[valid-type]
+        None, description="which sites to probe (null = every site the arch has: llama "
+        "embeddings, attention, attention_weights, mlp, residual, logits; mamba embeddings, "
+        "mixer, residual, logits; hawk embeddings, mixer, mlp, residual, logits)")
     layers: list[int] | None = Field(None, description="blocks to probe (null = all)")
     grads: bool = Field(True, description="also record the gradient at each point")
     dump_steps: list[int] = Field(default_factory=list, description="[first, last]: also save "

@@ -1,17 +1,33 @@
-"""Probes: watch activations and gradients at named points of a Llama model while it trains.
+"""Probes: watch activations and gradients at named points of a model while it trains, for every
+architecture (llama, mamba, mamba2, hawk).
 
 A `Probe` is an identity module: called on the tensor leaving a point of the network, it returns
 that very tensor and records it, and, through a tensor hook, the gradient flowing back through it.
-Named points (`train.probes.points` picks the sites, `layers` the blocks):
+Named points (`train.probes.points` picks the sites, null = every site the arch has; `layers` the
+blocks):
 
     embeddings                 the token embeddings (depth 0)
-    layers.<i>.attention       block i's attention output, before the residual add (depth i+1)
-    layers.<i>.attention_weights  block i's attention rows, recomputed on the side from its
-                               inputs for the batch's first 4 sequences (only their entropy is
+    layers.<i>.attention       llama: block i's attention output, before the residual add
+                               (depth i+1)
+    layers.<i>.attention_weights  llama: block i's attention rows, recomputed on the side from
+                               its inputs for the batch's first 4 sequences (only their entropy is
                                kept; forward only)
-    layers.<i>.mlp             block i's MLP output, before the residual add
-    layers.<i>.residual        the residual stream after block i
+    layers.<i>.mixer           mamba, mamba2: block i's SSM mixer output; hawk: block i's temporal
+                               block (convolution and RG-LRU recurrence) output; before the
+                               residual add
+    layers.<i>.mlp             llama, hawk: block i's MLP output, before the residual add
+    layers.<i>.residual        the residual stream after block i (what block i+1 reads)
     logits                     the output logits (depth n_layers+1)
+
+    arch (config.model_type)   sites
+    llama                      embeddings, attention, attention_weights, mlp, residual, logits
+    mamba, mamba2              embeddings, mixer, residual, logits
+    hawk (recurrent_gemma)     embeddings, mixer, mlp, residual, logits
+
+Where each lives is `LAYOUTS`. Two details of hawk: `embeddings` is the lookup before
+RecurrentGemma multiplies it by sqrt(d_model), and `logits` are the model's output, after its
+soft cap (tanh(x / 30) * 30), the logits the loss reads. A site the arch lacks is refused before
+any compute (lmpipe/params/arch_support.py) and here again for a direct caller.
 
 Probes are inserted as forward hooks only for the steps they record (every `every` steps and the
 steps of the dump window) and removed right after, so on every other step, and whenever probes are
@@ -26,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,10 +50,38 @@ import torch
 
 from lmpipe.core.jsonl import read_jsonl
 from lmpipe.core.run_folder import PROBES_FILE
-from lmpipe.train.params import ProbeParams
+from lmpipe.train.params import ProbeParams, probe_sites
 from lmpipe.train.probe_stats import attention_entropy, summary_stats
 
 ATTENTION_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the probe points of one architecture live: module paths from the CausalLM model."""
+
+    embeddings: str
+    blocks: str                            # the ModuleList of blocks
+    sites: dict[str, str]                  # block site -> submodule whose output it is ("" the
+                                           # block itself); in the order they are hooked
+    logits: str = "lm_head"
+    logits_field: str | None = None        # read the output's attribute (a ModelOutput)
+    attention: str | None = None           # the attention module attention_weights recompute
+
+
+MAMBA_LAYOUT = Layout("backbone.embeddings", "backbone.layers", {"mixer": "mixer", "residual": ""})
+LAYOUTS: dict[str, Layout] = {  # by config.model_type (lmpipe/core/archs.py)
+    "llama": Layout("model.embed_tokens", "model.layers",
+                    {"attention": "self_attn", "mlp": "mlp", "residual": ""},
+                    attention="self_attn"),
+    "mamba": MAMBA_LAYOUT,
+    "mamba2": MAMBA_LAYOUT,
+    # the temporal block returns (output, None); RecurrentGemma soft-caps lm_head's output in
+    # the CausalLM's forward, so its logits are read from the whole model's output
+    "recurrent_gemma": Layout("model.embed_tokens", "model.layers",
+                              {"mixer": "temporal_block", "mlp": "mlp_block", "residual": ""},
+                              logits="", logits_field="logits"),
+}
 
 
 class Probe(torch.nn.Module):
@@ -56,8 +101,10 @@ class Probe(torch.nn.Module):
         return x
 
 
-def _output_hook(probe: Probe):
+def _output_hook(probe: Probe, field_name: str | None = None):
     def hook(module, args, output):
+        if field_name is not None:
+            output = getattr(output, field_name)
         probe(output[0] if isinstance(output, tuple) else output)  # returns None: output unchanged
     return hook
 
@@ -90,33 +137,43 @@ def attention_weights(attention: torch.nn.Module, hidden: torch.Tensor,
 
 
 class ProbeRecorder:
-    """Probes at the configured points of `model`, attached only while `recording(step)` runs."""
+    """Probes at the configured points of `model` (any architecture of `LAYOUTS`), attached only
+    while `recording(step)` runs."""
 
     def __init__(self, model: torch.nn.Module, params: ProbeParams,
                  folder: Path | None = None) -> None:
         self.model, self.params, self.folder = model, params, folder
-        layers = model.model.layers
+        kind = getattr(model.config, "model_type", "llama")
+        # a model type lmpipe does not build (an imported model) is probed as a llama
+        layout = LAYOUTS.get(kind, LAYOUTS["llama"])
+        wanted, missing = probe_sites(kind if kind in LAYOUTS else "llama", params.points)
+        if missing:
+            raise ValueError(f"train.probes.points: {missing} are not sites of a {kind} model; "
+                             f"expected some of {list(probe_sites(kind, None)[0])}, or null for "
+                             "all")
+        layers = model.get_submodule(layout.blocks)
         chosen = range(len(layers)) if params.layers is None else params.layers
         bad = [i for i in chosen if not 0 <= i < len(layers)]
         if bad:
             raise ValueError(f"train.probes.layers: {bad} out of range (the model has "
                              f"{len(layers)} blocks)")
-        sites = set(params.points)
-        # (module whose output the probe sees, probe)
-        self.points: list[tuple[torch.nn.Module, Probe]] = []
+        sites = set(wanted)
+        # (module whose output the probe sees, probe, attribute of the output it reads)
+        self.points: list[tuple[torch.nn.Module, Probe, str | None]] = []
         if "embeddings" in sites:
-            self.points.append((model.model.embed_tokens,
-                                Probe("embeddings", "embeddings", None, 0, self)))
+            self.points.append((model.get_submodule(layout.embeddings),
+                                Probe("embeddings", "embeddings", None, 0, self), None))
         for i in chosen:
             block = layers[i]
-            for site, module in (("attention", block.self_attn), ("mlp", block.mlp),
-                                 ("residual", block)):
+            for site, path in layout.sites.items():
                 if site in sites:
-                    self.points.append((module, Probe(f"layers.{i}.{site}", site, i, i + 1, self)))
+                    self.points.append((block.get_submodule(path),
+                                        Probe(f"layers.{i}.{site}", site, i, i + 1, self), None))
         if "logits" in sites:
-            self.points.append((model.lm_head, Probe("logits", "logits", None, len(layers) + 1,
-                                                     self)))
-        self.weight_probes = [(layers[i].self_attn,
+            self.points.append((model.get_submodule(layout.logits),
+                                Probe("logits", "logits", None, len(layers) + 1, self),
+                                layout.logits_field))
+        self.weight_probes = [(layers[i].get_submodule(layout.attention),
                                Probe(f"layers.{i}.attention_weights", "attention_weights", i,
                                      i + 1, self))
                               for i in chosen if "attention_weights" in sites]
@@ -127,7 +184,7 @@ class ProbeRecorder:
 
     @property
     def names(self) -> list[str]:
-        return [p.name for _, p in self.points] + [p.name for _, p in self.weight_probes]
+        return [p.name for _, p, _ in self.points] + [p.name for _, p in self.weight_probes]
 
     def due(self, step: int) -> bool:
         """Whether training step `step` (1-based: the step about to be taken) is recorded."""
@@ -171,7 +228,8 @@ class ProbeRecorder:
     def recording(self, step: int) -> Iterator[None]:
         """Attach the probes for one training step (forward and backward), then write and detach."""
         self.step, self.records, self.raw, self._seen = step, [], {}, set()
-        handles = [module.register_forward_hook(_output_hook(probe)) for module, probe in self.points]
+        handles = [module.register_forward_hook(_output_hook(probe, field_name))
+                   for module, probe, field_name in self.points]
         handles += [module.register_forward_hook(self._weights_hook(probe), with_kwargs=True)
                     for module, probe in self.weight_probes]
         try:

@@ -1,5 +1,5 @@
-"""Distillation across architectures: a layer number means the same place in llama, mamba and
-hawk (checked against forward hooks on the blocks), a recurrent student learns from a llama
+"""Distillation across architectures: a layer number means the same place in llama, mamba,
+mamba2 and hawk (checked against forward hooks on the blocks), a recurrent student learns from a llama
 teacher (and a llama student from a recurrent teacher) through the cache and live alike, and
 attention_kl is refused when a side has no attention."""
 
@@ -22,7 +22,7 @@ from lmpipe.model.params import ModelParams
 from lmpipe.train.params import TrainParams
 from tests.distill.cache_vs_live import cache_and_live_runs, losses
 
-FINAL_NORM = {"llama": "norm", "mamba": "norm_f", "hawk": "final_norm"}
+FINAL_NORM = {"llama": "norm", "mamba": "norm_f", "mamba2": "norm_f", "hawk": "final_norm"}
 
 
 def tiny(arch: str, layers: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -30,7 +30,7 @@ def tiny(arch: str, layers: int = 2, seed: int = 0) -> torch.nn.Module:
                                    max_seq_len=256), seed=seed)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["llama", "mamba", "mamba2", "hawk"])
 def test_layer_i_is_the_output_of_block_i_in_every_arch(arch):
     """Layer 0: block 1's input; layer i < L: block i's output; layer L: the final norm's."""
     model = tiny(arch, layers=3).eval()
@@ -51,7 +51,7 @@ def test_layer_i_is_the_output_of_block_i_in_every_arch(arch):
     assert len(states) == 4
     for layer, expected in ((0, seen[0]), (1, seen[1]), (2, seen[2]), (3, seen["norm"])):
         torch.testing.assert_close(states[layer], expected, rtol=0, atol=0)
-    if arch == "llama":  # Llama's own output, untouched
+    if arch in ("llama", "mamba2"):  # their own output, untouched
         assert states is out.hidden_states
 
 
@@ -76,7 +76,7 @@ def distill_curves(teacher: torch.nn.Module, student_arch: str, tiny_tokens, tok
 
 @pytest.mark.parametrize("teacher_arch, student_arch",
                          [("llama", "mamba"), ("llama", "hawk"), ("mamba", "llama"),
-                          ("hawk", "mamba")])
+                          ("hawk", "mamba"), ("llama", "mamba2"), ("mamba2", "hawk")])
 def test_a_student_of_another_arch_learns_from_the_cache_as_from_the_live_teacher(
         teacher_arch, student_arch, tiny_tokens, tokenizer, tmp_path):
     curves = distill_curves(tiny(teacher_arch), student_arch, tiny_tokens, tokenizer, tmp_path)

@@ -1,5 +1,5 @@
 """The eval stage's per-model scoring (validation loss, recall and tool accuracy through the
-generation loop) runs on Mamba and Hawk directories as it does on Llama's."""
+generation loop) runs on Mamba, Mamba-2 and Hawk directories as it does on Llama's."""
 
 import pytest
 
@@ -12,7 +12,7 @@ from lmpipe.model.params import ModelParams
 from lmpipe.train.params import TrainParams
 
 
-@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hawk"])
 def test_a_recurrent_model_is_scored(arch, tiny_world, tiny_tokens, tokenizer, tmp_path):
     save_model(build_model(ModelParams(arch=arch, d_model=16, n_layers=1, d_state=4), seed=0),
                tokenizer, tmp_path / "model")

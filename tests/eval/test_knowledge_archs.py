@@ -38,7 +38,7 @@ def one_at_a_time(model, groups) -> list[list[float]]:
     return out
 
 
-@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hawk"])
 def test_recurrent_scores_equal_each_sequence_alone(arch, tokenizer):
     model = tiny(arch)
     direct = one_at_a_time(model, GROUPS)
@@ -49,7 +49,8 @@ def test_recurrent_scores_equal_each_sequence_alone(arch, tokenizer):
             assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("arch, cached", [("llama", True), ("mamba", False), ("hawk", False)])
+@pytest.mark.parametrize("arch, cached", [("llama", True), ("mamba", False), ("mamba2", False),
+                                            ("hawk", False)])
 def test_only_attention_models_reuse_the_context_cache(arch, cached, tokenizer, monkeypatch):
     calls = []
     real = knowledge._cached_logprobs
@@ -59,7 +60,7 @@ def test_only_attention_models_reuse_the_context_cache(arch, cached, tokenizer, 
     assert bool(calls) == cached
 
 
-@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hawk"])
 def test_the_eval_stage_measures_knowledge_bits_of_a_recurrent_model(arch, tiny_world,
                                                                      tiny_tokens, tokenizer,
                                                                      tmp_path):

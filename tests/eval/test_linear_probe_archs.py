@@ -1,4 +1,4 @@
-"""Linear probes on mamba and hawk read the same layer numbers as on llama (layer 0 the input of
+"""Linear probes on mamba, mamba2 and hawk read the same layer numbers as on llama (layer 0 the input of
 block 1, lmpipe/model/hidden_states.py), right-padded batches give each text's own states, and
 the eval stage writes a probe record per layer."""
 
@@ -17,7 +17,7 @@ from lmpipe.train.params import TrainParams
 
 D_MODEL, LAYERS = 16, 2
 # what block 1 reads from the token embedding: hawk (RecurrentGemma) scales it by sqrt(d_model)
-EMBEDDING_SCALE = {"mamba": 1.0, "hawk": D_MODEL ** 0.5}
+EMBEDDING_SCALE = {"mamba": 1.0, "mamba2": 1.0, "hawk": D_MODEL ** 0.5}
 
 
 def tiny(arch: str) -> torch.nn.Module:
@@ -25,7 +25,7 @@ def tiny(arch: str) -> torch.nn.Module:
                        seed=0).eval()
 
 
-@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hawk"])
 def test_padded_batches_read_each_texts_own_layers(arch, tokenizer):
     model = tiny(arch)
     texts = [probe_text(n, "major", "bio") for n in ("Ada Brown", "Bo Li", "Xavier Yamada")]
@@ -39,7 +39,7 @@ def test_padded_batches_read_each_texts_own_layers(arch, tokenizer):
     np.testing.assert_allclose(batched[0, 0], embedding.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hawk"])
 def test_the_eval_stage_probes_every_layer_of_a_recurrent_model(arch, tiny_world, tiny_tokens,
                                                                 tokenizer, tmp_path):
     save_model(tiny(arch), tokenizer, tmp_path / "model")

@@ -1,4 +1,4 @@
-"""The recurrent prefix cache (lmpipe/eval/recurrent_prefix_cache.py) on Mamba and Hawk: a
+"""The recurrent prefix cache (lmpipe/eval/recurrent_prefix_cache.py) on Mamba, Mamba-2 and Hawk: a
 finished row's state frozen at its last fed token, lookups that use only snapshots at node ends
 the prompt matches whole (never a split node's head), logits equal to computing each prompt whole
 on a conversation tree with tool-call splices (unbounded, and with every snapshot paged out to
@@ -27,7 +27,7 @@ from tests.eval.test_chat import Ascii
 from tests.eval.test_generate_archs import random_model
 from tests.eval.tiny_models import noisy_llama, steered
 
-ARCHS = ["mamba", "hawk"]
+ARCHS = ["mamba", "mamba2", "hawk"]
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -26,8 +26,8 @@ def test_each_arch_is_saved_as_the_model_type_of_its_row(arch):
 
 
 def test_recurrent_archs_and_lookups():
-    assert RECURRENT_TYPES == {"mamba", "recurrent_gemma"}
-    assert [a for a in ARCHS if is_recurrent(a)] == ["mamba", "hawk"]
+    assert RECURRENT_TYPES == {"mamba", "mamba2", "recurrent_gemma"}
+    assert [a for a in ARCHS if is_recurrent(a)] == ["mamba", "mamba2", "hawk"]
     assert arch_of("qwen2") == arch_of(None) == "llama"  # an imported model continues as llama
 
 

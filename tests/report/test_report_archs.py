@@ -21,10 +21,10 @@ from lmpipe.store.index import SCHEMA
 
 # (arch, width) pairs at matched parameter counts, as the recipe's grid pairs them
 SIZES = {"llama": [(48, 86_688), (64, 148_352)], "mamba": [(66, 87_120), (91, 148_148)],
-         "hawk": [(48, 88_608), (64, 150_912)]}
+         "mamba2": [(72, 89_510), (96, 147_464)], "hawk": [(48, 88_608), (64, 150_912)]}
 PEOPLE = [25, 100]
 # recall without the tool, distinct per arch so a mixed cell would show up as a new value
-RECALL = {"llama": 0.8, "mamba": 0.5, "hawk": 0.2}
+RECALL = {"llama": 0.8, "mamba": 0.5, "mamba2": 0.35, "hawk": 0.2}
 
 
 def make_store(db_path: Path, archs: list[str]) -> None:
@@ -53,7 +53,7 @@ def make_store(db_path: Path, archs: list[str]) -> None:
         if arch != "llama":
             resolved["teacher.model.arch"] = arch
         params += [(run_id, k, json.dumps(v)) for k, v in resolved.items()]
-        recall = RECALL[arch] * (d_model / 64 if arch != "mamba" else d_model / 91) * 25 / people
+        recall = RECALL[arch] * d_model / SIZES[arch][-1][0] * 25 / people
         evals += [(run_id, "teacher", "parameters", "model", None, float(n_params), None, None),
                   (run_id, "teacher", "recall", "trained", None, recall, 60, None),
                   (run_id, "teacher", "knowledge_bits", "trained", None,
@@ -94,21 +94,21 @@ def rows_of(chart: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def three(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFrame]:
-    return scaling_page(tmp_path_factory.mktemp("archs"), ["llama", "mamba", "hawk"])
+def several(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFrame]:
+    return scaling_page(tmp_path_factory.mktemp("archs"), ["llama", "mamba", "mamba2", "hawk"])
 
 
-def test_each_model_gets_its_arch_from_the_point_or_defaults_to_llama(three) -> None:
-    _, models = three
+def test_each_model_gets_its_arch_from_the_point_or_defaults_to_llama(several) -> None:
+    _, models = several
     assert sorted(models.groupby("arch").size().items()) == [("hawk", 4), ("llama", 4),
-                                                             ("mamba", 4)]
-    assert scaling_data.archs_of(models) == ["llama", "mamba", "hawk"]
+                                                             ("mamba", 4), ("mamba2", 4)]
+    assert scaling_data.archs_of(models) == ["llama", "mamba", "mamba2", "hawk"]
 
 
-def test_one_accuracy_map_per_arch_never_averaged_across_archs(three) -> None:
-    page, _ = three
+def test_one_accuracy_map_per_arch_never_averaged_across_archs(several) -> None:
+    page, _ = several
     assert 'id="contours"' not in page                     # no shared map
-    for arch in ("llama", "mamba", "hawk"):
+    for arch in ("llama", "mamba", "mamba2", "hawk"):
         chart = spec(page, f"contours-{arch}")
         (panel,) = chart["hconcat"]                        # qa worlds only: the recall panel
         assert panel["title"] == f"{arch}: without the tool: recall, trained people"
@@ -121,11 +121,12 @@ def test_one_accuracy_map_per_arch_never_averaged_across_archs(three) -> None:
     assert page.count('<p class="howto">') == 4
 
 
-def test_knowledge_chart_has_one_panel_per_arch_on_shared_axes(three) -> None:
-    page, _ = three
+def test_knowledge_chart_has_one_panel_per_arch_on_shared_axes(several) -> None:
+    page, _ = several
     chart = spec(page, "knowledge")
     titles = [panel["title"] for panel in chart["hconcat"]]
-    assert titles == [f"knowledge bits against parameters: {a}" for a in ("llama", "mamba", "hawk")]
+    assert titles == [f"knowledge bits against parameters: {a}"
+                      for a in ("llama", "mamba", "mamba2", "hawk")]
     assert chart["resolve"]["scale"]["x"] == "shared"
 
 

@@ -1,4 +1,4 @@
-"""Mamba and Hawk train through lmpipe's loop on whole documents (right-padded, causal: a
+"""Mamba, Mamba-2 and Hawk train through lmpipe's loop on whole documents (right-padded, causal: a
 recurrent model never sees the padding after a document), and their validation loss falls."""
 
 import pytest
@@ -11,7 +11,7 @@ from lmpipe.train.loop import train
 from lmpipe.train.params import TrainParams
 
 
-@pytest.mark.parametrize("arch", ["mamba", "hawk"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hawk"])
 def test_a_recurrent_model_trains(arch, tiny_tokens, tokenizer, tmp_path):
     model = build_model(ModelParams(arch=arch, d_model=16, n_layers=1, d_state=4), seed=0)
     tp = TrainParams(steps=20, batch_size=8, lr=2e-2, warmup_steps=2, log_every=10, eval_every=20)
