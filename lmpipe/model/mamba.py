@@ -20,23 +20,28 @@ from lmpipe.core import protocol
 from lmpipe.model.params import ModelParams
 
 
+def ssm_fields(params: ModelParams, ids: dict[str, int]) -> dict[str, object]:
+    """The config fields Mamba and Mamba-2 share; `ids`: the protocol's token ids and "vocab"."""
+    return {
+        "vocab_size": ids["vocab"],
+        "hidden_size": params.d_model,
+        "num_hidden_layers": params.n_layers,
+        "state_size": params.d_state,
+        "expand": params.expand,
+        "conv_kernel": params.d_conv,
+        # no bias in the projections: a padded position's zeroed input then stays zero, so left
+        # padding leaves the conv and SSM state of the real tokens untouched
+        "use_bias": False,
+        "tie_word_embeddings": params.tie_embeddings,
+        "bos_token_id": ids[protocol.BOS],
+        "eos_token_id": ids[protocol.EOS],
+        "pad_token_id": ids[protocol.PAD],
+    }
+
+
 def mamba_config(params: ModelParams, ids: dict[str, int]) -> MambaConfig:
     """The config of a fresh Mamba; `ids`: the protocol's token ids and "vocab" (build.py)."""
-    return MambaConfig(
-        vocab_size=ids["vocab"],
-        hidden_size=params.d_model,
-        num_hidden_layers=params.n_layers,
-        state_size=params.d_state,
-        expand=params.expand,
-        conv_kernel=params.d_conv,
-        # no bias in the input projection: a padded position's zeroed input then stays zero, so
-        # left padding leaves the conv and SSM state of the real tokens untouched
-        use_bias=False,
-        tie_word_embeddings=params.tie_embeddings,
-        bos_token_id=ids[protocol.BOS],
-        eos_token_id=ids[protocol.EOS],
-        pad_token_id=ids[protocol.PAD],
-    )
+    return MambaConfig(**ssm_fields(params, ids))
 
 
 def parallel_scans(model: torch.nn.Module, enabled: bool = True) -> None:

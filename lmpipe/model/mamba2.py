@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from transformers import Mamba2Config
 
-from lmpipe.core import protocol
+from lmpipe.model.mamba import ssm_fields
 from lmpipe.model.params import ModelParams
 
 # tokens per chunk of the SSD scan on CPU (module docstring)
@@ -54,20 +54,9 @@ def mamba2_config(params: ModelParams, ids: dict[str, int]) -> Mamba2Config:
     """The config of a fresh Mamba-2; `ids`: the protocol's token ids and "vocab" (build.py)."""
     inner = params.expand * params.d_model
     return Mamba2Config(
-        vocab_size=ids["vocab"],
-        hidden_size=params.d_model,
-        num_hidden_layers=params.n_layers,
-        state_size=params.d_state,
-        expand=params.expand,
-        conv_kernel=params.d_conv,
+        **ssm_fields(params, ids),
         head_dim=params.head_dim,
         num_heads=inner // params.head_dim,  # params checked that head_dim divides it
         n_groups=N_GROUPS,
         chunk_size=CHUNK_SIZE,
-        # no bias in the projections: padding stays exact (module docstring)
-        use_bias=False,
-        tie_word_embeddings=params.tie_embeddings,
-        bos_token_id=ids[protocol.BOS],
-        eos_token_id=ids[protocol.EOS],
-        pad_token_id=ids[protocol.PAD],
     )

@@ -6,17 +6,15 @@ a single-arch store draws no comparison."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any
 
-import duckdb
 import pandas as pd
 
 from lmpipe.report import scaling, scaling_data
 from lmpipe.report.scaling_archs import arch_rows
 from lmpipe.report.source import Source
-from lmpipe.store.index import SCHEMA
+from tests.report.hand_store import POINTS, write_store
+from tests.report.test_report_sweep import spec
 
 SIZES = {"llama": [(48, 86_688), (64, 148_352)], "mamba2": [(52, 87_000), (70, 149_000)],
          "hawk": [(48, 88_608), (64, 150_912)]}
@@ -34,9 +32,6 @@ FIGURES = {
 
 def make_store(db_path: Path, archs: list[str]) -> None:
     """A completed seeded sweep: one eval run per (arch, size, seed) point in the tool world."""
-    con = duckdb.connect(str(db_path))
-    for name in SCHEMA:
-        con.execute(f"CREATE TABLE {name} ({', '.join(f'{n} {k}' for n, k in SCHEMA[name])})")
     runs, params, evals, points = [], [], [], []
     start = pd.Timestamp("2026-12-04 08:00")
     i = 0
@@ -65,17 +60,8 @@ def make_store(db_path: Path, archs: list[str]) -> None:
                            None),
                           (run_id, "teacher", "recall", "trained", None, recall, 600, None)]
                 i += 1
-    for name, rows, columns in [
-            ("runs", runs, None), ("params", params, ["run_id", "key", "value"]),
-            ("evals", evals, ["run_id", "model", "metric", "split", "attribute", "value", "n",
-                              "step"]),
-            ("sweep_points", points, ["sweep", "point", "status", "exp", "attempts",
-                                      "wall_time_s", "error", "params", "point_group", "seed"])]:
-        frame = pd.DataFrame(rows, columns=columns)
-        con.register("frame", frame)
-        con.execute(f"INSERT INTO {name} ({', '.join(frame.columns)}) SELECT * FROM frame")
-        con.unregister("frame")
-    con.close()
+    write_store(db_path, runs=runs, params=params, evals=evals, points=points,
+                point_columns=POINTS + ["point_group", "seed"])
 
 
 def page_and_models(tmp_path: Path, archs: list[str]) -> tuple[str, pd.DataFrame]:
@@ -86,12 +72,6 @@ def page_and_models(tmp_path: Path, archs: list[str]) -> tuple[str, pd.DataFrame
         return scaling.build(src).html(), scaling_data.load(src)
     finally:
         src.close()
-
-
-def spec(page: str, div_id: str) -> dict[str, Any]:
-    match = re.search(r'vegaEmbed\("#' + div_id + r'", (.*?), \{"mode": "vega-lite"\}\)', page)
-    assert match, f"no chart {div_id}"
-    return json.loads(match.group(1).replace("<\\/", "</"))
 
 
 def test_each_point_is_the_mean_over_its_seeds_with_min_and_max_per_arch(tmp_path: Path) -> None:

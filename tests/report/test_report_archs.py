@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 import pytest
 
 from lmpipe.report import scaling, scaling_data, scaling_models
 from lmpipe.report.source import Source
-from lmpipe.store.index import SCHEMA
+from tests.report.hand_store import write_store
+from tests.report.test_report_sweep import spec
 
 # (arch, width) pairs at matched parameter counts, as the recipe's grid pairs them
 SIZES = {"llama": [(48, 86_688), (64, 148_352)], "mamba": [(66, 87_120), (91, 148_148)],
@@ -31,9 +30,6 @@ def make_store(db_path: Path, archs: list[str]) -> None:
     """A completed sweep: one eval run per (arch, size, people) point, qa mode (no tool), the
     teacher evaluated; a llama run's params do not name its arch (a llama dump omits it), the
     sweep point does."""
-    con = duckdb.connect(str(db_path))
-    for table in SCHEMA:  # every table, as the store makes them (no metrics rows needed here)
-        con.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {k}' for n, k in SCHEMA[table])})")
     runs, params, evals, points = [], [], [], []
     start = pd.Timestamp("2026-12-03 08:00")
     combos = [(arch, size, people) for arch in archs
@@ -58,17 +54,7 @@ def make_store(db_path: Path, archs: list[str]) -> None:
                   (run_id, "teacher", "recall", "trained", None, recall, 60, None),
                   (run_id, "teacher", "knowledge_bits", "trained", None,
                    recall * people * 6 * 8, 60, None)]
-    for table, rows, columns in [
-            ("runs", runs, None), ("params", params, ["run_id", "key", "value"]),
-            ("evals", evals, ["run_id", "model", "metric", "split", "attribute", "value", "n",
-                              "step"]),
-            ("sweep_points", points, ["sweep", "point", "status", "exp", "attempts",
-                                      "wall_time_s", "error", "params"])]:
-        frame = pd.DataFrame(rows, columns=columns)
-        con.register("frame", frame)
-        con.execute(f"INSERT INTO {table} ({', '.join(frame.columns)}) SELECT * FROM frame")
-        con.unregister("frame")
-    con.close()
+    write_store(db_path, runs=runs, params=params, evals=evals, points=points)
 
 
 def scaling_page(tmp_path: Path, archs: list[str]) -> tuple[str, pd.DataFrame]:
@@ -79,13 +65,6 @@ def scaling_page(tmp_path: Path, archs: list[str]) -> tuple[str, pd.DataFrame]:
         return scaling.build(src).html(), scaling_data.load(src)
     finally:
         src.close()
-
-
-def spec(page: str, div_id: str) -> dict[str, Any]:
-    """The Vega-Lite spec a page embeds in `div_id`."""
-    match = re.search(r'vegaEmbed\("#' + div_id + r'", (.*?), \{"mode": "vega-lite"\}\)', page)
-    assert match, f"no chart {div_id}"
-    return json.loads(match.group(1).replace("<\\/", "</"))
 
 
 def rows_of(chart: dict[str, Any]) -> list[dict[str, Any]]:
