@@ -26,7 +26,7 @@ Works for mamba and hawk:
 Refused, each with the key to change:
 
   train            attention: prefix_lm (a recurrent model reads tokens in order: no token can
-                   see a later one), compile (`COMPILE_FINDINGS`: measured slower than eager)
+                   see a later one), compile (`COMPILE_FINDINGS`: measured slower than eager, per arch)
   teacher_cache    attention rows of a non-llama teacher (`teacher_cache.attention_layers`, or
                    `distill.objective.attention_kl`, which auto caches them): it has no attention
   distill          `distill.objective.attention_kl` when the teacher or the student is not llama
@@ -54,31 +54,29 @@ if TYPE_CHECKING:
 PIPELINE_STAGES = ("train", "teacher_cache", "distill", "quantize", "eval")
 # why `train.compile` stays refused for the recurrent models: one measured finding per arch (the
 # refusal names the finding of the arch it refuses, else every finding there is)
+# Measured with bench/compile_archs.py (eager against compiled, same process, a cold inductor
+# cache; ~150k parameters, 2 layers, batch 16x128, 2 threads, 2026-12-04) and, for hawk, lmpipe's
+# own training loop on length-grouped batches. Every recurrent arch has an entry (a test checks).
 COMPILE_FINDINGS = {
-    # d_model=91, 2 layers, batch 32x128, mambapy scan, CPU: 107 s to compile the first step,
-    # then 2.1 s/step against 1.1 s eager
+    # mambapy's parallel scan; earlier at d_model=91, batch 32x128: 107 s to compile, 2.1 s/step
+    # against 1.1 s eager
     "mamba": "compiled it runs ~2x slower than eager: graph breaks in transformers' scan",
-    # d_model=64, 2 layers, batch 32x128, 2 threads: one graph (no break) of its unrolled
-    # 128-step scan, 82-110 ms/step against 125-198 eager, but 155-210 s to compile cold
-    "hawk": ("compiles to one graph and then runs ~1.6x faster than eager, but its cold compile "
-             "(transformers' scan unrolled over the sequence) takes 155-210 s, ~3,000 steps of "
-             "the saving at this size, and lmpipe's training loop has not been tested compiled "
-             "on it"),
+    # 134.8 ms/step compiled against 65.1 eager, 43 s to compile cold
+    "mamba2": ("compiled it runs ~2x slower than eager (bench/compile_archs.py: 135 against "
+               "65 ms a step at ~150k parameters)"),
+    # at one fixed length: 45.8 ms/step against 68.9 eager after a 106 s compile; lmpipe's loop,
+    # d_model 16, 6 steps of length-grouped batches: 210 s compiled, 1.3 s eager, same losses
+    "hawk": ("transformers' scan compiles unrolled over the sequence, so every new batch length "
+             "compiles again: 6 steps of lmpipe's length-grouped batches took 210 s compiled "
+             "against 1.3 s eager (at one fixed length it is 1.5x faster after a 106 s compile)"),
 }
-
-
-def _compile_refusal(arch: str) -> str:
-    if arch in COMPILE_FINDINGS:
-        return f"true: {COMPILE_FINDINGS[arch]}"
-    measured = "; ".join(f"{name}: {why}" for name, why in COMPILE_FINDINGS.items())
-    return f"true: not yet measured on {arch}" + (f" ({measured})" if measured else "")
 
 
 REFUSED_SWITCHES = {  # train key -> (is it on?, why a non-llama model cannot have it)
     "attention": (lambda tp: tp.attention == "prefix_lm",
                   ("= 'prefix_lm' lets prompt tokens see later ones, which a recurrent model, "
                    "reading tokens in order, cannot"), "causal"),
-    "compile": (lambda tp: tp.compile, _compile_refusal, "false"),
+    "compile": (lambda tp: tp.compile, lambda arch: f"true: {COMPILE_FINDINGS[arch]}", "false"),
 }
 
 
