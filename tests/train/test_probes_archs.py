@@ -48,7 +48,7 @@ def test_a_probed_recurrent_model_computes_exactly_what_the_unprobed_one_does(ar
     for probed in (False, True):
         model = _model(arch).train()
         parallel_scans(model)  # as the training loop runs a Mamba
-        recorder = ProbeRecorder(model, ProbeParams(enabled=True))
+        recorder = ProbeRecorder(model, ProbeParams(enabled=True, dump_steps=[1, 1]))
         with recorder.recording(step=1) if probed else torch.enable_grad():
             out = model(input_ids=ids, labels=ids)
             out.loss.backward()
@@ -57,6 +57,17 @@ def test_a_probed_recurrent_model_computes_exactly_what_the_unprobed_one_does(ar
     assert torch.equal(logits, probed_logits)
     assert all(torch.equal(grads[n], probed_grads[n]) for n in grads)
     assert recorder.names == POINTS[arch]
+    # each block adds its mixer's (and Hawk's MLP's) output to the stream it reads: the raw
+    # records must satisfy that sum, whichever module a site was read from
+    raw = {name.removesuffix(".forward"): t for name, t in recorder.raw.items()
+           if name.endswith(".forward")}
+    stream = raw["embeddings"] * (model.config.hidden_size ** 0.5 if arch == "hawk" else 1.0)
+    for layer in (0, 1):
+        update = sum(raw[f"layers.{layer}.{site}"] for site in ("mixer", "mlp")
+                     if f"layers.{layer}.{site}" in raw)
+        torch.testing.assert_close(raw[f"layers.{layer}.residual"], stream + update,
+                                   rtol=1e-5, atol=1e-5)
+        stream = raw[f"layers.{layer}.residual"]
     # the logits point is what the model outputs (for Hawk, after its soft cap)
     [seen] = [r for r in recorder.records if r["point"] == "logits" and r["kind"] == "forward"]
     assert seen["max_abs"] == pytest.approx(logits.abs().max().item())
