@@ -58,7 +58,7 @@ from lmpipe.eval.conversations import (
     run_conversations,
 )
 from lmpipe.model.build import build_model, load_model
-from lmpipe.model.params import ModelParams
+from lmpipe.model.params import ARCHS, ModelParams
 
 TURNS, BRANCHES = 6, 3
 MODES = ("none", "cache", "budget")
@@ -126,8 +126,8 @@ def main() -> None:
                         ">= 1024 (default: a llama built from config)")
     parser.add_argument("--world", default=None, help="folder of people.duckdb (default: a "
                         "world of --people people written to a temporary folder)")
-    parser.add_argument("--arch", default="llama", choices=("llama", "mamba", "hawk"),
-                        help="the architecture of the model built from config (mamba and hawk: "
+    parser.add_argument("--arch", default="llama", choices=ARCHS,
+                        help="the architecture of the model built from config (the recurrent: "
                         "the cache of state snapshots, lmpipe/eval/recurrent_prefix_cache.py)")
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
