@@ -12,6 +12,7 @@ the position axis; scaled_dot_product_attention reads them as they are.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -42,11 +43,16 @@ class BufferLayer(DynamicLayer):
         read, and uninitialized memory could hold NaN, which no mask removes. Positions past
         `filled` are never read before `update` writes them."""
         shape = (batch, heads, filled + (self.spare if room is None else room), head_dim)
-        self._keys = torch.empty(shape, dtype=dtype, device=device)
-        self._values = torch.empty(shape, dtype=dtype, device=device)
-        self.device, self.dtype, self.is_initialized = device, dtype, True
-        self._view(filled)
+        self.adopt(torch.empty(shape, dtype=dtype, device=device),
+                   torch.empty(shape, dtype=dtype, device=device), filled)
         return self._keys, self._values
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        """Use `keys`/`values` (B, heads, capacity, head_dim) as the buffers, their first
+        `filled` positions written (as `allocate` says)."""
+        self._keys, self._values = keys, values
+        self.device, self.dtype, self.is_initialized = keys.device, keys.dtype, True
+        self._view(filled)
 
     def _view(self, filled: int) -> None:
         self.filled = filled
@@ -82,6 +88,52 @@ class BufferLayer(DynamicLayer):
         self.filled = 0
         self._keys = self._values = None
         super().reset()
+
+
+class Workspace:
+    """One flat buffer that successive batches carve their stacked KV buffers from.
+
+    A batch's KV of a few tens of MB is past glibc's mmap threshold: allocated fresh, every page
+    of it faults on its first write, which cost a prefix-cached batch on CPU more than copying
+    its cached prefixes in (bench/prefix_cache.py). Reused, the pages are already there. A batch
+    takes it only after the previous batch's decoder is done with it (the generation loop runs
+    one batch at a time); it grows, with headroom, when a batch needs more."""
+
+    HEADROOM = 1.5  # the next batch of a conversation is longer: grow past what this one needs
+
+    def __init__(self) -> None:
+        self.flat: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+        """An uninitialized tensor of `shape` (its contents: whatever an earlier batch left)."""
+        size = math.prod(shape)
+        flat = self.flat
+        if flat is None or flat.numel() < size or flat.dtype != dtype or flat.device != device:
+            self.flat = flat = torch.empty(int(size * self.HEADROOM), dtype=dtype, device=device)
+        return flat[:size].view(shape)
+
+    def release(self) -> None:
+        """Free the buffer (the next `take` allocates anew)."""
+        self.flat = None
+
+
+def stacked_buffers(cache: Cache, batch: int, heads: int, head_dim: int, filled: int,
+                    room: int, dtype: torch.dtype, device: torch.device,
+                    workspace: Workspace | None = None) -> torch.Tensor:
+    """One uninitialized buffer (L, 2, B, heads, filled + room, head_dim) behind every layer of
+    `cache` (BufferLayers), taken from `workspace` when given: layer l's keys and values are
+    views of [l, 0] and [l, 1], `filled` positions written by the caller (as
+    `BufferLayer.allocate` says). A row's positions of every layer are then one slice,
+    [:, :, row, :, a:b]: a cached prefix goes in with one copy per part, not one a layer
+    (lmpipe/eval/prefix_decoder.py). A layer that grows or drops rows leaves the stack for
+    buffers of its own."""
+    shape = (len(cache.layers), 2, batch, heads, filled + room, head_dim)
+    stack = (workspace.take(shape, dtype, device) if workspace is not None
+             else torch.empty(shape, dtype=dtype, device=device))
+    for layer, (keys, values) in zip(cache.layers, stack, strict=True):
+        layer.adopt(keys, values, filled)
+    return stack
 
 
 def buffered_cache(layers: int | None = None, spare: int = SPARE) -> Cache:

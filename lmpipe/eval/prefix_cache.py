@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from lmpipe.core.archs import ARCHS
-from lmpipe.eval.kv_buffer import SPARE
+from lmpipe.eval.kv_buffer import SPARE, Workspace
 from lmpipe.eval.kv_tiers import KVPage
 from lmpipe.eval.padding import left_padded, real_tokens
 from lmpipe.eval.prefix_decoder import PrefixDecoder
@@ -73,6 +73,12 @@ class PrefixCache(TreeCache):
                              "only: use RecurrentPrefixCache, or prefix_cache_for(model) "
                              "(lmpipe/eval/recurrent_prefix_cache.py)")
         super().__init__(model, budgets, directory, device_tier)
+        # the batches' KV buffer, reused from batch to batch (lmpipe/eval/kv_buffer.py)
+        self.workspace = Workspace()
+
+    def clear(self) -> None:
+        super().clear()
+        self.workspace.release()
 
     # -- the two calls of the generation loop ---------------------------------------------------
 
@@ -95,7 +101,7 @@ class PrefixCache(TreeCache):
         suffix_ids, suffix_mask = left_padded(suffixes, 0)
         suffix_ids, suffix_mask = suffix_ids.to(ids.device), suffix_mask.to(ids.device)
         self.tokens_computed += sum(map(len, suffixes))
-        decoder = PrefixDecoder(model, spare)
+        decoder = PrefixDecoder(model, spare, self.workspace)
         logits = decoder.prefill_after(prefixes, suffix_ids, suffix_mask)
         return decoder, logits
 

@@ -6,8 +6,10 @@ A row's cache and mask read [pad | prefix_i | pad | suffix_i]: the prefixes left
 longest one, the suffixes left-padded to theirs. The mask marks the real tokens; a suffix's
 positions go on from its own prefix length, so every real token sits at the position (hence has
 the RoPE'd key) it has when the prompt is computed whole, and the masked slots in the middle
-are never attended to. The prefixes are copied straight into the batch cache's buffers
-(lmpipe/eval/kv_buffer.py), which have room for the suffixes and the decoding steps after them.
+are never attended to. The prefixes are copied straight into the batch cache's buffers, one
+buffer stacked behind every layer (lmpipe/eval/kv_buffer.py, `stacked_buffers`) so that each
+cached part goes in with one copy and each row's KV comes out with one, with room for the
+suffixes and the decoding steps after them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from __future__ import annotations
 import torch
 
 from lmpipe.eval.decoders import AttentionDecoder
-from lmpipe.eval.kv_buffer import buffered_cache
+from lmpipe.eval.kv_buffer import Workspace, buffered_cache, stacked_buffers
 
 
 class PrefixDecoder(AttentionDecoder):
-    """AttentionDecoder whose prefill starts from cached prefixes; its steps are the parent's."""
+    """AttentionDecoder whose prefill starts from cached prefixes; its steps are the parent's.
+    `workspace`: where the batch's KV buffer is taken from (the cache's, reused batch after
+    batch, lmpipe/eval/kv_buffer.py)."""
+
+    def __init__(self, model: torch.nn.Module, spare: int, workspace: Workspace | None = None
+                 ) -> None:
+        super().__init__(model, spare)
+        self.workspace = workspace
 
     def prefill_after(self, prefixes: list[list[torch.Tensor]], ids: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
@@ -29,30 +38,27 @@ class PrefixDecoder(AttentionDecoder):
         lengths = [sum(part.shape[3] for part in parts) for parts in prefixes]
         width = max(lengths)
         device = ids.device
-        prefix_mask = torch.zeros((len(ids), width), dtype=torch.long, device=device)
+        # right-aligned: each row reads [pad | prefix]
+        prefix_mask = (torch.arange(width, device=device)
+                       >= width - torch.tensor(lengths, device=device)[:, None]).long()
         first = next((parts[0] for parts in prefixes if parts), None)
         # room for the suffixes and the decoding steps after them
         cache = buffered_cache(None if first is None else first.shape[0],
                                spare=ids.shape[1] + self.spare)
+        self.stack = None
         if width:
             _, _, heads, _, head_dim = first.shape
-            # every prefix's parts side by side, then a zero column for the padding (masked
-            # out, never attended to, but read: it must hold no NaN)
-            flat = torch.cat([part for parts in prefixes for part in parts]
-                             + [first.new_zeros((*first.shape[:3], 1, head_dim))], dim=3)
-            # each slot of the batch's [pad | prefix] its column of `flat`, right-aligned
-            size = torch.tensor(lengths, device=device)[:, None]
-            slot = torch.arange(width, device=device)
-            real = slot >= width - size
-            prefix_mask[real] = 1
-            column = torch.where(real, size.cumsum(0) - width + slot, flat.shape[3] - 1)
-            buffers = [layer.allocate(len(ids), heads, head_dim, width, first.dtype, device)
-                       for layer in cache.layers]
-            for layer, pair in enumerate(buffers):
-                for kind, buffer in enumerate(pair):  # keys, values
-                    gathered = flat[layer, kind].index_select(1, column.flatten())
-                    buffer[:, :, :width] = gathered.view(heads, len(ids), width,
-                                                         head_dim).transpose(0, 1)
+            self.stack = stacked_buffers(cache, len(ids), heads, head_dim, width,
+                                         ids.shape[1] + self.spare, first.dtype, device,
+                                         self.workspace)
+            for row, parts in enumerate(prefixes):
+                # the pad is masked out, never attended to, but read: it must hold no NaN
+                at = width - lengths[row]
+                if at:
+                    self.stack[:, :, row, :, :at] = 0
+                for part in parts:  # every layer's keys and values in one copy
+                    self.stack[:, :, row, :, at:at + part.shape[3]] = part
+                    at += part.shape[3]
         # each row's suffix goes on from its own prefix length (a padded slot's position is
         # never read: it is masked)
         start = torch.tensor(lengths, device=device)[:, None]
@@ -64,6 +70,12 @@ class PrefixDecoder(AttentionDecoder):
         self.next_position = positions[:, -1] + 1
         return out.logits[:, -1].float()
 
+    def _on_stack(self) -> bool:
+        # every layer still in the prefill's stacked buffer (none has grown or dropped rows)
+        return self.stack is not None and all(
+            layer._keys.untyped_storage().data_ptr() == self.stack.untyped_storage().data_ptr()
+            for layer in self.past.layers)
+
     def row_kv(self, row: int, start: int, stop: int) -> torch.Tensor:
         """The KV (L, 2, heads, stop - start, head_dim) of a row's real tokens start:stop."""
         real = self.mask[row].nonzero().squeeze(1)[start:stop]
@@ -71,5 +83,10 @@ class PrefixDecoder(AttentionDecoder):
         # usually one run of positions (a turn's new tokens follow each other): a slice, cheaper
         # than gathering; a copy either way, so the stored KV does not hold the batch's buffer
         where = slice(first, last + 1) if last - first + 1 == len(real) else real
+        if self._on_stack():
+            kv = self.stack[:, :, row]  # every layer's in one copy
+            return (kv[:, :, :, where].clone(memory_format=torch.contiguous_format)
+                    if isinstance(where, slice)
+                    else kv.index_select(3, where))
         return torch.stack([torch.stack([layer.keys[row][:, where], layer.values[row][:, where]])
                             for layer in self.past.layers])

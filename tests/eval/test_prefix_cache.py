@@ -13,7 +13,7 @@ from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import AttentionDecoder
 from lmpipe.eval.generate import Sampling, generate
-from lmpipe.eval.kv_buffer import BufferLayer
+from lmpipe.eval.kv_buffer import BufferLayer, Workspace
 from lmpipe.eval.kv_tiers import PAGES_FILE
 from lmpipe.eval.prefix_cache import PrefixCache
 from lmpipe.eval.prefix_tree import RadixTree
@@ -154,19 +154,27 @@ def test_cached_prefill_equals_the_whole_prompt_on_a_conversation_tree(llama, to
     assert stats["bytes"]["host"] == stats["tokens"] * kv_bytes_per_token
 
 
-def test_the_padding_before_a_shorter_prefix_is_overwritten(llama, tokenizer, monkeypatch):
-    # the batch cache's buffers are allocated uninitialized: poison them, as garbage memory may
-    # be, and the masked slots before each shorter prefix must still be written (NaN survives
-    # any mask), and nothing past the filled positions read
-    allocate = BufferLayer.allocate
+def test_uninitialized_batch_buffers_are_overwritten_and_never_kept_by_the_cache(llama, tokenizer, monkeypatch):
+    # the batch cache's buffers are uninitialized (fresh memory, or the workspace an earlier
+    # batch left): poison them, as garbage may be, and the masked slots before each shorter
+    # prefix must still be written (NaN survives any mask), and nothing past the filled
+    # positions read
+    allocate, take = BufferLayer.allocate, Workspace.take
 
-    def poisoned(self, *args, **kwargs):
+    def poisoned_allocate(self, *args, **kwargs):
         keys, values = allocate(self, *args, **kwargs)
         keys.fill_(float("nan"))
         values.fill_(float("nan"))
         return keys, values
 
-    monkeypatch.setattr(BufferLayer, "allocate", poisoned)
+    def poisoned_take(self, *args, **kwargs):
+        return take(self, *args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(BufferLayer, "allocate", poisoned_allocate)
+    monkeypatch.setattr(Workspace, "take", poisoned_take)
+    # one workspace throughout (never outgrown): a stored KV that still viewed it would be
+    # poisoned by the next batch's take
+    monkeypatch.setattr(Workspace, "HEADROOM", 1000)
     cache = PrefixCache(llama)
     run_levels(llama, tokenizer, cache, LEVELS)  # its prefixes differ in length in a batch
 
