@@ -37,6 +37,7 @@ from transformers.generation.logits_process import (
 from lmpipe.core import protocol
 from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.decoders import decoder_for
+from lmpipe.eval.heap import frozen_heap
 from lmpipe.eval.padding import left_padded
 
 if TYPE_CHECKING:
@@ -130,9 +131,11 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling = Sampling
     finished batch is stored in it."""
     results: list[Generation] = []
     generator = torch.Generator().manual_seed(sampling.seed)
-    for start in range(0, len(prompts), batch_size):
-        results += _generate_batch(model, tokenizer, prompts[start:start + batch_size], sampling,
-                                   tool, max_tool_calls, generator, on_token, prefix_cache)
+    with frozen_heap():  # the collector walks only what the loop makes (lmpipe/eval/heap.py)
+        for start in range(0, len(prompts), batch_size):
+            results += _generate_batch(model, tokenizer, prompts[start:start + batch_size],
+                                       sampling, tool, max_tool_calls, generator, on_token,
+                                       prefix_cache)
     return results
 
 
@@ -163,9 +166,11 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
         scores = processors(history, logits) if len(processors) else logits
         if sampling.temperature > 0:
             chosen = torch.multinomial(torch.softmax(scores, -1).cpu(), 1,
-                                       generator=generator).squeeze(-1)
+                                       generator=generator).squeeze(-1).tolist()
         else:
-            chosen = scores.argmax(-1).cpu()
+            chosen = scores.argmax(-1).tolist()
+        # plain ints for the per-row loop: indexing a tensor a row at a time costs more
+        positions = decoder.next_position.tolist() if limit is not None else None
         feed = []
         for row, index in enumerate(rows):
             seq = seqs[index]
@@ -173,7 +178,7 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
                 feed.append(pad)
                 continue
             forced = bool(seq.forced)
-            token = seq.forced.popleft() if forced else int(chosen[row])
+            token = seq.forced.popleft() if forced else chosen[row]
             out_ = seq.out
             out_.ids.append(token)
             if forced and not seq.forced:
@@ -197,7 +202,7 @@ def _generate_batch(model, tokenizer, prompts, sampling, tool, max_tool_calls, g
                     seq.done = True  # this turn's budget is spent
             if on_token is not None:
                 on_token(index, tokenizer.decode([token], skip_special_tokens=False))
-            if not seq.done and limit is not None and int(decoder.next_position[row]) >= limit:
+            if not seq.done and limit is not None and positions[row] >= limit:
                 seq.done = True  # the model's context is full
             feed.append(pad if seq.done else token)
         live = torch.tensor([not seqs[i].done for i in rows], device=device)

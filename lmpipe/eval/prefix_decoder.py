@@ -56,9 +56,8 @@ class PrefixDecoder(AttentionDecoder):
                 at = width - lengths[row]
                 if at:
                     self.stack[:, :, row, :, :at] = 0
-                for part in parts:  # every layer's keys and values in one copy
-                    self.stack[:, :, row, :, at:at + part.shape[3]] = part
-                    at += part.shape[3]
+                if parts:  # every layer's keys and values of every part in one copy
+                    torch.cat(parts, dim=3, out=self.stack[:, :, row, :, at:width])
         # each row's suffix goes on from its own prefix length (a padded slot's position is
         # never read: it is masked)
         start = torch.tensor(lengths, device=device)[:, None]

@@ -179,6 +179,20 @@ def test_uninitialized_batch_buffers_are_overwritten_and_never_kept_by_the_cache
     run_levels(llama, tokenizer, cache, LEVELS)  # its prefixes differ in length in a batch
 
 
+def test_a_row_that_misses_beside_rows_that_hit(llama, tokenizer):
+    cache = PrefixCache(llama)
+    run_levels(llama, tokenizer, cache, LEVELS[:2])
+    # without its BOS, OTHER shares no first token with anything stored
+    rows = [tokenizer(T3)["input_ids"], tokenizer(OTHER, add_special_tokens=False)["input_ids"]]
+    ids, mask = left_padded(rows, tokenizer.pad_token_id)
+    lookups, hits = cache.lookups, cache.hits
+    with torch.no_grad():
+        expected = AttentionDecoder(llama).prefill(ids, mask)
+        _, got = cache.prefill(llama, ids, mask)
+    assert (cache.lookups - lookups, cache.hits - hits) == (2, 1)
+    assert (expected - got).abs().max().item() <= 1e-5
+
+
 def test_a_budget_that_pages_every_node_out_to_disk_and_back(llama, tokenizer, tmp_path):
     cache = PrefixCache(llama, budgets={"host": 1}, directory=tmp_path)
     reused, computed = run_levels(llama, tokenizer, cache, LEVELS)
