@@ -163,7 +163,8 @@ def main() -> None:
     model = args.model or (f"{args.arch} built from config (d={args.d_model}, {args.layers} "
                            f"layers, max_seq_len {args.max_seq_len}, untrained)")
     print(f"machine: {os.cpu_count()} CPU cores {platform.machine()}, Python "
-          f"{platform.python_version()}, torch {torch.__version__}; load average "
+          f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"torch threads (OMP_NUM_THREADS sets them); load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)")
     print(f"model: {model}, {none['parameters']:,} parameters")
     print(f"workload: conversation_trees({args.people} people, turns={TURNS}, "
@@ -210,6 +211,8 @@ def write_row(markdown: Path, args: argparse.Namespace, none: dict, cache: dict,
     speed-ups, the run count, the date and the load."""
     label = args.label or (args.model if args.model else
                            f"{args.arch} d={args.d_model}, {args.layers} layers, untrained")
+    threads = torch.get_num_threads()
+    label += f", {threads} torch thread{'s' if threads > 1 else ''}"
     computed = cache["stats"]["tokens_computed"]
     whole = none["prompt_tokens"]
     same = min(sum(o == n for o, n in zip(r["outputs"], none["outputs"]))
