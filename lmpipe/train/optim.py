@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from lmpipe.train.muon import MuonWithAdamW
 from lmpipe.train.params import TrainParams
 
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion")
+OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon")
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -21,6 +22,15 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     Parameters are given as (name, tensor) pairs, so torch records the names in each group's
     `param_names` (handy in tests and when debugging a checkpoint). Empty groups are dropped.
     """
+    matrices, rest = _matrices_and_rest(model)
+    groups = [{"params": matrices, "weight_decay": weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _matrices_and_rest(model: torch.nn.Module) -> tuple[list, list]:
+    """(name, parameter) pairs: the hidden linear layers' weight matrices (not the embeddings or
+    the output head), and every other trainable parameter."""
     head_ids: set[int] = set()
     for getter in ("get_input_embeddings", "get_output_embeddings"):
         module = getattr(model, getter, lambda: None)()
@@ -30,17 +40,15 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         id(module.weight) for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"
     }
-    decay, no_decay = [], []
+    matrices, rest = [], []
     # named_parameters() yields a shared (tied) tensor once, under its first name.
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_matrix = (param.dim() >= 2 and id(param) in linear_weight_ids
                      and id(param) not in head_ids)
-        (decay if is_matrix else no_decay).append((name, param))
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        (matrices if is_matrix else rest).append((name, param))
+    return matrices, rest
 
 
 def _adamw_kernel(params: list[torch.Tensor]) -> dict:
@@ -79,6 +87,9 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
                min(lr, 1/sqrt(t)) * max(1e-3, RMS(param)) in size. Decay is p -= lr * wd * p.
     lion:      lion-pytorch's Lion, betas (beta1, beta2), p -= lr * wd * p. Sign updates are
                larger than Adam's: the Lion paper uses a 3-10x smaller lr and 3-10x larger wd.
+    muon:      torch Muon (momentum beta1, Nesterov) on the decay group, the hidden linear
+               matrices, and AdamW on the rest (lmpipe/train/muon.py); Muon's step is scaled to
+               AdamW's update RMS (Moonshot's `match_rms_adamw`), so lr and wd carry over.
     """
     groups = parameter_groups(model, tp.weight_decay)
     if not groups:
@@ -94,5 +105,10 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
         return torch.optim.Adafactor(groups, lr=tp.lr)
     if name == "lion":
         return _lion()(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2))
+    if name == "muon":
+        matrices, rest = _matrices_and_rest(model)
+        return MuonWithAdamW(matrices, rest, lr=tp.lr, weight_decay=tp.weight_decay,
+                             momentum=tp.beta1, betas=(tp.beta1, tp.beta2),
+                             **_adamw_kernel([p for _, p in rest]))
     raise ValueError(f"train.optimizer: unknown optimizer {name!r}; "
                      f"expected one of {', '.join(OPTIMIZERS)}")

@@ -63,13 +63,13 @@ class TrainParams(Section):
     steps: int = Field(1700, ge=1)
     batch_size: int = Field(32, ge=1, description="documents (or windows) per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    optimizer: Literal["adamw", "sgd", "adafactor", "lion"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "adafactor", "lion", "muon"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = Field(0.1, ge=0.0, description="on linear-layer matrices only")
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW/Lion beta1, SGD momentum")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW/Lion beta1, SGD and Muon momentum")
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
     loss_on: Literal["mask", "all"] = Field(

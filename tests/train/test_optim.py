@@ -11,8 +11,8 @@ import torch
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.model.build import build_model, count_parameters
 from lmpipe.model.params import ModelParams
-from lmpipe.train.params import TrainParams
 from lmpipe.train.optim import build_optimizer, parameter_groups
+from lmpipe.train.params import TrainParams
 from lmpipe.train.schedule import lr_at
 
 TINY = ModelParams(d_model=16, n_layers=1, n_heads=2)
@@ -63,7 +63,7 @@ def test_frozen_parameters_are_left_out():
 
 
 @pytest.mark.parametrize("name, lr", [("adamw", 1e-2), ("sgd", 0.5), ("adafactor", 0.1),
-                                      ("lion", 1e-2)])
+                                      ("lion", 1e-2), ("muon", 1e-2)])
 def test_each_optimizer_reduces_the_loss(name, lr):
     if name == "lion":
         pytest.importorskip("lion_pytorch")
@@ -82,7 +82,7 @@ def test_each_optimizer_reduces_the_loss(name, lr):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor", "lion"])
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor", "lion", "muon"])
 def test_weight_decay_hits_only_the_decay_group(name):
     """With zero gradients every optimizer reduces to its decay step: p <- p * (1 - lr * wd)."""
     if name == "lion":
@@ -98,6 +98,66 @@ def test_weight_decay_hits_only_the_decay_group(name):
     for n, p in model.named_parameters():
         factor = 1 - lr * wd if n in decay_names else 1.0
         torch.testing.assert_close(p.detach(), before[n] * factor, msg=f"{name}: {n}")
+
+
+def test_muon_steps_the_matrices_orthogonally_and_adamw_the_rest():
+    model = build_model(TINY, seed=0)
+    lr = 1e-3
+    opt = build_optimizer(model, TrainParams(optimizer="muon", lr=lr, weight_decay=0.0))
+    muon, adamw = opt.optimizers
+    decay, no_decay = _group_names(model)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert muon.param_groups[0]["param_names"] == decay
+    assert adamw.param_groups[0]["param_names"] == no_decay
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        p.grad = torch.randn(p.shape, generator=gen)
+        if name in decay:  # directions of sizes 0.1 to 10 (U diag(s) V^T), as gradients have
+            k = min(p.shape)
+            u = torch.linalg.qr(torch.randn(p.shape[0], k, generator=gen))[0]
+            v = torch.linalg.qr(torch.randn(p.shape[1], k, generator=gen))[0]
+            p.grad = u @ torch.diag(torch.logspace(-1, 1, k)) @ v.T
+    opt.step()
+    for name, p in model.named_parameters():
+        step = before[name] - p.detach()
+        if name in decay:
+            # the update is the gradient's orthogonal polar factor times lr * 0.2 * sqrt(max
+            # dim): five Newton-Schulz steps of Muon's quintic leave the singular values in
+            # about [0.5, 1.2], not the gradient's spread
+            singular = torch.linalg.svdvals(step / (lr * 0.2 * max(p.shape) ** 0.5))
+            assert 0.5 < singular.min() and singular.max() < 1.25, (name, singular)
+            spread = torch.linalg.svdvals(p.grad)
+            assert spread.max() / spread.min() > 30  # what an unorthogonalized step would carry
+        else:  # AdamW's first step: lr * g / |g| (bias-corrected moments), a sign step
+            torch.testing.assert_close(step, lr * p.grad.sign(), rtol=1e-4, atol=1e-8)
+
+
+def test_muon_resumes_from_its_saved_state(tmp_path):
+    ids = torch.randint(0, VOCAB_SIZE, (4, 32), generator=torch.Generator().manual_seed(0))
+
+    def steps(model, opt, n):
+        for _ in range(n):
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    tp = TrainParams(optimizer="muon", lr=1e-2)
+    whole = build_model(TINY, seed=0)
+    opt = build_optimizer(whole, tp)
+    steps(whole, opt, 3)
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    resumed = build_model(TINY, seed=0)
+    resumed.load_state_dict(whole.state_dict())
+    opt2 = build_optimizer(resumed, tp)
+    opt2.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    steps(whole, opt, 2)
+    steps(resumed, opt2, 2)
+    for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    adamw_state = build_optimizer(build_model(TINY, seed=0), TrainParams()).state_dict()
+    with pytest.raises(ValueError, match="saved with another optimizer"):
+        opt2.load_state_dict(adamw_state)
 
 
 def test_adamw_uses_the_fused_kernel_on_cpu():

@@ -113,3 +113,13 @@ def test_eval_runs_on_its_own_schedule_whatever_log_every_is(tiny_tokens, tokeni
     baseline = [json.loads(line) for line in (tmp_path / "rare" / "metrics.jsonl").open()]
     assert [r["loss"] for r in records if "loss" in r] == \
         pytest.approx([r["loss"] for r in baseline if "loss" in r], abs=1e-6)
+
+
+def test_the_loop_trains_with_muon(tiny_tokens, tokenizer, tmp_path):
+    # Muon on the matrices, AdamW on the rest, driven by the loop's schedule (lmpipe/train/muon.py)
+    tp = TrainParams(steps=40, batch_size=8, lr=1e-2, warmup_steps=5, log_every=20,
+                     eval_every=40, optimizer="muon")
+    with RunLog(tmp_path, "train", "muon", {}) as run:
+        summary = train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+                        TokenSplit.open(tiny_tokens, "val"), tp, run, tokenizer.pad_token_id)
+    assert summary["final_val_loss"] < 0.8 * summary["initial_val_loss"]
