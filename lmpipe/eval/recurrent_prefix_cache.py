@@ -6,7 +6,8 @@ arbitrary token, so only the node ends that carry a snapshot are reusable.
 The index is the radix tree of the attention cache (lmpipe/eval/prefix_tree.py), its memory the
 same tiers and byte budgets (lmpipe/eval/tree_cache.py, lmpipe/eval/kv_tiers.py). A node carries
 a snapshot, the state of every layer after the node's last token, only where a stored sequence
-ended; a node split off above one (where a later sequence left it) has none. A prompt reuses the
+ended (a prompt, after its prefill, and a prompt with the tokens fed after it, at the end of its
+batch); a node split off above one (where a later sequence left it) has none. A prompt reuses the
 deepest node of its matched path that it matches whole, that has a snapshot, and that ends
 before its last token (computed always, for its logits); nothing else of the path is usable.
 
@@ -117,18 +118,33 @@ class RecurrentPrefixCache(TreeCache):
         decoder = decoder_for(model)
         misses = [row for row, start in enumerate(starts) if not start]
         if len(misses) == len(rows):
-            return decoder, decoder.prefill(ids, mask)
-        prefilled = None
-        if misses:  # prefilled as without the cache, only as wide as their longest prompt
-            width = max(len(rows[row]) for row in misses)
-            logits_misses = decoder.prefill(ids[misses, -width:], mask[misses, -width:])
-            prefilled = decoder.states()
-            self.layout = layout_of(prefilled)
-        self._start(decoder, rows, starts, snapshots, prefilled)
-        logits = self._feed_suffixes(decoder, rows, starts)
-        if misses:
-            logits[misses] = logits_misses
+            logits = decoder.prefill(ids, mask)
+        else:
+            prefilled = None
+            if misses:  # prefilled as without the cache, only as wide as their longest prompt
+                width = max(len(rows[row]) for row in misses)
+                logits_misses = decoder.prefill(ids[misses, -width:], mask[misses, -width:])
+                prefilled = decoder.states()
+                self.layout = layout_of(prefilled)
+            self._start(decoder, rows, starts, snapshots, prefilled)
+            logits = self._feed_suffixes(decoder, rows, starts)
+            if misses:
+                logits[misses] = logits_misses
+        self._snapshot_prompts(decoder, rows)
         return decoder, logits
+
+    def _snapshot_prompts(self, decoder, rows: list[list[int]]) -> None:
+        """Store each prompt with the state after it. The next turn's prompt is text: when the
+        generated tokens do not come back from it token for token (an untrained model's stray
+        byte decodes to U+FFFD and re-encodes as three), the match leaves the stored sequence
+        inside its generated part, where no state is; the prompt's end is still a node end with
+        one (an attention cache can cut at any token and needs no such point)."""
+        states = decoder.states()
+        self.layout = layout_of(states)
+        packed = pack(states)
+        for row, tokens in enumerate(rows):
+            self.insert(tokens, packed[row])
+            self.enforce_budgets()
 
     def _start(self, decoder, rows: list[list[int]], starts: list[int],
                snapshots: list[torch.Tensor | None], prefilled: list[torch.Tensor] | None) -> None:

@@ -118,7 +118,8 @@ R1, R2, RB = tool_reply("birth_city", "Paris"), tool_reply("major", "Law"), "MIT
 A2 = follow(A1, R1, "major")
 A2B = follow(A1, R1, "university")  # a branch: from the same snapshot as A2
 Z2 = follow(Z1, "Law" + protocol.END, "employer", "Zoe Young")
-# forks five tokens into A2's stored reply: only A1's end, before it, has a state
+# forks five tokens into A2's stored reply: only A2's prompt, before it, ends with a state (the
+# snapshot its prefill left)
 FORK = A2 + protocol.CALL + "FINDw"
 # (prompt, the reply fed after it) by level; a later prompt goes on from an earlier one's reply
 LEVELS = [[(A1, R1), (Z1, "Law" + protocol.END)],
@@ -129,24 +130,27 @@ LEVELS = [[(A1, R1), (Z1, "Law" + protocol.END)],
 
 def stored_prefix(row: list[int], stored: list[list[int]]) -> int:
     """The longest stored sequence that `row` begins with, short of its last token: the exact
-    reuse of a cache with a snapshot at every stored sequence's end."""
+    reuse of a cache with a snapshot at every stored sequence's end (each prompt, and each
+    prompt with the tokens fed after it)."""
     return max((len(s) for s in stored if len(s) < len(row) and row[:len(s)] == s), default=0)
 
 
-def run_levels(model, tokenizer, cache: RecurrentPrefixCache) -> tuple[int, int]:
+def run_levels(model, tokenizer, cache: RecurrentPrefixCache) -> tuple[int, int, int, int]:
     """Every level prefilled and decoded (its replies fed a token a step, row 0 finishing a
-    token early) without the cache and with it, logits compared to 1e-5 at every step, each row
-    stored afterwards; returns the (reused, computed) prefill tokens the oracle expects. Runs one
-    decoder after the other: Hawk keeps its state in the model's modules."""
+    token early) without the cache and with it, logits compared to 1e-5 at every step, each
+    prompt stored after the prefill and each row after its replies; returns the (reused,
+    computed) prefill tokens, the hits and the distinct stored sequences the oracle expects.
+    Runs one decoder after the other: Hawk keeps its state in the model's modules."""
     stored: list[list[int]] = []
-    reused = computed = 0
+    reused = computed = hits = 0
     for level in LEVELS:
         rows = [tokenizer(p)["input_ids"] for p, _ in level]
         replies = [tokenizer(r, add_special_tokens=False)["input_ids"] for _, r in level]
         fed = [r[:-1] if i == 0 else r for i, r in enumerate(replies)]  # row 0 stops early
         for row in rows:
             best = stored_prefix(row, stored)
-            reused, computed = reused + best, computed + len(row) - best
+            reused, computed, hits = reused + best, computed + len(row) - best, hits + bool(best)
+        stored += rows  # the prompts' snapshots, after the level's lookups
         ids, mask = left_padded(rows, tokenizer.pad_token_id)
         width = max(map(len, replies))
 
@@ -171,7 +175,7 @@ def run_levels(model, tokenizer, cache: RecurrentPrefixCache) -> tuple[int, int]
         cache.insert_batch(decoder, ids, mask, fed)
         stored += [row + f for row, f in zip(rows, fed)]
         within_budgets(cache)
-    return reused, computed
+    return reused, computed, hits, len({tuple(s) for s in stored})
 
 
 def within_budgets(cache: RecurrentPrefixCache) -> None:
@@ -183,18 +187,17 @@ def within_budgets(cache: RecurrentPrefixCache) -> None:
 def test_cached_prefill_equals_the_whole_prompt_on_a_conversation_tree(model, tokenizer):
     cache = prefix_cache_for(model)
     assert isinstance(cache, RecurrentPrefixCache)
-    reused, computed = run_levels(model, tokenizer, cache)
+    reused, computed, hits, sequences = run_levels(model, tokenizer, cache)
     stats = cache.stats()
     assert (stats["tokens_reused"], stats["tokens_computed"]) == (reused, computed)
-    # A2, A2B, Z2 at level 2 (not N1); A3, FORK (A1's end), A2B's follow-up, Z2 + "Hm"
-    assert (stats["lookups"], stats["hits"]) == (10, 7)
+    # A2, A2B, Z2 at level 2 (not N1); A3, FORK (A2's prompt), A2B's follow-up, Z2 + "Hm"
+    assert (stats["lookups"], stats["hits"]) == (10, hits) and hits == 7
     assert reused > computed
-    # FORK goes on from A1's turn, not from the split it made in A2's reply (no state there)
-    first_turn = tokenizer(A1)["input_ids"] + tokenizer(R1, add_special_tokens=False)[
-        "input_ids"][:-1]
+    # FORK goes on from A2's prompt, not from the split it made in A2's reply (no state there)
     split = [n for n in cache.tree.nodes() if n.payload is None and n.children]
-    assert split and cache.lookup(tokenizer(FORK)["input_ids"])[0] == len(first_turn)
-    assert stats["snapshots"] == 10 and stats["nodes_evicted"] == 0
+    assert split and cache.lookup(tokenizer(FORK)["input_ids"])[0] == len(
+        tokenizer(A2)["input_ids"])
+    assert stats["snapshots"] == sequences and stats["nodes_evicted"] == 0
     assert stats["paged_out_bytes"] == {"host": 0}
     # a snapshot is one row's state of every layer, whatever its tokens
     decoder = decoder_for(model)
@@ -206,7 +209,7 @@ def test_cached_prefill_equals_the_whole_prompt_on_a_conversation_tree(model, to
 
 def test_every_snapshot_paged_out_to_disk_and_back(model, tokenizer, tmp_path):
     cache = RecurrentPrefixCache(model, budgets={"host": 1}, directory=tmp_path)
-    reused, computed = run_levels(model, tokenizer, cache)
+    reused, computed, _, _ = run_levels(model, tokenizer, cache)
     stats = cache.stats()
     assert (stats["tokens_reused"], stats["tokens_computed"]) == (reused, computed)
     assert stats["bytes"]["host"] == 0 and stats["bytes"]["disk"] > 0
@@ -224,9 +227,11 @@ def test_a_full_last_tier_drops_the_least_recently_used_snapshots(model, tokeniz
     run_levels(model, tokenizer, probe)
     snapshot = probe.stats()["bytes"]["host"] // probe.stats()["snapshots"]
     cache = RecurrentPrefixCache(model, budgets={"host": 3 * snapshot})
-    reused, _ = run_levels(model, tokenizer, cache)  # still equal logits
+    reused, _, _, _ = run_levels(model, tokenizer, cache)  # still equal logits
     stats = cache.stats()
-    assert stats["snapshots"] == 3 and stats["nodes_evicted"] == 7
+    assert stats["snapshots"] == 3
+    # every other snapshot went (one dropped before a later row stored it again goes twice)
+    assert stats["nodes_evicted"] >= probe.stats()["snapshots"] - 3
     assert 0 < stats["tokens_reused"] < reused
 
 
