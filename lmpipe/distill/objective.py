@@ -2,6 +2,15 @@
 
     loss = sum_term weight_term * term,   term in ce, logit divergences, hidden-state terms
 
+With `loss_weighting: uncertainty` (Kendall, Gal and Cipolla 2018) each term gets a learned
+log-variance s_term, trained with the student:
+
+    loss = sum_term exp(-s_term) * weight_term * term + s_term,   per target
+
+whose minimum over s_term is at exp(s_term) = weight_term * term: a term that stays large is
+weighed down, one that falls is weighed up, each logged as `weight_<term>` =
+weight_term * exp(-s_term).
+
 Logit divergences are computed on the aligned support (support.py) at temperature T and scaled
 by T^2 (a truncated teacher's rest bucket tempered as sum_j p_j^(1/T) over its tail, for every
 term alike); every term is summed over target positions only (padding and prompt tokens never count),
@@ -107,6 +116,10 @@ class DistillObjective:
             teacher.use_eager_attention()
         self.student_width = student_config.hidden_size
         self.projectors: nn.ModuleList | None = None
+        self.log_variances: nn.ParameterDict | None = None
+        if dp.loss_weighting == "uncertainty":
+            self.per_step_metrics = type(self).per_step_metrics + tuple(
+                f"weight_{term}" for term in self.terms)
         self.model: nn.Module | None = None
 
     # -- the student's extra trainable parts ---------------------------------------------------
@@ -119,6 +132,10 @@ class DistillObjective:
                 make_projector(self.dp.projector, self.student_width, self.teacher.hidden_size)
                 for _ in self.pairs)
             model.add_module("distill_projectors", self.projectors)
+        if self.dp.loss_weighting == "uncertainty":
+            self.log_variances = nn.ParameterDict(
+                {term: nn.Parameter(torch.zeros(())) for term in self.terms})
+            model.add_module("distill_loss_weights", self.log_variances)
         if self.attention_blocks:
             model.set_attn_implementation("eager")
 
@@ -128,14 +145,18 @@ class DistillObjective:
         surgery live outside the DDP-wrapped forward, so DDP would not average their gradients."""
         if self.dp.gradient_conflict == "pcgrad":
             return "distill.gradient_conflict = pcgrad"
+        if self.log_variances is not None:
+            return "distill.loss_weighting = uncertainty"
         if self.projectors is not None and any(True for _ in self.projectors.parameters()):
             return f"distill.projector = {self.dp.projector}"
         return None
 
     def detach(self, model: nn.Module) -> None:
-        """Remove the projectors before the student is saved as a plain language model."""
-        if hasattr(model, "distill_projectors"):
-            del model.distill_projectors
+        """Remove the projectors and loss weights before the student is saved as a plain
+        language model."""
+        for name in ("distill_projectors", "distill_loss_weights"):
+            if hasattr(model, name):
+                delattr(model, name)
 
     # -- the loss --------------------------------------------------------------------------------
     def components(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor],
@@ -194,6 +215,8 @@ class DistillObjective:
         parts = {f"loss_{term}": value.detach() for term, value in terms.items()}
         parts.update(diagnostics)
         weighted = {term: self.terms[term] * value for term, value in terms.items()}
+        if self.log_variances is not None:
+            return self.uncertainty_weighted(weighted, batch.target_mask.sum(), parts), parts
         if self.dp.gradient_conflict == "pcgrad":
             logit = sum(v for t, v in weighted.items() if t not in ACTIVATION_TERMS)
             hidden = sum(v for t, v in weighted.items() if t in ACTIVATION_TERMS)
@@ -202,6 +225,18 @@ class DistillObjective:
             parts["grad_cosine"] = cosine
             return total, parts
         return sum(weighted.values()), parts
+
+    def uncertainty_weighted(self, weighted: dict[str, torch.Tensor], targets: torch.Tensor,
+                             parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """sum_term exp(-s_term) * weighted_term + s_term * targets (module docstring): the terms
+        are sums over the batch's `targets` and the loop divides by the targets, so s_term counts
+        once a target; logs each term's effective weight into `parts`."""
+        total = torch.zeros((), device=targets.device)
+        for term, value in weighted.items():
+            s = self.log_variances[term]
+            total = total + torch.exp(-s) * value + s * targets
+            parts[f"weight_{term}"] = (self.terms[term] * torch.exp(-s)).detach()
+        return total
 
 
 def build_objective(dp: DistillParams, teacher: TeacherSource,

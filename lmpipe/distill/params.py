@@ -60,6 +60,9 @@ class DistillParams(Section):
         "linear", description="maps student hidden states to the teacher's width")
     gradient_conflict: Literal["none", "pcgrad"] = Field(
         "none", description="pcgrad: project conflicting logit / hidden-state gradients")
+    loss_weighting: Literal["fixed", "uncertainty"] = Field(
+        "fixed", description="fixed: the objective's weights; uncertainty: each term's weight "
+        "times exp(-s), s a learned log-variance, plus s (Kendall et al. 2018)")
     copy_embeddings: bool = Field(False, description="start from the teacher's token embeddings")
     freeze_embeddings: bool = False
     copy_lm_head: bool = Field(False, description="start from the teacher's lm head (untied only)")
@@ -92,6 +95,16 @@ class DistillParams(Section):
                 raise ValueError("gradient_conflict: pcgrad has nothing to reconcile; expected a "
                                  "logit term (ce or a divergence) and a hidden-state term in "
                                  "objective, both with weight > 0")
+        if self.loss_weighting == "uncertainty":
+            active = [t for t, w in self.objective.items() if w > 0]
+            if len(active) < 2:
+                raise ValueError(f"loss_weighting: uncertainty weighs terms against each other; "
+                                 f"objective has {len(active)} term with weight > 0, expected 2 "
+                                 "or more")
+            if self.gradient_conflict != "none":
+                raise ValueError("loss_weighting: uncertainty with gradient_conflict: "
+                                 f"{self.gradient_conflict}; expected one way of combining the "
+                                 "terms (set gradient_conflict: none or loss_weighting: fixed)")
         if self.freeze_embeddings and not self.copy_embeddings:
             raise ValueError("freeze_embeddings: would freeze a random embedding; expected "
                              "copy_embeddings: true with it")

@@ -1,10 +1,15 @@
 """The combined objective: cache and live teacher agree, non-targets never count, each term is
 logged, layer maps, projectors, gradient surgery and student initialization."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from lmpipe.core.run_folder import RunLog
+from lmpipe.core.section import ConfigError
 from lmpipe.data.batching import LengthGroupedBatches
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.data.tokens import TokenSplit
@@ -13,15 +18,16 @@ from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.cache.write import write_cache
 from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.objective import build_objective
+from lmpipe.distill.params import DistillParams
 from lmpipe.distill.pcgrad import project_conflicting, surgery_loss
 from lmpipe.distill.projector import make_projector
 from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher
 from lmpipe.model.build import build_model
-from lmpipe.core.section import ConfigError
-from lmpipe.distill.params import DistillParams
 from lmpipe.model.params import ModelParams
+from lmpipe.train.loop import train
+from lmpipe.train.params import TrainParams
 from tests.distill.cache_vs_live import cache_and_live_runs, losses
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
@@ -224,6 +230,71 @@ def test_combined_objective_logs_every_term_and_weights_them(full_cache, tiny_to
     assert isinstance(student.distill_projectors[0], torch.nn.Linear)  # trained with the student
     objective.detach(student)
     assert not hasattr(student, "distill_projectors")
+
+
+def test_uncertainty_weighting_learns_each_terms_scale(full_cache, tiny_tokens, tokenizer):
+    teacher, cache = full_cache
+    batch = _batch(tiny_tokens, tokenizer)
+    student = build_model(STUDENT, seed=1)
+    d = DistillParams(objective={"forward_kl": 0.3, "ce": 0.5}, loss_weighting="uncertainty")
+    objective = build_objective(d, CachedTeacher(cache), student)
+    count = batch.target_mask.sum()
+    with torch.no_grad():
+        student.distill_loss_weights["ce"].fill_(0.7)
+    loss, parts = objective(student, batch)
+    # by hand: exp(-s) * weight * term + s a target, the terms summed over targets
+    kl, ce = parts["loss_forward_kl"], parts["loss_ce"]
+    expected = 0.3 * kl + math.exp(-0.7) * 0.5 * ce + 0.7 * count
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["weight_ce"].item() == pytest.approx(0.5 * math.exp(-0.7), rel=1e-6)
+    assert parts["weight_forward_kl"].item() == pytest.approx(0.3, rel=1e-6)
+    assert set(objective.per_step_metrics) >= {"weight_ce", "weight_forward_kl"}
+    assert objective.single_process_only == "distill.loss_weighting = uncertainty"
+    # the log-variances train with the student (the optimizer sees them) and, the terms held
+    # fixed, settle where exp(s) is the term's weighted mean a target: Kendall et al.'s optimum
+    log_variances = list(student.distill_loss_weights.parameters())
+    assert {id(p) for p in log_variances} <= {id(p) for p in student.parameters()}
+    terms = {"forward_kl": (0.3 * kl).detach(), "ce": (0.5 * ce).detach()}
+    opt = torch.optim.Adam(log_variances, lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        (objective.uncertainty_weighted(terms, count, {}) / count).backward()
+        opt.step()
+    for term, value in terms.items():
+        optimum = math.log(value.item() / count.item())
+        assert student.distill_loss_weights[term].item() == pytest.approx(optimum, abs=1e-3)
+    objective.detach(student)
+    assert not hasattr(student, "distill_loss_weights")
+
+
+def test_uncertainty_weighting_trains_through_the_loop(full_cache, tiny_tokens, tokenizer,
+                                                       tmp_path):
+    teacher, cache = full_cache
+    d = DistillParams(objective={"forward_kl": 1.0, "ce": 1.0}, loss_weighting="uncertainty",
+                      train=TrainParams(steps=30, batch_size=6, lr=3e-2, warmup_steps=2,
+                                        log_every=10, eval_every=30))
+    student = build_model(STUDENT, seed=1)
+    objective = build_objective(d, CachedTeacher(cache), student)
+    with RunLog(tmp_path, "distill", "uncertainty", {}) as run:
+        train(student, TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val"),
+              d.train, run, tokenizer.pad_token_id, objective=objective)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    logged = [r for r in records if "weight_ce" in r]
+    assert len(logged) == 3
+    # a step's exp(-s) (not a sum over targets), moving toward 1 / the term's size: the larger
+    # cross-entropy weighed down, the smaller KL up
+    ce, kl = ([r[f"weight_{t}"] for r in logged] for t in ("ce", "forward_kl"))
+    assert logged[-1]["loss_ce"] > 10 * logged[-1]["loss_forward_kl"]
+    assert 0.2 < ce[-1] < ce[0] < 1 < kl[0] < kl[-1] < 5
+    assert logged[-1]["loss"] < logged[0]["loss"]
+
+
+def test_uncertainty_weighting_needs_two_terms_and_no_pcgrad():
+    with pytest.raises(ValueError, match="loss_weighting: uncertainty weighs terms"):
+        DistillParams(objective={"ce": 1.0, "forward_kl": 0.0}, loss_weighting="uncertainty")
+    with pytest.raises(ValueError, match="expected one way of combining"):
+        DistillParams(objective={"ce": 1.0, "hidden_mse": 1.0}, loss_weighting="uncertainty",
+                      gradient_conflict="pcgrad")
 
 
 def test_zero_missing_mass_refuses_divergences_that_would_be_infinite(tiny_model, tiny_tokens,
