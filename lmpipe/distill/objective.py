@@ -21,6 +21,8 @@ hidden terms' gradients are combined by gradient surgery and their cosine logged
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,7 @@ from torch import nn
 from lmpipe.data.batching import Batch
 from lmpipe.distill.attention_kl import attention_kl, head_mean_rows
 from lmpipe.distill.cakld import teacher_confidence
-from lmpipe.distill.hidden import hidden_cosine, hidden_mse
+from lmpipe.distill.hidden import hidden_cosine, hidden_infonce, hidden_mse
 from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.pcgrad import surgery_loss
 from lmpipe.distill.projector import make_projector
@@ -39,6 +41,9 @@ from lmpipe.core.section import ConfigError
 from lmpipe.distill.params import DistillParams
 from lmpipe.distill.terms import ACTIVATION_TERMS, HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
 from lmpipe.model.hidden_states import ATTENTION_FREE, layer_states
+
+
+HIDDEN_LOSSES = {"hidden_mse": hidden_mse, "hidden_cosine": hidden_cosine}
 
 
 def _at_targets(tensor: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -198,7 +203,8 @@ class DistillObjective:
         states = (layer_states(getattr(model, "module", model), batch.input_ids, out)
                   if self.hidden_terms else ())
         for term in self.hidden_terms:
-            loss = hidden_mse if term == "hidden_mse" else hidden_cosine
+            loss = (partial(hidden_infonce, temperature=dp.infonce_temperature)
+                    if term == "hidden_infonce" else HIDDEN_LOSSES[term])
             per_pair = [loss(projector(_at_targets(states[s], targets)),
                              signals.hidden[t]).sum()
                         for (s, t), projector in zip(self.pairs, self.projectors)]

@@ -40,6 +40,7 @@ TERMS: dict[str, Term] = {
     "cakld": Term("logit", teacher_mass=True),
     "hidden_mse": Term("hidden"),
     "hidden_cosine": Term("hidden"),
+    "hidden_infonce": Term("hidden"),
     "attention_kl": Term("attention"),
 }
 

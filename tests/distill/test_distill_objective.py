@@ -16,6 +16,7 @@ from lmpipe.data.tokens import TokenSplit
 from lmpipe.distill.cache.format import CacheSpec
 from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.cache.write import write_cache
+from lmpipe.distill.hidden import hidden_infonce
 from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.objective import build_objective
 from lmpipe.distill.params import DistillParams
@@ -32,7 +33,7 @@ from tests.distill.cache_vs_live import cache_and_live_runs, losses
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
 TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
-         "hidden_mse", "hidden_cosine", "attention_kl"]
+         "hidden_mse", "hidden_cosine", "hidden_infonce", "attention_kl"]
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +323,28 @@ def test_layer_maps():
         layer_pairs("all", 2, 4)
     with pytest.raises(ConfigError, match="pair \\[3, 1\\] out of range"):
         layer_pairs([[3, 1]], 2, 4)
+
+
+def test_hidden_infonce_against_a_hand_computation_and_the_no_information_bound():
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    got = hidden_infonce(student, teacher, temperature=0.5)
+
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) *
+                                                             sum(y * y for y in b))
+    s, t = student.tolist(), teacher.tolist()
+    for i in range(4):
+        scores = [math.exp(cosine(s[i], t[j]) / 0.5) for j in range(4)]
+        assert got[i].item() == pytest.approx(-math.log(scores[i] / sum(scores)), rel=1e-5)
+    # a teacher whose state is the same everywhere tells the student nothing: log n exactly,
+    # a mutual-information bound log n - loss of 0
+    same = teacher[:1].expand(64, 3)
+    flat = hidden_infonce(torch.randn(64, 3, generator=gen), same)
+    torch.testing.assert_close(flat, torch.full((64,), math.log(64)))
+    # the student matching the teacher position for position: far below log n
+    distinct = torch.randn(64, 16, generator=gen)
+    assert hidden_infonce(distinct, distinct).mean() < 0.1 * math.log(64)
 
 
 def test_projectors():
