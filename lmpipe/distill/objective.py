@@ -11,6 +11,11 @@ whose minimum over s_term is at exp(s_term) = weight_term * term: a term that st
 weighed down, one that falls is weighed up, each logged as `weight_<term>` =
 weight_term * exp(-s_term).
 
+With `gradient_stats: true` every step also logs, for the study of how the terms combine, each
+weighted term's gradient norm over the student's parameters per target (`grad_norm_<term>`) and
+the cosine between every two terms' gradients (`grad_cosine_<term>__<term>`), at the cost of one
+extra backward pass per term.
+
 Logit divergences are computed on the aligned support (support.py) at temperature T and scaled
 by T^2 (a truncated teacher's rest bucket tempered as sum_j p_j^(1/T) over its tail, for every
 term alike); every term is summed over target positions only (padding and prompt tokens never count),
@@ -22,6 +27,7 @@ hidden terms' gradients are combined by gradient surgery and their cosine logged
 from __future__ import annotations
 
 from functools import partial
+from itertools import combinations
 
 import torch
 import torch.nn.functional as F
@@ -122,9 +128,14 @@ class DistillObjective:
         self.student_width = student_config.hidden_size
         self.projectors: nn.ModuleList | None = None
         self.log_variances: nn.ParameterDict | None = None
+        extra: tuple[str, ...] = ()
         if dp.loss_weighting == "uncertainty":
-            self.per_step_metrics = type(self).per_step_metrics + tuple(
-                f"weight_{term}" for term in self.terms)
+            extra += tuple(f"weight_{term}" for term in self.terms)
+        if dp.gradient_stats:
+            extra += tuple(f"grad_norm_{term}" for term in self.terms) + tuple(
+                f"grad_cosine_{a}__{b}" for a, b in combinations(self.terms, 2))
+        if extra:
+            self.per_step_metrics = type(self).per_step_metrics + extra
         self.model: nn.Module | None = None
 
     # -- the student's extra trainable parts ---------------------------------------------------
@@ -152,6 +163,8 @@ class DistillObjective:
             return "distill.gradient_conflict = pcgrad"
         if self.log_variances is not None:
             return "distill.loss_weighting = uncertainty"
+        if self.dp.gradient_stats:
+            return "distill.gradient_stats = true"
         if self.projectors is not None and any(True for _ in self.projectors.parameters()):
             return f"distill.projector = {self.dp.projector}"
         return None
@@ -221,6 +234,8 @@ class DistillObjective:
         parts = {f"loss_{term}": value.detach() for term, value in terms.items()}
         parts.update(diagnostics)
         weighted = {term: self.terms[term] * value for term, value in terms.items()}
+        if self.dp.gradient_stats:
+            parts.update(self.gradient_stats(weighted, batch.target_mask.sum()))
         if self.log_variances is not None:
             return self.uncertainty_weighted(weighted, batch.target_mask.sum(), parts), parts
         if self.dp.gradient_conflict == "pcgrad":
@@ -231,6 +246,23 @@ class DistillObjective:
             parts["grad_cosine"] = cosine
             return total, parts
         return sum(weighted.values()), parts
+
+    def gradient_stats(self, weighted: dict[str, torch.Tensor],
+                       targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each weighted term's gradient norm per target and the cosine between every two
+        terms' gradients, over the student's trainable parameters (module docstring)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flat = {}
+        for term, value in weighted.items():
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            flat[term] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                    for g, p in zip(grads, params)])
+        stats = {f"grad_norm_{term}": (g.norm() / targets.clamp(min=1)).detach()
+                 for term, g in flat.items()}
+        for a, b in combinations([t for t in self.terms if t in flat], 2):  # as logged
+            stats[f"grad_cosine_{a}__{b}"] = (flat[a] @ flat[b] / (
+                flat[a].norm() * flat[b].norm()).clamp_min(1e-30)).detach()
+        return stats
 
     def uncertainty_weighted(self, weighted: dict[str, torch.Tensor], targets: torch.Tensor,
                              parts: dict[str, torch.Tensor]) -> torch.Tensor:

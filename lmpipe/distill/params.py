@@ -62,6 +62,9 @@ class DistillParams(Section):
         "linear", description="maps student hidden states to the teacher's width")
     gradient_conflict: Literal["none", "pcgrad"] = Field(
         "none", description="pcgrad: project conflicting logit / hidden-state gradients")
+    gradient_stats: bool = Field(
+        False, description="log each weighted term's gradient norm (per target) and the cosine "
+        "between every two terms' gradients, every step (one extra backward pass per term)")
     loss_weighting: Literal["fixed", "uncertainty"] = Field(
         "fixed", description="fixed: the objective's weights; uncertainty: each term's weight "
         "times exp(-s), s a learned log-variance, plus s (Kendall et al. 2018)")

@@ -399,6 +399,41 @@ def test_pcgrad_objective_logs_the_gradient_cosine(full_cache, tiny_tokens, toke
     assert objective.single_process_only == "distill.gradient_conflict = pcgrad"
 
 
+def test_gradient_stats_log_each_terms_gradient_and_their_cosines(full_cache, tiny_tokens,
+                                                                   tokenizer):
+    """Checked against each weighted term's gradient computed here on its own (a separate
+    forward pass and autograd.grad per term)."""
+    teacher, cache = full_cache
+    student = build_model(STUDENT, seed=1)
+    weights = {"forward_kl": 0.3, "ce": 0.5, "hidden_mse": 2.0}
+    d = DistillParams(objective=weights, layers="uniform", gradient_stats=True)
+    objective = build_objective(d, CachedTeacher(cache), student)
+    batch = _batch(tiny_tokens, tokenizer)
+    params = [p for p in student.parameters() if p.requires_grad]
+    count = batch.target_mask.sum().item()
+
+    def flat_gradient(term):
+        terms, _ = objective.components(student, batch)
+        grads = torch.autograd.grad(weights[term] * terms[term], params, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                          for g, p in zip(grads, params)])
+    by_hand = {term: flat_gradient(term) for term in weights}
+    loss, parts = objective(student, batch)
+    for term, g in by_hand.items():
+        assert parts[f"grad_norm_{term}"].item() == pytest.approx(g.norm().item() / count,
+                                                                   rel=1e-5)
+    cosines = []
+    for a, b in [("forward_kl", "ce"), ("forward_kl", "hidden_mse"), ("ce", "hidden_mse")]:
+        cosine = (by_hand[a] @ by_hand[b] / (by_hand[a].norm() * by_hand[b].norm())).item()
+        assert parts[f"grad_cosine_{a}__{b}"].item() == pytest.approx(cosine, abs=1e-5)
+        cosines.append(cosine)
+    assert max(cosines) - min(cosines) > 0.05  # different angles: each pair's own
+    expected = sum(w * parts[f"loss_{t}"] for t, w in weights.items())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the loss is unchanged
+    assert objective.single_process_only == "distill.gradient_stats = true"
+    assert {"grad_norm_ce", "grad_cosine_forward_kl__ce"} <= set(objective.per_step_metrics)
+
+
 def test_student_starts_from_the_teachers_embeddings(tokenizer):
     teacher = build_model(ModelParams(d_model=8, n_layers=1, n_heads=2, tie_embeddings=False), seed=5)
     student = build_model(STUDENT.model_copy(update={"tie_embeddings": False}), seed=1)
