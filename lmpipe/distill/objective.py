@@ -11,6 +11,17 @@ whose minimum over s_term is at exp(s_term) = weight_term * term: a term that st
 weighed down, one that falls is weighed up, each logged as `weight_<term>` =
 weight_term * exp(-s_term).
 
+With `loss_weighting: product` the terms multiply, each per-target mean m_term = term / targets
+to the power of its weight:
+
+    loss = prod_term m_term^weight_term,   per target
+
+so log loss = sum_term weight_term * log m_term and the gradient is loss * sum_term weight_term *
+grad(m_term) / m_term: each term's gradient scaled by the inverse of its own size, the balance a
+sum of log-losses gives. It is defined while every term is positive (a term is floored at 1e-12
+a target, where a divergence reaches an exact match); with several micro-batches or processes
+the product is taken over each micro-batch's means.
+
 With `gradient_stats: true` every step also logs, for the study of how the terms combine, each
 weighted term's gradient norm over the student's parameters per target (`grad_norm_<term>`) and
 the cosine between every two terms' gradients (`grad_cosine_<term>__<term>`), at the cost of one
@@ -238,6 +249,8 @@ class DistillObjective:
             parts.update(self.gradient_stats(weighted, batch.target_mask.sum()))
         if self.log_variances is not None:
             return self.uncertainty_weighted(weighted, batch.target_mask.sum(), parts), parts
+        if self.dp.loss_weighting == "product":
+            return product_of_terms(terms, self.terms, batch.target_mask.sum()), parts
         if self.dp.gradient_conflict == "pcgrad":
             logit = sum(v for t, v in weighted.items() if t not in ACTIVATION_TERMS)
             hidden = sum(v for t, v in weighted.items() if t in ACTIVATION_TERMS)
@@ -275,6 +288,16 @@ class DistillObjective:
             total = total + torch.exp(-s) * value + s * targets
             parts[f"weight_{term}"] = (self.terms[term] * torch.exp(-s)).detach()
         return total
+
+
+def product_of_terms(terms: dict[str, torch.Tensor], weights: dict[str, float],
+                     targets: torch.Tensor) -> torch.Tensor:
+    """prod_term (term / targets)^weight times `targets` (the loop divides by the targets):
+    `terms` are sums over the batch's targets (module docstring)."""
+    count = targets.clamp(min=1)
+    log_product = sum(weights[term] * torch.log((value / count).clamp_min(1e-12))
+                      for term, value in terms.items())
+    return torch.exp(log_product) * count
 
 
 def build_objective(dp: DistillParams, teacher: TeacherSource,

@@ -65,9 +65,10 @@ class DistillParams(Section):
     gradient_stats: bool = Field(
         False, description="log each weighted term's gradient norm (per target) and the cosine "
         "between every two terms' gradients, every step (one extra backward pass per term)")
-    loss_weighting: Literal["fixed", "uncertainty"] = Field(
+    loss_weighting: Literal["fixed", "uncertainty", "product"] = Field(
         "fixed", description="fixed: the objective's weights; uncertainty: each term's weight "
-        "times exp(-s), s a learned log-variance, plus s (Kendall et al. 2018)")
+        "times exp(-s), s a learned log-variance, plus s (Kendall et al. 2018); product: the "
+        "product of the terms' per-target means, each to the power of its weight")
     copy_embeddings: bool = Field(False, description="start from the teacher's token embeddings")
     freeze_embeddings: bool = False
     copy_lm_head: bool = Field(False, description="start from the teacher's lm head (untied only)")
@@ -100,14 +101,14 @@ class DistillParams(Section):
                 raise ValueError("gradient_conflict: pcgrad has nothing to reconcile; expected a "
                                  "logit term (ce or a divergence) and a hidden-state term in "
                                  "objective, both with weight > 0")
-        if self.loss_weighting == "uncertainty":
+        if self.loss_weighting != "fixed":
             active = [t for t, w in self.objective.items() if w > 0]
             if len(active) < 2:
-                raise ValueError(f"loss_weighting: uncertainty weighs terms against each other; "
-                                 f"objective has {len(active)} term with weight > 0, expected 2 "
-                                 "or more")
+                raise ValueError(f"loss_weighting: {self.loss_weighting} weighs terms against "
+                                 f"each other; objective has {len(active)} term with weight > "
+                                 "0, expected 2 or more")
             if self.gradient_conflict != "none":
-                raise ValueError("loss_weighting: uncertainty with gradient_conflict: "
+                raise ValueError(f"loss_weighting: {self.loss_weighting} with gradient_conflict: "
                                  f"{self.gradient_conflict}; expected one way of combining the "
                                  "terms (set gradient_conflict: none or loss_weighting: fixed)")
         if self.freeze_embeddings and not self.copy_embeddings:

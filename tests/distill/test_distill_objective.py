@@ -290,8 +290,32 @@ def test_uncertainty_weighting_trains_through_the_loop(full_cache, tiny_tokens, 
     assert logged[-1]["loss"] < logged[0]["loss"]
 
 
+def test_the_product_form_multiplies_the_terms_means(full_cache, tiny_tokens, tokenizer):
+    teacher, cache = full_cache
+    batch = _batch(tiny_tokens, tokenizer)
+    student = build_model(STUDENT, seed=1)
+    weights = {"forward_kl": 0.3, "ce": 0.5}
+    d = DistillParams(objective=weights, loss_weighting="product")
+    objective = build_objective(d, CachedTeacher(cache), student)
+    count = batch.target_mask.sum().item()
+    loss, parts = objective(student, batch)
+    kl, ce = parts["loss_forward_kl"].item() / count, parts["loss_ce"].item() / count
+    assert loss.item() / count == pytest.approx(kl ** 0.3 * ce ** 0.5, rel=1e-5)
+    # its gradient: the product times each term's weighted gradient over the term's own size
+    params = [p for p in student.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss / count, params)
+    terms, _ = objective.components(student, batch)
+    by_hand = torch.autograd.grad(
+        kl ** 0.3 * ce ** 0.5 * (0.3 * terms["forward_kl"] / count / kl
+                                 + 0.5 * terms["ce"] / count / ce), params)
+    for got, expected in zip(grads, by_hand):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="loss_weighting: product weighs terms against"):
+        DistillParams(objective={"ce": 1.0}, loss_weighting="product")
+
+
 def test_uncertainty_weighting_needs_two_terms_and_no_pcgrad():
-    with pytest.raises(ValueError, match="loss_weighting: uncertainty weighs terms"):
+    with pytest.raises(ValueError, match="loss_weighting: uncertainty weighs terms against"):
         DistillParams(objective={"ce": 1.0, "forward_kl": 0.0}, loss_weighting="uncertainty")
     with pytest.raises(ValueError, match="expected one way of combining"):
         DistillParams(objective={"ce": 1.0, "hidden_mse": 1.0}, loss_weighting="uncertainty",
