@@ -52,6 +52,7 @@ from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.pcgrad import surgery_loss
 from lmpipe.distill.projector import make_projector
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
+from lmpipe.distill.sinkhorn import support_cost, token_cost
 from lmpipe.distill.support import aligned
 from lmpipe.distill.teacher import CachedTeacher, TeacherSource
 from lmpipe.core.section import ConfigError
@@ -139,6 +140,7 @@ class DistillObjective:
         self.student_width = student_config.hidden_size
         self.projectors: nn.ModuleList | None = None
         self.log_variances: nn.ParameterDict | None = None
+        self.token_cost: torch.Tensor | None = None  # sinkhorn's ground cost, (V, V)
         extra: tuple[str, ...] = ()
         if dp.loss_weighting == "uncertainty":
             extra += tuple(f"weight_{term}" for term in self.terms)
@@ -215,7 +217,14 @@ class DistillObjective:
         if logit_terms:
             scale = dp.temperature ** 2
             log_p, log_q = aligned(tempered, signals.distribution, dp.temperature, dp.missing_mass)
-            options = LossOptions(dp.jsd_beta, dp.skew_alpha)
+            options = LossOptions(dp.jsd_beta, dp.skew_alpha,
+                                  sinkhorn_epsilon=dp.sinkhorn_epsilon,
+                                  sinkhorn_iterations=dp.sinkhorn_iterations)
+            if "sinkhorn" in logit_terms:
+                if self.token_cost is None:  # the teacher's embeddings: read once
+                    self.token_cost = token_cost(self.teacher.token_embeddings())
+                options.cost = support_cost(self.token_cost.to(rows.device),
+                                            signals.distribution.ids)
             if "cakld" in logit_terms:
                 options.confidence = teacher_confidence(
                     signals.distribution.label_logprobs(labels))

@@ -53,6 +53,10 @@ class DistillParams(Section):
         "bucket, matched against the student's mass outside the top-k; zero: taken as zero")
     jsd_beta: float = Field(0.5, ge=0.0, le=1.0, description="jsd: 0 = forward KL, 1 = reverse KL")
     skew_alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl mix")
+    sinkhorn_epsilon: float = Field(0.1, gt=0.0, description="sinkhorn: the entropic "
+                                    "regularization, in the ground cost's units (cosine "
+                                    "distance, 0..2)")
+    sinkhorn_iterations: int = Field(50, ge=1, description="sinkhorn: log-domain updates")
     infonce_temperature: float = Field(0.1, gt=0.0, description="hidden_infonce: the "
                                        "temperature of its cosine similarities")
     layers: str | list[list[int]] = Field(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from lmpipe.data.attention_masks import model_attention_mask
 from lmpipe.data.batching import Batch
@@ -30,6 +31,7 @@ from lmpipe.distill.cache.format import log_tempered_tail, top_k_with_missing
 from lmpipe.distill.cache.read import TeacherCache
 from lmpipe.distill.support import TeacherDistribution
 from lmpipe.model.hidden_states import layer_states
+from lmpipe.core.artifacts import file_sha256
 from lmpipe.core.section import ConfigError
 
 
@@ -55,6 +57,20 @@ class CachedTeacher:
 
     def use_eager_attention(self) -> None:
         """Cached attention rows need no teacher compute."""
+
+    def token_embeddings(self) -> torch.Tensor:
+        """The teacher's input embeddings (V, d), which the cache keeps beside its rows, checked
+        against the manifest's sha256."""
+        entry = self.cache.manifest.get("embeddings")
+        path = self.cache.folder / (entry or {}).get("file", "embeddings.safetensors")
+        if entry is None or not path.is_file():
+            raise ConfigError(f"distill.objective.sinkhorn: the teacher cache {self.cache.folder} "
+                              "holds no token embeddings (written before they were kept); "
+                              "rebuild it (dvc repro -f teacher_cache) or use distill.teacher = "
+                              "live")
+        if file_sha256(path) != entry["sha256"]:
+            raise ConfigError(f"{path}: its sha256 is not the manifest's; rebuild the cache")
+        return load_file(str(path))["embeddings"]
 
     def check_temperature(self, temperature: float, missing_mass: str = "residual") -> None:
         """Refuse a distill temperature whose tempered tail the cache does not hold (only a
@@ -113,6 +129,10 @@ class LiveTeacher:
     def use_eager_attention(self) -> None:
         """Attention weights are only returned by the eager implementation."""
         self.model.set_attn_implementation("eager")
+
+    def token_embeddings(self) -> torch.Tensor:
+        """The teacher's input embeddings (V, d)."""
+        return self.model.get_input_embeddings().weight.detach().float()
 
     def check_temperature(self, temperature: float, missing_mass: str = "residual") -> None:
         """The live teacher tempers its tail exactly at any temperature."""

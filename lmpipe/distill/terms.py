@@ -38,6 +38,7 @@ TERMS: dict[str, Term] = {
     "skew_kl": Term("logit"),
     "skew_reverse_kl": Term("logit"),
     "cakld": Term("logit", teacher_mass=True),
+    "sinkhorn": Term("logit"),
     "hidden_mse": Term("hidden"),
     "hidden_cosine": Term("hidden"),
     "hidden_infonce": Term("hidden"),

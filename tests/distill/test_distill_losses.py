@@ -10,6 +10,7 @@ from lmpipe.distill.hidden import hidden_cosine, hidden_mse
 from lmpipe.distill.jsd import jsd
 from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
 from lmpipe.distill.reverse_kl import reverse_kl
+from lmpipe.distill.sinkhorn import sinkhorn_divergence, support_cost, token_cost
 from lmpipe.distill.skew_kl import skew_kl, skew_reverse_kl
 from lmpipe.distill.support import TailTemperatureError, TeacherDistribution, aligned
 from lmpipe.distill.tvd import tvd
@@ -68,7 +69,9 @@ def test_tvd_skew_and_cakld_against_the_formula():
 @pytest.mark.parametrize("name", sorted(LOGIT_LOSSES))
 def test_every_logit_loss_is_zero_for_identical_and_positive_otherwise(name):
     log_p, log_q = _pair(3)
-    options = LossOptions(jsd_beta=0.5, skew_alpha=0.1, confidence=torch.tensor(0.4))
+    options = LossOptions(jsd_beta=0.5, skew_alpha=0.1, confidence=torch.tensor(0.4),
+                          cost=token_cost(torch.randn(log_p.shape[-1], 4,
+                                                      generator=torch.Generator().manual_seed(1))))
     same = LOGIT_LOSSES[name](log_p, log_p.clone(), options)
     assert same.abs().max().item() < 1e-6
     assert (LOGIT_LOSSES[name](log_p, log_q, options) > 1e-3).all()
@@ -83,6 +86,62 @@ def test_zero_probabilities_follow_0_log_0_and_have_finite_gradients():
     loss.sum().backward()
     assert torch.isfinite(logits.grad).all()
     assert reverse_kl(log_p, log_q).item() == float("inf")  # the student has mass the teacher rules out
+
+
+def _plain_sinkhorn(a, b, cost, eps, iterations=3000):
+    """Entropic OT by matrix scaling in float64 (P = diag(u) K diag(v), K = exp(-C / eps)): the
+    textbook algorithm, not the log-domain one; its potentials relative to a x b are
+    eps log(u / a), eps log(v / b), the dual value <a, f> + <b, g>."""
+    kernel = torch.exp(-cost / eps)
+    u, v = torch.ones_like(a), torch.ones_like(b)
+    for _ in range(iterations):
+        u = a / (kernel @ v)
+        v = b / (kernel.T @ u)
+    return (a * eps * (u / a).log()).sum() + (b * eps * (v / b).log()).sum()
+
+
+def test_sinkhorn_divergence_against_matrix_scaling_in_float64():
+    g = torch.Generator().manual_seed(2)
+    cost = token_cost(torch.randn(7, 4, generator=g)).double()
+    log_a, log_b = _pair(5, n=3, v=7)
+    for eps in (0.3, 1.0):
+        got = sinkhorn_divergence(log_a, log_b, cost.float(), eps, iterations=300)
+        for row in range(3):
+            a, b = log_a[row].double().exp(), log_b[row].double().exp()
+            expected = (_plain_sinkhorn(a, b, cost, eps) - _plain_sinkhorn(a, a, cost, eps) / 2
+                        - _plain_sinkhorn(b, b, cost, eps) / 2)
+            assert got[row].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_sinkhorn_is_the_transport_cost_at_small_epsilon_and_safe_in_half_precision():
+    # two tokens at cost 1: moving |p0 - q0| of mass costs |p0 - q0| (the Wasserstein-1 distance);
+    # at eps = 0.01 exp(-C / eps) = e^-100 underflows half precision, not the log domain
+    cost = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    for p0, q0 in [(0.9, 0.1), (0.7, 0.6), (0.5, 0.5)]:
+        a, b = torch.tensor([[p0, 1 - p0]]).log(), torch.tensor([[q0, 1 - q0]]).log()
+        assert sinkhorn_divergence(a, b, cost, 0.01, 500).item() == pytest.approx(
+            abs(p0 - q0), abs=0.01)
+    log_a, log_b = _pair(6, n=4, v=9)
+    cost = token_cost(torch.randn(9, 4, generator=torch.Generator().manual_seed(3)))
+    for dtype in (torch.bfloat16, torch.float16):
+        logits = torch.randn(4, 9, generator=torch.Generator().manual_seed(4)).to(dtype)
+        logits.requires_grad_(True)
+        student = torch.log_softmax(logits, -1)
+        half = sinkhorn_divergence(log_a.to(dtype), student, cost.to(dtype), 0.05, 100)
+        full = sinkhorn_divergence(log_a.to(dtype).float(), student.float(), cost.to(dtype).float(),
+                                   0.05, 100)
+        assert torch.isfinite(half).all() and (half > 0).all()
+        torch.testing.assert_close(half, full)  # computed in float32 whatever comes in
+        half.sum().backward()
+        assert torch.isfinite(logits.grad.float()).all() and logits.grad.abs().sum() > 0
+    # a teacher certain of one token (log 0 elsewhere) on a truncated support with its rest bucket
+    certain = torch.tensor([[0.0, float("-inf"), float("-inf")]])
+    ids = torch.tensor([[0, 3]])
+    logits = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    value = sinkhorn_divergence(certain, torch.log_softmax(logits, -1),
+                                support_cost(cost, ids), 0.1)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all()
 
 
 def test_hidden_losses_against_the_formula():

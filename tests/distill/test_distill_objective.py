@@ -33,6 +33,7 @@ from tests.distill.cache_vs_live import cache_and_live_runs, losses
 
 STUDENT = ModelParams(d_model=8, n_layers=2, n_heads=2, max_seq_len=256)
 TERMS = ["ce", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "cakld",
+         "sinkhorn",
          "hidden_mse", "hidden_cosine", "hidden_infonce", "attention_kl"]
 
 
@@ -80,8 +81,11 @@ def test_cache_with_the_whole_vocabulary_equals_the_live_teacher(term, full_cach
     teacher, cache = full_cache
     batch = _batch(tiny_tokens, tokenizer)
     losses = []
+    # sinkhorn over the whole vocabulary is (n, V, V) an update: a few updates show agreement
+    few = {"sinkhorn_iterations": 3} if term == "sinkhorn" else {}
     for source in (CachedTeacher(cache), LiveTeacher(teacher)):
-        student, objective = _objective(source, term, layers="uniform", projector="linear")
+        student, objective = _objective(source, term, layers="uniform", projector="linear",
+                                        **few)
         losses.append(objective(student, batch)[0] / batch.n_targets)
     assert losses[0].item() > 1e-3
     assert abs(losses[0].item() - losses[1].item()) < 1e-5
@@ -369,6 +373,21 @@ def test_hidden_infonce_against_a_hand_computation_and_the_no_information_bound(
     # the student matching the teacher position for position: far below log n
     distinct = torch.randn(64, 16, generator=gen)
     assert hidden_infonce(distinct, distinct).mean() < 0.1 * math.log(64)
+
+
+def test_sinkhorn_reads_the_teachers_embeddings_from_the_cache(full_cache, tiny_tokens,
+                                                                tokenizer, tmp_path):
+    teacher, cache = full_cache
+    torch.testing.assert_close(CachedTeacher(cache).token_embeddings(),
+                               teacher.get_input_embeddings().weight)
+    # a cache written before the embeddings were kept refuses the term by name
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(cache.folder, old)
+    (old / "embeddings.safetensors").unlink()
+    student, objective = _objective(CachedTeacher(TeacherCache.open(old)), "sinkhorn")
+    with pytest.raises(ConfigError, match="holds no token embeddings"):
+        objective(student, _batch(tiny_tokens, tokenizer))
 
 
 def test_projectors():

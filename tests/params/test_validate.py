@@ -309,6 +309,7 @@ def test_infinite_losses_are_exactly_those_refused():
     import torch
 
     from lmpipe.distill.registry import LOGIT_LOSSES, LossOptions
+    from lmpipe.distill.sinkhorn import support_cost, token_cost
     from lmpipe.distill.support import TeacherDistribution, aligned
 
     torch.manual_seed(0)
@@ -320,7 +321,8 @@ def test_infinite_losses_are_exactly_those_refused():
     log_p, log_q = aligned(student, cached, 1.0, "zero")
     for term, loss in LOGIT_LOSSES.items():
         for knob in ({}, {"skew_alpha": 0.0}, {"jsd_beta": 1.0}, {"jsd_beta": 0.0}):
-            options = LossOptions(confidence=torch.tensor(0.5), **knob)
+            options = LossOptions(confidence=torch.tensor(0.5), cost=support_cost(
+                token_cost(torch.randn(vocab, 4)), top.indices), **knob)
             finite = bool(torch.isfinite(loss(log_p, log_q, options)).all())
             changes = {"distill.objective": {term: 1.0}, "distill.missing_mass": "zero",
                        **{f"distill.{key}": value for key, value in knob.items()}}

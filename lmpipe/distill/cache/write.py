@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from lmpipe.core.progress import progress
 from lmpipe.data.attention_masks import model_attention_mask
@@ -33,6 +34,8 @@ from lmpipe.distill.cache.format import (
 )
 from lmpipe.core.artifacts import file_sha256
 from lmpipe.model.hidden_states import layer_states
+
+EMBEDDINGS_FILE = "embeddings.safetensors"
 
 
 def attention_row_lengths(split: TokenSplit) -> np.ndarray:
@@ -186,6 +189,9 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
         written += int(real.sum())
     writer.close()
     seconds = time.perf_counter() - started
+    # the teacher's token embeddings: the ground cost of the sinkhorn term (a few hundred KB)
+    save_file({"embeddings": model.get_input_embeddings().weight.detach().float().contiguous()},
+              str(out / EMBEDDINGS_FILE))
     hashes = {file: file_sha256(out / file) for shard in writer.files
               for file in shard_files(shard).values()}
     manifest = {"format_version": FORMAT_VERSION, "top_k": spec.top_k, "positions": n,
@@ -199,6 +205,8 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
                 "tail_model": "exact", "tail_temperature": float(spec.temperature),
                 "attention": attention, "loss_on": loss_on,
                 "shard_positions": spec.shard_positions, "shards": writer.files, "sha256": hashes,
+                "embeddings": {"file": EMBEDDINGS_FILE,
+                               "sha256": file_sha256(out / EMBEDDINGS_FILE)},
                 "seconds": round(seconds, 3), "tokens_per_s": round(written / max(seconds, 1e-9), 1),
                 **fingerprint}
     manifest["bytes_per_token"] = round(cache_bytes(out, manifest) / max(n, 1), 2)
