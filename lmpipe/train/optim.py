@@ -13,7 +13,7 @@ import torch
 from lmpipe.train.muon import MuonWithAdamW
 from lmpipe.train.params import TrainParams
 
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon")
+OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit")
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -77,6 +77,15 @@ def _lion():
     return Lion
 
 
+def _adamw8bit():
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError:
+        raise ImportError("optimizer 'adamw8bit' needs the lowbit extra: "
+                          "pip install 'lmpipe[lowbit]'") from None
+    return AdamW8bit
+
+
 def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Optimizer:
     """The optimizer named by `tp.optimizer`, over `parameter_groups(model, tp.weight_decay)`.
 
@@ -90,6 +99,10 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
     muon:      torch Muon (momentum beta1, Nesterov) on the decay group, the hidden linear
                matrices, and AdamW on the rest (lmpipe/train/muon.py); Muon's step is scaled to
                AdamW's update RMS (Moonshot's `match_rms_adamw`), so lr and wd carry over.
+    adamw8bit: torchao's AdamW8bit (CPU and GPU): both moments kept in 8 bits, blockwise
+               (256 values a scale), a quarter of AdamW's state memory; only tensors of at least
+               4,096 values that split into whole blocks are quantized, smaller ones keep fp32
+               moments. Its step is compiled (torch.compile) at the first step of each shape.
     """
     groups = parameter_groups(model, tp.weight_decay)
     if not groups:
@@ -105,6 +118,8 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
         return torch.optim.Adafactor(groups, lr=tp.lr)
     if name == "lion":
         return _lion()(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2))
+    if name == "adamw8bit":
+        return _adamw8bit()(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2))
     if name == "muon":
         matrices, rest = _matrices_and_rest(model)
         return MuonWithAdamW(matrices, rest, lr=tp.lr, weight_decay=tp.weight_decay,

@@ -63,7 +63,7 @@ class TrainParams(Section):
     steps: int = Field(1700, ge=1)
     batch_size: int = Field(32, ge=1, description="documents (or windows) per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    optimizer: Literal["adamw", "sgd", "adafactor", "lion", "muon"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)

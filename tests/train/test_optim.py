@@ -82,7 +82,7 @@ def test_each_optimizer_reduces_the_loss(name, lr):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor", "lion", "muon"])
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit"])
 def test_weight_decay_hits_only_the_decay_group(name):
     """With zero gradients every optimizer reduces to its decay step: p <- p * (1 - lr * wd)."""
     if name == "lion":
@@ -158,6 +158,46 @@ def test_muon_resumes_from_its_saved_state(tmp_path):
     adamw_state = build_optimizer(build_model(TINY, seed=0), TrainParams()).state_dict()
     with pytest.raises(ValueError, match="saved with another optimizer"):
         opt2.load_state_dict(adamw_state)
+
+
+def test_adamw8bit_keeps_the_large_matrices_moments_in_8_bits_and_resumes(tmp_path):
+    model = build_model(ModelParams(d_model=64, n_layers=1, n_heads=2), seed=0)
+    tp = TrainParams(optimizer="adamw8bit", lr=1e-2)
+    opt = build_optimizer(model, tp)
+    ids = torch.randint(0, VOCAB_SIZE, (4, 32), generator=torch.Generator().manual_seed(0))
+
+    def steps(model, opt, n):
+        losses = []
+        for _ in range(n):
+            loss = model(input_ids=ids, labels=ids).loss
+            losses.append(loss.item())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return losses
+
+    losses = steps(model, opt, 3)
+    q_proj = model.model.layers[0].self_attn.q_proj.weight  # 4,096 values: 16 blocks of 256
+    state = opt.state[q_proj]
+    moments = sum(t.codes.numel() * t.codes.element_size() + t.scale.numel() * t.scale.element_size()
+                  for t in (state["exp_avg"], state["exp_avg_sq"]))
+    assert moments < 0.3 * 2 * q_proj.numel() * 4  # against AdamW's two fp32 moments
+    norm = model.model.norm.weight  # 64 values: too small to quantize
+    assert opt.state[norm]["exp_avg"].dtype == torch.float32
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    resumed = build_model(ModelParams(d_model=64, n_layers=1, n_heads=2), seed=0)
+    resumed.load_state_dict(model.state_dict())
+    opt2 = build_optimizer(resumed, tp)
+    opt2.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    losses += steps(model, opt, 2)
+    assert steps(resumed, opt2, 2) == losses[-2:]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_adamw8bit_without_the_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao.optim", None)
+    with pytest.raises(ImportError, match=r"pip install 'lmpipe\[lowbit\]'"):
+        build_optimizer(build_model(TINY, seed=0), TrainParams(optimizer="adamw8bit"))
 
 
 def test_adamw_uses_the_fused_kernel_on_cpu():
