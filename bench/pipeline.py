@@ -213,7 +213,9 @@ def cell(row: pd.Series | None, number: str) -> str:
 def model_label(model: str, params: dict[str, Any]) -> str:
     """What the model is, from the params it was trained with."""
     def steps(section: str) -> str:
-        return f"{params[section]['train']['steps']:,} steps"
+        train = params[section]["train"]
+        optimizer = train.get("optimizer", "adamw")
+        return f"{train['steps']:,} steps" + ("" if optimizer == "adamw" else f" of {optimizer}")
 
     teacher, student = params["teacher"]["model"], params["student"]["model"]
     terms = [TERMS.get(t, t.replace("_", " ")) for t, w in params["distill"]["objective"].items()

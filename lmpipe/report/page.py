@@ -30,6 +30,8 @@ PAGES = [
                                       "distillation curves")),
     ("probes", "Probes", ("activation and gradient statistics per layer over training; linear "
                           "probes per layer and checkpoint")),
+    ("sweeps", "Sweeps", ("each sweep's axes against the trained model's accuracy, loss and "
+                          "optimizer memory; the best value of the last axis; curves per point")),
 ]
 
 VL_VERSION = "_".join(alt.SCHEMA_VERSION.split(".")[:2])  # vl-convert's name for Altair's target

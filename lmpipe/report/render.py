@@ -1,6 +1,6 @@
 """The HTML reports: self-contained pages drawn from the run database with Altair.
 
-`render_report(db_path, out_dir)` writes five pages into `out_dir`, each one file that renders
+`render_report(db_path, out_dir)` writes six pages into `out_dir`, each one file that renders
 offline (the Vega bundle is inlined, nothing is fetched):
 
 - `index.html`: a headline summary of the key comparisons in numbers (lmpipe.report.headline),
@@ -15,7 +15,10 @@ offline (the Vega bundle is inlined, nothing is fetched):
 - `distillation.html`: teacher vs scratch vs distilled vs quantized per metric, and the
   distillation curves (lmpipe.report.distillation);
 - `probes.html`: probe statistics as layer x step heatmaps, and linear-probe accuracy per layer
-  and checkpoint (lmpipe.report.probes).
+  and checkpoint (lmpipe.report.probes);
+- `sweeps.html`: each sweep's axes against the trained model's accuracy, validation loss and
+  optimizer memory, the best value of the last axis, and the curves per point
+  (lmpipe.report.sweeps).
 
 Every axis names its metric and unit (lmpipe.report.units). A page with nothing to show says so.
 With `png=True` every chart is also written as `<page>-<chart>.png` beside the pages (vl-convert,
@@ -28,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmpipe.core.outputs import write_atomic
-from lmpipe.report import curves, distillation, index, probes, scaling
+from lmpipe.report import curves, distillation, index, probes, scaling, sweeps
 from lmpipe.report.page import VL_VERSION, Page, chart_spec
 from lmpipe.report.source import Source
 
@@ -61,7 +64,7 @@ def render_report(db_path: Path, out_dir: Path, *, color_by: str | None = None,
     src = Source.open(Path(db_path))
     try:
         pages = [curves.build(src, color_by), scaling.build(src), distillation.build(src),
-                 probes.build(src)]
+                 probes.build(src), sweeps.build(src)]
         pages.insert(0, index.build(src, pages))
     finally:
         src.close()

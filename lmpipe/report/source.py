@@ -112,7 +112,8 @@ class Source:
         if self.has("sweep_points", "sweep", "point"):
             cols = self.columns["sweep_points"]
             wanted = [c for c in ("sweep", "point", "status", "exp", "attempts", "wall_time_s",
-                                  "error", "params", "point_group", "seed", "group_params")
+                                  "error", "params", "point_group", "seed", "group_params",
+                                  "axes")
                       if c in cols]
             points = self.df(f"SELECT {', '.join(wanted)} FROM sweep_points ORDER BY sweep, point")
         elif len(self.run_points):

@@ -33,9 +33,11 @@ Tables (timestamps in UTC):
                                         null for every other row and for all turns together
     summaries(run_id, key, value, value_num)   summary.json keys beyond the fixed ones
     sweep_points(sweep, point, status, exp, attempts, wall_time_s, error, params,
-                 point_group, seed, group_params)
+                 point_group, seed, group_params, axes)
                                         every point of every sweep.json, params as JSON text;
-                                        group_params: params without the sweep's seed keys
+                                        group_params: params without the sweep's seed keys;
+                                        axes: the grid's keys in its file's order (cross, then
+                                        zip), a JSON list (params is stored with sorted keys)
     probes, linear_probes               probe statistics and linear-probe accuracies
                                         (lmpipe/store/probes.py)
 
@@ -79,7 +81,7 @@ __all__ = ["SCHEMA", "discover_runs", "export_parquet", "index_runs", "query"]
 log = logging.getLogger(__name__)
 
 # Bump when a table's meaning changes without its columns changing: older files are rebuilt.
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 # No PRIMARY KEY on runs: DuckDB before 1.2 refuses to re-insert a key deleted earlier in the same
 # transaction, which is exactly what re-reading a changed run does; discovery keeps ids unique.
@@ -107,7 +109,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
     "sweep_points": [("sweep", "VARCHAR"), ("point", "VARCHAR"), ("status", "VARCHAR"),
                      ("exp", "VARCHAR"), ("attempts", "BIGINT"), ("wall_time_s", "DOUBLE"),
                      ("error", "VARCHAR"), ("params", "VARCHAR"), ("point_group", "VARCHAR"),
-                     ("seed", "BIGINT"), ("group_params", "VARCHAR")],
+                     ("seed", "BIGINT"), ("group_params", "VARCHAR"), ("axes", "VARCHAR")],
     "probes": PROBES_COLUMNS,
     "linear_probes": LINEAR_PROBES_COLUMNS,
 }

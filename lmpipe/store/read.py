@@ -345,6 +345,7 @@ def sweep_rows(sweep_files: list[Path]) -> list[tuple]:
         axes = sweep.get("axes")
         seed_keys = axes.get("seed_keys") if isinstance(axes, dict) else None
         seed_keys = set(seed_keys) if isinstance(seed_keys, list) else set()
+        order = _axis_order(axes)
         points = sweep.get("points")
         for p in points if isinstance(points, list) else []:
             if not isinstance(p, dict):
@@ -358,8 +359,19 @@ def sweep_rows(sweep_files: list[Path]) -> list[tuple]:
                          _text(p.get("error")),
                          None if params is None else _json_text(params),
                          _text(p.get("group")) or point, _integer(p.get("seed")),
-                         None if group_params is None else _json_text(group_params)))
+                         None if group_params is None else _json_text(group_params), order))
     return sorted(rows, key=row_key)
+
+
+def _axis_order(axes: Any) -> str | None:
+    """The grid's keys in its file's order, crossed ones then zipped ones, as a JSON list."""
+    if not isinstance(axes, dict):
+        return None
+    cross = axes.get("cross") if isinstance(axes.get("cross"), dict) else {}
+    zipped = [g for g in axes.get("zip") or [] if isinstance(g, dict)] \
+        if isinstance(axes.get("zip"), list) else []
+    keys = [*cross, *(key for group in zipped for key in group)]
+    return json.dumps([str(k) for k in keys]) if keys else None
 
 
 def row_key(row: tuple) -> tuple[str, ...]:

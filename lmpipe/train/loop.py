@@ -40,7 +40,7 @@ from lmpipe.train.checkpoint import (
 )
 from lmpipe.train.distributed import Dist, init_distributed, resolve_device
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
-from lmpipe.train.optim import build_optimizer
+from lmpipe.train.optim import build_optimizer, state_bytes
 from lmpipe.train.probes import ProbeRecorder
 from lmpipe.train.schedule import lr_at
 from lmpipe.train.tracking import make_tracker
@@ -277,6 +277,7 @@ class Trainer:
                 "final_train_loss": record.get("loss", float("nan")),
                 "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
                 "resumed_from": resumed_from,
+                "optimizer_state_bytes": state_bytes(self.optimizer),
                 "world_size": self.dist.world}
 
     def _begin(self) -> tuple[bool, int | None]:

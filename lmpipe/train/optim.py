@@ -16,6 +16,28 @@ from lmpipe.train.params import TrainParams
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit")
 
 
+def state_bytes(optimizer) -> int:
+    """Bytes of the optimizer's per-parameter state (moments, momentum buffers, factored second
+    moments, step counters): the memory it adds beyond the weights and their gradients. A tensor
+    subclass (torchao's 8-bit moments: codes, block scales and the code map) counts the tensors it
+    is made of, a tensor shared by several states once; an optimizer made of several
+    (lmpipe/train/muon.py) counts each."""
+    parts = getattr(optimizer, "optimizers", None) or [optimizer]
+    seen: set[int] = set()
+    return sum(_tensor_bytes(value, seen) for part in parts for state in part.state.values()
+               for value in state.values() if isinstance(value, torch.Tensor))
+
+
+def _tensor_bytes(tensor: torch.Tensor, seen: set[int]) -> int:
+    if type(tensor) is not torch.Tensor and hasattr(tensor, "__tensor_flatten__"):
+        inner, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name), seen) for name in inner)
+    if id(tensor) in seen:
+        return 0
+    seen.add(id(tensor))
+    return tensor.numel() * tensor.element_size()
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """[decay group, no-decay group] over the model's unique trainable parameters.
 

@@ -134,7 +134,7 @@ def test_report_without_evals_still_shows_curves(tmp_path: Path) -> None:
     assert html["curves"].count('vegaEmbed("#') == 1
     assert "<p>No eval run yet.</p>" in html["distillation"]
     assert "vegaEmbed" not in html["distillation"] + html["scaling"]
-    assert "(1 chart)" in html["index"] and html["index"].count("(no data yet)") == 3  # + probes
+    assert "(1 chart)" in html["index"] and html["index"].count("(no data yet)") == 4  # + probes, sweeps
 
 
 @pytest.mark.parametrize("indexed", [True, False])

@@ -335,7 +335,8 @@ def test_png_export_writes_every_chart(tmp_path: Path) -> None:
     render_report(tmp_path / "db.duckdb", tmp_path / "out", png=True)
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["curves-curves.png", "curves-step_accuracy.png", "distillation-distill.png",
-                    "distillation-evals.png", "scaling-knowledge.png", "scaling-models.png"]
+                    "distillation-evals.png", "scaling-knowledge.png", "scaling-models.png",
+                    "sweeps-sweep-curves-0.png"]
     assert all((tmp_path / "out" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 

@@ -86,7 +86,7 @@ def test_the_manifest_records_group_and_seed_and_the_store_reads_them(tmp_path):
     from lmpipe.sweep.flow import pending_records, write_manifest
 
     grid = tmp_path / "grid.yaml"
-    grid.write_text("seeds: 2\nworld.people: [1000, 2000]\n")
+    grid.write_text("seeds: 2\nworld.people: [1000, 2000]\nteacher.model.d_model: [32]\n")
     loaded = load_grid(grid, ROOT)
     records = pending_records(loaded)
     records["p01s1"] |= {"status": "completed"}
@@ -97,13 +97,16 @@ def test_the_manifest_records_group_and_seed_and_the_store_reads_them(tmp_path):
         ("p00s0", "p00", 0), ("p01s0", "p01", 0), ("p00s1", "p00", 1), ("p01s1", "p01", 1)]
     index_runs(tmp_path / "runs", tmp_path / "store.duckdb")
     with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT point, point_group, seed, status, group_params FROM sweep_points "
-                           "ORDER BY point").fetchall()
+        rows = con.execute("SELECT point, point_group, seed, status, group_params, axes "
+                           "FROM sweep_points ORDER BY point").fetchall()
         groups = con.execute("SELECT point_group, n, completed, seeds FROM sweep_groups "
                              "ORDER BY point_group").fetchall()
     assert [r[:4] for r in rows] == [("p00s0", "p00", 0, "pending"), ("p00s1", "p00", 1, "pending"),
                                      ("p01s0", "p01", 0, "pending"), ("p01s1", "p01", 1, "completed")]
-    assert json.loads(rows[3][4]) == {"world.people": 2000}     # the seed keys are not group params
+    # the seed keys are not group params
+    assert json.loads(rows[3][4]) == {"world.people": 2000, "teacher.model.d_model": 32}
+    # params are stored with sorted keys; the grid's own order of its keys is kept beside them
+    assert {r[5] for r in rows} == {'["world.people", "teacher.model.d_model"]'}
     assert groups == [("p00", 2, 0, [0, 1]), ("p01", 2, 1, [0, 1])]
 
 
@@ -321,3 +324,77 @@ def test_the_knowledge_capacity_recipe_runs_with_a_tiny_override(sweep_project):
     # the estimator cannot credit more than the 8 people's facts hold: N x sum_a log2|V_a|
     stored = 8 * sum(math.log2(n) for n in attribute_values().values())
     assert len(bits) == 1 and 0 <= bits[0][0] <= stored
+
+
+# the distillation sweep pipeline (recipes/distill-sweep) at the scale of the tiny sweep above
+TINY_DISTILL = ["world.people=8", "world.heldout_people=4", "teacher.model.d_model=16",
+                "teacher.model.n_layers=1", "teacher.train.steps=20", "teacher.train.batch_size=8",
+                "teacher.train.warmup_steps=2", "teacher.train.eval_every=10",
+                "teacher.train.eval_people=3", "student.model.d_model=16", "student.model.n_layers=1",
+                "distill.train.steps=10", "distill.train.batch_size=8", "distill.train.warmup_steps=2",
+                "distill.train.eval_every=5", "distill.train.eval_people=2",
+                "eval.trained_people=4", "eval.heldout_people=4", "eval.max_new_tokens=24"]
+
+
+def test_the_distillation_recipes_grids():
+    optimizers = load_grid(ROOT / "recipes/optimizers/grid.yaml", ROOT)
+    assert len(optimizers.points) == 36 and tuple(optimizers.seeds) == (0, 1)
+    assert {(p.overrides["distill.train.optimizer"], p.overrides["distill.train.lr"])
+            for p in optimizers.points} == {(o, lr) for o in ("adamw", "sgd", "adafactor", "lion",
+                                                               "muon", "adamw8bit")
+                                            for lr in (0.001, 0.003, 0.01)}
+    objectives = load_grid(ROOT / "recipes/logit-vs-hidden/grid.yaml", ROOT)
+    groups = {p.group_id: p.overrides for p in objectives.points}
+    terms = {tuple(t for t in ("forward_kl", "ce", "hidden_mse", "attention_kl")
+                   if o[f"distill.objective.{t}"] > 0) + (json.dumps(o["distill.layers"]),)
+             for o in groups.values()}
+    assert terms == {("forward_kl", "ce", '"all"'), ("ce", "hidden_mse", '"all"'),
+                     ("ce", "hidden_mse", '"last"'), ("ce", "hidden_mse", "[[1, 1]]"),
+                     ("forward_kl", "ce", "hidden_mse", '"all"'),
+                     ("forward_kl", "ce", "hidden_mse", '"last"'), ("ce", '"all"')}
+
+
+@pytest.mark.slow
+def test_the_optimizers_recipe_runs_with_a_tiny_override_and_draws_its_sweep_page(sweep_project):
+    work, env = sweep_project
+    lmpipe = str(Path(sys.executable).parent / "lmpipe")
+    pins = ["seeds=1", "distill.train.optimizer=sgd", *TINY_DISTILL]   # the three learning rates
+    result = run_checked([lmpipe, "sweep", "recipes/optimizers/grid.yaml", *pins, "--json"],
+                         work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 3 and out["failed"] == []
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT p.value_num, s.value_num, n.value_num FROM runs r "
+            "JOIN params p ON p.run_id = r.run_id AND p.key = 'train.lr' "
+            "JOIN summaries s ON s.run_id = r.run_id AND s.key = 'optimizer_state_bytes' "
+            "JOIN summaries n ON n.run_id = r.run_id AND n.key = 'params_count' "
+            "JOIN runs re ON re.sweep = r.sweep AND re.point = r.point AND re.stage = 'eval' "
+            "JOIN evals e ON e.run_id = re.run_id AND e.model = 'distilled' "
+            "AND e.metric = 'tool_accuracy' AND e.split = 'heldout' AND e.attribute IS NULL "
+            "WHERE r.sweep = ? AND r.stage = 'distill' ORDER BY 1", [out["sweep"]]).fetchall()
+        params = con.execute("SELECT count(*) FROM runs WHERE sweep = ? AND stage = 'distill'",
+                             [out["sweep"]]).fetchone()[0]
+    assert [lr for lr, _, _ in rows] == [0.001, 0.003, 0.01] and params == 3
+    # SGD with momentum keeps one fp32 buffer a parameter
+    assert all(state == 4 * parameters > 0 for _, state, parameters in rows)
+    page = (work / "reports" / "sweeps.html").read_text()
+    assert f"Sweep {out['sweep']}" in page and "distill.train.lr" in page
+
+
+@pytest.mark.slow
+def test_the_logit_vs_hidden_recipe_runs_a_hidden_state_point(sweep_project):
+    work, env = sweep_project
+    lmpipe = str(Path(sys.executable).parent / "lmpipe")
+    pins = ["seeds=1", "distill.objective.forward_kl=0.0", "distill.objective.ce=0.5",
+            "distill.objective.hidden_mse=1.0", "distill.objective.attention_kl=0.0",
+            "distill.layers=[[1, 1]]", *TINY_DISTILL]
+    result = run_checked([lmpipe, "sweep", "recipes/logit-vs-hidden/grid.yaml", *pins, "--json"],
+                         work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 1 and out["failed"] == []
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        logged = {name for (name,) in con.execute(
+            "SELECT DISTINCT m.name FROM metrics m JOIN runs r USING (run_id) "
+            "WHERE r.sweep = ? AND r.stage = 'distill'", [out["sweep"]]).fetchall()}
+    assert {"loss_ce", "loss_hidden_mse"} <= logged and "loss_forward_kl" not in logged

@@ -11,7 +11,7 @@ import torch
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.model.build import build_model, count_parameters
 from lmpipe.model.params import ModelParams
-from lmpipe.train.optim import build_optimizer, parameter_groups
+from lmpipe.train.optim import build_optimizer, parameter_groups, state_bytes
 from lmpipe.train.params import TrainParams
 from lmpipe.train.schedule import lr_at
 
@@ -198,6 +198,50 @@ def test_adamw8bit_without_the_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao.optim", None)
     with pytest.raises(ImportError, match=r"pip install 'lmpipe\[lowbit\]'"):
         build_optimizer(build_model(TINY, seed=0), TrainParams(optimizer="adamw8bit"))
+
+
+def _one_step(model, opt):
+    ids = torch.randint(0, VOCAB_SIZE, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+
+
+def test_state_bytes_counts_each_optimizers_buffers():
+    """Counted from the model's parameters, not from the optimizer: AdamW keeps two fp32 moments
+    and a 4-byte step a tensor, SGD one momentum buffer, Muon a momentum buffer on the hidden
+    matrices and AdamW's on the rest; nothing before the first step."""
+    def measured(name):
+        model = build_model(TINY, seed=0)
+        opt = build_optimizer(model, TrainParams(optimizer=name))
+        before = state_bytes(opt)
+        _one_step(model, opt)
+        return model, before, state_bytes(opt)
+
+    model, before, adamw = measured("adamw")
+    tensors = [p for p in model.parameters()]
+    values = sum(p.numel() for p in tensors)
+    assert before == 0
+    assert adamw == 8 * values + 4 * len(tensors)
+    assert measured("sgd")[2] == 4 * values
+    model, _, muon = measured("muon")
+    matrices = [m.weight for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    in_matrices = sum(w.numel() for w in matrices)
+    assert muon == 4 * in_matrices + 8 * (values - in_matrices) + 4 * (len(tensors) - len(matrices))
+
+
+def test_state_bytes_counts_the_8_bit_moments_inside_torchaos_tensors():
+    pytest.importorskip("torchao")
+    model = build_model(ModelParams(d_model=64, n_layers=1, n_heads=2), seed=0)
+    opt = build_optimizer(model, TrainParams(optimizer="adamw8bit"))
+    _one_step(model, opt)
+    q_proj = model.model.layers[0].self_attn.q_proj.weight  # 4,096 values: 16 blocks of 256
+    # per quantized moment: a byte a value, an fp32 scale a block of 256, its 256-entry fp32 code
+    # map; then the fp32 step
+    assert state_bytes(type("One", (), {"state": {q_proj: opt.state[q_proj]}})()) == \
+        2 * (4096 + 16 * 4 + 256 * 4) + 4
+    adamw = 8 * sum(p.numel() for p in model.parameters())
+    assert state_bytes(opt) < 0.5 * adamw
 
 
 def test_adamw_uses_the_fused_kernel_on_cpu():
