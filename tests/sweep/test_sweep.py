@@ -366,7 +366,7 @@ def test_the_optimizers_recipe_runs_with_a_tiny_override_and_draws_its_sweep_pag
     with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
         rows = con.execute(
             "SELECT p.value_num, s.value_num, n.value_num FROM runs r "
-            "JOIN params p ON p.run_id = r.run_id AND p.key = 'train.lr' "
+            "JOIN params p ON p.run_id = r.run_id AND p.key = 'distill.train.lr' "
             "JOIN summaries s ON s.run_id = r.run_id AND s.key = 'optimizer_state_bytes' "
             "JOIN summaries n ON n.run_id = r.run_id AND n.key = 'params_count' "
             "JOIN runs re ON re.sweep = r.sweep AND re.point = r.point AND re.stage = 'eval' "
@@ -398,3 +398,24 @@ def test_the_logit_vs_hidden_recipe_runs_a_hidden_state_point(sweep_project):
             "SELECT DISTINCT m.name FROM metrics m JOIN runs r USING (run_id) "
             "WHERE r.sweep = ? AND r.stage = 'distill'", [out["sweep"]]).fetchall()}
     assert {"loss_ce", "loss_hidden_mse"} <= logged and "loss_forward_kl" not in logged
+
+
+@pytest.mark.parametrize("pipeline", sorted(p.relative_to(ROOT).as_posix()
+                                            for p in ROOT.glob("recipes/*/dvc.yaml")))
+def test_every_param_a_recipe_pipeline_names_is_spelled_out_in_its_params_file(pipeline):
+    """DVC refuses a stage whose `params:` key its params file lacks (defaults in lmpipe's code do
+    not count), so a recipe pipeline's params.yaml must spell out every key its stages name."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
+    params = yaml.safe_load((ROOT / pipeline).with_name("params.yaml").read_text())
+    missing = []
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            node = params
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.append(f"{name}: {key}")
+                    break
+                node = node[part]
+    assert not missing, f"{pipeline}: params.yaml lacks {missing}"
