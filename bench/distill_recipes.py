@@ -6,8 +6,8 @@ recipes/<recipe>/grid.yaml` there (2 points at a time, as the grid says), and pr
 wall time, the figures per group of seeds and the best value of the grid's last axis for each
 value of the others, read from the sweep's store by the code that draws reports/sweeps.html
 (lmpipe/report/sweeps.py). `--out` keeps them as JSON, `--from` rebuilds the output from a kept
-JSON, `--write-readme` writes bench/README.md's block for the recipe (between
-`<!-- bench:recipe-<recipe>:start -->` and `...:end -->`). `key=value` arguments go to the sweep.
+JSON, `--write-readme` writes the recipe's block (between `<!-- bench:recipe-<recipe>:start -->`
+and `...:end -->`) in README.md and bench/README.md, wherever it is. `key=value` arguments go to the sweep.
 
     .venv/bin/python bench/distill_recipes.py --recipe optimizers --out /tmp/optimizers.json --write-readme
     .venv/bin/python bench/distill_recipes.py --recipe logit-vs-hidden --write-readme
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -31,25 +29,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from in_tool_learning import machine, run_sweep
-from readme_block import write_block
+from in_tool_learning import machine, sweep_of
+from readme_block import markers, write_block
 
 from lmpipe.report.source import Source
 from lmpipe.report.sweeps import best_table, figure_table, sweep_figures
 
-README = ROOT / "bench" / "README.md"
+READMES = (ROOT / "README.md", ROOT / "bench" / "README.md")
 
 
-def read_sweep(project: Path, sweep_id: str) -> dict[str, Any]:
-    """The sweep's axes and per-group figures from the project's store."""
+def read_sweep(project: Path, sweep_id: str, axes: list[str] | None = None) -> dict[str, Any]:
+    """The sweep's axes (or `axes`) and per-group figures from the project's store."""
     src = Source.open(project / "store" / "lmpipe.duckdb")
     try:
         points = src.sweep_points
         axes, figures = sweep_figures(src, sweep_id, points[points["sweep"] == sweep_id]
-                                      .reset_index(drop=True))
+                                      .reset_index(drop=True), axes)
     finally:
         src.close()
     return {"axes": axes, "groups": json.loads(figures.to_json(orient="records"))}
+
+
+def merge(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s groups added to `kept`'s (a group with the same axis values replaced): a sweep
+    pinned to some points of the grid completes a kept one."""
+    def key(group: dict[str, Any]) -> str:
+        return json.dumps([group[a] for a in kept["axes"]])
+
+    groups = {key(g): g for g in kept["groups"]} | {key(g): g for g in new["groups"]}
+    return {**new, "axes": kept["axes"], "groups": list(groups.values()),
+            "parts": kept.get("parts", [_part(kept)]) + [_part(new)]}
+
+
+def _part(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: results.get(k) for k in ("sweep", "date", "elapsed_s", "overrides")} | {
+        "groups": len(results["groups"])}
 
 
 def tables(results: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -68,14 +82,18 @@ def markdown(frame: pd.DataFrame) -> str:
 def readme_block(results: dict[str, Any]) -> str:
     every, best = tables(results)
     m = results["machine"]
-    minutes = f"{results['elapsed_s'] / 60:.1f} min" if results.get("elapsed_s") else "not timed"
     seeds = int(pd.DataFrame(results["groups"])["n"].max())
-    overrides = f", overrides {' '.join(results['overrides'])}" if results["overrides"] else ""
+
+    def described(part: dict[str, Any]) -> str:
+        minutes = f"{part['elapsed_s'] / 60:.1f} min" if part.get("elapsed_s") else "not timed"
+        pins = f" ({' '.join(part['overrides'])})" if part.get("overrides") else ""
+        return f"sweep {part['sweep']}{pins}: {part['groups']} groups in {minutes}"
+
+    parts = results.get("parts") or [_part(results)]
     head = (f"Measured with `bench/distill_recipes.py --recipe {results['recipe']}` on "
             f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
-            f"sweep {results['sweep']}, {len(results['groups'])} groups x {seeds} seeds, "
-            f"wall time {minutes}{overrides}; each figure the mean over the seeds, "
-            "lowest–highest in brackets):")
+            f"{'; '.join(described(p) for p in parts)}; {seeds} seeds a group, 2 points at a "
+            "time; each figure the mean over the seeds, lowest–highest in brackets):")
     axes = results["axes"]
     per = f" per {', '.join(f'`{a}`' for a in axes[:-1])}" if len(axes) > 1 else ""
     return "\n".join([head, "", markdown(every), "",
@@ -90,28 +108,21 @@ def main() -> None:
     parser.add_argument("--project", type=Path, help="an existing project whose sweep to read")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     parser.add_argument("--from", dest="source", type=Path, help="read a previous --out file")
+    parser.add_argument("--merge", type=Path,
+                        help="add this sweep's groups to those of a previous --out file")
     parser.add_argument("--write-readme", action="store_true",
-                        help="rewrite the recipe's block in bench/README.md")
+                        help="rewrite the recipe's block in README.md and bench/README.md")
     args = parser.parse_args()
     if args.source:
         results = json.loads(args.source.read_text())
     else:
-        elapsed = None
-        if args.project:
-            project = args.project.resolve()
-            manifest = max((project / "runs/sweeps").glob(f"{args.recipe}-*/sweep.json"),
-                           key=lambda path: path.stat().st_mtime)  # the latest sweep of it
-            sweep_id = json.loads(manifest.read_text())["sweep"]
-        else:
-            project = Path(tempfile.mkdtemp(prefix=f"lmpipe-{args.recipe}-")) / "project"
-            subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
-            print(f"sweep in {project}", flush=True)
-            result, elapsed = run_sweep(project, args.recipe, args.overrides)
-            sweep_id = result["sweep"]
-            print(f"points: {result['points']}, failed: {result['failed'] or 'none'}")
+        project, sweep_id, elapsed = sweep_of(args.recipe, args.overrides, args.project)
+        kept = json.loads(args.merge.read_text()) if args.merge else None
         results = {"date": date.today().isoformat(), "machine": machine(), "sweep": sweep_id,
                    "recipe": args.recipe, "elapsed_s": elapsed, "overrides": args.overrides,
-                   **read_sweep(project, sweep_id)}
+                   **read_sweep(project, sweep_id, kept["axes"] if kept else None)}
+        if kept:
+            results = merge(kept, results)
         if args.out:
             args.out.write_text(json.dumps(results, indent=1) + "\n")
     every, best = tables(results)
@@ -120,7 +131,12 @@ def main() -> None:
     if results.get("elapsed_s"):
         print(f"sweep wall time: {results['elapsed_s'] / 60:.1f} min")
     if args.write_readme:
-        write_block(README, f"recipe-{results['recipe']}", readme_block(results))
+        name = f"recipe-{results['recipe']}"
+        files = [f for f in READMES if markers(name)[0] in f.read_text(encoding="utf-8")]
+        if not files:
+            raise SystemExit(f"no README holds the block {markers(name)[0]}")
+        for path in files:
+            write_block(path, name, readme_block(results))
 
 
 if __name__ == "__main__":

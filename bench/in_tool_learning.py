@@ -88,6 +88,23 @@ def run_sweep(project: Path, recipe: str, overrides: list[str]) -> tuple[dict, f
     return json.loads(result.stdout.strip().splitlines()[-1]), elapsed
 
 
+def sweep_of(recipe: str, overrides: list[str],
+             project: Path | None) -> tuple[Path, str, float | None]:
+    """(project, sweep id, wall time): the latest sweep of `recipe` in an existing `project`
+    (not timed), else a fresh clone of the committed project that runs it now."""
+    if project is not None:
+        project = project.resolve()
+        manifest = max((project / "runs/sweeps").glob(f"{recipe}-*/sweep.json"),
+                       key=lambda path: path.stat().st_mtime)
+        return project, json.loads(manifest.read_text())["sweep"], None
+    project = Path(tempfile.mkdtemp(prefix=f"lmpipe-{recipe}-")) / "project"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    print(f"sweep in {project}", flush=True)
+    result, elapsed = run_sweep(project, recipe, overrides)
+    print(f"points: {result['points']}, failed: {result['failed'] or 'none'}")
+    return project, result["sweep"], elapsed
+
+
 def spread(points: pd.DataFrame) -> pd.DataFrame:
     """Per (mode, d_model, people): parameters, replicates n, and mean/min/max of every metric."""
     parts = ", ".join(f"avg({m}) AS {m}, min({m}) AS {m}_min, max({m}) AS {m}_max"
@@ -193,17 +210,7 @@ def main() -> None:
     if args.source:
         results = json.loads(args.source.read_text())
     else:
-        elapsed = None
-        if args.project:
-            project = args.project.resolve()
-            manifest = sorted((project / "runs/sweeps").glob(f"{args.recipe}-*/sweep.json"))[-1]
-            sweep_id = json.loads(manifest.read_text())["sweep"]
-        else:
-            project = Path(tempfile.mkdtemp(prefix="lmpipe-itl-")) / "project"
-            subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
-            result, elapsed = run_sweep(project, args.recipe, args.overrides)
-            sweep_id = result["sweep"]
-            print(f"points: {result['points']}, failed: {result['failed'] or 'none'}")
+        project, sweep_id, elapsed = sweep_of(args.recipe, args.overrides, args.project)
         with duckdb.connect(str(project / "store/lmpipe.duckdb"), read_only=True) as con:
             points = con.execute(POINTS_SQL, [sweep_id]).df()
         results = {"date": date.today().isoformat(), "machine": machine(), "sweep": sweep_id,

@@ -214,10 +214,12 @@ def best_table(figures: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return shown
 
 
-def sweep_figures(src: Source, sweep: str, points: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+def sweep_figures(src: Source, sweep: str, points: pd.DataFrame,
+                  axes: list[str] | None = None) -> tuple[list[str], pd.DataFrame]:
     """(axes, one row per group of `sweep` that has a finished trained run: its axis values and
-    each figure's mean, min, max and count over its replicates)."""
-    axes = sweep_axes(points, src.seed_keys)
+    each figure's mean, min, max and count over its replicates). `axes` names them instead of
+    the keys that vary (a sweep pinned to one value of a larger grid's axis)."""
+    axes = axes or sweep_axes(points, src.seed_keys)
     if not axes:
         return axes, pd.DataFrame()
     points_sql, params = _points_sql(src, axes[0])

@@ -40,7 +40,7 @@ from lmpipe.train.checkpoint import (
 )
 from lmpipe.train.distributed import Dist, init_distributed, resolve_device
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
-from lmpipe.train.optim import build_optimizer, state_bytes
+from lmpipe.train.optim import build_optimizer, set_learning_rate, state_bytes
 from lmpipe.train.probes import ProbeRecorder
 from lmpipe.train.schedule import lr_at
 from lmpipe.train.tracking import make_tracker
@@ -195,8 +195,7 @@ class Trainer:
                 device=self.device))
             global_targets, n_tokens = counts[0].clamp(min=1), int(counts[1])
         lr = lr_at(step, tp.lr, tp.warmup_steps, tp.steps, tp.min_lr_ratio, shape=tp.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)
         if tp.qat:
             set_lambda(self.model, qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule))
         total = torch.zeros((), device=self.device)

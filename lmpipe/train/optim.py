@@ -16,6 +16,17 @@ from lmpipe.train.params import TrainParams
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit")
 
 
+def set_learning_rate(optimizer, lr: float) -> None:
+    """Write `lr` into every parameter group, in place where the optimizer keeps it as a tensor:
+    torchao's low-bit optimizers compile their step with `lr` a tensor and refuse a float
+    written over it."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
 def state_bytes(optimizer) -> int:
     """Bytes of the optimizer's per-parameter state (moments, momentum buffers, factored second
     moments, step counters): the memory it adds beyond the weights and their gradients. A tensor

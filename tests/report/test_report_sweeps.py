@@ -88,12 +88,16 @@ def store(tmp_path: Path) -> Path:
     return db
 
 
-def test_each_group_shows_its_seeds_spread_of_the_evaluated_models_figures(store):
+def figures_of(store: Path):
     src = Source.open(store)
     try:
-        axes, figures = sweeps.sweep_figures(src, SWEEP, src.sweep_points)
+        return sweeps.sweep_figures(src, SWEEP, src.sweep_points)
     finally:
         src.close()
+
+
+def test_each_group_shows_its_seeds_spread_of_the_evaluated_models_figures(store):
+    axes, figures = figures_of(store)
     # the grid's order (the store keeps params with sorted keys); seeds are not an axis
     assert axes == ["distill.train.optimizer", "distill.train.lr"]
     assert len(figures) == 6                                       # the pending point: no run
@@ -108,11 +112,7 @@ def test_each_group_shows_its_seeds_spread_of_the_evaluated_models_figures(store
 
 
 def test_the_best_rate_per_optimizer_breaks_ties_on_loss_and_marks_the_grids_edge(store):
-    src = Source.open(store)
-    try:
-        axes, figures = sweeps.sweep_figures(src, SWEEP, src.sweep_points)
-    finally:
-        src.close()
+    axes, figures = figures_of(store)
     best = sweeps.best_per_rest(figures, axes)
     picked = {r["distill.train.optimizer"]: (r["distill.train.lr"], r["edge"])
               for _, r in best.iterrows()}

@@ -11,7 +11,7 @@ import torch
 from lmpipe.data.tokenizer import VOCAB_SIZE
 from lmpipe.model.build import build_model, count_parameters
 from lmpipe.model.params import ModelParams
-from lmpipe.train.optim import build_optimizer, parameter_groups, state_bytes
+from lmpipe.train.optim import build_optimizer, parameter_groups, set_learning_rate, state_bytes
 from lmpipe.train.params import TrainParams
 from lmpipe.train.schedule import lr_at
 
@@ -192,6 +192,29 @@ def test_adamw8bit_keeps_the_large_matrices_moments_in_8_bits_and_resumes(tmp_pa
     losses += steps(model, opt, 2)
     assert steps(resumed, opt2, 2) == losses[-2:]
     assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw8bit"])
+def test_the_schedules_learning_rate_reaches_the_step_of_float_and_tensor_lr_optimizers(name):
+    """The loop writes each step's lr with set_learning_rate; torchao keeps lr as a tensor and
+    refused the float the loop used to write. A step after setting lr=a from an optimizer built
+    with lr=b equals a step of one built with lr=a."""
+    if name == "adamw8bit":
+        pytest.importorskip("torchao")
+
+    def one_step(built_lr, set_lr):
+        model = build_model(ModelParams(d_model=64, n_layers=1, n_heads=2), seed=0)
+        opt = build_optimizer(model, TrainParams(optimizer=name, lr=built_lr))
+        if set_lr is not None:
+            set_learning_rate(opt, set_lr)
+        _one_step(model, opt)
+        return model.model.layers[0].self_attn.q_proj.weight.detach().clone(), opt
+
+    moved, opt = one_step(1e-2, 3e-3)
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(3e-3)
+    direct, _ = one_step(3e-3, None)
+    assert torch.equal(moved, direct)
+    assert not torch.equal(moved, one_step(1e-2, None)[0])
 
 
 def test_adamw8bit_without_the_extra_names_it(monkeypatch):
