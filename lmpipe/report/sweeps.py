@@ -180,13 +180,14 @@ def curve_chart(curves: pd.DataFrame, axes: list[str]) -> alt.TopLevelMixin:
     or more)."""
     rest, last = (axes[:-1], axes[-1]) if len(axes) > 1 else (axes, None)
     legend = ", ".join(rest)
-    # only what the chart reads goes into the page
+    # only what the chart reads goes into the page; plain column names, since Vega-Lite reads a
+    # dot in a field name ("distill.train.lr") as a nested field
     data = pd.DataFrame({"grp": curves["grp"], "metric": curves["metric"], "step": curves["step"],
                          "value": curves["value"],
-                         legend: [", ".join(axis_text(v) for v in values)
-                                  for values in zip(*(curves[a] for a in rest))]})
+                         "series": [", ".join(axis_text(v) for v in values)
+                                    for values in zip(*(curves[a] for a in rest))]})
     if last is not None:
-        data[last] = curves[last].map(axis_text)
+        data["panel"] = curves[last].map(axis_text)
     rows = []
     for metric, scale in (("val_loss", alt.Scale(type="log")),
                           ("tool_accuracy", alt.Scale(domain=[0, 1]))):
@@ -196,12 +197,13 @@ def curve_chart(curves: pd.DataFrame, axes: list[str]) -> alt.TopLevelMixin:
         chart = alt.Chart(part).mark_line(point=metric == "tool_accuracy").encode(
             x=alt.X("step:Q", title="step"),
             y=alt.Y("value:Q", title=units.title(metric, log=metric == "val_loss"), scale=scale),
-            color=alt.Color(f"{legend}:N", title=legend), detail="grp:N",
-            tooltip=[alt.Tooltip(f"{legend}:N"), *([alt.Tooltip(f"{last}:N")] if last else []),
+            color=alt.Color("series:N", title=legend), detail="grp:N",
+            tooltip=[alt.Tooltip("series:N", title=legend),
+                     *([alt.Tooltip("panel:N", title=last)] if last else []),
                      "step:Q", alt.Tooltip("value:Q", format=".4g")],
         ).properties(width=220 if last else 520, height=180)
         if last is not None:
-            chart = chart.facet(column=alt.Column(f"{last}:N", title=last))
+            chart = chart.facet(column=alt.Column("panel:N", title=last))
         rows.append(chart)
     return alt.vconcat(*rows).resolve_scale(color="shared")
 

@@ -132,6 +132,10 @@ def test_the_page_draws_the_tables_and_the_curves(store):
     assert "extend the grid past it" in html
     assert list(page.charts) == ["sweep-curves-0"]
     curves = page.charts["sweep-curves-0"].to_dict()
+    # Vega-Lite reads a dot in a field name as a nested field: the axes are titles, not fields
+    assert '"field": "distill.' not in json.dumps(curves)
+    assert {"distill.train.optimizer", "distill.train.lr"} <= set(re.findall(
+        r'"title": "([^"]+)"', json.dumps(curves)))
     values = [v for d in curves["datasets"].values() for v in d]
     # the mean over seeds of the periodic tool accuracy of sgd at 0.01 at step 200: (0.4 + 0.6) / 2
     assert any(v["metric"] == "tool_accuracy" and v["step"] == 200 and v["grp"] == "p05"
