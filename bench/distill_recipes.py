@@ -16,7 +16,6 @@ and `...:end -->`) in README.md and bench/README.md, wherever it is. `key=value`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from datetime import date
@@ -29,13 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from in_tool_learning import machine, sweep_of
-from readme_block import markers, write_block
+from in_tool_learning import machine, sweep_bench_parser, sweep_of, write_readmes
 
 from lmpipe.report.source import Source
 from lmpipe.report.sweeps import best_table, figure_table, sweep_figures
-
-READMES = (ROOT / "README.md", ROOT / "bench" / "README.md")
 
 
 def read_sweep(project: Path, sweep_id: str, axes: list[str] | None = None) -> dict[str, Any]:
@@ -102,16 +98,8 @@ def readme_block(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="passed to the sweep")
+    parser = sweep_bench_parser(__doc__)
     parser.add_argument("--recipe", required=True, choices=["optimizers", "logit-vs-hidden"])
-    parser.add_argument("--project", type=Path, help="an existing project whose sweep to read")
-    parser.add_argument("--out", type=Path, help="write the figures as JSON")
-    parser.add_argument("--from", dest="source", type=Path, help="read a previous --out file")
-    parser.add_argument("--merge", type=Path,
-                        help="add this sweep's groups to those of a previous --out file")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="rewrite the recipe's block in README.md and bench/README.md")
     args = parser.parse_args()
     if args.source:
         results = json.loads(args.source.read_text())
@@ -131,12 +119,7 @@ def main() -> None:
     if results.get("elapsed_s"):
         print(f"sweep wall time: {results['elapsed_s'] / 60:.1f} min")
     if args.write_readme:
-        name = f"recipe-{results['recipe']}"
-        files = [f for f in READMES if markers(name)[0] in f.read_text(encoding="utf-8")]
-        if not files:
-            raise SystemExit(f"no README holds the block {markers(name)[0]}")
-        for path in files:
-            write_block(path, name, readme_block(results))
+        write_readmes(f"recipe-{results['recipe']}", readme_block(results))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,32 @@ def run_sweep(project: Path, recipe: str, overrides: list[str]) -> tuple[dict, f
     return json.loads(result.stdout.strip().splitlines()[-1]), elapsed
 
 
+def sweep_bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every sweep bench takes: sweep overrides, --project, --out, --from,
+    --merge and --write-readme."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="passed to the sweep (e.g. seeds=1)")
+    parser.add_argument("--project", type=Path, help="an existing project whose sweep to read")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument("--from", dest="source", type=Path, help="read a previous --out file")
+    parser.add_argument("--merge", type=Path,
+                        help="add this run's figures to those of a previous --out file")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite the recipe's block wherever README.md or bench/README.md "
+                             "holds it")
+    return parser
+
+
+def write_readmes(name: str, block: str) -> None:
+    """Write `block` into block `name` of every README that holds its markers."""
+    files = [f for f in READMES if markers(name)[0] in f.read_text(encoding="utf-8")]
+    if not files:
+        raise SystemExit(f"no README holds the block {markers(name)[0]}")
+    for path in files:
+        write_block(path, name, block)
+
+
 def sweep_of(recipe: str, overrides: list[str],
              project: Path | None) -> tuple[Path, str, float | None]:
     """(project, sweep id, wall time): the latest sweep of `recipe` in an existing `project`
@@ -194,18 +220,9 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="passed to the sweep (e.g. seeds=1)")
-    parser.add_argument("--project", type=Path, help="an existing project whose sweep to read")
-    parser.add_argument("--out", type=Path, help="write the per-point figures as JSON")
-    parser.add_argument("--from", dest="source", type=Path, help="read a previous --out file")
-    parser.add_argument("--merge", type=Path,
-                        help="add this run's points to those of a previous --out file")
+    parser = sweep_bench_parser(__doc__)
     parser.add_argument("--recipe", default="in-tool-learning",
                         help="the sweep recipe under recipes/ (default in-tool-learning)")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="rewrite the recipe's figures block in README.md or bench/README.md")
     args = parser.parse_args()
     if args.source:
         results = json.loads(args.source.read_text())
@@ -231,12 +248,7 @@ def main() -> None:
         print(f"{mode:>7}: mean {metric} by people: "
               + ", ".join(f"{int(n)}: {v:.3f}" for n, v in rows.items()))
     if args.write_readme:
-        name = results.get("recipe", "in-tool-learning")
-        files = [f for f in READMES if markers(name)[0] in f.read_text(encoding="utf-8")]
-        if not files:
-            raise SystemExit(f"no README holds the block {markers(name)[0]}")
-        for path in files:
-            write_block(path, name, readme_block(results))
+        write_readmes(results.get("recipe", "in-tool-learning"), readme_block(results))
 
 
 if __name__ == "__main__":
