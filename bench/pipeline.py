@@ -153,13 +153,17 @@ def run_once(work: Path, params: dict[str, Any], label: str,
     # issue #7's requirements: packed ternary <= 1/15 of fp32; QAT keeps >= 90% of the float
     # twin's tool accuracy (PTQ beside it)
     exports = json.loads((work / "runs/quantize/quantization.json").read_text())["exports"]
-    twin = eval_table["distilled"]["tool_accuracy_heldout"]
+    # a corpus without people (e.g. a Shakespeare recipe) has no tool accuracy to compare
+    twin = eval_table["distilled"].get("tool_accuracy_heldout")
     for model, figures in exports.items():
-        accuracy = eval_table.get(model, {}).get("tool_accuracy_heldout", float("nan"))
-        share = f"{accuracy / twin:.1%}" if twin else "n/a"
-        print(f"{model:>15}: linear weights at {figures['ratio']:.4f} of fp32 "
-              f"(1/{1 / figures['ratio']:.1f}); held-out tool accuracy {accuracy:.3f} = "
-              f"{share} of the float twin's {twin:.3f}")
+        line = (f"{model:>15}: linear weights at {figures['ratio']:.4f} of fp32 "
+                f"(1/{1 / figures['ratio']:.1f})")
+        if twin is not None:
+            accuracy = eval_table.get(model, {}).get("tool_accuracy_heldout", float("nan"))
+            share = f"{accuracy / twin:.1%}" if twin else "n/a"
+            line += (f"; held-out tool accuracy {accuracy:.3f} = {share} of the float twin's "
+                     f"{twin:.3f}")
+        print(line)
     return {"timings": timings, "total_s": total, "eval": eval_table,
             "exports": {m: {"ratio": f["ratio"]} for m, f in exports.items()}}
 

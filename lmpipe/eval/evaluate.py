@@ -43,6 +43,8 @@ from lmpipe.eval.harness import harness_records
 from lmpipe.eval.knowledge import knowledge_records
 from lmpipe.eval.linear_probe import eval_records
 from lmpipe.eval.params import EvalParams
+from lmpipe.eval.task_names import VAL_TASKS, expand
+from lmpipe.eval.text_tasks import validation_texts
 from lmpipe.model.build import count_parameters, load_model, tensor_headers
 from lmpipe.quant.packing import INT8_FILE
 from lmpipe.train.losses import evaluate_split
@@ -135,7 +137,8 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
                    ) -> tuple[list[dict[str, Any]], dict[str, list[Exchange]]]:
     """All eval records for one model, plus the transcripts they were scored on.
 
-    `harness_dir`: where the lm-eval people tasks of `params.harness_tasks` are written;
+    `harness_dir`: where the local lm-eval tasks of `params.harness_tasks` are written (people,
+    validation text);
     `scratch_dir`: where the conversation cache pages out to disk under a memory budget (a
     folder of its own, removed when the split is scored; default: the system's temp directory);
     `knowledge`: measure knowledge bits (`params.knowledge_bits` as resolved for the world,
@@ -178,7 +181,9 @@ def evaluate_model(model_dir: str | Path, db: PeopleDB, val_split: TokenSplit, p
                                                people[:params.conversations], db, params,
                                                scratch_dir)
     if params.harness_tasks:
-        records += harness_records(model_dir, params, db, trained, harness_dir)
+        texts = (validation_texts(val_split.tokens, val_split.docs, tokenizer)
+                 if any(t in VAL_TASKS for t in expand(params.harness_tasks)) else None)
+        records += harness_records(model_dir, params, db, trained, harness_dir, texts)
     return records, transcripts
 
 

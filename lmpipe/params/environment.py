@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Iterator
 
 from lmpipe.core import protocol
 from lmpipe.data.params import FILE_KINDS
+from lmpipe.eval.task_names import expand, is_lmpipe_task, missing_datasets
 from lmpipe.params.checks import (
     N_SPECIALS,
-    PEOPLE_TASKS,
     SMOLLM2_GGUF,
     SMOLLM2_HINT,
     TOKENIZER_FILES,
@@ -108,10 +108,20 @@ def _harness_tasks(p: Params) -> Iterator[Problem]:
         yield Problem("eval.harness_tasks", f"= {_short(tasks)} needs lm-eval, which is not "
                       "installed", "pip install 'lmpipe[harness]', or harness_tasks: []")
         return
-    unknown = unknown_tasks([t for t in tasks if t not in PEOPLE_TASKS], tasks_dir)
+    expanded = expand(tasks)
+    unknown = unknown_tasks([t for t in expanded if not is_lmpipe_task(t)], tasks_dir)
     if unknown:
         yield Problem("eval.harness_tasks", f"names {_short(unknown)}, which lm-eval does not "
-                      "know", "people, or a task, group or tag of lm-eval (lm-eval ls tasks)")
+                      "know", "people, val_text, val_next_line, distily, or a task, group or "
+                      "tag of lm-eval (lm-eval ls tasks)")
+    # offline (lmpipe's default), a dataset lm-eval would fetch must already be in the cache
+    missing = (missing_datasets(expanded) if os.environ.get("HF_DATASETS_OFFLINE", "1") != "0"
+               else [])
+    if missing:
+        yield Problem("eval.harness_tasks", f"needs datasets that are not in the local Hugging "
+                      f"Face datasets cache: {'; '.join(missing)}",
+                      "load them once online (HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 and a "
+                      "network), or leave those tasks out")
 
 
 def lm_eval_tasks_dir() -> Path | None:

@@ -237,8 +237,29 @@ def test_the_repo_params_are_valid_on_this_machine():
 @needs_lm_eval
 @pytest.mark.parametrize("tasks", [["people", "hellaswag"], ["mmlu"], ["mmlu_anatomy"],
                                    ["advanced_ai_risk"], ["AraDiCE_ArabicMMLU_humanities_egy"]])
-def test_lm_eval_task_group_and_tag_names_are_known(tasks):
+def test_lm_eval_task_group_and_tag_names_are_known(tasks, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # names only: no dataset cache check
     check({"eval.harness_tasks": tasks}, environment=True)
+
+
+@needs_lm_eval
+def test_preset_tasks_need_their_datasets_in_the_local_cache_offline(tmp_path, monkeypatch):
+    from lmpipe.eval.task_names import PRESET_DATASETS
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"eval.harness_tasks: needs datasets that are not in "
+                       r"the local Hugging Face datasets cache: cola \(nyu-mll/glue cola\); "
+                       r"lmpipe_conll2003 \(eriktks/conll2003 conll2003\)"):
+        check({"eval.harness_tasks": ["cola", "val_text", "lmpipe_conll2003"]}, environment=True)
+    # the folder `datasets` prepares on a first online load: <namespace>___<name>/<config>/v/hash
+    for task in ("cola", "lmpipe_conll2003"):
+        repo, [config] = PRESET_DATASETS[task]
+        (tmp_path / repo.replace("/", "___") / config / "0.0.0" / "abc").mkdir(parents=True)
+    check({"eval.harness_tasks": ["cola", "val_text", "lmpipe_conll2003"]}, environment=True)
+    with pytest.raises(ConfigError, match=r"mmlu \(cais/mmlu abstract_algebra, anatomy, "
+                       r"astronomy and 54 more\); hendrycks_math"):
+        check({"eval.harness_tasks": ["distily"]}, environment=True)
 
 
 def test_missing_lm_eval_is_named_with_the_extra(monkeypatch):
