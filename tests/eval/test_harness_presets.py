@@ -10,7 +10,12 @@ import importlib.util
 import pytest
 
 from lmpipe.eval.task_names import PRESETS, expand
-from lmpipe.eval.tasks.utils import answer_f1, conll_entities, hotpotqa_context, normalize_answer
+from lmpipe.eval.tasks.utils import (
+    answer_f1,
+    conll_entities,
+    hotpotqa_context,
+    normalize_answer,
+)
 from lmpipe.model.build import build_model, save_model
 from lmpipe.model.params import ModelParams
 

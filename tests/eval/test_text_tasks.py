@@ -18,11 +18,11 @@ needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
                                    reason="lm-eval not installed (pip install 'lmpipe[harness]')")
 
 TEXTS = [
-    "FIRST CITIZEN:\nBefore we proceed any further, hear me speak.\nSpeak, speak, all of us now.\n"
-    "You are all resolved rather to die than to famish?\nResolved. resolved, we are indeed.",
-    "MENENIUS:\nWhy, masters, my good friends, mine honest neighbours,\nWill you undo yourselves "
-    "with this?\nWe cannot, sir, we are undone already.\nI tell you, friends, most charitable "
-    "care\nHave the patricians of you.",
+    ("FIRST CITIZEN:\nBefore we proceed any further, hear me speak.\nSpeak, speak, all of us now.\n"
+     "You are all resolved rather to die than to famish?\nResolved. resolved, we are indeed."),
+    ("MENENIUS:\nWhy, masters, my good friends, mine honest neighbours,\nWill you undo yourselves "
+     "with this?\nWe cannot, sir, we are undone already.\nI tell you, friends, most charitable "
+     "care\nHave the patricians of you."),
 ]
 
 
