@@ -50,7 +50,7 @@ from lmpipe.eval.task_names import (
     VAL_TEXT_TASK,
     expand,
 )
-from lmpipe.eval.text_tasks import write_next_line_task, write_text_task
+from lmpipe.eval.text_tasks import MAX_ITEMS, write_next_line_task, write_text_task
 
 MAX_CHOICES = 16
 INSTALL_HINT = "pip install 'lmpipe[harness]'"
@@ -313,7 +313,9 @@ def harness_records(model_dir: str | Path, params: EvalParams, db: PeopleDB | No
         if VAL_TEXT_TASK in wants_text:
             write_text_task(texts, folder)
         if VAL_NEXT_LINE_TASK in wants_text:
-            write_next_line_task(texts, folder, seed=params.seed)
+            # a seeded sample of the whole text, not lm-eval's first `limit` questions
+            write_next_line_task(texts, folder, seed=params.seed,
+                                 max_items=min(MAX_ITEMS, params.harness_limit or MAX_ITEMS))
         local = wants_people or wants_text
         return run_harness(model_dir, requested, include_path=folder if local else None,
                            limit=params.harness_limit, batch_size=params.batch_size)
