@@ -3,10 +3,11 @@
 `write_people_tasks` turns questions about people of the world into two local lm-eval tasks:
 `people_recall` (greedy generation up to END, exact match: the same prompt and scoring as
 lmpipe's own recall metric) and `people_recall_mc` (log-likelihood multiple choice over the
-attribute's values). `write_text_task` turns documents (e.g. the validation split) into a
-perplexity task whose loss per token is lmpipe's validation loss. `run_harness` runs any lm-eval tasks, these or lm-eval's own (hellaswag,
-mmlu, ... when their data is in the local Hugging Face cache), on a saved lmpipe model and returns
-lmpipe eval records. lm-eval is optional: it is imported only here, inside the functions.
+attribute's values). The validation-text tasks are lmpipe/eval/text_tasks.py's, the names
+`eval.harness_tasks` expands lmpipe/eval/task_names.py's. `run_harness` runs any lm-eval tasks,
+these, lmpipe's own task files (lmpipe/eval/tasks/) or lm-eval's (hellaswag, mmlu, ... when their
+data is in the local Hugging Face cache), on a saved lmpipe model and returns lmpipe eval records.
+lm-eval is optional: it is imported only here, inside the functions.
 
 Every architecture runs (llama, mamba, hawk; tests/eval/test_harness_archs.py checks lm-eval's
 log-likelihoods and greedy answers against direct forwards and lmpipe's own generation), through
