@@ -11,6 +11,10 @@ whose minimum over s_term is at exp(s_term) = weight_term * term: a term that st
 weighed down, one that falls is weighed up, each logged as `weight_<term>` =
 weight_term * exp(-s_term).
 
+With `loss_weighting: gradnorm` (Chen et al. 2018, gradnorm.py) each term's weight is multiplied
+by a learned w_term, trained so each term's gradient norm follows its relative training rate
+(`gradnorm_alpha`), logged as `weight_<term>` = weight_term * w_term.
+
 With `loss_weighting: product` the terms multiply, each per-target mean m_term = term / targets
 to the power of its weight:
 
@@ -47,6 +51,7 @@ from torch import nn
 from lmpipe.data.batching import Batch
 from lmpipe.distill.attention_kl import attention_kl, head_mean_rows
 from lmpipe.distill.cakld import teacher_confidence
+from lmpipe.distill.gradnorm import GradNormWeights, gradnorm_loss
 from lmpipe.distill.hidden import hidden_cosine, hidden_infonce, hidden_mse
 from lmpipe.distill.layers import layer_pairs
 from lmpipe.distill.pcgrad import surgery_loss
@@ -140,9 +145,10 @@ class DistillObjective:
         self.student_width = student_config.hidden_size
         self.projectors: nn.ModuleList | None = None
         self.log_variances: nn.ParameterDict | None = None
+        self.gradnorm: GradNormWeights | None = None
         self.token_cost: torch.Tensor | None = None  # sinkhorn's ground cost, (V, V)
         extra: tuple[str, ...] = ()
-        if dp.loss_weighting == "uncertainty":
+        if dp.loss_weighting in ("uncertainty", "gradnorm"):
             extra += tuple(f"weight_{term}" for term in self.terms)
         if dp.gradient_stats:
             extra += tuple(f"grad_norm_{term}" for term in self.terms) + tuple(
@@ -165,6 +171,9 @@ class DistillObjective:
             self.log_variances = nn.ParameterDict(
                 {term: nn.Parameter(torch.zeros(())) for term in self.terms})
             model.add_module("distill_loss_weights", self.log_variances)
+        if self.dp.loss_weighting == "gradnorm":
+            self.gradnorm = GradNormWeights(list(self.terms))
+            model.add_module("distill_loss_weights", self.gradnorm)
         if self.attention_blocks:
             model.set_attn_implementation("eager")
 
@@ -174,8 +183,8 @@ class DistillObjective:
         surgery live outside the DDP-wrapped forward, so DDP would not average their gradients."""
         if self.dp.gradient_conflict == "pcgrad":
             return "distill.gradient_conflict = pcgrad"
-        if self.log_variances is not None:
-            return "distill.loss_weighting = uncertainty"
+        if self.log_variances is not None or self.gradnorm is not None:
+            return f"distill.loss_weighting = {self.dp.loss_weighting}"
         if self.dp.gradient_stats:
             return "distill.gradient_stats = true"
         if self.projectors is not None and any(True for _ in self.projectors.parameters()):
@@ -258,6 +267,8 @@ class DistillObjective:
             parts.update(self.gradient_stats(weighted, batch.target_mask.sum()))
         if self.log_variances is not None:
             return self.uncertainty_weighted(weighted, batch.target_mask.sum(), parts), parts
+        if self.gradnorm is not None:
+            return self.gradnorm_weighted(weighted, batch.target_mask.sum(), parts), parts
         if self.dp.loss_weighting == "product":
             return product_of_terms(terms, self.terms, batch.target_mask.sum()), parts
         if self.dp.gradient_conflict == "pcgrad":
@@ -296,6 +307,20 @@ class DistillObjective:
             s = self.log_variances[term]
             total = total + torch.exp(-s) * value + s * targets
             parts[f"weight_{term}"] = (self.terms[term] * torch.exp(-s)).detach()
+        return total
+
+
+    def gradnorm_weighted(self, weighted: dict[str, torch.Tensor], targets: torch.Tensor,
+                          parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """GradNorm's loss (gradnorm.py) over the student's own trainable parameters; logs each
+        term's effective weight into `parts`."""
+        self.gradnorm.renormalize()
+        own = {id(p) for p in self.gradnorm.parameters()}
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+        total, _ = gradnorm_loss(self.gradnorm, [weighted[t] for t in self.gradnorm.terms],
+                                 params, targets, self.dp.gradnorm_alpha)
+        for term, multiplier in zip(self.gradnorm.terms, self.gradnorm.weights.detach()):
+            parts[f"weight_{term}"] = self.terms[term] * multiplier
         return total
 
 

@@ -69,10 +69,15 @@ class DistillParams(Section):
     gradient_stats: bool = Field(
         False, description="log each weighted term's gradient norm (per target) and the cosine "
         "between every two terms' gradients, every step (one extra backward pass per term)")
-    loss_weighting: Literal["fixed", "uncertainty", "product"] = Field(
+    loss_weighting: Literal["fixed", "uncertainty", "gradnorm", "product"] = Field(
         "fixed", description="fixed: the objective's weights; uncertainty: each term's weight "
-        "times exp(-s), s a learned log-variance, plus s (Kendall et al. 2018); product: the "
+        "times exp(-s), s a learned log-variance, plus s (Kendall et al. 2018); gradnorm: each "
+        "term's weight times a learned multiplier that sets its gradient norm by how fast it "
+        "trains (Chen et al. 2018); product: the "
         "product of the terms' per-target means, each to the power of its weight")
+    gradnorm_alpha: float = Field(1.5, ge=0.0, description="gradnorm: how strongly a term that "
+                                  "trains slower than the others gets a larger gradient (0: "
+                                  "equal gradient norms)")
     copy_embeddings: bool = Field(False, description="start from the teacher's token embeddings")
     freeze_embeddings: bool = False
     copy_lm_head: bool = Field(False, description="start from the teacher's lm head (untied only)")

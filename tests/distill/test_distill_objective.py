@@ -294,6 +294,37 @@ def test_uncertainty_weighting_trains_through_the_loop(full_cache, tiny_tokens, 
     assert logged[-1]["loss"] < logged[0]["loss"]
 
 
+def test_gradnorm_trains_its_multipliers_through_the_loop(full_cache, tiny_tokens, tokenizer,
+                                                         tmp_path):
+    _teacher, cache = full_cache
+    d = DistillParams(objective={"forward_kl": 1.0, "ce": 0.5}, loss_weighting="gradnorm",
+                      gradnorm_alpha=1.5,
+                      train=TrainParams(steps=30, batch_size=6, lr=3e-2, warmup_steps=2,
+                                        log_every=10, eval_every=30))
+    student = build_model(STUDENT, seed=1)
+    objective = build_objective(d, CachedTeacher(cache), student)
+    assert objective.single_process_only == "distill.loss_weighting = gradnorm"
+    with RunLog(tmp_path, "distill", "gradnorm", {}) as run:
+        train(student, TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val"),
+              d.train, run, tokenizer.pad_token_id, objective=objective)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    logged = [r for r in records if "weight_ce" in r]
+    assert len(logged) == 3
+    for r in logged:  # weight_term * w_term, the w summing to the 2 terms
+        assert r["weight_forward_kl"] / 1.0 + r["weight_ce"] / 0.5 == pytest.approx(2, rel=1e-4)
+    # the multipliers moved off 1, and the term that fell less since the first step (the
+    # larger L~ = loss / first loss) ends with the larger multiplier
+    w = student.distill_loss_weights.weights.detach()
+    first = student.distill_loss_weights.initial
+    assert abs(w[0].item() - 1) > 0.05
+    rates = [logged[-1][f"loss_{t}"] / first[i].item()
+             for i, t in enumerate(student.distill_loss_weights.terms)]
+    assert (w[0] > w[1]) == (rates[0] > rates[1])
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    objective.detach(student)
+    assert not hasattr(student, "distill_loss_weights")
+
+
 def test_the_product_form_multiplies_the_terms_means(full_cache, tiny_tokens, tokenizer):
     teacher, cache = full_cache
     batch = _batch(tiny_tokens, tokenizer)
