@@ -1,5 +1,5 @@
-"""Bench: a distillation sweep recipe (recipes/optimizers, its SmolLM2 setting, or
-recipes/logit-vs-hidden) end to end, timed, and what it shows with its spread over seeds.
+"""Bench: a distillation sweep recipe (recipes/optimizers, its SmolLM2 setting, their AdaLomo
+grids, or recipes/logit-vs-hidden) end to end, timed, and what it shows with its spread over seeds.
 
 Clones the committed project into a temporary directory, runs the recipe's grid (`GRIDS`) there
 with `lmpipe sweep` (2 points at a time, as the grid says; the SmolLM2 setting gets tiny
@@ -13,6 +13,7 @@ and `...:end -->`) in README.md and bench/README.md, wherever it is. `key=value`
     .venv/bin/python bench/distill_recipes.py --recipe optimizers --out /tmp/optimizers.json --write-readme
     .venv/bin/python bench/distill_recipes.py --recipe logit-vs-hidden --write-readme
     .venv/bin/python bench/distill_recipes.py --recipe optimizers-smollm2 --write-readme
+    .venv/bin/python bench/distill_recipes.py --recipe optimizers-adalomo --write-readme
     .venv/bin/python bench/distill_recipes.py --recipe optimizers --project DIR   # read a finished sweep
 """
 
@@ -40,9 +41,12 @@ from lmpipe.report.sweeps import best_table, figure_table, sweep_figures
 # recipe (the sweep's name) -> its grid file
 GRIDS = {"optimizers": "recipes/optimizers/grid.yaml",
          "optimizers-smollm2": "recipes/optimizers/smollm2.yaml",
+         "optimizers-adalomo": "recipes/optimizers/adalomo.yaml",
+         "optimizers-adalomo-smollm2": "recipes/optimizers/adalomo-smollm2.yaml",
          "logit-vs-hidden": "recipes/logit-vs-hidden/grid.yaml"}
 # what a recipe needs on this machine: points run in DVC's temporary copies of the project
-NEEDS = {"optimizers-smollm2": [f"data.path={DATA}"]}
+NEEDS = {"optimizers-smollm2": [f"data.path={DATA}"],
+         "optimizers-adalomo-smollm2": [f"data.path={DATA}"]}
 
 
 def read_sweep(project: Path, sweep_id: str, axes: list[str] | None = None) -> dict[str, Any]:

@@ -184,6 +184,11 @@ def unknown_tasks(names: list[str], tasks_dir: Path) -> list[str]:
     return [name for name in names if name in remaining]
 
 
+# optimizers that need one of lmpipe's extras: (train.optimizer, module, extra)
+OPTIMIZER_EXTRAS = (("lion", "lion_pytorch", "lion"), ("adamw8bit", "torchao", "lowbit"),
+                    ("adalomo", "lomo_optim", "lomo"))
+
+
 def _packages(p: Params) -> Iterator[Problem]:
     """Optional dependencies the parameters use (lmpipe's extras), looked up without importing."""
     t, trained = p.tokenize, runs(p)
@@ -191,9 +196,9 @@ def _packages(p: Params) -> Iterator[Problem]:
         (t.kind == "tiktoken", ("tiktoken",), "tokenize.kind", "pip install tiktoken"),
         (t.kind == "sentencepiece", ("sentencepiece", "google.protobuf"), "tokenize.kind",
          "pip install 'lmpipe[sentencepiece]'"),
-        (any(r.train.optimizer == "lion" for r in trained), ("lion_pytorch",),
-         next((f"{r.name}.train.optimizer" for r in trained if r.train.optimizer == "lion"), ""),
-         "pip install 'lmpipe[lion]'"),
+        *((any(r.train.optimizer == name for r in trained), (module,),
+           next((f"{r.name}.train.optimizer" for r in trained if r.train.optimizer == name), ""),
+           f"pip install 'lmpipe[{extra}]'") for name, module, extra in OPTIMIZER_EXTRAS),
         (any(r.train.wandb != "off" for r in trained), ("wandb",),
          next((f"{r.name}.train.wandb" for r in trained if r.train.wandb != "off"), ""),
          "pip install wandb, or wandb: off"),

@@ -131,6 +131,10 @@ class Trainer:
                                     tp.attention)
         self.val_batches = make_batches(val_split, tp.sampling, tp.batch_size, tp.block_size,
                                         tp.seed, pad_id, max_len, tp.loss_on, tp.attention)
+        if tp.optimizer == "adalomo" and self.dist.enabled:
+            raise ConfigError("train.optimizer = adalomo: it updates each weight during backward, "
+                              "so data-parallel processes cannot average gradients first; run "
+                              "one process or use another optimizer")
         self.optimizer = build_optimizer(model, tp)
         # fp16 autocast needs loss scaling against gradient underflow; a no-op otherwise
         self.scaler = torch.amp.GradScaler(
@@ -200,6 +204,7 @@ class Trainer:
             set_lambda(self.model, qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule))
         total = torch.zeros((), device=self.device)
         extras: dict[str, torch.Tensor] = {}
+        fused = hasattr(self.optimizer, "fused_step")  # AdaLomo: the update runs in backward
         with timer.phase("forward_backward"):
             for i, batch in enumerate(micro):
                 sync = not self.dist.enabled or i == len(micro) - 1
@@ -208,12 +213,20 @@ class Trainer:
                     loss_sum, parts = self.objective(self.forward, batch)
                 # DDP averages gradients over processes; scaling by world / global targets makes
                 # the result the gradient of the global per-target mean.
-                self.scaler.scale(loss_sum * (self.dist.world / global_targets)).backward()
+                scaled = loss_sum * (self.dist.world / global_targets)
+                if fused:  # a non-finite loss must stop the run before it touches the weights
+                    self._check_finite(step + 1, loss_sum.detach(), torch.zeros(()))
+                    grad_norm = self.optimizer.fused_step(scaled, lr, tp.grad_clip)
+                else:
+                    self.scaler.scale(scaled).backward()
                 total += loss_sum.detach()
                 for key, value in parts.items():
                     # per-step diagnostics are averaged over micro-batches, the rest summed
                     share = len(micro) if key in self.per_step_metrics else 1
                     extras[key] = extras.get(key, 0) + value.detach() / share
+        if fused:
+            self._check_finite(step + 1, total, grad_norm)
+            return total, global_targets, extras, n_tokens, lr, grad_norm
         with timer.phase("optimizer"):
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -268,6 +281,8 @@ class Trainer:
                 self.save()
         trace.close()
         gc.unfreeze()
+        if hasattr(self.optimizer, "remove_hooks"):  # AdaLomo's: the model outlives the run
+            self.optimizer.remove_hooks()
         if val_step != self.step:  # resumed at the last step: measure the model as it ends
             val_loss, _ = self.validation_loss()
         if self.tracker is not None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from lmpipe.train.adalomo import build_adalomo
 from lmpipe.train.muon import MuonWithAdamW
 from lmpipe.train.params import TrainParams
 
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit")
+OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit", "adalomo")
 
 
 def set_learning_rate(optimizer, lr: float) -> None:
@@ -136,6 +137,9 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
                (256 values a scale), a quarter of AdamW's state memory; only tensors of at least
                4,096 values that split into whole blocks are quantized, smaller ones keep fp32
                moments. Its step is compiled (torch.compile) at the first step of each shape.
+    adalomo:   lomo-optim's AdaLomo, the update fused into backward (lmpipe/train/adalomo.py):
+               no gradients kept, Adafactor's factored second moment, a relative lr like
+               adafactor's (lr * max(1e-3, RMS(param))); the loop calls its `fused_step`.
     """
     groups = parameter_groups(model, tp.weight_decay)
     if not groups:
@@ -153,6 +157,9 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
         return _lion()(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2))
     if name == "adamw8bit":
         return _adamw8bit()(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2))
+    if name == "adalomo":
+        decayed = {id(p) for g in groups if g["weight_decay"] > 0 for _, p in g["params"]}
+        return build_adalomo(model, tp.lr, tp.weight_decay, decayed)
     if name == "muon":
         matrices, rest = _matrices_and_rest(model)
         return MuonWithAdamW(matrices, rest, lr=tp.lr, weight_decay=tp.weight_decay,

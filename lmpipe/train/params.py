@@ -63,7 +63,7 @@ class TrainParams(Section):
     steps: int = Field(1700, ge=1)
     batch_size: int = Field(32, ge=1, description="documents (or windows) per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    optimizer: Literal["adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "adafactor", "lion", "muon", "adamw8bit", "adalomo"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -111,6 +111,20 @@ class TrainParams(Section):
     qat_schedule: Literal["linear", "sigmoid"] = "linear"
     qat_skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"],
                                         description="linear layers that stay full precision")
+
+    @model_validator(mode="after")
+    def _adalomo_limits(self) -> "TrainParams":
+        if self.optimizer == "adalomo":
+            # it updates each weight inside backward (lmpipe/train/adalomo.py)
+            for key, bad, why in (("grad_accum", self.grad_accum > 1, "accumulate micro-batches"),
+                                  ("grad_checkpointing", self.grad_checkpointing,
+                                   "recompute activations from weights it already changed"),
+                                  ("precision", self.precision == "fp16", "scale fp16 losses")):
+                if bad:
+                    raise ValueError(f"{key}: optimizer adalomo updates each weight during "
+                                     f"backward and cannot {why}; expected the default "
+                                     f"{key} or another optimizer")
+        return self
 
     @model_validator(mode="after")
     def _profile_window(self) -> "TrainParams":

@@ -352,6 +352,14 @@ def test_the_distillation_recipes_grids():
     # its pipeline is the people setting's, by a link: the same stages, its own params
     assert ((ROOT / smollm2.pipeline).read_text()
             == (ROOT / "recipes/distill-sweep/dvc.yaml").read_text())
+    # AdaLomo's relative step on its own rates, the same budget and seeds in both settings
+    for grid, setting in (("adalomo", optimizers), ("adalomo-smollm2", smollm2)):
+        adalomo = load_grid(ROOT / f"recipes/optimizers/{grid}.yaml", ROOT)
+        assert [(p.overrides, p.seed) for p in adalomo.points] == [
+            ({"distill.train.optimizer": "adalomo", "distill.train.lr": lr,
+              "distill.train.seed": seed, "eval.seed": seed}, seed)
+            for seed in (0, 1) for lr in (0.01, 0.03, 0.1)]
+        assert adalomo.pipeline == setting.pipeline
     objectives = load_grid(ROOT / "recipes/logit-vs-hidden/grid.yaml", ROOT)
     groups = {p.group_id: p.overrides for p in objectives.points}
     terms = {tuple(t for t in ("forward_kl", "ce", "hidden_mse", "attention_kl")
