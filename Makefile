@@ -59,9 +59,10 @@ run: $(STAMP)
 	@echo "report: $(CURDIR)/reports/index.html"
 
 # One pytest worker a core (at most 4), a test file to a worker (its module fixtures built once);
-# tests/conftest.py gives each worker one torch thread and sends the longest files first.
+# tests/conftest.py gives each worker one torch thread and sends the longest files first; the
+# 25 slowest tests are listed at the end, so every CI log says where its minutes went.
 test: $(TEST_STAMP)
-	python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+	python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=25
 
 clean:
 	rm -rf data runs store metrics reports/*.html

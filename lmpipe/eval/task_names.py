@@ -16,6 +16,7 @@ Imports nothing heavy, so params validation can use it without loading lm-eval (
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 RECALL_TASK = "people_recall"
@@ -90,8 +91,6 @@ def is_lmpipe_task(name: str) -> bool:
 def datasets_cache_dir() -> Path:
     """Where `datasets` keeps prepared datasets ($HF_DATASETS_CACHE, else $HF_HOME/datasets),
     found without importing it."""
-    import os
-
     if os.environ.get("HF_DATASETS_CACHE"):
         return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(

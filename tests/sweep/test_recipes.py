@@ -85,7 +85,11 @@ def test_smollm2_teacher_is_imported_cached_distilled_and_ternarized(tmp_path):
     work = _run_recipe("smollm2-ternary.yaml", tmp_path,
                        ["data.max_documents=60", "teacher_cache.batch_size=8",
                         "student.train.steps=20", "distill.train.steps=20",
-                        "quantize.train.qat_warmup_steps=5", "eval.sample_tokens=8"])
+                        "quantize.train.steps=20", "quantize.train.warmup_steps=2",
+                        "quantize.train.qat_warmup_steps=5", "eval.sample_tokens=8",
+                        "eval.harness_limit=20",
+                        *(f"{run}.train.eval_batches=4"
+                          for run in ("teacher", "student", "distill", "quantize"))])
     meta = json.loads((work / "data/tokens/meta.json").read_text())
     assert meta["vocab_size"] == 49_152 + 9 and meta["dtype"] == "uint16"
     teacher = json.loads((work / "runs/teacher/summary.json").read_text())

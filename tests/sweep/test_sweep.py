@@ -175,7 +175,9 @@ def sweep_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     work.mkdir()
     copy_project(work, ("dvc.yaml", "params.yaml", "stages", "flows", "lmpipe"))
     # a recipe folder may hold a sweep's outputs (data/, runs/, metrics/) from an earlier run
-    shutil.copytree(ROOT / "recipes", work / "recipes",
+    # as committed: a symlink stays one (DVC could not read a symlinked dvc.yaml in an
+    # experiment's git revision, and a dereferencing copy hid that from these tests)
+    shutil.copytree(ROOT / "recipes", work / "recipes", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", "data", "runs", "metrics"))
     (work / ".gitignore").write_text("/runs/\n/store/\n/reports/*.html\n__pycache__/\n")
     (work / "tiny.yaml").write_text(TINY_GRID)
@@ -349,7 +351,7 @@ def test_the_distillation_recipes_grids():
     assert [(p.overrides, p.seed) for p in smollm2.points] == [
         (p.overrides, p.seed) for p in optimizers.points]  # the same grid, another setting
     assert smollm2.pipeline.as_posix() == "recipes/distill-sweep-smollm2/dvc.yaml"
-    # its pipeline is the people setting's, by a link: the same stages, its own params
+    # its pipeline is the people setting's, copied: the same stages, its own params
     assert ((ROOT / smollm2.pipeline).read_text()
             == (ROOT / "recipes/distill-sweep/dvc.yaml").read_text())
     # AdaLomo's relative step on its own rates, the same budget and seeds in both settings
@@ -397,6 +399,24 @@ def test_the_optimizers_recipe_runs_with_a_tiny_override_and_draws_its_sweep_pag
     assert all(state == 4 * parameters > 0 for _, state, parameters in rows)
     page = (work / "reports" / "sweeps.html").read_text()
     assert f"Sweep {out['sweep']}" in page and "distill.train.lr" in page
+    # AdaLomo's grid on the same budget: one point, its teacher restored from DVC's run cache
+    result = run_checked([lmpipe, "sweep", "recipes/optimizers/adalomo.yaml", "seeds=1",
+                          "distill.train.lr=0.1", *TINY_DISTILL, "--json"], work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 1 and out["failed"] == []
+    state, parameters = _distill_state_and_params(work, out["sweep"])
+    # a row and a column per matrix, a vector per 1-d parameter: far below one fp32 moment
+    assert 0 < state < 0.25 * 4 * parameters
+
+
+def _distill_state_and_params(work: Path, sweep: str) -> tuple[float, float]:
+    """The distill stage's optimizer state bytes and parameter count in `sweep`'s one point."""
+    with duckdb.connect(str(work / "store" / "lmpipe.duckdb"), read_only=True) as con:
+        return con.execute(
+            "SELECT s.value_num, n.value_num FROM runs r "
+            "JOIN summaries s ON s.run_id = r.run_id AND s.key = 'optimizer_state_bytes' "
+            "JOIN summaries n ON n.run_id = r.run_id AND n.key = 'params_count' "
+            "WHERE r.sweep = ? AND r.stage = 'distill'", [sweep]).fetchone()
 
 
 @pytest.mark.slow
@@ -443,6 +463,21 @@ def test_the_smollm2_optimizers_recipe_runs_a_point_on_the_real_teacher(sweep_pr
     # Lion keeps one fp32 momentum a parameter; six steps of a tiny student are far from English
     assert figures["optimizer_state_bytes"] == 4 * figures["params_count"] > 0
     assert bpb is not None and bpb[0] > 2.5
+    # AdaLomo's grid in the same setting: the teacher and its cache restored from DVC's run cache
+    result = run_checked([lmpipe, "sweep", "recipes/optimizers/adalomo-smollm2.yaml", "seeds=1",
+                          "distill.train.lr=0.03", *pins[3:], "--json"], work, env)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["points"] == 1 and out["failed"] == []
+    state, parameters = _distill_state_and_params(work, out["sweep"])
+    assert 0 < state < 0.25 * 4 * parameters
+
+
+def test_no_recipe_pipeline_is_a_symlink():
+    """`dvc exp run` reads each experiment's dvc.yaml from its git revision, where a symlink is
+    its target's path: every point of a sweep on a symlinked pipeline failed validation."""
+    linked = [p.relative_to(ROOT).as_posix() for p in ROOT.glob("recipes/*/dvc.yaml")
+              if p.is_symlink()]
+    assert linked == []
 
 
 @pytest.mark.parametrize("pipeline", sorted(p.relative_to(ROOT).as_posix()
