@@ -270,6 +270,21 @@ def test_missing_lm_eval_is_named_with_the_extra(monkeypatch):
         check({"eval.harness_tasks": ["people"]}, environment=True)
 
 
+@pytest.mark.parametrize("optimizer, module, extra", [("lion", "lion_pytorch", "lion"),
+                                                      ("adamw8bit", "torchao", "lowbit"),
+                                                      ("adalomo", "lomo_optim", "lomo")])
+def test_an_optimizers_missing_extra_is_named_before_any_compute(monkeypatch, optimizer, module,
+                                                                 extra):
+    installed = params_environment._installed
+    monkeypatch.setattr(params_environment, "_installed", lambda name: name != module
+                        and installed(name))
+    with pytest.raises(ConfigError, match=rf"distill.train.optimizer: needs {module}, which is "
+                                          rf"not installed; expected pip install "
+                                          rf"'lmpipe\[{extra}\]'"):
+        check({"distill.train.optimizer": optimizer}, environment=True)
+    check({"distill.train.optimizer": "adamw"}, environment=True)
+
+
 def test_task_names_read_every_yaml_spelling():
     text = b"""\
 "task": "quoted_task"
