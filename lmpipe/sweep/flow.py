@@ -109,20 +109,24 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
                 len(grid.points), jobs, grid.retries)
     run = sweep_point.with_options(retries=grid.retries)
     # the points' stages fork from one warm interpreter (torch and transformers imported once)
+    # first_alone: the others then restore the shared upstream stages from DVC's run cache
+    waves = ([grid.points[:1], grid.points[1:]] if grid.first_alone and jobs > 1
+             else [grid.points])
     with pipeline_visible(root, grid.pipeline, grid.sweep_id), stage_server():
-        futures = {run.submit(str(root), grid, p, threads): p for p in grid.points}
-        for future in as_completed(list(futures)):
-            point = futures[future]
-            outcome = future.result(raise_on_failure=False)  # the record, or the exception
-            if isinstance(outcome, dict):
-                records[point.name] |= outcome
-            else:
-                folder = sweep_dir(root, grid) / point.name / "point.json"
-                last = json.loads(folder.read_text()) if folder.is_file() else {}
-                records[point.name] |= {**last, "status": "failed",
-                                        "error": last.get("error") or str(outcome)}
-                logger.warning("%s failed: %s", point.name, records[point.name]["error"])
-            write_manifest(root, grid, records)
+        for wave in waves:
+            futures = {run.submit(str(root), grid, p, threads): p for p in wave}
+            for future in as_completed(list(futures)):
+                point = futures[future]
+                outcome = future.result(raise_on_failure=False)  # the record, or the exception
+                if isinstance(outcome, dict):
+                    records[point.name] |= outcome
+                else:
+                    folder = sweep_dir(root, grid) / point.name / "point.json"
+                    last = json.loads(folder.read_text()) if folder.is_file() else {}
+                    records[point.name] |= {**last, "status": "failed",
+                                            "error": last.get("error") or str(outcome)}
+                    logger.warning("%s failed: %s", point.name, records[point.name]["error"])
+                write_manifest(root, grid, records)
     failed = [r["point"] for r in records.values() if r["status"] != "completed"]
     index = _index_and_report(root) if report else None
     _artifacts(grid, records, index)

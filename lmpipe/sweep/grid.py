@@ -7,6 +7,7 @@ A grid names parameter values to cross and groups of values that move together:
     params: recipes/in-tool-learning/params.yaml    # default: params.yaml beside the pipeline
     jobs: 2                                         # points run at once (default 1)
     retries: 1                                      # extra attempts for a failed point (default 0)
+    first_alone: true                               # the first point alone, then `jobs` at a time
     cross:                                          # every combination of these lists ...
       teacher.model.d_model: [32, 48]
       world.people: [25, 100, 400]
@@ -16,7 +17,9 @@ A grid names parameter values to cross and groups of values that move together:
 
 Dotted keys at the top level are crossed too, so `key: [a, b]` alone is a grid. The points are the
 product of the crossed axes and the zipped groups, in file order (the last axis varies fastest),
-named p00, p01, ... The sweep id is the name plus a hash of the pipeline, the params file and the
+named p00, p01, ... `first_alone` is for grids whose points share their upstream stages (a
+teacher and its cache): the first point computes them alone and the others restore them from DVC's
+run cache, where `jobs` points started together would each compute them. The sweep id is the name plus a hash of the pipeline, the params file and the
 points, so rerunning the same grid reuses its id (and its folder under runs/sweeps/).
 
 Seeds: repeating every point to measure its spread.
@@ -55,7 +58,8 @@ import yaml
 from lmpipe.core.section import ConfigError
 from lmpipe.params.config import apply_overrides, validate_params
 
-OPTIONS = {"name", "pipeline", "params", "jobs", "retries", "cross", "zip", "seeds", "seed_keys"}
+OPTIONS = {"name", "pipeline", "params", "jobs", "retries", "first_alone", "cross", "zip", "seeds",
+           "seed_keys"}
 # the default seed keys: every training section's seed and the eval sample's (see the docstring)
 TRAIN_SEED = re.compile(r"(?:.+\.)?train\.seed")
 EVAL_SEED = "eval.seed"
@@ -109,6 +113,7 @@ class Grid:
     points: list[Point]
     seeds: tuple[int, ...] = ()
     seed_keys: tuple[str, ...] = ()
+    first_alone: bool = False
 
 
 def _axis_lists(mapping: Any, where: str) -> dict[str, list]:
@@ -291,10 +296,14 @@ def load_grid(path: str | Path, project: str | Path = ".",
     digest = hashlib.sha256(json.dumps(
         [str(pipeline), str(params), [p.overrides for p in points]], sort_keys=True,
         default=str).encode()).hexdigest()[:8]
+    first_alone = spec.get("first_alone", False)
+    if not isinstance(first_alone, bool):
+        raise ConfigError(f"{path}: first_alone: {first_alone!r}; expected true or false")
     axes: dict[str, Any] = {"cross": cross, "zip": groups}
     if seeds:
         axes |= {"seeds": seeds, "seed_keys": seed_keys}
     return Grid(name=name, sweep_id=f"{name}-{digest}", source=path, pipeline=pipeline,
                 params=params, jobs=_positive(spec.get("jobs", 1), "jobs", path, 1),
                 retries=_positive(spec.get("retries", 0), "retries", path, 0),
-                axes=axes, points=points, seeds=tuple(seeds), seed_keys=tuple(seed_keys))
+                axes=axes, points=points, seeds=tuple(seeds), seed_keys=tuple(seed_keys),
+                first_alone=first_alone)

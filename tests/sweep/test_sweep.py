@@ -135,6 +135,7 @@ def test_a_bad_seeds_option_is_refused(tmp_path, text, message):
     ("world.people: [1, 2]\ncross: {world.people: [3]}\n", r"more than one axis"),
     ("world.people: []\n", r"'world.people' has no values"),
     ("jobs: 0\nworld.seed: [1]\n", r"'jobs' must be an integer >= 1"),
+    ("first_alone: yes please\nworld.seed: [1]\n", r"first_alone: 'yes please'; expected true"),
     ("job: 2\nworld.people: [1]\n", r"unknown option"),
     ("pipeline: nowhere/dvc.yaml\nworld.people: [1]\n", r"pipeline file nowhere/dvc.yaml not found"),
 ])
@@ -362,6 +363,7 @@ def test_the_distillation_recipes_grids():
               "distill.train.seed": seed, "eval.seed": seed}, seed)
             for seed in (0, 1) for lr in (0.01, 0.03, 0.1)]
         assert adalomo.pipeline == setting.pipeline
+        assert adalomo.first_alone and not setting.first_alone  # the teacher computed once
     objectives = load_grid(ROOT / "recipes/logit-vs-hidden/grid.yaml", ROOT)
     groups = {p.group_id: p.overrides for p in objectives.points}
     terms = {tuple(t for t in ("forward_kl", "ce", "hidden_mse", "attention_kl")
