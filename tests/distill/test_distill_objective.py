@@ -272,20 +272,27 @@ def test_uncertainty_weighting_learns_each_terms_scale(full_cache, tiny_tokens, 
     assert not hasattr(student, "distill_loss_weights")
 
 
-def test_uncertainty_weighting_trains_through_the_loop(full_cache, tiny_tokens, tokenizer,
-                                                       tmp_path):
-    teacher, cache = full_cache
-    d = DistillParams(objective={"forward_kl": 1.0, "ce": 1.0}, loss_weighting="uncertainty",
+def _weighted_run(cache, tiny_tokens, tokenizer, tmp_path, weights: dict[str, float],
+                  weighting: str, **options):
+    """(student, objective, the 3 logged records) of 30 distill steps with learned weights."""
+    d = DistillParams(objective=weights, loss_weighting=weighting, **options,
                       train=TrainParams(steps=30, batch_size=6, lr=3e-2, warmup_steps=2,
                                         log_every=10, eval_every=30))
     student = build_model(STUDENT, seed=1)
     objective = build_objective(d, CachedTeacher(cache), student)
-    with RunLog(tmp_path, "distill", "uncertainty", {}) as run:
+    with RunLog(tmp_path, "distill", weighting, {}) as run:
         train(student, TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val"),
               d.train, run, tokenizer.pad_token_id, objective=objective)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     logged = [r for r in records if "weight_ce" in r]
     assert len(logged) == 3
+    return student, objective, logged
+
+
+def test_uncertainty_weighting_trains_through_the_loop(full_cache, tiny_tokens, tokenizer,
+                                                       tmp_path):
+    _, _, logged = _weighted_run(full_cache[1], tiny_tokens, tokenizer, tmp_path,
+                                 {"forward_kl": 1.0, "ce": 1.0}, "uncertainty")
     # a step's exp(-s) (not a sum over targets), moving toward 1 / the term's size: the larger
     # cross-entropy weighed down, the smaller KL up
     ce, kl = ([r[f"weight_{t}"] for r in logged] for t in ("ce", "forward_kl"))
@@ -296,20 +303,10 @@ def test_uncertainty_weighting_trains_through_the_loop(full_cache, tiny_tokens, 
 
 def test_gradnorm_trains_its_multipliers_through_the_loop(full_cache, tiny_tokens, tokenizer,
                                                          tmp_path):
-    _teacher, cache = full_cache
-    d = DistillParams(objective={"forward_kl": 1.0, "ce": 0.5}, loss_weighting="gradnorm",
-                      gradnorm_alpha=1.5,
-                      train=TrainParams(steps=30, batch_size=6, lr=3e-2, warmup_steps=2,
-                                        log_every=10, eval_every=30))
-    student = build_model(STUDENT, seed=1)
-    objective = build_objective(d, CachedTeacher(cache), student)
+    student, objective, logged = _weighted_run(full_cache[1], tiny_tokens, tokenizer, tmp_path,
+                                               {"forward_kl": 1.0, "ce": 0.5}, "gradnorm",
+                                               gradnorm_alpha=1.5)
     assert objective.single_process_only == "distill.loss_weighting = gradnorm"
-    with RunLog(tmp_path, "distill", "gradnorm", {}) as run:
-        train(student, TokenSplit.open(tiny_tokens, "train"), TokenSplit.open(tiny_tokens, "val"),
-              d.train, run, tokenizer.pad_token_id, objective=objective)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
-    logged = [r for r in records if "weight_ce" in r]
-    assert len(logged) == 3
     for r in logged:  # weight_term * w_term, the w summing to the 2 terms
         assert r["weight_forward_kl"] / 1.0 + r["weight_ce"] / 0.5 == pytest.approx(2, rel=1e-4)
     # the multipliers moved off 1, and the term that fell less since the first step (the
