@@ -129,17 +129,29 @@ def group_values(points: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 def best_per_rest(figures: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """For each combination of the axes but the last, the group whose held-out tool accuracy is
     highest (then validation loss lowest), with `edge` set when its last-axis value is the lowest
-    or highest numeric value swept."""
+    or highest numeric value swept for that combination (a zip of optimizers and their own rates
+    sweeps each optimizer's rates apart)."""
     last, rest = axes[-1], axes[:-1]
-    swept = [v for v in figures[last] if isinstance(v, (int, float)) and not isinstance(v, bool)]
     ranked = figures.assign(_acc=figures["heldout_mean"].fillna(-1.0),
                             _loss=figures["val_loss_mean"].fillna(float("inf")))
     ranked = ranked.sort_values(["_acc", "_loss"], ascending=[False, True], kind="stable")
     keys = [ranked[a].map(label) for a in rest] if rest else [pd.Series(0, index=ranked.index)]
-    best = ranked.groupby(keys, sort=False).head(1)
-    best = best.assign(edge=[bool(swept) and v in (min(swept), max(swept)) and len(set(swept)) > 2
-                             for v in best[last]])
+    by_rest = ranked.groupby(keys, sort=False)
+    swept = [_numbers(group[last]) for _, group in by_rest]    # in ngroup()'s order
+    number = by_rest.ngroup()
+    best = by_rest.head(1)
+    best = best.assign(edge=[_at_edge(v, swept[number[i]]) for i, v in best[last].items()])
     return best.drop(columns=["_acc", "_loss"])
+
+
+def _numbers(values: pd.Series) -> list[float]:
+    return sorted({float(v) for v in values
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def _at_edge(value: Any, swept: list[float]) -> bool:
+    """Whether `value` is the lowest or highest of more than two numeric values swept."""
+    return len(swept) > 2 and value in (swept[0], swept[-1])
 
 
 def _aggregates() -> str:

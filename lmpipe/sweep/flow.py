@@ -102,7 +102,6 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
     root = Path(project).resolve()
     grid = load_grid(root / grid_path, root, overrides)  # an absolute grid_path stays itself
     jobs = jobs or grid.jobs
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     records = pending_records(grid)
     manifest = write_manifest(root, grid, records)
     logger.info("sweep %s: %d points, %d at a time, %d retries", grid.sweep_id,
@@ -114,7 +113,9 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
              else [grid.points])
     with pipeline_visible(root, grid.pipeline, grid.sweep_id), stage_server():
         for wave in waves:
-            futures = {run.submit(str(root), grid, p, threads): p for p in wave}
+            # a point alone has every core: the shared teacher and its cache are most of its time
+            width = max(1, (os.cpu_count() or 1) // min(jobs, len(wave)))
+            futures = {run.submit(str(root), grid, p, width): p for p in wave}
             for future in as_completed(list(futures)):
                 point = futures[future]
                 outcome = future.result(raise_on_failure=False)  # the record, or the exception

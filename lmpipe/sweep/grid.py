@@ -151,17 +151,24 @@ def _positive(value: Any, key: str, source: Path, minimum: int) -> int:
 
 def pin(cross: dict[str, list], groups: list[dict[str, list]], overrides: list[str]) -> None:
     """Fix keys to one value (`key=value`, e.g. a tiny test run of a long sweep), in place: a
-    crossed or zipped key takes that value in every point; any other key becomes a constant."""
+    crossed key takes that value in every point; a zipped key that lists the value keeps only
+    its group's rows with it (`optimizer=sgd` of a zip of optimizers and their own rates runs
+    SGD's rates), and takes it in every row if it lists no such value; any other key becomes
+    a constant."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key.sub=value")
         key, raw = (part.strip() for part in item.split("=", 1))
         value = yaml.safe_load(raw)
         group = next((g for g in groups if key in g), None)
-        if group is not None:
-            group[key] = [value] * len(group[key])
-        else:
+        if group is None:
             cross[key] = [value]
+        elif value in group[key]:
+            rows = [i for i, v in enumerate(group[key]) if v == value]
+            for name in group:
+                group[name] = [group[name][i] for i in rows]
+        else:
+            group[key] = [value] * len(group[key])
 
 
 def parse_seeds(value: Any, where: str) -> list[int]:

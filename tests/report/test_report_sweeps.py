@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lmpipe.report import sweeps
@@ -140,3 +141,18 @@ def test_the_page_draws_the_tables_and_the_curves(store):
     # the mean over seeds of the periodic tool accuracy of sgd at 0.01 at step 200: (0.4 + 0.6) / 2
     assert any(v["metric"] == "tool_accuracy" and v["step"] == 200 and v["grp"] == "p05"
                and v["value"] == pytest.approx(0.5) for v in values)
+
+
+def test_the_edge_is_each_optimizers_own_when_they_sweep_their_own_rates():
+    """A zip of optimizers and their own rates: 0.1 is inside the whole grid's 0.001-1.0 but
+    the lowest SGD swept, and 0.01 is AdamW's highest."""
+    rows = [("adamw", 0.001, 0.5), ("adamw", 0.003, 0.3), ("adamw", 0.01, 0.2),
+            ("sgd", 0.1, 1.0), ("sgd", 0.3, 1.5), ("sgd", 1.0, 9.0),
+            ("muon", 0.003, 0.4), ("muon", 0.01, 0.1), ("muon", 0.03, 0.3)]
+    figures = pd.DataFrame([{"distill.train.optimizer": o, "distill.train.lr": lr,
+                             "heldout_mean": None, "val_loss_mean": loss}
+                            for o, lr, loss in rows])
+    best = sweeps.best_per_rest(figures, ["distill.train.optimizer", "distill.train.lr"])
+    picked = {r["distill.train.optimizer"]: (r["distill.train.lr"], r["edge"])
+              for _, r in best.iterrows()}
+    assert picked == {"adamw": (0.01, True), "sgd": (0.1, True), "muon": (0.01, False)}

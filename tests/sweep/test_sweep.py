@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lmpipe.data.world import attribute_values
 from lmpipe.core.section import ConfigError
+from lmpipe.data.world import attribute_values
 from lmpipe.sweep.grid import expand, load_grid
 from tests.project_copy import copy_project, pipeline_env, run_checked
 
@@ -31,6 +31,20 @@ def test_expand_crosses_axes_and_moves_zipped_groups_together():
     assert points[-1] == {"a": 2, "b": "z", "c": False, "d": 1}
     assert all((p["c"], p["d"]) in {(True, 0), (False, 1)} for p in points)
     assert len({tuple(sorted(p.items())) for p in points}) == 12
+
+
+def test_a_pin_on_a_zipped_key_keeps_the_rows_that_list_it(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("zip:\n  - distill.train.optimizer: [adamw, adamw, sgd, sgd]\n"
+                    "    distill.train.lr: [0.001, 0.01, 0.1, 1.0]\n")
+    rows = lambda *pins: [(p.overrides["distill.train.optimizer"], p.overrides["distill.train.lr"])
+                          for p in load_grid(grid, ROOT, list(pins)).points]
+    assert rows() == [("adamw", 0.001), ("adamw", 0.01), ("sgd", 0.1), ("sgd", 1.0)]
+    assert rows("distill.train.optimizer=sgd") == [("sgd", 0.1), ("sgd", 1.0)]
+    assert rows("distill.train.optimizer=sgd", "distill.train.lr=1.0") == [("sgd", 1.0)]
+    # a value the group does not list is set in every row, as for a crossed key
+    assert rows("distill.train.optimizer=lion") == [("lion", 0.001), ("lion", 0.01),
+                                                    ("lion", 0.1), ("lion", 1.0)]
 
 
 def test_the_flagship_grid_has_18_combinations_of_3_seeds_and_a_stable_id():
@@ -349,8 +363,13 @@ def test_the_distillation_recipes_grids():
                                                                "muon", "adamw8bit")
                                             for lr in (0.001, 0.003, 0.01)}
     smollm2 = load_grid(ROOT / "recipes/optimizers/smollm2.yaml", ROOT)
-    assert [(p.overrides, p.seed) for p in smollm2.points] == [
-        (p.overrides, p.seed) for p in optimizers.points]  # the same grid, another setting
+    # the same optimizers and seeds, each at its own three rates around the first grid's best
+    rates = {"adamw": (0.001, 0.003, 0.01), "sgd": (0.03, 0.1, 0.3),
+             "adafactor": (0.03, 0.1, 0.3), "lion": (0.001, 0.003, 0.01),
+             "muon": (0.01, 0.03, 0.1), "adamw8bit": (0.001, 0.003, 0.01)}
+    assert [(p.overrides["distill.train.optimizer"], p.overrides["distill.train.lr"], p.seed)
+            for p in smollm2.points] == [(o, lr, seed) for seed in (0, 1)
+                                         for o, lrs in rates.items() for lr in lrs]
     assert smollm2.pipeline.as_posix() == "recipes/distill-sweep-smollm2/dvc.yaml"
     # its pipeline is the people setting's, copied: the same stages, its own params
     assert ((ROOT / smollm2.pipeline).read_text()
