@@ -85,6 +85,14 @@ class DistillParams(Section):
     train: TrainParams = TrainParams()
 
     @model_validator(mode="after")
+    def _no_mesh(self) -> "DistillParams":
+        if self.train.mesh is not None:
+            # the teacher, its cache and the projectors are whole-model: not split on a mesh yet
+            raise ValueError("train.mesh: distillation runs data parallel only (torchrun "
+                             "without a mesh); expected train.mesh: null")
+        return self
+
+    @model_validator(mode="after")
     def _objective_terms(self) -> "DistillParams":
         for term, weight in self.objective.items():
             if term not in OBJECTIVE_TERMS:

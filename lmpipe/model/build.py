@@ -138,9 +138,12 @@ def save_tokenizer(tokenizer, folder: str | Path) -> Path:
     return Path(folder)
 
 
-def save_model(model: torch.nn.Module, tokenizer, folder: str | Path) -> Path:
+def save_model(model: torch.nn.Module, tokenizer, folder: str | Path,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """The model (safetensors, config) and its tokenizer as a transformers directory;
+    `state_dict`: its weights gathered whole, when the model itself holds shards."""
     folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     save_tokenizer(tokenizer, folder)
     return folder
 

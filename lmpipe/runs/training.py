@@ -34,6 +34,7 @@ from lmpipe.params.config import Params
 from lmpipe.params.identity import data_identity, model_identity, run_identity
 from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
 from lmpipe.train.distributed import init_distributed, shutdown
+from lmpipe.train.mesh import consolidated_state_dict
 from lmpipe.train.loop import Diverged, Objective, train
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.params import TrainParams
@@ -146,6 +147,8 @@ def run_training(stage: str, name: str, params: Params, model_params: ModelParam
                             folder=work, eval_hook=hook)
             if hasattr(objective, "detach"):
                 objective.detach(model)
+            # on a mesh the model is in shards: gather it whole (every process takes part)
+            whole = consolidated_state_dict(model) if tp.mesh is not None else None
             if run is not None:
                 if tp.qat:  # what was trained is a ternary model: save it packed, as it runs
                     quantization = export_ternary(model, tokenizer, work / "model",
@@ -153,7 +156,7 @@ def run_training(stage: str, name: str, params: Params, model_params: ModelParam
                     summary = {**summary, "packed_ratio": quantization["ratio"],
                                "file_bytes": quantization["file_bytes"]}
                 else:
-                    save_model(model, tokenizer, work / "model")
+                    save_model(model, tokenizer, work / "model", state_dict=whole)
                 write_model_card(work / "model", name=name, stage=stage,
                                  params=params.model_dump(mode="json"),
                                  summary={"params_count": n_params, **summary}, teacher=teacher)

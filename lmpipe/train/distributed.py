@@ -3,12 +3,15 @@
 Launched plainly, a run is one process (rank 0 of 1) and nothing here does anything. Launched
 with `torchrun --nproc_per_node N`, each process joins a process group (gloo on CPU, nccl on CUDA),
 takes its share of every global batch, and DDP averages gradients. Only rank 0 writes files.
+On a (dp, tp) mesh (lmpipe/train/mesh.py) the batch is shared by the dp replicas only: the tp
+processes of one replica see the same rows, so data counts are summed over the replica group.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -19,6 +22,11 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    # on a mesh: this process's data-parallel replica, their count and their process group
+    # (None: every process is a replica of its own, as under DDP)
+    dp_rank: int | None = None
+    dp_world: int | None = None
+    dp_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -28,11 +36,31 @@ class Dist:
     def enabled(self) -> bool:
         return self.world > 1
 
+    @property
+    def data_rank(self) -> int:
+        """Which share of every global batch this process reads."""
+        return self.rank if self.dp_rank is None else self.dp_rank
+
+    @property
+    def data_world(self) -> int:
+        """How many shares a global batch is cut into."""
+        return self.world if self.dp_world is None else self.dp_world
+
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all processes (identity when alone)."""
         if self.enabled:
             value = value.clone()
             torch_dist.all_reduce(value, op=torch_dist.ReduceOp.SUM)
+        return value
+
+    def data_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over the data shares: over every process, or on a mesh over the
+        replicas (the tp processes of one replica hold the same figures)."""
+        if self.dp_world is None:
+            return self.all_sum(value)
+        if self.dp_world > 1:
+            value = value.clone()
+            torch_dist.all_reduce(value, op=torch_dist.ReduceOp.SUM, group=self.dp_group)
         return value
 
     def barrier(self) -> None:

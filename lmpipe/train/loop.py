@@ -33,13 +33,16 @@ from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
 from lmpipe.train.checkpoint import (
     TrainerState,
     fingerprint,
+    is_sharded,
     latest_checkpoint,
     load_checkpoint,
     remove_checkpoints,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from lmpipe.train.distributed import Dist, init_distributed, resolve_device
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
+from lmpipe.train.mesh import build_mesh, clip_grad_norm, parallelize
 from lmpipe.train.optim import build_optimizer, set_learning_rate, state_bytes
 from lmpipe.train.probes import ProbeRecorder
 from lmpipe.train.schedule import lr_at
@@ -71,13 +74,19 @@ def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batc
     The global batch (batch_size * grad_accum rows) is the same whatever the number of processes
     and accumulation steps: process r takes rows r, r + world, ...; micro-batch i of those takes
     every grad_accum-th row from i. So DDP and accumulation reproduce one big batch exactly.
+    On a mesh the shares go by data-parallel replica: a replica's tp processes read the same rows.
     """
     mine = batches(step)
-    if dist.enabled:
-        mine = mine.rows(slice(dist.rank, None, dist.world))
+    if dist.data_world > 1:
+        mine = mine.rows(slice(dist.data_rank, None, dist.data_world))
     if tp.grad_accum == 1:
         return [mine]
     return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
+
+
+def tp_dp(tp: TrainParams) -> int:
+    """The data-parallel replicas of a mesh run (1 without a mesh)."""
+    return tp.mesh.dp if tp.mesh is not None else 1
 
 
 class _Window:
@@ -113,12 +122,15 @@ class Trainer:
         self.per_step_metrics = set(getattr(objective, "per_step_metrics", ()))
         self.folder = folder if folder is not None else (run.folder if run is not None else None)
         self.dist = init_distributed()
-        if tp.batch_size < self.dist.world:
-            # every process must get at least one row of every micro-batch
-            raise ConfigError(f"train.batch_size = {tp.batch_size}: fewer rows than the "
-                              f"{self.dist.world} data-parallel processes; expected batch_size "
-                              f">= {self.dist.world}")
         self.device = resolve_device(tp.device, self.dist)
+        self.mesh = None
+        if tp.mesh is not None:
+            self.mesh, self.dist = build_mesh(tp.mesh, self.dist, self.device)
+        if tp.batch_size < self.dist.data_world:
+            # every replica must get at least one row of every micro-batch
+            raise ConfigError(f"train.batch_size = {tp.batch_size}: fewer rows than the "
+                              f"{self.dist.data_world} data-parallel processes; expected "
+                              f"batch_size >= {self.dist.data_world}")
         if tp.qat:  # before the optimizer and DDP see the model: same parameters, new forward
             convert_to_bitlinear(model, tp.qat_skip_modules)
         self.model = model.to(self.device)
@@ -135,6 +147,8 @@ class Trainer:
             raise ConfigError("train.optimizer = adalomo: it updates each weight during backward, "
                               "so data-parallel processes cannot average gradients first; run "
                               "one process or use another optimizer")
+        if self.mesh is not None:  # split and shard before the optimizer sees the parameters
+            parallelize(model, self.mesh, tp.mesh)
         self.optimizer = build_optimizer(model, tp)
         # fp16 autocast needs loss scaling against gradient underflow; a no-op otherwise
         self.scaler = torch.amp.GradScaler(
@@ -144,7 +158,7 @@ class Trainer:
         self.step, self.tokens_seen = 0, 0
         self.initial_val = float("nan")
         self.wrapped = model
-        if self.dist.enabled:
+        if self.dist.enabled and self.mesh is None:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(self.wrapped) if tp.compile else self.wrapped
@@ -166,12 +180,22 @@ class Trainer:
                                                                            self.fingerprint)
         if path is None:
             return False
+        if self.mesh is not None and not is_sharded(path):
+            raise ConfigError(f"{path}: a whole-model checkpoint (written without train.mesh) "
+                              "does not load onto a mesh; resume it without train.mesh, or "
+                              "remove it to start over")
         state = load_checkpoint(path, self.model, self.optimizer)
         self.step, self.tokens_seen = state.step, state.tokens_seen
         self.initial_val = state.initial_val_loss
         return True
 
     def save(self) -> None:
+        if self.mesh is not None and self.checkpoint_dir is not None:  # every process writes
+            save_sharded_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
+                                    TrainerState(self.step, self.tokens_seen, self.fingerprint,
+                                                 self.initial_val),
+                                    self.run_params, self.tp.keep_checkpoints, self.dist.is_main)
+            return
         if self.dist.is_main and self.checkpoint_dir is not None:
             save_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
                             TrainerState(self.step, self.tokens_seen, self.fingerprint,
@@ -194,7 +218,7 @@ class Trainer:
         with timer.phase("data"):
             micro = [b.to(self.device) for b in _micro_batches(self.batches, tp, step, self.dist)]
             # one all-reduce for both counts: targets normalize the loss, tokens feed tokens/s
-            counts = self.dist.all_sum(torch.tensor(
+            counts = self.dist.data_sum(torch.tensor(
                 [float(sum(b.target_mask.sum() for b in micro)), float(sum(b.n_tokens for b in micro))],
                 device=self.device))
             global_targets, n_tokens = counts[0].clamp(min=1), int(counts[1])
@@ -208,12 +232,11 @@ class Trainer:
         with timer.phase("forward_backward"):
             for i, batch in enumerate(micro):
                 sync = not self.dist.enabled or i == len(micro) - 1
-                with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), \
-                        _autocast(self.device, tp.precision):
+                with self._no_sync(sync), _autocast(self.device, tp.precision):
                     loss_sum, parts = self.objective(self.forward, batch)
-                # DDP averages gradients over processes; scaling by world / global targets makes
-                # the result the gradient of the global per-target mean.
-                scaled = loss_sum * (self.dist.world / global_targets)
+                # DDP and FSDP average gradients over replicas; scaling by their number / global
+                # targets makes the result the gradient of the global per-target mean.
+                scaled = loss_sum * (self.dist.data_world / global_targets)
                 if fused:  # a non-finite loss must stop the run before it touches the weights
                     self._check_finite(step + 1, loss_sum.detach(), torch.zeros(()))
                     grad_norm = self.optimizer.fused_step(scaled, lr, tp.grad_clip)
@@ -229,14 +252,28 @@ class Trainer:
             return total, global_targets, extras, n_tokens, lr, grad_norm
         with timer.phase("optimizer"):
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), tp.grad_clip if tp.grad_clip > 0 else math.inf)
+            clip = clip_grad_norm if self.mesh is not None else torch.nn.utils.clip_grad_norm_
+            grad_norm = clip(list(self.model.parameters()),
+                             tp.grad_clip if tp.grad_clip > 0 else math.inf)
             if not self.scaler.is_enabled():  # fp16 loss scaling skips non-finite steps itself
                 self._check_finite(step + 1, total, grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         return total, global_targets, extras, n_tokens, lr, grad_norm
+
+    def _no_sync(self, sync: bool):
+        """Gradients of a micro-batch before the last stay local: DDP's no_sync, FSDP2's
+        requires_gradient_sync (reduce-scattered with the last)."""
+        if sync or not self.dist.enabled:
+            if self.mesh is not None and tp_dp(self.tp) > 1:
+                self.model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if self.mesh is None:
+            return self.wrapped.no_sync()
+        if tp_dp(self.tp) > 1:
+            self.model.set_requires_gradient_sync(False)
+        return contextlib.nullcontext()
 
     def _check_finite(self, step: int, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Raise Diverged (on every process alike) when the loss or the gradient is not finite."""
@@ -292,7 +329,9 @@ class Trainer:
                 "tokens_seen": self.tokens_seen, "steps": tp.steps, "resumed": resumed,
                 "resumed_from": resumed_from,
                 "optimizer_state_bytes": state_bytes(self.optimizer),
-                "world_size": self.dist.world}
+                "world_size": self.dist.world,
+                **({"mesh_dp": self.tp.mesh.dp, "mesh_tp": self.tp.mesh.tp}
+                   if self.tp.mesh is not None else {})}
 
     def _begin(self) -> tuple[bool, int | None]:
         """Resume from the newest matching checkpoint, or start over: the run's logs are cut
@@ -337,12 +376,12 @@ class Trainer:
         with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
             total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
         self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
-        window.loss += self.dist.all_sum(total)
+        window.loss += self.dist.data_sum(total)
         window.targets += targets
         window.tokens += n_tokens
         window.steps += 1
         for key, value in extras.items():
-            window.extras[key] = window.extras.get(key, 0) + self.dist.all_sum(value)
+            window.extras[key] = window.extras.get(key, 0) + self.dist.data_sum(value)
         return lr, grad_norm
 
     def _window_record(self, step: int, window: "_Window", lr: float, grad_norm: torch.Tensor,
@@ -364,7 +403,7 @@ class Trainer:
                 **{k: v / window.steps for k, v in phases.items()},
                 "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
                 **profiler.memory_record(self.device),
-                **{k: (v / (window.steps * self.dist.world
+                **{k: (v / (window.steps * self.dist.data_world
                             if k in self.per_step_metrics else window.targets)).item()
                    for k, v in window.extras.items()},
             }

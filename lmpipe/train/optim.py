@@ -33,7 +33,7 @@ def state_bytes(optimizer) -> int:
     moments, step counters): the memory it adds beyond the weights and their gradients. A tensor
     subclass (torchao's 8-bit moments: codes, block scales and the code map) counts the tensors it
     is made of, a tensor shared by several states once; an optimizer made of several
-    (lmpipe/train/muon.py) counts each."""
+    (lmpipe/train/muon.py) counts each. On a device mesh: this process's shards."""
     parts = getattr(optimizer, "optimizers", None) or [optimizer]
     seen: set[int] = set()
     return sum(_tensor_bytes(value, seen) for part in parts for state in part.state.values()
@@ -41,6 +41,8 @@ def state_bytes(optimizer) -> int:
 
 
 def _tensor_bytes(tensor: torch.Tensor, seen: set[int]) -> int:
+    if hasattr(tensor, "to_local") and hasattr(tensor, "device_mesh"):
+        tensor = tensor.to_local()  # a DTensor on a mesh: the shard this process holds
     if type(tensor) is not torch.Tensor and hasattr(tensor, "__tensor_flatten__"):
         inner, _ = tensor.__tensor_flatten__()
         return sum(_tensor_bytes(getattr(tensor, name), seen) for name in inner)
@@ -146,11 +148,15 @@ def build_optimizer(model: torch.nn.Module, tp: TrainParams) -> torch.optim.Opti
         raise ValueError("build_optimizer: the model has no trainable parameters")
     params = [p for g in groups for _, p in g["params"]]
     name = tp.optimizer
+    # on a device mesh the parameters are DTensors on two meshes (lmpipe/train/mesh.py), which
+    # one multi-tensor kernel cannot take: each tensor steps alone
+    alone = {"foreach": False} if tp.mesh is not None else None
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2),
-                                 **_adamw_kernel(params))
+                                 **(alone or _adamw_kernel(params)))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=tp.lr, momentum=tp.beta1, nesterov=False)
+        return torch.optim.SGD(groups, lr=tp.lr, momentum=tp.beta1, nesterov=False,
+                               **(alone or {}))
     if name == "adafactor":
         return torch.optim.Adafactor(groups, lr=tp.lr)
     if name == "lion":

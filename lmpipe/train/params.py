@@ -53,6 +53,19 @@ class ProbeParams(Section):
         return self
 
 
+class MeshParams(Section):
+    """A (dp, tp) device mesh past data parallel (lmpipe/train/mesh.py): FSDP2 shards parameters,
+    gradients and optimizer state over `dp` replicas, each of which splits every Llama block's
+    attention heads and MLP width over `tp` processes. dp x tp processes under torchrun."""
+
+    dp: int = Field(1, ge=1, description="data-parallel replicas (FSDP2 over them when > 1)")
+    tp: int = Field(1, ge=1, description="tensor-parallel processes each Llama block is split "
+                    "over (transformers' own plan: q/k/v/gate/up by columns, o/down by rows)")
+
+
+MESH_OPTIMIZERS = ("adamw", "sgd")  # elementwise updates: a shard updates as the whole would
+
+
 class TrainParams(Section):
     """One training run: optimizer, schedule, batching, checkpoints and performance switches."""
 
@@ -111,6 +124,26 @@ class TrainParams(Section):
     qat_schedule: Literal["linear", "sigmoid"] = "linear"
     qat_skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"],
                                         description="linear layers that stay full precision")
+    mesh: MeshParams | None = Field(
+        None, description="{dp: N, tp: M}: FSDP2 over N data-parallel replicas, tensor "
+        "parallel over M processes, N x M processes under torchrun, sharded (DCP) checkpoints "
+        "that resume on any mesh; null: every torchrun process a DDP replica, as before")
+
+    @model_validator(mode="after")
+    def _mesh_limits(self) -> "TrainParams":
+        if self.mesh is None:
+            return self
+        if self.optimizer not in MESH_OPTIMIZERS:
+            raise ValueError(f"mesh: optimizer {self.optimizer!r} is not supported on a device "
+                             f"mesh (its update reads whole matrices or fuses into backward); "
+                             f"expected one of {', '.join(MESH_OPTIMIZERS)}, or mesh: null")
+        if self.qat:
+            raise ValueError("mesh: qat replaces the linear layers tensor parallel splits; "
+                             "expected qat: false, or mesh: null")
+        if self.probes.enabled:
+            raise ValueError("mesh: probes record whole activations; expected probes.enabled: "
+                             "false, or mesh: null")
+        return self
 
     @model_validator(mode="after")
     def _adalomo_limits(self) -> "TrainParams":
@@ -144,3 +177,23 @@ class ModelRunParams(Section):
         "transformers model directory; `model` and `train` are then ignored")
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _mesh_fits(self) -> "ModelRunParams":
+        check_mesh_fits(self.model, self.train)
+        return self
+
+
+def check_mesh_fits(model: ModelParams, train: TrainParams) -> None:
+    """Tensor parallel splits a Llama's heads, its key/value heads and its MLP width evenly."""
+    mesh = train.mesh
+    if mesh is None or mesh.tp == 1:
+        return
+    if model.arch != "llama":
+        raise ValueError(f"train.mesh.tp = {mesh.tp}: tensor parallel splits Llama blocks; "
+                         f"expected model.arch llama or mesh.tp 1, got {model.arch!r}")
+    for key, size in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads or model.n_heads),
+                      ("d_ff", model.d_ff or 4 * model.d_model)):
+        if size % mesh.tp:
+            raise ValueError(f"train.mesh.tp = {mesh.tp} does not divide model.{key} ({size}); "
+                             f"expected a tp that divides n_heads, n_kv_heads and d_ff")

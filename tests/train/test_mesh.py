@@ -1,0 +1,132 @@
+"""Training on a (dp, tp) device mesh under torchrun (gloo, CPU): FSDP2 over dp and tensor
+parallel over tp match one process with the same global batch; sharded (DCP) checkpoints resume
+after SIGKILL and on another mesh shape; the model gathered whole gives the sharded one's logits."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmpipe.train.params import TrainParams
+
+DRIVER = Path(__file__).parents[1] / "drivers" / "train_tiny.py"
+# four heads and a d_ff of 64 split over tp = 2 or 4; two blocks, so FSDP has units to shard
+SHAPE = ["d_model=32", "n_layers=2", "n_heads=4", "d_ff=64"]
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
+
+
+def _train(tokens, run, steps, *extra, procs=1, check=True):
+    launcher = (*TORCHRUN, f"--nproc_per_node={procs}") if procs > 1 else (sys.executable,)
+    result = subprocess.run([*launcher, str(DRIVER), str(tokens), str(run), str(steps),
+                             "--model", *SHAPE, *extra], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr[-4000:])
+    return result
+
+
+def _losses(run):
+    """Every logged training and validation loss, by step."""
+    records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").open()]
+    return {(r["step"], k): r[k] for r in records for k in ("loss", "val_loss") if k in r}
+
+
+def _summary(run):
+    return json.loads((Path(run) / "summary.json").read_text())
+
+
+def _assert_same_losses(a, b, tol=1e-5):
+    la, lb = _losses(a), _losses(b)
+    assert la.keys() == lb.keys() and len(la) >= 4
+    for key in la:
+        assert lb[key] == pytest.approx(la[key], abs=tol), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", ["2x2", "1x4"])
+def test_a_mesh_trains_as_one_process_with_the_same_global_batch(tiny_tokens, tmp_path, mesh):
+    single, sharded = tmp_path / "single", tmp_path / mesh
+    _train(tiny_tokens, single, 10, "--set", "batch_size=8")
+    _train(tiny_tokens, sharded, 10, "--set", "batch_size=8", f"mesh={mesh}", procs=4)
+    _assert_same_losses(single, sharded)
+    summary = _summary(sharded)
+    dp, tp = (int(n) for n in mesh.split("x"))
+    assert (summary["world_size"], summary["mesh_dp"], summary["mesh_tp"]) == (4, dp, tp)
+    assert _summary(single)["final_val_loss"] == pytest.approx(summary["final_val_loss"], abs=1e-5)
+    # trained for real: the validation loss fell
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+
+
+@pytest.mark.slow
+def test_a_killed_rank_resumes_from_the_sharded_checkpoint_on_any_mesh_shape(tiny_tokens,
+                                                                            tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    common = ["--set", "checkpoint_every=5"]
+    _train(tiny_tokens, straight, 30, *common)
+    # rank 1 of a 2 x 2 mesh is killed (SIGKILL) at step 13, and torchrun stops the others
+    died = _train(tiny_tokens, killed, 30, "--kill-at", "13", "--kill-rank", "1", *common,
+                  "mesh=2x2", procs=4, check=False)
+    assert died.returncode != 0
+    checkpoints = killed / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step_")) == [
+        "step_00000005", "step_00000010"]
+    assert (checkpoints / "step_00000010" / "dcp").is_dir()
+    # resumed on 1 x 4 (killed at step 18), on 4 x 1 (killed at step 23), then one process
+    for mesh in ("1x4", "4x1"):
+        died = _train(tiny_tokens, killed, 30, "--kill-at", "8", "--kill-rank", "3", *common,
+                      f"mesh={mesh}", procs=4, check=False)
+        assert died.returncode != 0
+    _train(tiny_tokens, killed, 30, *common)
+    assert _summary(killed)["resumed_from"] == 20
+    la, lb = _losses(straight), _losses(killed)
+    assert lb.keys() == la.keys()
+    for key in la:
+        assert lb[key] == pytest.approx(la[key], abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_the_model_gathered_whole_gives_the_sharded_models_logits(tiny_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    _train(tiny_tokens, run, 4, "--set", "batch_size=8", "mesh=2x2", "--export", procs=4)
+    saved = torch.load(run / "logits.pt", weights_only=True)
+    whole = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    with torch.no_grad():
+        logits = whole(input_ids=saved["input_ids"]).logits
+    assert torch.allclose(logits, saved["logits"], atol=1e-5)
+    assert (run / "model" / "model.safetensors").is_file()
+    assert not any(isinstance(p, torch.distributed.tensor.DTensor) for p in whole.parameters())
+
+
+def test_mesh_params_are_checked_before_anything_runs():
+    from lmpipe.model.params import ModelParams
+    from lmpipe.train.params import ModelRunParams
+
+    with pytest.raises(ValueError, match="optimizer 'muon' is not supported on a device mesh"):
+        TrainParams(optimizer="muon", mesh={"dp": 2, "tp": 2})
+    with pytest.raises(ValueError, match="qat"):
+        TrainParams(qat=True, mesh={"dp": 1, "tp": 2})
+    with pytest.raises(ValueError, match=r"train.mesh.tp = 4 does not divide model.n_heads \(2\)"):
+        ModelRunParams(model=ModelParams(d_model=32, n_heads=2),
+                       train=TrainParams(mesh={"dp": 1, "tp": 4}))
+    with pytest.raises(ValueError, match=r"does not divide model.d_ff \(66\)"):
+        ModelRunParams(model=ModelParams(d_model=32, n_heads=4, d_ff=66),
+                       train=TrainParams(mesh={"dp": 1, "tp": 2}))
+    with pytest.raises(ValueError, match="expected model.arch llama"):
+        ModelRunParams(model=ModelParams(arch="mamba"), train=TrainParams(mesh={"dp": 1, "tp": 2}))
+    ModelRunParams(model=ModelParams(d_model=32, n_heads=4), train=TrainParams(mesh={"tp": 4}))
+
+
+def test_the_checkpoint_fingerprint_leaves_the_mesh_out():
+    from lmpipe.train.checkpoint import fingerprint
+
+    plain = {"model": {"d_model": 32}, "train": TrainParams().model_dump(mode="json")}
+    meshed = {"model": {"d_model": 32},
+              "train": TrainParams(mesh={"dp": 2, "tp": 2}).model_dump(mode="json")}
+    other = {"model": {"d_model": 32}, "train": TrainParams(lr=0.1).model_dump(mode="json")}
+    assert fingerprint(plain) == fingerprint(meshed) != fingerprint(other)
