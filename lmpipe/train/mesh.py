@@ -105,7 +105,36 @@ def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> tor
 
 def consolidated_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer whole, on the CPU (a collective: every process calls it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                 cpu_offload=True))
+
+
+def tensor_parallel_inference(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """Split `model`'s blocks over every process of this torchrun (in place) for generation:
+    each process keeps n_heads / world heads, so its KV cache holds only their keys and values
+    (lmpipe/eval/kv_buffer.py sizes it from the keys it is given), and the all-reduced logits
+    are the same on every process, so a greedy or seeded loop picks the same tokens everywhere.
+    Alone, the model is returned as it is."""
+    if not dist.enabled:
+        return model
+    config = model.config
+    for key, size in (("num_attention_heads", config.num_attention_heads),
+                      ("num_key_value_heads", config.num_key_value_heads),
+                      ("intermediate_size", config.intermediate_size)):
+        if size % dist.world:
+            raise ConfigError(f"tensor parallel over {dist.world} processes: the model's {key} "
+                              f"({size}) does not split evenly; expected a process count that "
+                              f"divides it")
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.world,), mesh_dim_names=("tp",))
+    plan = block_plan(model)
+    for block in model.model.layers:
+        parallelize_module(block, mesh, plan)
+    return model

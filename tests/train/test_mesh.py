@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmpipe.core import protocol
+from lmpipe.data.tokenizer import build_byte_tokenizer
 from lmpipe.train.params import TrainParams
 
 DRIVER = Path(__file__).parents[1] / "drivers" / "train_tiny.py"
@@ -23,6 +25,7 @@ def _train(tokens, run, steps, *extra, procs=1, check=True):
     launcher = (*TORCHRUN, f"--nproc_per_node={procs}") if procs > 1 else (sys.executable,)
     result = subprocess.run([*launcher, str(DRIVER), str(tokens), str(run), str(steps),
                              "--model", *SHAPE, *extra], capture_output=True, text=True,
+                            check=False,
                             env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
     if check and result.returncode != 0:
         raise AssertionError(result.stderr[-4000:])
@@ -130,3 +133,21 @@ def test_the_checkpoint_fingerprint_leaves_the_mesh_out():
               "train": TrainParams(mesh={"dp": 2, "tp": 2}).model_dump(mode="json")}
     other = {"model": {"d_model": 32}, "train": TrainParams(lr=0.1).model_dump(mode="json")}
     assert fingerprint(plain) == fingerprint(meshed) != fingerprint(other)
+
+
+@pytest.mark.slow
+def test_generation_with_a_tool_call_under_tensor_parallel_writes_the_same_tokens(tmp_path):
+    driver = Path(__file__).parents[1] / "drivers" / "generate_tp.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for out, launcher in ((tmp_path / "one.json", (sys.executable,)),
+                          (tmp_path / "tp2.json", (*TORCHRUN, "--nproc_per_node=2"))):
+        result = subprocess.run([*launcher, str(driver), str(out)], capture_output=True,
+                                text=True, check=False, env=env)
+        assert result.returncode == 0, result.stderr[-4000:]
+    one, tp2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "tp2"))
+    assert tp2 == one
+    call = one[0]
+    assert call["tool_calls"] == [["?", "1 result"]] and len(call["ids"]) > 24
+    eos = build_byte_tokenizer().convert_tokens_to_ids(protocol.EOS)
+    assert one[1] == {"ids": [eos], "tool_calls": [], "finish": "stop"}
+    assert len(set(one[2]["ids"])) > 2   # the model's own text, not one token repeated
