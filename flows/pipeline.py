@@ -67,7 +67,19 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(PROJECT))
     parser.add_argument("--serve", action="store_true", help="serve as a deployment instead of running")
+    parser.add_argument("--torchrun", default=None, metavar="OPTIONS",
+                        help="run the train stages under torchrun with these options, e.g. "
+                        "'--nproc_per_node 4' (sets LMPIPE_TORCHRUN for stages/run.sh)")
     return parser.parse_args(argv)
+
+
+def stage_env(torchrun: str | None) -> dict[str, str]:
+    """The environment a stage runs in: this one, and with `torchrun` the launcher options
+    stages/run.sh starts the train stages with."""
+    env = os.environ.copy()
+    if torchrun:
+        env["LMPIPE_TORCHRUN"] = torchrun
+    return env
 
 
 if __name__ == "__main__":
@@ -84,12 +96,12 @@ from lmpipe.core.warm_server import stage_server  # noqa: E402
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
-def run_stage(stage: str, workdir: str) -> str:
+def run_stage(stage: str, workdir: str, torchrun: str | None = None) -> str:
     logger = get_run_logger()
     # this interpreter's DVC: `.venv/bin/python flows/pipeline.py` works without the venv on PATH
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
                             cwd=workdir,
-                            capture_output=True, text=True, env=os.environ.copy())
+                            capture_output=True, text=True, env=stage_env(torchrun))
     for line in (result.stdout + result.stderr).splitlines():
         if line.strip() and "%|" not in line:  # keep progress bars out of the Prefect log
             logger.info(line)
@@ -111,9 +123,10 @@ def eval_markdown(metrics_path: Path, report_path: Path) -> str:
 
 
 @flow(name="lmpipe-pipeline", log_prints=True)
-def pipeline(workdir: str = str(PROJECT)) -> list[str]:
+def pipeline(workdir: str = str(PROJECT), torchrun: str | None = None) -> list[str]:
     """Reproduce the stages of the DVC pipeline in `workdir` that are not up to date, in order,
-    then publish the eval summary; returns the stages it ran."""
+    then publish the eval summary; returns the stages it ran. `torchrun`: launcher options
+    (e.g. '--nproc_per_node 4') the train stages run under."""
     root = Path(workdir)
     order, todo = plan(root)
     get_run_logger().info(f"{len(order) - len(todo)} of {len(order)} stages up to date; "
@@ -121,7 +134,7 @@ def pipeline(workdir: str = str(PROJECT)) -> list[str]:
     done = []
     with stage_server():  # torch and transformers imported once for every stage, not once each
         for stage in todo:
-            done.append(run_stage(stage, str(root)))
+            done.append(run_stage(stage, str(root), torchrun))
     metrics = root / "metrics" / "eval.json"
     if metrics.is_file():
         create_markdown_artifact(key="lmpipe-eval", markdown=eval_markdown(
@@ -131,6 +144,7 @@ def pipeline(workdir: str = str(PROJECT)) -> list[str]:
 
 if __name__ == "__main__":
     if _args.serve:
-        pipeline.serve(name="lmpipe-local", parameters={"workdir": _args.workdir})
+        pipeline.serve(name="lmpipe-local", parameters={"workdir": _args.workdir,
+                                                        "torchrun": _args.torchrun})
     else:
-        pipeline(workdir=_args.workdir)
+        pipeline(workdir=_args.workdir, torchrun=_args.torchrun)

@@ -19,6 +19,18 @@ done
 stage=$1
 shift
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# LMPIPE_TORCHRUN="--nproc_per_node 4" (or --nnodes/--rdzv-endpoint for several machines) runs
+# the stages named in LMPIPE_TORCHRUN_STAGES (default: train) under torchrun, one process each
+# (data parallel, or the train.mesh of params.yaml); `lmpipe-pipeline --torchrun` sets it.
+if [ -n "${LMPIPE_TORCHRUN:-}" ]; then
+    for name in ${LMPIPE_TORCHRUN_STAGES:-train}; do
+        if [ "$name" = "$stage" ]; then
+            # word splitting of the launcher options is wanted here
+            # shellcheck disable=SC2086
+            exec "${py:-python}" -m torch.distributed.run $LMPIPE_TORCHRUN -m "stages.$stage" "$@"
+        fi
+    done
+fi
 # With a warm stage server (lmpipe/core/warm_server.py: torch and transformers imported once),
 # the stage runs in a child forked from it; the client falls back to a fresh process by itself.
 if [ -n "${LMPIPE_STAGE_SERVER:-}" ] && [ -S "$LMPIPE_STAGE_SERVER" ]; then

@@ -117,8 +117,8 @@ def test_mesh_params_are_checked_before_anything_runs():
     with pytest.raises(ValueError, match=r"train.mesh.tp = 4 does not divide model.n_heads \(2\)"):
         ModelRunParams(model=ModelParams(d_model=32, n_heads=2),
                        train=TrainParams(mesh={"dp": 1, "tp": 4}))
-    with pytest.raises(ValueError, match=r"does not divide model.d_ff \(66\)"):
-        ModelRunParams(model=ModelParams(d_model=32, n_heads=4, d_ff=66),
+    with pytest.raises(ValueError, match=r"does not divide model.d_ff \(65\)"):
+        ModelRunParams(model=ModelParams(d_model=32, n_heads=4, d_ff=65),
                        train=TrainParams(mesh={"dp": 1, "tp": 2}))
     with pytest.raises(ValueError, match="expected model.arch llama"):
         ModelRunParams(model=ModelParams(arch="mamba"), train=TrainParams(mesh={"dp": 1, "tp": 2}))
@@ -151,3 +151,40 @@ def test_generation_with_a_tool_call_under_tensor_parallel_writes_the_same_token
     eos = build_byte_tokenizer().convert_tokens_to_ids(protocol.EOS)
     assert one[1] == {"ids": [eos], "tool_calls": [], "finish": "stop"}
     assert len(set(one[2]["ids"])) > 2   # the model's own text, not one token repeated
+
+
+def test_the_stage_runner_starts_the_train_stage_under_torchrun_when_asked(tmp_path):
+    """stages/run.sh with LMPIPE_TORCHRUN: the train stage (and only the stages named in
+    LMPIPE_TORCHRUN_STAGES) goes through torch.distributed.run with those options."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    root = Path(__file__).resolve().parents[2]
+
+    def argv(stage: str, **env: str) -> str:
+        result = subprocess.run(["sh", str(root / "stages" / "run.sh"), stage, "teacher"],
+                                capture_output=True, text=True, check=True,
+                                env={"PATH": os.environ["PATH"], "LMPIPE_PYTHON": str(fake),
+                                     **env})
+        return result.stdout.strip()
+
+    launch = "--nnodes 2 --rdzv-endpoint head:29500 --nproc_per_node 4"
+    assert argv("train", LMPIPE_TORCHRUN=launch) == (
+        f"-m torch.distributed.run {launch} -m stages.train teacher")
+    assert argv("eval", LMPIPE_TORCHRUN=launch) == "-m stages.eval teacher"
+    assert argv("distill", LMPIPE_TORCHRUN=launch, LMPIPE_TORCHRUN_STAGES="train distill") == (
+        f"-m torch.distributed.run {launch} -m stages.distill teacher")
+    assert argv("train") == "-m stages.train teacher"
+
+
+def test_the_pipeline_flow_passes_its_torchrun_options_to_the_stages(monkeypatch):
+    monkeypatch.delenv("LMPIPE_TORCHRUN", raising=False)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pipeline_flow", Path(__file__).resolve().parents[2] / "flows" / "pipeline.py")
+    flow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flow)
+    assert flow.stage_env("--nproc_per_node 4")["LMPIPE_TORCHRUN"] == "--nproc_per_node 4"
+    assert "LMPIPE_TORCHRUN" not in flow.stage_env(None)
+    assert flow._parse_args(["--torchrun", "--nproc_per_node 2"]).torchrun == "--nproc_per_node 2"
