@@ -35,12 +35,14 @@ def state_bytes(optimizer) -> int:
     is made of, a tensor shared by several states once; an optimizer made of several
     (lmpipe/train/muon.py) counts each. On a device mesh: this process's shards."""
     parts = getattr(optimizer, "optimizers", None) or [optimizer]
-    seen: set[int] = set()
+    # by id, holding each tensor: a DTensor's local view is a new object, whose id could
+    # otherwise be reused by the next one and wrongly count as seen
+    seen: dict[int, torch.Tensor] = {}
     return sum(_tensor_bytes(value, seen) for part in parts for state in part.state.values()
                for value in state.values() if isinstance(value, torch.Tensor))
 
 
-def _tensor_bytes(tensor: torch.Tensor, seen: set[int]) -> int:
+def _tensor_bytes(tensor: torch.Tensor, seen: dict[int, torch.Tensor]) -> int:
     if hasattr(tensor, "to_local") and hasattr(tensor, "device_mesh"):
         tensor = tensor.to_local()  # a DTensor on a mesh: the shard this process holds
     if type(tensor) is not torch.Tensor and hasattr(tensor, "__tensor_flatten__"):
@@ -48,7 +50,7 @@ def _tensor_bytes(tensor: torch.Tensor, seen: set[int]) -> int:
         return sum(_tensor_bytes(getattr(tensor, name), seen) for name in inner)
     if id(tensor) in seen:
         return 0
-    seen.add(id(tensor))
+    seen[id(tensor)] = tensor
     return tensor.numel() * tensor.element_size()
 
 

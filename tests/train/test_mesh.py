@@ -62,6 +62,9 @@ def test_a_mesh_trains_as_one_process_with_the_same_global_batch(tiny_tokens, tm
     assert _summary(single)["final_val_loss"] == pytest.approx(summary["final_val_loss"], abs=1e-5)
     # trained for real: the validation loss fell
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+    # each process holds its shards of the AdamW moments: the blocks' a quarter, the rest half
+    # (2 x 2) or whole (1 x 4), under 60% of one process's here
+    assert 0 < summary["optimizer_state_bytes"] < 0.6 * _summary(single)["optimizer_state_bytes"]
 
 
 @pytest.mark.slow
