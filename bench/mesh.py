@@ -12,7 +12,8 @@ the bytes on the wire).
 
     .venv/bin/python bench/mesh.py --out /tmp/mesh.json --write-readme
     .venv/bin/python bench/mesh.py --from /tmp/mesh.json --write-readme
-    .venv/bin/python bench/mesh.py --d-model 32 --layers 2 --heads 4 --steps 4   # the tiny model
+    .venv/bin/python bench/mesh.py --d-model 32 --layers 2 --heads 4 --steps 4 --name mesh-tiny \
+        --write-readme                                                          # the tiny model
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--from", dest="source", type=Path)
-    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="write the README block bench:<name> (README.md, bench/README.md)")
+    parser.add_argument("--name", default="mesh", help="the README block (default mesh)")
     args = parser.parse_args()
     if args.source:
         results = json.loads(args.source.read_text())
@@ -123,7 +126,7 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     if args.write_readme:
-        write_readmes("mesh", readme_block(results))
+        write_readmes(args.name, readme_block(results))
 
 
 if __name__ == "__main__":
