@@ -50,10 +50,9 @@ def main() -> None:
     shape = {"d_model": 16, "n_layers": 1, "n_heads": 2,
              **{k: int(v) for k, v in (item.split("=", 1) for item in args.model)}}
     # checkpoint_every: TrainParams' default unless set
-    tp = TrainParams(steps=args.steps, batch_size=int(overrides.pop("batch_size", 8)),
-                     grad_accum=int(overrides.pop("grad_accum", 1)), warmup_steps=3, lr=3e-3,
-                     log_every=5, eval_every=10, threads=1,
-                     **{k: int(v) for k, v in overrides.items()}, **overrides_mesh)
+    settings = {"batch_size": 8, "grad_accum": 1, "warmup_steps": 3, "log_every": 5,
+                "eval_every": 10, "threads": 1, **{k: int(v) for k, v in overrides.items()}}
+    tp = TrainParams(steps=args.steps, lr=3e-3, **settings, **overrides_mesh)
     model = build_model(ModelParams(**shape), seed=0)
     calls = 0
 
