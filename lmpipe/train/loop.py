@@ -84,7 +84,7 @@ def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batc
     return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
 
 
-def tp_dp(tp: TrainParams) -> int:
+def mesh_replicas(tp: TrainParams) -> int:
     """The data-parallel replicas of a mesh run (1 without a mesh)."""
     return tp.mesh.dp if tp.mesh is not None else 1
 
@@ -266,12 +266,12 @@ class Trainer:
         """Gradients of a micro-batch before the last stay local: DDP's no_sync, FSDP2's
         requires_gradient_sync (reduce-scattered with the last)."""
         if sync or not self.dist.enabled:
-            if self.mesh is not None and tp_dp(self.tp) > 1:
+            if self.mesh is not None and mesh_replicas(self.tp) > 1:
                 self.model.set_requires_gradient_sync(True)
             return contextlib.nullcontext()
         if self.mesh is None:
             return self.wrapped.no_sync()
-        if tp_dp(self.tp) > 1:
+        if mesh_replicas(self.tp) > 1:
             self.model.set_requires_gradient_sync(False)
         return contextlib.nullcontext()
 
