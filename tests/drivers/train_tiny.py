@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+import yaml
+
 from lmpipe.core.run_folder import RunLog
 from lmpipe.data.tokenizer import special_id
 from lmpipe.data.tokens import TokenSplit
@@ -51,7 +53,7 @@ def main() -> None:
              **{k: int(v) for k, v in (item.split("=", 1) for item in args.model)}}
     # checkpoint_every: TrainParams' default unless set
     settings = {"batch_size": 8, "grad_accum": 1, "warmup_steps": 3, "log_every": 5,
-                "eval_every": 10, "threads": 1, **{k: int(v) for k, v in overrides.items()}}
+                "eval_every": 10, "threads": 1, **{k: yaml.safe_load(v) for k, v in overrides.items()}}
     tp = TrainParams(steps=args.steps, lr=3e-3, **settings, **overrides_mesh)
     model = build_model(ModelParams(**shape), seed=0)
     calls = 0

@@ -87,7 +87,7 @@ def test_2x2_with_activation_checkpointing_trains_as_one_process_and_saves_whole
     single, run = tmp_path / "single", tmp_path / "2x2"
     _train(tiny_tokens, single, 6, "--set", "batch_size=8", "log_every=1")
     _train(tiny_tokens, run, 6, "--set", "batch_size=8", "log_every=1", "mesh=2x2",
-           "grad_checkpointing=1", "--export", procs=4)
+           "grad_checkpointing=true", "--export", procs=4)
     _assert_same_losses(single, run)
     summary = _summary(run)
     assert (summary["world_size"], summary["mesh_dp"], summary["mesh_tp"]) == (4, 2, 2)
