@@ -122,6 +122,10 @@ def test_mesh_params_are_checked_before_anything_runs():
     with pytest.raises(ValueError, match="expected model.arch llama"):
         ModelRunParams(model=ModelParams(arch="mamba"), train=TrainParams(mesh={"dp": 1, "tp": 2}))
     ModelRunParams(model=ModelParams(d_model=32, n_heads=4), train=TrainParams(mesh={"tp": 4}))
+    from lmpipe.distill.params import DistillParams
+
+    with pytest.raises(ValueError, match="distillation runs data parallel only"):
+        DistillParams(train=TrainParams(mesh={"dp": 2}))
 
 
 def test_the_checkpoint_fingerprint_leaves_the_mesh_out():
