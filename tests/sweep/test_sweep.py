@@ -355,24 +355,29 @@ TINY_DISTILL = ["world.people=8", "world.heldout_people=4", "teacher.model.d_mod
                 "eval.trained_people=4", "eval.heldout_people=4", "eval.max_new_tokens=24"]
 
 
+def _optimizer_rates(grid) -> list[tuple[str, float, int]]:
+    return [(p.overrides["distill.train.optimizer"], p.overrides["distill.train.lr"], p.seed)
+            for p in grid.points]
+
+
+def _seed_by_seed(rates: dict[str, tuple[float, ...]]) -> list[tuple[str, float, int]]:
+    return [(o, lr, seed) for seed in (0, 1) for o, lrs in rates.items() for lr in lrs]
+
+
 def test_the_distillation_recipes_grids():
     optimizers = load_grid(ROOT / "recipes/optimizers/grid.yaml", ROOT)
     assert len(optimizers.points) == 36 and tuple(optimizers.seeds) == (0, 1)
     # each optimizer at its own three rates, past the edge where the first grid put its best
-    rates = {"adamw": (0.003, 0.01, 0.03), "sgd": (0.03, 0.1, 0.3),
-             "adafactor": (0.03, 0.1, 0.3), "lion": (0.0003, 0.001, 0.003),
-             "muon": (0.003, 0.01, 0.03), "adamw8bit": (0.003, 0.01, 0.03)}
-    assert [(p.overrides["distill.train.optimizer"], p.overrides["distill.train.lr"], p.seed)
-            for p in optimizers.points] == [(o, lr, seed) for seed in (0, 1)
-                                            for o, lrs in rates.items() for lr in lrs]
+    assert _optimizer_rates(optimizers) == _seed_by_seed(
+        {"adamw": (0.003, 0.01, 0.03), "sgd": (0.03, 0.1, 0.3), "adafactor": (0.03, 0.1, 0.3),
+         "lion": (0.0003, 0.001, 0.003), "muon": (0.003, 0.01, 0.03),
+         "adamw8bit": (0.003, 0.01, 0.03)})
     smollm2 = load_grid(ROOT / "recipes/optimizers/smollm2.yaml", ROOT)
     # the same optimizers and seeds, each at its own three rates around that setting's first best
-    rates = {"adamw": (0.001, 0.003, 0.01), "sgd": (0.03, 0.1, 0.3),
-             "adafactor": (0.03, 0.1, 0.3), "lion": (0.001, 0.003, 0.01),
-             "muon": (0.01, 0.03, 0.1), "adamw8bit": (0.001, 0.003, 0.01)}
-    assert [(p.overrides["distill.train.optimizer"], p.overrides["distill.train.lr"], p.seed)
-            for p in smollm2.points] == [(o, lr, seed) for seed in (0, 1)
-                                         for o, lrs in rates.items() for lr in lrs]
+    assert _optimizer_rates(smollm2) == _seed_by_seed(
+        {"adamw": (0.001, 0.003, 0.01), "sgd": (0.03, 0.1, 0.3), "adafactor": (0.03, 0.1, 0.3),
+         "lion": (0.001, 0.003, 0.01), "muon": (0.01, 0.03, 0.1),
+         "adamw8bit": (0.001, 0.003, 0.01)})
     assert smollm2.pipeline.as_posix() == "recipes/distill-sweep-smollm2/dvc.yaml"
     # its pipeline is the people setting's, copied: the same stages, its own params
     assert ((ROOT / smollm2.pipeline).read_text()
