@@ -111,6 +111,7 @@ def sweep(grid_path: str, project: str = ".", jobs: int | None = None, report: b
     # first_alone: the others then restore the shared upstream stages from DVC's run cache
     waves = ([grid.points[:1], grid.points[1:]] if grid.first_alone and jobs > 1
              else [grid.points])
+    waves = [wave for wave in waves if wave]  # a one-point grid has no second wave
     with pipeline_visible(root, grid.pipeline, grid.sweep_id), stage_server():
         for wave in waves:
             # a point alone has every core: the shared teacher and its cache are most of its time
