@@ -38,8 +38,10 @@ def test_a_callers_own_freeze_is_kept():
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
+        # not equality: another thread (xdist's) may free a frozen object meanwhile; a
+        # frozen_heap that unfroze the caller's heap would leave none frozen at all
         with frozen_heap():
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+            assert gc.get_freeze_count() > frozen // 2
+        assert gc.get_freeze_count() > frozen // 2
     finally:
         gc.unfreeze()
