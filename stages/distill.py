@@ -5,7 +5,7 @@ from lmpipe.params.arch_support import refuse_unsupported
 from lmpipe.stage import stage
 
 
-@stage
+@stage(distributed=True)
 def main(params, argv):
     refuse_unsupported(params, "distill", str(PARAMS))
     from lmpipe.runs.distillation import distill  # torch: only once the params are valid

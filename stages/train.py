@@ -4,7 +4,7 @@ from lmpipe.core.paths import TOKENIZER, TOKENS, run_dir
 from lmpipe.stage import stage
 
 
-@stage
+@stage(distributed=True)
 def train(params, argv):
     if len(argv) != 1 or argv[0] not in ("teacher", "student"):
         raise SystemExit("usage: python -m stages.train teacher|student")

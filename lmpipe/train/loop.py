@@ -16,19 +16,19 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from lmpipe.core import profiler
 from lmpipe.core.progress import progress
 from lmpipe.core.run_folder import RunLog
+from lmpipe.core.section import ConfigError
 from lmpipe.data.batching import Batch, make_batches
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.mamba import parallel_scans
-from lmpipe.core.section import ConfigError
-from lmpipe.train.params import TrainParams
 from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
 from lmpipe.train.checkpoint import (
     TrainerState,
@@ -41,9 +41,11 @@ from lmpipe.train.checkpoint import (
     save_sharded_checkpoint,
 )
 from lmpipe.train.distributed import Dist, init_distributed, resolve_device
+from lmpipe.train.log_window import LogWindow
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.mesh import build_mesh, clip_grad_norm, parallelize
 from lmpipe.train.optim import build_optimizer, set_learning_rate, state_bytes
+from lmpipe.train.params import TrainParams
 from lmpipe.train.probes import ProbeRecorder
 from lmpipe.train.schedule import lr_at
 from lmpipe.train.tracking import make_tracker
@@ -87,18 +89,6 @@ def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batc
 def mesh_replicas(tp: TrainParams) -> int:
     """The data-parallel replicas of a mesh run (1 without a mesh)."""
     return tp.mesh.dp if tp.mesh is not None else 1
-
-
-class _Window:
-    """What the steps since the last log record add up: loss and target counts (kept on the
-    device, so no step waits for a host sync), tokens, steps and the objective's extra terms."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)
-        self.targets = torch.zeros((), device=device)
-        self.tokens = 0
-        self.steps = 0
-        self.extras: dict[str, Any] = {}
 
 
 class Trainer:
@@ -148,7 +138,7 @@ class Trainer:
                               "so data-parallel processes cannot average gradients first; run "
                               "one process or use another optimizer")
         if self.mesh is not None:  # split and shard before the optimizer sees the parameters
-            parallelize(model, self.mesh, tp.mesh)
+            parallelize(model, self.mesh, tp.mesh, compile_blocks=tp.compile)
         self.optimizer = build_optimizer(model, tp)
         # fp16 autocast needs loss scaling against gradient underflow; a no-op otherwise
         self.scaler = torch.amp.GradScaler(
@@ -161,7 +151,9 @@ class Trainer:
         if self.dist.enabled and self.mesh is None:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(self.wrapped) if tp.compile else self.wrapped
+        # on a mesh each block is compiled on its own (parallelize)
+        self.forward = (torch.compile(self.wrapped) if tp.compile and self.mesh is None
+                        else self.wrapped)
         # no recorder at all when probes are off: the loop then runs exactly as without them
         self.probes = (ProbeRecorder(model, tp.probes, self.folder if self.dist.is_main else None)
                        if tp.probes.enabled else None)
@@ -294,7 +286,7 @@ class Trainer:
         # collection (a full gc.collect() over a loaded transformers costs ~0.3 s here).
         gc.freeze()
         val_loss, val_step = self.initial_val, self.step if not resumed else None
-        window = _Window(self.device)
+        window = self._window()
         bar = progress(range(self.step, tp.steps), desc=self.desc, unit="step",
                        disable=not self.dist.is_main, initial=self.step, total=tp.steps)
         record: dict[str, Any] = {}
@@ -313,7 +305,7 @@ class Trainer:
                 self._log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}",
                                 tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
-                window = _Window(self.device)
+                window = self._window()
             if (tp.checkpoint_every and self.step % tp.checkpoint_every == 0) or last:
                 self.save()
         trace.close()
@@ -370,43 +362,29 @@ class Trainer:
             self._log({"step": 0, "tokens": 0, "val_loss": self.initial_val,
                        "flops_per_token": flops_token, "peak_flops": peak})
 
-    def _train_and_accumulate(self, step: int, window: "_Window") -> tuple[float, torch.Tensor]:
+    def _window(self) -> LogWindow:
+        return LogWindow(self.device, self.per_step_metrics, self.dist.data_world)
+
+    def _train_and_accumulate(self, step: int, window: LogWindow) -> tuple[float, torch.Tensor]:
         """One optimizer step (probes recorded when due), its sums added to the log window."""
         probing = self.probes is not None and self.probes.due(step + 1)
         with self.probes.recording(step + 1) if probing else contextlib.nullcontext():
             total, targets, extras, n_tokens, lr, grad_norm = self.train_step(step)
         self.step, self.tokens_seen = step + 1, self.tokens_seen + n_tokens
-        window.loss += self.dist.data_sum(total)
-        window.targets += targets
-        window.tokens += n_tokens
-        window.steps += 1
-        for key, value in extras.items():
-            window.extras[key] = window.extras.get(key, 0) + self.dist.data_sum(value)
+        window.add(self.dist.data_sum(total), targets, n_tokens,
+                   {key: self.dist.data_sum(value) for key, value in extras.items()})
         return lr, grad_norm
 
-    def _window_record(self, step: int, window: "_Window", lr: float, grad_norm: torch.Tensor,
+    def _window_record(self, step: int, window: LogWindow, lr: float, grad_norm: torch.Tensor,
                        flops_token: float, peak: float) -> dict[str, Any]:
-        """The log record of the steps since the last one: loss per target, speed, MFU, memory,
-        each objective's extra terms."""
+        """The window's log record with this step's learning rate, gradient norm and QAT mix."""
         tp = self.tp
         with self.timer.phase("logging"):
-            phases = self.timer.pop()
-            busy = sum(phases.values())
-            tokens_per_s = window.tokens / max(busy, 1e-9)
-            return {
-                "step": self.step, "tokens": self.tokens_seen,
-                "loss": (window.loss / window.targets).item(),
-                "lr": lr, "grad_norm": float(grad_norm),
-                **({"qat_lambda": qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule)}
-                   if tp.qat else {}),
-                "tokens_per_s": tokens_per_s, "step_time_s": busy / window.steps,
-                **{k: v / window.steps for k, v in phases.items()},
-                "mfu": profiler.mfu(tokens_per_s, flops_token, peak),
-                **profiler.memory_record(self.device),
-                **{k: (v / (window.steps * self.dist.data_world
-                            if k in self.per_step_metrics else window.targets)).item()
-                   for k, v in window.extras.items()},
-            }
+            record = window.record(self.step, self.tokens_seen, self.timer.pop(), flops_token,
+                                   peak, self.device)
+        qat = {"qat_lambda": qat_lambda(step, tp.qat_warmup_steps, tp.qat_schedule)} if tp.qat else {}
+        head = {key: record.pop(key) for key in ("step", "tokens", "loss")}
+        return {**head, "lr": lr, "grad_norm": float(grad_norm), **qat, **record}
 
     def _evaluate_now(self, record: dict[str, Any] | None, bar: Any) -> float:
         """Validation loss and the eval hook's figures, added to this step's log `record`, or

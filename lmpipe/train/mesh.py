@@ -13,6 +13,12 @@ neighbours, as they would be on one node's fast links):
   across the replicas: all-gather before a block's forward and backward, reduce-scatter of its
   gradients after. Each block is its own unit, the rest (embeddings, final norm, head) the root's.
 
+`train.compile` compiles each block's own forward (not the whole model, as without a mesh): the
+FSDP hooks that gather and free a block's shards run between compiled blocks, the tensor-parallel
+input and output hooks inside them, the split the per-block compile of PyTorch's own large-model
+trainers makes (torchtitan). With tp > 1 each batch shape compiles its own graph (see `parallelize`):
+train with `sampling: windows` there, or torch falls back to eager after 8 shapes.
+
 Parameters then are DTensors on two meshes (the blocks' on dp x tp, the rest on dp alone), so the
 gradient norm is summed per parameter (`clip_grad_norm`) and the optimizer steps each tensor
 alone (no foreach kernels across meshes). The whole model is gathered with
@@ -65,8 +71,10 @@ def block_plan(model: torch.nn.Module) -> dict:
     return block
 
 
-def parallelize(model: torch.nn.Module, mesh: DeviceMesh, spec: MeshParams) -> torch.nn.Module:
-    """Split the blocks over tp, then shard the whole over dp (in place); the model returned."""
+def parallelize(model: torch.nn.Module, mesh: DeviceMesh, spec: MeshParams,
+                compile_blocks: bool = False) -> torch.nn.Module:
+    """Split the blocks over tp, compile each block's forward if asked, then shard the whole over
+    dp (in place); the model returned."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import parallelize_module
 
@@ -75,6 +83,14 @@ def parallelize(model: torch.nn.Module, mesh: DeviceMesh, spec: MeshParams) -> t
         plan = block_plan(model)
         for block in layers:
             parallelize_module(block, mesh["tp"], plan)
+    if compile_blocks:
+        # torch 2.13 does not trace a tensor-parallel block with symbolic shapes (AOT autograd
+        # recurses without end through DTensor's backward; seen here), so with tp > 1 a block
+        # compiles once per batch shape: one graph with `sampling: windows`
+        dynamic = False if spec.tp > 1 else None
+        for block in layers:
+            # the instance's forward only: state-dict keys stay as they are, hooks stay outside
+            block.forward = torch.compile(block.forward, dynamic=dynamic)
     if spec.dp > 1:
         for block in layers:
             fully_shard(block, mesh=mesh["dp"])

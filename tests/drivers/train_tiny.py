@@ -5,11 +5,13 @@ usage: python train_tiny.py TOKENS_DIR RUN_DIR STEPS [--kill-at N] [--inf-at N] 
 Run it under `torchrun` for data parallelism (`--set mesh=DPxTP` for a device mesh); it writes
 RUN_DIR/summary.json like a stage does. `--export` also writes the trained model as one
 transformers directory (RUN_DIR/model, gathered from its shards on a mesh) and the logits the
-trained model in memory gives for the first validation batch (RUN_DIR/logits.pt).
+trained model in memory gives for the first validation batch (RUN_DIR/logits.pt). With
+`--set compile=true` rank 0 writes torch.compile's counters (RUN_DIR/compiled.json).
 """
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -22,10 +24,10 @@ from lmpipe.data.tokenizer import special_id
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.build import build_model
 from lmpipe.model.params import ModelParams
-from lmpipe.train.params import TrainParams
 from lmpipe.train.distributed import init_distributed
 from lmpipe.train.loop import train
 from lmpipe.train.losses import cross_entropy_objective
+from lmpipe.train.params import TrainParams
 
 
 def main() -> None:
@@ -78,6 +80,10 @@ def main() -> None:
                         folder=Path(args.run))
         if args.export:
             export(model, tp, Path(args.run), dist.is_main)
+        if tp.compile and dist.is_main:  # what torch.compile made of it, for the tests to check
+            from torch._dynamo.utils import counters
+
+            (Path(args.run) / "compiled.json").write_text(json.dumps(dict(counters["stats"])))
         if run is not None:
             run.finish(**summary)
 

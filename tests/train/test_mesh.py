@@ -77,18 +77,23 @@ def test_a_killed_rank_resumes_from_the_sharded_checkpoint_on_any_mesh_shape(tin
 
 
 @pytest.mark.slow
-def test_2x2_with_activation_checkpointing_trains_as_one_process_and_saves_whole(tiny_tokens,
-                                                                                tmp_path):
-    """The same losses as one process with the same global batch (activation checkpointing on
-    the mesh changes no figure), each process holding its shards of the AdamW moments, and the
-    model gathered whole giving the sharded model's logits."""
+def test_2x2_compiled_with_activation_checkpointing_trains_as_one_process_and_saves_whole(
+        tiny_tokens, tmp_path):
+    """The same losses as one eager process with the same global batch (activation checkpointing
+    and compiled blocks on the mesh change no figure), each process holding its shards of the
+    AdamW moments, and the model gathered whole giving the sharded model's logits."""
     from transformers import AutoModelForCausalLM
 
     single, run = tmp_path / "single", tmp_path / "2x2"
-    _train(tiny_tokens, single, 6, "--set", "batch_size=8", "log_every=1")
-    _train(tiny_tokens, run, 6, "--set", "batch_size=8", "log_every=1", "mesh=2x2",
-           "grad_checkpointing=true", "--export", procs=4)
+    # windows: one batch shape, so one compiled graph a block under tensor parallel
+    common = ["batch_size=8", "log_every=1", "sampling=windows", "block_size=32"]
+    _train(tiny_tokens, single, 6, "--set", *common)
+    _train(tiny_tokens, run, 6, "--set", *common, "mesh=2x2", "grad_checkpointing=true",
+           "compile=true", "--export", procs=4)
     _assert_same_losses(single, run)
+    # each block's forward compiled: one graph for training, one for eval (no_grad), no more
+    compiled = json.loads((run / "compiled.json").read_text())
+    assert compiled["unique_graphs"] >= 2 and compiled["calls_captured"] > 0
     summary = _summary(run)
     assert (summary["world_size"], summary["mesh_dp"], summary["mesh_tp"]) == (4, 2, 2)
     assert summary["final_val_loss"] == pytest.approx(_summary(single)["final_val_loss"],
@@ -178,6 +183,19 @@ def test_the_stage_runner_starts_the_train_stage_under_torchrun_when_asked(tmp_p
     assert argv("distill", LMPIPE_TORCHRUN=launch, LMPIPE_TORCHRUN_STAGES="train distill") == (
         f"-m torch.distributed.run {launch} -m stages.distill teacher")
     assert argv("train") == "-m stages.train teacher"
+
+
+def test_a_one_process_stage_started_by_torchrun_refuses_before_writing_anything(tmp_path):
+    """Eval (and every stage but train and distill) would write its outputs from every process:
+    under torchrun it exits 2 naming the stage and the launcher, and leaves the folder empty."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "stages.eval"], capture_output=True,
+                            text=True, cwd=tmp_path, check=False,
+                            env=dict(os.environ, PYTHONPATH=str(root), WORLD_SIZE="2", RANK="0"))
+    assert result.returncode == 2
+    assert ("lmpipe eval: error: the eval stage runs in one process, but torchrun started 2"
+            in result.stderr)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_pipeline_flow_passes_its_torchrun_options_to_the_stages(monkeypatch):
