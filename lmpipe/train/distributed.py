@@ -16,6 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from lmpipe.data.batching import Batch
+from lmpipe.train.params import TrainParams
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -94,3 +97,24 @@ def init_distributed() -> Dist:
 def shutdown(dist: Dist) -> None:
     if dist.enabled and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batch]:
+    """This process's micro-batches of the global batch of `step`.
+
+    The global batch (batch_size * grad_accum rows) is the same whatever the number of processes
+    and accumulation steps: process r takes rows r, r + world, ...; micro-batch i of those takes
+    every grad_accum-th row from i. So DDP and accumulation reproduce one big batch exactly.
+    On a mesh the shares go by data-parallel replica: a replica's tp processes read the same rows.
+    """
+    mine = batches(step)
+    if dist.data_world > 1:
+        mine = mine.rows(slice(dist.data_rank, None, dist.data_world))
+    if tp.grad_accum == 1:
+        return [mine]
+    return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
+
+
+def mesh_replicas(tp: TrainParams) -> int:
+    """The data-parallel replicas of a mesh run (1 without a mesh)."""
+    return tp.mesh.dp if tp.mesh is not None else 1

@@ -40,7 +40,12 @@ from lmpipe.train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from lmpipe.train.distributed import Dist, init_distributed, resolve_device
+from lmpipe.train.distributed import (
+    init_distributed,
+    mesh_replicas,
+    micro_batches,
+    resolve_device,
+)
 from lmpipe.train.log_window import LogWindow
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.mesh import build_mesh, clip_grad_norm, parallelize
@@ -68,27 +73,6 @@ def _autocast(device: torch.device, precision: str):
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _micro_batches(batches, tp: TrainParams, step: int, dist: Dist) -> list[Batch]:
-    """This process's micro-batches of the global batch of `step`.
-
-    The global batch (batch_size * grad_accum rows) is the same whatever the number of processes
-    and accumulation steps: process r takes rows r, r + world, ...; micro-batch i of those takes
-    every grad_accum-th row from i. So DDP and accumulation reproduce one big batch exactly.
-    On a mesh the shares go by data-parallel replica: a replica's tp processes read the same rows.
-    """
-    mine = batches(step)
-    if dist.data_world > 1:
-        mine = mine.rows(slice(dist.data_rank, None, dist.data_world))
-    if tp.grad_accum == 1:
-        return [mine]
-    return [mine.rows(slice(i, None, tp.grad_accum)) for i in range(tp.grad_accum)]
-
-
-def mesh_replicas(tp: TrainParams) -> int:
-    """The data-parallel replicas of a mesh run (1 without a mesh)."""
-    return tp.mesh.dp if tp.mesh is not None else 1
 
 
 class Trainer:
@@ -208,7 +192,7 @@ class Trainer:
         """One optimizer step over the global batch; returns the sums the log window needs."""
         tp, timer = self.tp, self.timer
         with timer.phase("data"):
-            micro = [b.to(self.device) for b in _micro_batches(self.batches, tp, step, self.dist)]
+            micro = [b.to(self.device) for b in micro_batches(self.batches, tp, step, self.dist)]
             # one all-reduce for both counts: targets normalize the loss, tokens feed tokens/s
             counts = self.dist.data_sum(torch.tensor(
                 [float(sum(b.target_mask.sum() for b in micro)), float(sum(b.n_tokens for b in micro))],
