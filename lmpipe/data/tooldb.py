@@ -24,6 +24,9 @@ class PeopleDB:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: people database not found (run the prepare stage first)")
         self.con = duckdb.connect(str(path), read_only=True)
+        # the connection is read-only, so an answer never changes while it is open; the eval
+        # stage's six models ask the same few hundred questions
+        self._answers: dict[tuple[str, str], str | None] = {}
 
     def close(self) -> None:
         self.con.close()
@@ -35,8 +38,11 @@ class PeopleDB:
         self.close()
 
     def lookup(self, query: protocol.Query) -> str | None:
-        row = self.con.execute(_SELECT[query.attribute], [query.name]).fetchone()
-        return None if row is None else row[0]
+        key = (query.attribute, query.name)
+        if key not in self._answers:
+            row = self.con.execute(_SELECT[query.attribute], [query.name]).fetchone()
+            self._answers[key] = None if row is None else row[0]
+        return self._answers[key]
 
     def answer(self, query_text: str) -> str:
         """The database turn for a model-written query: the value, or an `ERROR: ...` message."""

@@ -16,6 +16,7 @@ the lm head and embeddings stay full precision by default (`qat_skip_modules`).
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,62 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (x * scale).round().clamp(-128, 127) / scale
 
 
+def _ternary_weight(weight: torch.Tensor) -> torch.Tensor:
+    codes, gamma = ternarize(weight)
+    return codes * gamma
+
+
+class _FakeQuantWeight(torch.autograd.Function):
+    """W + lam * (Wq - W) forward, identity backward: the straight-through estimator as one
+    autograd node, where `W + lam * (Wq - W).detach()` recorded every operator of the quantizer
+    and of the blend (the same forward values and the same gradient)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, lam: float) -> torch.Tensor:
+        return weight + lam * (_ternary_weight(weight) - weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class _FakeQuantActivation(torch.autograd.Function):
+    """x + lam * (xq - x) forward, identity backward (as _FakeQuantWeight)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:
+        return x + lam * (quantize_activations(x) - x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class _LastInput(threading.local):
+    """The last fake-quantized activation, reused while the same tensor comes in again: q, k and v
+    read one normed hidden state, gate and up another, so a Llama block quantizes 4 activations
+    instead of 7. Keyed on the tensor object itself (held, so its id cannot pass to a new tensor),
+    its in-place version counter, lambda and grad mode; one per thread, for an evaluation running
+    beside training. Under torch.compile the graph is traced
+    once and the compiler removes the repeats itself, so the memo steps aside."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def quantized(self, x: torch.Tensor, lam: float) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return _FakeQuantActivation.apply(x, lam)
+        key = (x._version, lam, torch.is_grad_enabled())
+        if self.key is not None and self.key[0] is x and self.key[1:] == key:
+            return self.value
+        self.key, self.value = (x, *key), _FakeQuantActivation.apply(x, lam)
+        return self.value
+
+
+_SHARED_INPUT = _LastInput()
+
+
 class BitLinear158(nn.Linear):
     """An nn.Linear trained through ternary weights and 8-bit activations (same parameters and
     state-dict keys as the nn.Linear it replaces, so checkpoints and saving are unchanged)."""
@@ -40,10 +97,8 @@ class BitLinear158(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lam <= 0.0:
             return F.linear(x, self.weight, self.bias)
-        codes, gamma = ternarize(self.weight)
-        weight = self.weight + self.lam * (codes * gamma - self.weight).detach()
-        x = x + self.lam * (quantize_activations(x) - x).detach()
-        return F.linear(x, weight, self.bias)
+        weight = _FakeQuantWeight.apply(self.weight, self.lam)
+        return F.linear(_SHARED_INPUT.quantized(x, self.lam), weight, self.bias)
 
 
 def convert_to_bitlinear(model: nn.Module, skip_modules: list[str]) -> list[str]:

@@ -25,6 +25,20 @@ def test_answers_values_and_error_turns(tiny_world):
         assert db.answer("FIND password FOR Ada Brown") == "ERROR: unknown attribute 'password'"
 
 
+def test_a_question_asked_again_is_answered_without_another_query(tiny_world):
+    with PeopleDB(tiny_world / "people.duckdb") as db:
+        person, other = db.people("train")[:2]
+        assert db.answer(f"FIND major FOR {person['name']}") == person["major"]
+        assert db.answer("FIND major FOR Nobody Here").startswith("ERROR: no person named")
+        real = db.con
+        db.con = None  # any further SQL would fail
+        assert db.answer(f"FIND major FOR {person['name']}") == person["major"]
+        assert db.answer("FIND major FOR Nobody Here").startswith("ERROR: no person named")
+        with pytest.raises(AttributeError):  # a new question does reach the database
+            db.answer(f"FIND major FOR {other['name']}")
+        db.con = real
+
+
 def test_injection_is_inert_and_connection_is_read_only(tiny_world):
     with PeopleDB(tiny_world / "people.duckdb") as db:
         before = len(db.people("train"))

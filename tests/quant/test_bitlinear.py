@@ -50,6 +50,50 @@ def test_bitlinear_forward_and_straight_through_gradient():
     torch.testing.assert_close(x.grad, g @ (codes * gamma))
 
 
+def _reference_bitlinear(layer: torch.nn.Linear, x: torch.Tensor, lam: float) -> torch.Tensor:
+    """The straight-through estimator written with .detach(), as BitNet's paper gives it."""
+    codes, gamma = ternarize(layer.weight)
+    weight = layer.weight + lam * (codes * gamma - layer.weight).detach()
+    x = x + lam * (quantize_activations(x) - x).detach()
+    return F.linear(x, weight, layer.bias)
+
+
+def test_layers_reading_one_input_match_the_detach_formula_in_values_and_gradients():
+    """q, k, v (and gate, up) read the same tensor: the shared activation quantization must give
+    each layer what its own would, and the input's gradient must sum over all of them."""
+    torch.manual_seed(0)
+    lam = 0.6
+    layers = [torch.nn.Linear(8, n) for n in (5, 3, 4)]
+    x_ref = torch.randn(2, 3, 8, requires_grad=True)
+    ref = [_reference_bitlinear(layer, x_ref, lam) for layer in layers]
+    sum(out.square().sum() for out in ref).backward()
+    ref_weight_grads = [layer.weight.grad.clone() for layer in layers]
+    for layer in layers:
+        layer.weight.grad = None
+        layer.__class__ = BitLinear158
+        set_lambda(layer, lam)
+    x = x_ref.detach().clone().requires_grad_()
+    outs = [layer(x) for layer in layers]
+    for out, expected in zip(outs, ref):
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    sum(out.square().sum() for out in outs).backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for layer, expected in zip(layers, ref_weight_grads):
+        torch.testing.assert_close(layer.weight.grad, expected)
+    # the same tensor changed in place, or another lambda, is quantized afresh
+    with torch.no_grad():
+        x.mul_(3.0)
+    torch.testing.assert_close(layers[0](x), _reference_bitlinear(layers[0], x, lam).detach())
+    set_lambda(layers[0], 1.0)
+    torch.testing.assert_close(layers[0](x), _reference_bitlinear(layers[0], x, 1.0).detach())
+    # an output computed without a graph is not handed to a pass that needs one
+    with torch.no_grad():
+        layers[1](x)
+    out = layers[1](x)
+    assert out.requires_grad
+    out.sum().backward()
+
+
 def test_lambda_warm_up_schedules():
     assert qat_lambda(0, 100) == 0.0 and qat_lambda(50, 100) == 0.5 and qat_lambda(100, 100) == 1.0
     assert qat_lambda(7, 0) == 1.0
