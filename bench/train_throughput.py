@@ -19,6 +19,7 @@ same for wall time. No figure of either side is typed in here: every ratio is fr
 
     .venv/bin/python bench/train_throughput.py                      # 2 pairs, eager, 2000 steps
     .venv/bin/python bench/train_throughput.py --compile            # torch.compile on both sides
+    .venv/bin/python bench/train_throughput.py --precision bf16     # lmpipe autocasts to bf16
     .venv/bin/python bench/train_throughput.py --pairs 3 --out tp.json --write-readme
     .venv/bin/python bench/train_throughput.py --from tp.json --write-readme   # no rerun
     .venv/bin/python bench/train_throughput.py --lmpipe-only        # one lmpipe run, JSON line
@@ -52,7 +53,8 @@ BATCH, BLOCK = 12, 64
 README = ROOT / "bench" / "README.md"
 
 
-def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int) -> dict[str, Any]:
+def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
+               precision: str = "fp32") -> dict[str, Any]:
     """One lmpipe training run in this process (the `--lmpipe-only` body)."""
     import numpy as np
 
@@ -74,7 +76,7 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int) -
     tp = TrainParams(steps=steps, batch_size=BATCH, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, sampling="windows",
                      block_size=BLOCK, loss_on="all", log_every=100, eval_every=steps,
-                     threads=threads, compile=compile, seed=1337)
+                     threads=threads, compile=compile, precision=precision, seed=1337)
     model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=d_ff,
                                     max_seq_len=BLOCK + 1), seed=1337)
     with RunLog(work / "run", "bench", "throughput", {"train": tp.model_dump()}) as run:
@@ -137,7 +139,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     nano = nanogpt_workspace(Path(args.data))
     lmpipe_cmd = [sys.executable, str(Path(__file__).resolve()), "--lmpipe-only",
                   "--data", args.data, "--steps", str(args.steps), "--threads", str(args.threads),
-                  "--d-ff", str(args.d_ff)] + (["--compile"] if args.compile else [])
+                  "--d-ff", str(args.d_ff), "--precision", args.precision] + (
+                      ["--compile"] if args.compile else [])
     runs = []
     for pair in range(args.pairs):
         for side in (("nanoGPT", "lmpipe") if pair % 2 == 0 else ("lmpipe", "nanoGPT")):
@@ -157,7 +160,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                   f"val loss {run['val_loss']:.3f}", flush=True)
     shutil.rmtree(nano.parent)
     return {"date": date.today().isoformat(), "machine": machine(), "steps": args.steps,
-            "threads": args.threads, "compile": args.compile, "runs": runs}
+            "threads": args.threads, "compile": args.compile, "precision": args.precision,
+            "runs": runs}
 
 
 def ratios(results: dict[str, Any], key: str, invert: bool = False) -> list[float]:
@@ -189,8 +193,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 def readme_block(results: dict[str, Any]) -> str:
     m = results["machine"]
     mode = "torch.compile on both sides" if results["compile"] else "eager, no compile"
+    precision = results.get("precision", "fp32")
+    flags = (" --compile" if results["compile"] else "") + (
+        f" --precision {precision}" if precision != "fp32" else "")
+    mode += ("; lmpipe autocasts to bf16, nanoGPT trains fp32 (its only CPU mode)"
+             if precision == "bf16" else "; both fp32")
     return "\n".join([
-        f"Measured with `bench/train_throughput.py{' --compile' if results['compile'] else ''}` on "
+        f"Measured with `bench/train_throughput.py{flags}` on "
         f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
         f"{results['steps']} steps, {results['threads']} torch threads, {mode}; medians over "
         f"{len(ratios(results, 'wall_s'))} alternating pairs):", "",
@@ -206,6 +215,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2, help="alternating nanoGPT/lmpipe pairs")
     parser.add_argument("--compile", action="store_true", help="torch.compile on both sides")
     parser.add_argument("--d-ff", type=int, default=344, help="SwiGLU width (8/3 * 128 ~ GPT MLP)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="lmpipe's train.precision (nanoGPT trains fp32 on CPU whatever its "
+                             "dtype: it autocasts only on GPU)")
     parser.add_argument("--lmpipe-only", action="store_true", help="one lmpipe run; a JSON line")
     parser.add_argument("--out", type=Path, help="write the raw figures as JSON")
     parser.add_argument("--from", dest="source", type=Path, help="a JSON from --out: no rerun")
@@ -216,7 +228,7 @@ def main() -> None:
         raise SystemExit(f"{args.data}: tiny-shakespeare text not found (pass --data PATH)")
     if args.lmpipe_only:
         print(json.dumps(lmpipe_run(Path(args.data), args.steps, args.threads, args.compile,
-                                    args.d_ff)))
+                                    args.d_ff, args.precision)))
         return
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
@@ -225,8 +237,10 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(readme_block(results))
     if args.write_readme:
-        write_block(README, "train-throughput" + ("-compiled" if results["compile"] else ""),
-                    readme_block(results))
+        name = "train-throughput" + ("-compiled" if results["compile"] else "")
+        if results.get("precision", "fp32") != "fp32":
+            name += "-" + results["precision"]
+        write_block(README, name, readme_block(results))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,12 @@ class AttentionDecoder:
     def __init__(self, model: torch.nn.Module, spare: int = SPARE) -> None:
         self.model = model
         self.spare = spare
+        # A one-token step of a Llama under SDPA attends to every unpadded cached position, so its
+        # 4D mask is the padding mask itself: passed prepared, transformers skips building it
+        # again each step (a twentieth of a small model's decoding time on CPU).
+        config = getattr(model, "config", None)
+        self.step_mask_4d = (getattr(config, "model_type", None) == model_type("llama")
+                             and getattr(config, "_attn_implementation", None) == "sdpa")
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.mask = mask
@@ -94,7 +100,7 @@ class AttentionDecoder:
         self.mask, self.next_position = self.mask[rows], self.next_position[rows]
 
     def _step_mask(self) -> torch.Tensor | None:
-        return self.mask
+        return self.mask[:, None, None, :].bool() if self.step_mask_4d else self.mask
 
     def step(self, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, live.long()[:, None]], dim=1)

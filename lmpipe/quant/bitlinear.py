@@ -16,13 +16,13 @@ the lm head and embeddings stay full precision by default (`qat_skip_modules`).
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmpipe.quant.float_linears import check_qat_forward, read_by_weight
+from lmpipe.quant.last_input import LastInputMemo
 from lmpipe.quant.ternary import ternarize
 
 
@@ -63,29 +63,8 @@ class _FakeQuantActivation(torch.autograd.Function):
         return grad, None
 
 
-class _LastInput(threading.local):
-    """The last fake-quantized activation, reused while the same tensor comes in again: q, k and v
-    read one normed hidden state, gate and up another, so a Llama block quantizes 4 activations
-    instead of 7. Keyed on the tensor object itself (held, so its id cannot pass to a new tensor),
-    its in-place version counter, lambda and grad mode; one per thread, for an evaluation running
-    beside training. Under torch.compile the graph is traced
-    once and the compiler removes the repeats itself, so the memo steps aside."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: torch.Tensor | None = None
-
-    def quantized(self, x: torch.Tensor, lam: float) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return _FakeQuantActivation.apply(x, lam)
-        key = (x._version, lam, torch.is_grad_enabled())
-        if self.key is not None and self.key[0] is x and self.key[1:] == key:
-            return self.value
-        self.key, self.value = (x, *key), _FakeQuantActivation.apply(x, lam)
-        return self.value
-
-
-_SHARED_INPUT = _LastInput()
+# q, k, v (and gate, up) read one tensor: its fake quantization is computed once
+_QUANTIZED_INPUT = LastInputMemo(_FakeQuantActivation.apply)
 
 
 class BitLinear158(nn.Linear):
@@ -98,7 +77,7 @@ class BitLinear158(nn.Linear):
         if self.lam <= 0.0:
             return F.linear(x, self.weight, self.bias)
         weight = _FakeQuantWeight.apply(self.weight, self.lam)
-        return F.linear(_SHARED_INPUT.quantized(x, self.lam), weight, self.bias)
+        return F.linear(_QUANTIZED_INPUT(x, self.lam), weight, self.bias)
 
 
 def convert_to_bitlinear(model: nn.Module, skip_modules: list[str]) -> list[str]:

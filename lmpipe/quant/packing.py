@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmpipe.quant.last_input import LastInputMemo
+
 BITNET = "bitnet"
 INT8 = "lmpipe_int8"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,6 +75,18 @@ def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:
 
 # --- inference module ----------------------------------------------------------------------------
 
+def _int8_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 codes of `x` and their scale: the same operations, in the same order,
+    as transformers' BitLinear.activation_quant, so results match its to float rounding."""
+    x = x.to(torch.float32)
+    input_scale = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
+    return (x * input_scale).round().clamp(-128, 127), input_scale
+
+
+# q, k, v (and gate, up) read one tensor: its int8 codes are computed once
+_INT8_INPUT = LastInputMemo(_int8_input)
+
+
 class TernaryLinear(nn.Module):
     """A ternary linear layer computing transformers' BitNet `BitLinear` forward in float32.
 
@@ -95,11 +109,7 @@ class TernaryLinear(nn.Module):
         return cls(unpack_ternary(packed, out_features), weight_scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The same operations, in the same order, as BitLinear.activation_quant/post_quant_process
-        # so results match transformers' to float rounding.
-        x = x.to(torch.float32)
-        input_scale = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
-        x_quant = (x * input_scale).round().clamp(-128, 127)
+        x_quant, input_scale = _INT8_INPUT(x)
         y = F.linear(x_quant, self.weight) / (self.weight_scale * input_scale)
         if self.bias is not None:
             y = y + self.bias

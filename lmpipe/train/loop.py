@@ -70,9 +70,13 @@ class Diverged(RuntimeError):
 
 
 def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    """bf16 on GPU or CPU (oneDNN's bf16 matmuls on CPUs with avx512_bf16 or AMX); fp16 only on
+    GPU, where a loss scaler guards it against underflow."""
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 class Trainer:

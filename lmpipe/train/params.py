@@ -108,7 +108,8 @@ class TrainParams(Section):
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast dtype on GPU; CPU always trains in fp32")
+        "fp32", description="autocast dtype: bf16 on GPU or CPU (weights and optimizer stay fp32); "
+        "fp16 on GPU only (CPU trains fp32)")
     compile: bool = False
     grad_checkpointing: bool = False
     profile_steps: list[int] = Field(

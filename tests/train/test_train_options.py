@@ -123,3 +123,29 @@ def test_the_loop_trains_with_muon(tiny_tokens, tokenizer, tmp_path):
         summary = train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
                         TokenSplit.open(tiny_tokens, "val"), tp, run, tokenizer.pad_token_id)
     assert summary["final_val_loss"] < 0.8 * summary["initial_val_loss"]
+
+
+def test_bf16_trains_on_cpu_with_bf16_matmuls_and_fp32_weights(tiny_tokens, tokenizer, tmp_path):
+    """precision: bf16 autocasts the training forward on CPU (it used to be GPU only, a CPU run
+    silently staying fp32): the linear layers compute in bf16, the weights and the loss stay fp32,
+    and the run learns about as far as the fp32 one."""
+    seen: set[torch.dtype] = set()
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model = build_model(TINY_MODEL, 0)
+        seen.clear()
+        hook = model.lm_head.register_forward_hook(
+            lambda module, args, out: seen.add(out.dtype) if torch.is_grad_enabled() else None)
+        tp = TrainParams(steps=60, batch_size=8, lr=1e-2, warmup_steps=5, log_every=20,
+                         eval_every=60, precision=precision, device="cpu")
+        with RunLog(tmp_path / precision, "train", precision, {}) as run:
+            results[precision] = train(model, TokenSplit.open(tiny_tokens, "train"),
+                                       TokenSplit.open(tiny_tokens, "val"), tp, run,
+                                       tokenizer.pad_token_id)
+        hook.remove()
+        assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert bf16["final_val_loss"] < 0.8 * bf16["initial_val_loss"]
+    assert bf16["final_val_loss"] == pytest.approx(fp32["final_val_loss"], rel=0.1)
+    assert bf16["final_val_loss"] != fp32["final_val_loss"]  # it did compute in another precision
