@@ -2,10 +2,12 @@
 
 nanoGPT's CPU Shakespeare configuration on both sides: 4 layers, 4 heads, 128 dims, block 64,
 batch 12, lr 1e-3 (warmup 100, cosine to 1e-4 at the last step), AdamW beta2 0.99, weight decay
-0.1, grad clip 1.0, no dropout, 2000 iterations, tiny Shakespeare split 90/10 (nanoGPT: its
-character vocabulary of 65; lmpipe: its byte vocabulary, the same characters since the text is
-ASCII, so both losses are nats per character). lmpipe's block is Llama's (RMSNorm, RoPE, SwiGLU of
-width 344, about GPT's 4·d MLP in parameters).
+0.1, grad clip 1.0, no dropout, 2000 iterations, tiny Shakespeare split 90/10, character level on
+both sides (nanoGPT: the 65 characters of the text; lmpipe: its `char` tokenizer over the same
+text, those 65 plus its unknown and special tokens; `--tokenizer byte` takes its 265-id byte
+vocabulary instead, the same characters since the text is ASCII), so both losses are nats per
+character. lmpipe's block is Llama's (RMSNorm, RoPE, SwiGLU of width 344, about GPT's 4·d MLP
+in parameters).
 
 nanoGPT runs from a scratch copy of `../shared/anchors/nanoGPT` (commit 3adf61e, MIT; its command
 is in ../shared/anchors/README.md; nothing of it is copied into lmpipe). The two run as whole
@@ -54,12 +56,13 @@ README = ROOT / "bench" / "README.md"
 
 
 def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
-               precision: str = "fp32") -> dict[str, Any]:
+               precision: str = "fp32", tokenizer_kind: str = "char") -> dict[str, Any]:
     """One lmpipe training run in this process (the `--lmpipe-only` body)."""
     import numpy as np
 
     from lmpipe.core.run_folder import RunLog
-    from lmpipe.data.tokenizer import VOCAB_SIZE, special_id
+    from lmpipe.data.tokenizer import build_byte_tokenizer
+    from lmpipe.data.tokenizer_kinds import build_tokenizer
     from lmpipe.data.tokens import TokenSplit, write_meta, write_split
     from lmpipe.model.build import build_model, count_parameters
     from lmpipe.model.params import ModelParams
@@ -67,21 +70,26 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     from lmpipe.train.params import TrainParams
 
     t0 = time.perf_counter()
-    raw = np.frombuffer(data.read_bytes(), dtype=np.uint8).astype(np.int64).tolist()
-    cut = int(0.9 * len(raw))
+    text = data.read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))  # nanoGPT's prepare.py splits the characters 90/10 the same way
+    # char: the whole corpus' characters, as nanoGPT's prepare.py (plus lmpipe's special tokens,
+    # never in this text); byte: lmpipe's byte vocabulary, the same characters here (ASCII text)
+    tokenizer = (build_tokenizer("char", [text]) if tokenizer_kind == "char"
+                 else build_byte_tokenizer())
     work = Path(tempfile.mkdtemp(prefix="lmpipe-throughput-"))
-    splits = {"train": write_split(work, "train", [raw[:cut]], "all"),
-              "val": write_split(work, "val", [raw[cut:]], "all")}
-    write_meta(work, VOCAB_SIZE, np.uint16, "all", splits)
+    ids = [tokenizer(part, add_special_tokens=False)["input_ids"] for part in (text[:cut], text[cut:])]
+    splits = {"train": write_split(work, "train", [ids[0]], "all"),
+              "val": write_split(work, "val", [ids[1]], "all")}
+    write_meta(work, len(tokenizer), np.uint16, "all", splits)
     tp = TrainParams(steps=steps, batch_size=BATCH, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, sampling="windows",
                      block_size=BLOCK, loss_on="all", log_every=100, eval_every=steps,
                      threads=threads, compile=compile, precision=precision, seed=1337)
     model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=d_ff,
-                                    max_seq_len=BLOCK + 1), seed=1337)
+                                    max_seq_len=BLOCK + 1), seed=1337, tokenizer=tokenizer)
     with RunLog(work / "run", "bench", "throughput", {"train": tp.model_dump()}) as run:
         summary = train(model, TokenSplit.open(work, "train"), TokenSplit.open(work, "val"), tp,
-                        run, special_id("<|pad|>"), desc="throughput")
+                        run, tokenizer.pad_token_id, desc="throughput")
         run.finish(**summary)
     records = [json.loads(line) for line in (work / "run/metrics.jsonl").open()]
     steady = [r for r in records if "step_time_s" in r][1:]  # the first window warms up
@@ -89,7 +97,7 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     shutil.rmtree(work)
     return {"side": "lmpipe", "params": count_parameters(model), "ms_per_step": ms,
             "tokens_per_s": BATCH * BLOCK / ms * 1000, "val_loss": summary["final_val_loss"],
-            "wall_s": time.perf_counter() - t0}
+            "vocab": len(tokenizer), "wall_s": time.perf_counter() - t0}
 
 
 def nanogpt_workspace(data: Path) -> Path:
@@ -139,7 +147,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     nano = nanogpt_workspace(Path(args.data))
     lmpipe_cmd = [sys.executable, str(Path(__file__).resolve()), "--lmpipe-only",
                   "--data", args.data, "--steps", str(args.steps), "--threads", str(args.threads),
-                  "--d-ff", str(args.d_ff), "--precision", args.precision] + (
+                  "--d-ff", str(args.d_ff), "--precision", args.precision,
+                  "--tokenizer", args.tokenizer] + (
                       ["--compile"] if args.compile else [])
     runs = []
     for pair in range(args.pairs):
@@ -161,7 +170,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(nano.parent)
     return {"date": date.today().isoformat(), "machine": machine(), "steps": args.steps,
             "threads": args.threads, "compile": args.compile, "precision": args.precision,
-            "runs": runs}
+            "tokenizer": args.tokenizer, "runs": runs}
 
 
 def ratios(results: dict[str, Any], key: str, invert: bool = False) -> list[float]:
@@ -190,6 +199,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{min(wall):.2f}-{max(wall):.2f})."]
 
 
+def vocab(results: dict[str, Any]) -> int:
+    return next((r["vocab"] for r in results["runs"] if "vocab" in r), 265)
+
+
 def readme_block(results: dict[str, Any]) -> str:
     m = results["machine"]
     mode = "torch.compile on both sides" if results["compile"] else "eager, no compile"
@@ -201,7 +214,8 @@ def readme_block(results: dict[str, Any]) -> str:
     return "\n".join([
         f"Measured with `bench/train_throughput.py{flags}` on "
         f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
-        f"{results['steps']} steps, {results['threads']} torch threads, {mode}; medians over "
+        f"{results['steps']} steps, {results['threads']} torch threads, {mode}; lmpipe's "
+        f"{results.get('tokenizer', 'byte')} vocabulary of {vocab(results)} ids; medians over "
         f"{len(ratios(results, 'wall_s'))} alternating pairs):", "",
         "| side | tokens/s | ms/step | wall s | val loss |", "|---|---:|---:|---:|---:|",
         *summary_lines(results)])
@@ -218,6 +232,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="lmpipe's train.precision (nanoGPT trains fp32 on CPU whatever its "
                              "dtype: it autocasts only on GPU)")
+    parser.add_argument("--tokenizer", choices=["char", "byte"], default="char",
+                        help="lmpipe's vocabulary: the corpus' characters, as nanoGPT's "
+                             "shakespeare_char (default), or lmpipe's 265 byte ids")
     parser.add_argument("--lmpipe-only", action="store_true", help="one lmpipe run; a JSON line")
     parser.add_argument("--out", type=Path, help="write the raw figures as JSON")
     parser.add_argument("--from", dest="source", type=Path, help="a JSON from --out: no rerun")
@@ -228,7 +245,7 @@ def main() -> None:
         raise SystemExit(f"{args.data}: tiny-shakespeare text not found (pass --data PATH)")
     if args.lmpipe_only:
         print(json.dumps(lmpipe_run(Path(args.data), args.steps, args.threads, args.compile,
-                                    args.d_ff, args.precision)))
+                                    args.d_ff, args.precision, args.tokenizer)))
         return
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
