@@ -77,19 +77,23 @@ def test_a_killed_rank_resumes_from_the_sharded_checkpoint_on_any_mesh_shape(tin
 
 
 @pytest.mark.slow
-def test_2x2_with_activation_checkpointing_trains_as_one_process_and_saves_whole(tiny_tokens,
-                                                                                 tmp_path):
-    """The same losses as one process with the same global batch (activation checkpointing on
-    the mesh changes no figure), each process holding its shards of the AdamW moments, and the
-    model gathered whole giving the sharded model's logits."""
+def test_2x2_compiled_with_activation_checkpointing_trains_as_one_process_and_saves_whole(
+        tiny_tokens, tmp_path):
+    """The same losses as one eager process with the same global batch (activation checkpointing
+    and compiled blocks on the mesh change no figure), each process holding its shards of the
+    AdamW moments, and the model gathered whole giving the sharded model's logits."""
     from transformers import AutoModelForCausalLM
 
     single, run = tmp_path / "single", tmp_path / "2x2"
+    # windows: one batch shape, so one compiled graph a block under tensor parallel
     common = ["batch_size=8", "log_every=1", "sampling=windows", "block_size=32"]
     _train(tiny_tokens, single, 6, "--set", *common)
     _train(tiny_tokens, run, 6, "--set", *common, "mesh=2x2", "grad_checkpointing=true",
-           "--export", procs=4)
+           "compile=true", "--export", procs=4)
     _assert_same_losses(single, run)
+    # each block's forward compiled: one graph for training, one for eval (no_grad), no more
+    compiled = json.loads((run / "compiled.json").read_text())
+    assert compiled["unique_graphs"] >= 2 and compiled["calls_captured"] > 0
     summary = _summary(run)
     assert (summary["world_size"], summary["mesh_dp"], summary["mesh_tp"]) == (4, 2, 2)
     assert summary["final_val_loss"] == pytest.approx(_summary(single)["final_val_loss"],
@@ -104,24 +108,6 @@ def test_2x2_with_activation_checkpointing_trains_as_one_process_and_saves_whole
         logits = whole(input_ids=saved["input_ids"]).logits
     assert torch.allclose(logits, saved["logits"], atol=1e-5)
     assert not any(isinstance(p, torch.distributed.tensor.DTensor) for p in whole.parameters())
-
-
-@pytest.mark.slow
-def test_compiled_blocks_under_tensor_parallel_with_checkpointing_train_as_one_process(
-        tiny_tokens, tmp_path):
-    """torch.compile on a mesh compiles each block's forward (tensor parallel's hooks inside,
-    static shapes): on 1 x 2 with activation checkpointing, the losses of one eager process."""
-    single, run = tmp_path / "single", tmp_path / "1x2"
-    # windows: one batch shape, so one compiled graph a block under tensor parallel
-    common = ["batch_size=8", "log_every=1", "sampling=windows", "block_size=32"]
-    _train(tiny_tokens, single, 6, "--set", *common)
-    _train(tiny_tokens, run, 6, "--set", *common, "mesh=1x2", "grad_checkpointing=true",
-           "compile=true", procs=2)
-    _assert_same_losses(single, run)
-    # each block's forward compiled: one graph for training, one for eval (no_grad), no more
-    compiled = json.loads((run / "compiled.json").read_text())
-    assert compiled["unique_graphs"] >= 2 and compiled["calls_captured"] > 0
-    assert (_summary(run)["mesh_dp"], _summary(run)["mesh_tp"]) == (1, 2)
 
 
 def test_mesh_params_are_checked_before_anything_runs():
