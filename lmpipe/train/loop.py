@@ -51,6 +51,7 @@ from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.mesh import build_mesh, clip_grad_norm, parallelize
 from lmpipe.train.optim import build_optimizer, set_learning_rate, state_bytes
 from lmpipe.train.params import TrainParams
+from lmpipe.train.precision import autocast, loss_scaler
 from lmpipe.train.probes import ProbeRecorder
 from lmpipe.train.schedule import lr_at
 from lmpipe.train.tracking import make_tracker
@@ -67,16 +68,6 @@ class Diverged(RuntimeError):
     def __init__(self, step: int, what: str) -> None:
         super().__init__(f"diverged at step {step}: {what}")
         self.step = step
-
-
-def _autocast(device: torch.device, precision: str):
-    """bf16 on GPU or CPU (oneDNN's bf16 matmuls on CPUs with avx512_bf16 or AMX); fp16 only on
-    GPU, where a loss scaler guards it against underflow."""
-    if precision == "bf16" and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -128,9 +119,7 @@ class Trainer:
         if self.mesh is not None:  # split and shard before the optimizer sees the parameters
             parallelize(model, self.mesh, tp.mesh, compile_blocks=tp.compile)
         self.optimizer = build_optimizer(model, tp)
-        # fp16 autocast needs loss scaling against gradient underflow; a no-op otherwise
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.device.type == "cuda" and tp.precision == "fp16")
+        self.scaler = loss_scaler(self.device, tp.precision)
         self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
         self.run_params = run_params or {}
         self.step, self.tokens_seen = 0, 0
@@ -212,7 +201,7 @@ class Trainer:
         with timer.phase("forward_backward"):
             for i, batch in enumerate(micro):
                 sync = not self.dist.enabled or i == len(micro) - 1
-                with self._no_sync(sync), _autocast(self.device, tp.precision):
+                with self._no_sync(sync), autocast(self.device, tp.precision):
                     loss_sum, parts = self.objective(self.forward, batch)
                 # DDP and FSDP average gradients over replicas; scaling by their number / global
                 # targets makes the result the gradient of the global per-target mean.
