@@ -61,7 +61,6 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     import numpy as np
 
     from lmpipe.core.run_folder import RunLog
-    from lmpipe.data.tokenizer import build_byte_tokenizer
     from lmpipe.data.tokenizer_kinds import build_tokenizer
     from lmpipe.data.tokens import TokenSplit, write_meta, write_split
     from lmpipe.model.build import build_model, count_parameters
@@ -74,8 +73,7 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     cut = int(0.9 * len(text))  # nanoGPT's prepare.py splits the characters 90/10 the same way
     # char: the whole corpus' characters, as nanoGPT's prepare.py (plus lmpipe's special tokens,
     # never in this text); byte: lmpipe's byte vocabulary, the same characters here (ASCII text)
-    tokenizer = (build_tokenizer("char", [text]) if tokenizer_kind == "char"
-                 else build_byte_tokenizer())
+    tokenizer = build_tokenizer(tokenizer_kind, [text])
     work = Path(tempfile.mkdtemp(prefix="lmpipe-throughput-"))
     ids = [tokenizer(part, add_special_tokens=False)["input_ids"] for part in (text[:cut], text[cut:])]
     splits = {"train": write_split(work, "train", [ids[0]], "all"),

@@ -9,9 +9,8 @@ their models are too small to learn the tool, so only this test checks the claim
 To keep CI to minutes, only what the headline does not read is cut: quantization is post-training
 (no QAT fine-tuning, no int8 baseline) and the eval samples its 100 held-out people, as `make run`
 does, but 10 trained people instead of 100 (knowledge bits are skipped as in `make run`'s tool-only
-world). Every model the headline
-compares is trained exactly as `make run` trains it. `bench/pipeline.py --seeds 3` measures the
-same claim with its spread over seeds.
+world). Every model the headline compares is trained exactly as `make run` trains it.
+`bench/pipeline.py --seeds 3` measures the same claim with its spread over seeds.
 """
 
 from __future__ import annotations
