@@ -18,11 +18,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # measures both); `make INSTALLER=pip run` uses pip alone, as does a plain `pip install -e .`.
 # torch goes first and through pip either way: pip takes the CPU wheel from the local folder it is
 # configured with (PIP_FIND_LINKS here), which uv does not read; uv then finds it installed.
+# uv compiles the packages' bytecode at install, as pip does: without it every new process (a
+# stage, a DVC call, a test's subprocess) compiles transformers, DVC and the rest again wherever
+# PYTHONDONTWRITEBYTECODE is set (as on these machines), ~2.6 s a process for the eval stage's imports.
 INSTALLER ?= uv
 TORCH := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 PIP_INSTALL := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check
 ifeq ($(INSTALLER),uv)
-INSTALL := $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python
+INSTALL := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(VENV)/bin/python
 else
 INSTALL := $(PIP_INSTALL)
 endif
