@@ -39,11 +39,9 @@ PAGE = """<!DOCTYPE html>
 
 def page() -> str:
     """The template's text: DVC's page with the Vega libraries inlined."""
-    import vl_convert
-    from altair.utils._importers import vl_version_for_vl_convert
+    from lmpipe.report.page import vega_bundle
 
-    bundle = vl_convert.javascript_bundle(vl_version=vl_version_for_vl_convert())
-    return PAGE.replace("BUNDLE", bundle)
+    return PAGE.replace("BUNDLE", vega_bundle())
 
 
 def install(project: Path) -> Path:

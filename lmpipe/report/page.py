@@ -2,22 +2,27 @@
 embedding, tables and number formatting.
 
 A page is a `Page` (title, body fragments, charts); `Page.html()` turns it into one self-contained
-file: the Vega/Vega-Lite/vega-embed bundle is inlined (from vl-convert, built once per process), so
+file: the Vega/Vega-Lite/vega-embed bundle is inlined (from vl-convert, cached on disk), so
 a page renders offline and can be mailed or archived alone. Pages without charts carry no bundle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import altair as alt
 import numpy as np
 import pandas as pd
+
+from lmpipe.core.outputs import write_atomic
 
 # (file stem, link text, one-line description) of every page, in navigation order.
 PAGES = [
@@ -52,12 +57,31 @@ table.numbers th:first-child, table.numbers td:first-child { text-align: left; }
 """
 
 
-@lru_cache(maxsize=1)
-def vega_bundle() -> str:
-    """Vega, Vega-Lite (the version Altair targets) and vega-embed as one script (~900 KB)."""
+def bundle_cache_path() -> Path:
+    """Where `vega_bundle` keeps its script: the user's cache folder, named by the vl-convert
+    release and the Vega-Lite version, so another release or target builds its own."""
     import vl_convert
 
-    return vl_convert.javascript_bundle(vl_version=VL_VERSION)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "lmpipe" / f"vega-bundle-vl-convert-{vl_convert.__version__}-vega-lite-{VL_VERSION}.js"
+
+
+@lru_cache(maxsize=1)
+def vega_bundle() -> str:
+    """Vega, Vega-Lite (the version Altair targets) and vega-embed as one script (~900 KB).
+
+    vl-convert bundles it anew each call (~1.3 s); the same release gives the same script, so it
+    is read from `bundle_cache_path()` once written there. A cache that cannot be written (a
+    read-only home) only costs the rebuild."""
+    import vl_convert
+
+    path = bundle_cache_path()
+    with contextlib.suppress(OSError):
+        return path.read_text(encoding="utf-8")
+    bundle = vl_convert.javascript_bundle(vl_version=VL_VERSION)
+    with contextlib.suppress(OSError):
+        write_atomic(path, bundle)  # whole or absent: a reader never sees half a script
+    return bundle
 
 
 def esc(text: Any) -> str:
