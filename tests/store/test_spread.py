@@ -297,7 +297,8 @@ def test_the_bench_writes_the_readme_block_from_its_figures(tmp_path: Path,
     assert "260 (250–270) s a run" in text
     values = [held_out(2, s) for s in SEEDS]
     row = next(line for line in text.splitlines() if line.startswith("| distilled student"))
-    assert row == ("| distilled student (KL + CE + attention KL, 800 steps) | 86,688 | "
+    steps = params["distill"]["train"]["steps"]                # the project's, in the caption
+    assert row == (f"| distilled student (KL + CE + attention KL, {steps} steps) | 86,688 | "
                    "0.0200 (0.0100–0.0300) | 0.910 (0.900–0.920) | "
                    f"{sum(values) / 3:.3f} ({min(values):.3f}–{max(values):.3f}) | 115,584 |")
     assert "Recall without the tool is 0.000 for every model; knowledge bits are 0" in text
