@@ -20,7 +20,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # configured with (PIP_FIND_LINKS here), which uv does not read; uv then finds it installed.
 # uv compiles the packages' bytecode at install, as pip does: without it every new process (a
 # stage, a DVC call, a test's subprocess) compiles transformers, DVC and the rest again wherever
-# PYTHONDONTWRITEBYTECODE is set (as on these machines), ~2.6 s a process for the eval stage's imports.
+# PYTHONDONTWRITEBYTECODE is set (as on these machines): ~2.6 s a process for eval's imports.
 INSTALLER ?= uv
 TORCH := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 PIP_INSTALL := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check
