@@ -50,6 +50,18 @@ class Figures:
         return fmt_spread(*self.rows[(model, metric, split)], three)
 
 
+def tool_comparison(f: Figures, model: str, baseline: str) -> str:
+    """'tool accuracy A against B on held-out people (trained people: a against b)': held-out
+    first, since answering about people never trained on is what only the tool makes possible."""
+    trained = (f"{f.text(model, 'tool_accuracy', 'trained')} against "
+               f"{f.text(baseline, 'tool_accuracy', 'trained')}")
+    if not (f.has(model, "tool_accuracy", "heldout") and f.has(baseline, "tool_accuracy", "heldout")):
+        return f"tool accuracy {trained} on trained people"
+    return (f"tool accuracy {f.text(model, 'tool_accuracy', 'heldout')} against "
+            f"{f.text(baseline, 'tool_accuracy', 'heldout')} on held-out people (trained people: "
+            f"{trained})")
+
+
 def pipeline_lines(src: Source) -> tuple[str, list[str]]:
     """Where the figures come from, and the teacher, distillation and quantization sentences of
     the pipeline's latest eval run."""
@@ -87,9 +99,8 @@ def pipeline_lines(src: Source) -> tuple[str, list[str]]:
         lines.append(
             f"<b>Distillation</b>: validation loss {f.text('distilled', 'val_loss', 'val')} "
             f"nats/token for the distilled student against {f.text('student', 'val_loss', 'val')} "
-            f"for the same {size}model trained from scratch ({gain:+.3f}); tool accuracy "
-            f"{f.text('distilled', 'tool_accuracy', 'trained')} against "
-            f"{f.text('student', 'tool_accuracy', 'trained')}.")
+            f"for the same {size}model trained from scratch ({gain:+.3f}); "
+            f"{tool_comparison(f, 'distilled', 'student')}.")
     apart = distillation.destroyed(overall)
     for model, name in QUANTIZED.items():
         if not f.has(model, "val_loss", "val") or not f.has("distilled", "val_loss", "val"):
@@ -102,13 +113,22 @@ def pipeline_lines(src: Source) -> tuple[str, list[str]]:
                      / f.mean("distilled", "weight_bytes", "model"))
             text += (f", weights in {f.mean(model, 'weight_bytes', 'model'):,.0f} bytes "
                      f"({share:.1%} of the distilled model's)")
-        if f.has(model, "tool_accuracy", "trained"):
-            text += f"; tool accuracy {f.text(model, 'tool_accuracy', 'trained')}"
+        if f.has(model, "tool_accuracy", "heldout"):
+            text += f"; tool accuracy {f.text(model, 'tool_accuracy', 'heldout')} on held-out people"
+            if f.has("distilled", "tool_accuracy", "heldout") and \
+                    f.mean("distilled", "tool_accuracy", "heldout") > 0:
+                kept = (f.mean(model, "tool_accuracy", "heldout")
+                        / f.mean("distilled", "tool_accuracy", "heldout"))
+                text += f" ({kept:.1%} of the distilled model's)"
+            if f.has(model, "tool_accuracy", "trained"):
+                text += f", {f.text(model, 'tool_accuracy', 'trained')} on trained people"
+        elif f.has(model, "tool_accuracy", "trained"):
+            text += f"; tool accuracy {f.text(model, 'tool_accuracy', 'trained')} on trained people"
         if model in apart:
             text += " — <b>destroyed</b> by quantization"
         lines.append(text + ".")
-    return (f"The pipeline's models, from {source} (every figure is on the "
-            '<a href="distillation.html">distillation page</a>):', lines)
+    return ((f"The pipeline's models, from {source} (every figure is on the "
+            '<a href="distillation.html">distillation page</a>):'), lines)
 
 
 def sweep_lines(src: Source) -> list[str]:

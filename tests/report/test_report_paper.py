@@ -238,6 +238,12 @@ def test_index_opens_with_a_headline_of_the_key_comparisons(default_html, sweep_
     assert "Ternary QAT (quantized): validation loss 1.468 (+0.067 against the distilled " \
            "model), weights in 21,672 bytes (6.2% of the distilled model's)" in headline
     assert "(quantized_ptq): validation loss 9.120 (+7.719" in headline
+    # held-out people first: only the tool answers about them; QAT's share of its float twin
+    assert ("tool accuracy 0.884 against 0.801 on held-out people (trained people: 0.905 against "
+            "0.843).") in headline
+    assert ("tool accuracy 0.851 on held-out people (96.2% of the distilled model's), 0.870 on "
+            "trained people.") in headline
+    assert "tool accuracy 0.000 on held-out people (0.0% of the distilled model's)" in headline
     assert headline.count("destroyed") == 1                       # PTQ only
     sweep = htmllib.unescape(re.sub(r"<[^>]+>", "", sweep_html["index"]))
     # the lattice sweep: 9 tool models at 0.95; 8 models without the tool
