@@ -12,12 +12,14 @@ in parameters).
 nanoGPT runs from a scratch copy of `../shared/anchors/nanoGPT` (commit 3adf61e, MIT; its command
 is in ../shared/anchors/README.md; nothing of it is copied into lmpipe). The two run as whole
 processes, alternating (nanoGPT first in even pairs, lmpipe first in odd ones), each with the same
-torch threads. Per run it takes the median iteration time of its own log (nanoGPT prints one
-iteration's time every 100; lmpipe logs each 100-step window's mean, the first window skipped),
-tokens/s = batch x block / that time, the whole process's wall time and the final validation
-loss (nanoGPT: 20 batches at its last eval; lmpipe: the whole validation split). It prints each
-run, then the ratio lmpipe/nanoGPT of tokens/s as the median and range over the pairs, and the
-same for wall time. No figure of either side is typed in here: every ratio is from this run.
+torch threads. Per run it takes the same statistic from each side's own log: the median over
+100-step windows of the window's mean step time, the first window skipped (lmpipe logs each
+window's mean; nanoGPT, run with `--log_interval=1`, prints every iteration's time, grouped here
+into the same windows, the iterations that ran an evaluation left out as lmpipe's windows leave
+its evaluations out), tokens/s = batch x block / that time, the whole process's wall time and the
+final validation loss (nanoGPT: 20 batches at its last eval; lmpipe: the whole validation split).
+It prints each run, then the ratio lmpipe/nanoGPT of tokens/s as the median and range over the
+pairs, and the same for wall time. No figure of either side is typed in here: every ratio is from this run.
 
     .venv/bin/python bench/train_throughput.py                      # 2 pairs, eager, 2000 steps
     .venv/bin/python bench/train_throughput.py --compile            # torch.compile on both sides
@@ -47,11 +49,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from readme_block import write_block  # noqa: E402
+from readme_block import write_block
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 BATCH, BLOCK = 12, 64
+WINDOW = 100  # steps per lmpipe log record (log_every), and nanoGPT's iterations per window
+EVAL_INTERVAL = 250  # nanoGPT's eval_interval (its config's): those iterations evaluate
 README = ROOT / "bench" / "README.md"
 
 
@@ -81,7 +85,7 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     write_meta(work, len(tokenizer), np.uint16, "all", splits)
     tp = TrainParams(steps=steps, batch_size=BATCH, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, sampling="windows",
-                     block_size=BLOCK, loss_on="all", log_every=100, eval_every=steps,
+                     block_size=BLOCK, loss_on="all", log_every=WINDOW, eval_every=steps,
                      threads=threads, compile=compile, precision=precision, seed=1337)
     model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=d_ff,
                                     max_seq_len=BLOCK + 1), seed=1337, tokenizer=tokenizer)
@@ -96,6 +100,24 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     return {"side": "lmpipe", "params": count_parameters(model), "ms_per_step": ms,
             "tokens_per_s": BATCH * BLOCK / ms * 1000, "val_loss": summary["final_val_loss"],
             "vocab": len(tokenizer), "wall_s": time.perf_counter() - t0}
+
+
+def window_means(times: dict[int, float], steps: int) -> list[float]:
+    """nanoGPT's iteration times (ms) as lmpipe logs its own: the mean of each window of
+    `WINDOW` iterations, the first window skipped (warm-up). Iteration i's time runs from the
+    end of iteration i-1 to the end of i, so iteration 0 (warm-up) and every iteration that
+    began with an evaluation (a multiple of EVAL_INTERVAL) are left out, as lmpipe's windows
+    leave its evaluations out."""
+    means = []
+    for first in range(WINDOW + 1, steps + 1, WINDOW):
+        window = [times[i] for i in range(first, first + WINDOW)
+                  if i in times and i % EVAL_INTERVAL != 0]
+        if window:
+            means.append(statistics.fmean(window))
+    if not means:
+        raise SystemExit(f"nanoGPT logged no iteration time after its first {WINDOW} iterations "
+                         f"(--steps {steps} must exceed {WINDOW})")
+    return means
 
 
 def nanogpt_workspace(data: Path) -> Path:
@@ -115,23 +137,28 @@ def nanogpt_workspace(data: Path) -> Path:
 def nanogpt_run(work: Path, steps: int, compile: bool, env: dict[str, str]) -> dict[str, Any]:
     """One nanoGPT `train.py` process, timed whole; its log gives iteration times and val loss."""
     command = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
-               f"--compile={compile}", "--eval_iters=20", "--log_interval=100",
+               f"--compile={compile}", "--eval_iters=20", "--log_interval=1",
+               f"--eval_interval={EVAL_INTERVAL}",
                f"--block_size={BLOCK}", f"--batch_size={BATCH}", "--n_layer=4", "--n_head=4",
                "--n_embd=128", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
                "--dropout=0.0", "--out_dir=out"]
     t0 = time.perf_counter()
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                            check=False)
     wall = time.perf_counter() - t0
     if result.returncode != 0:
         raise SystemExit(f"nanoGPT failed:\n{result.stderr[-3000:]}")
-    # every 100th iteration's own time; iteration 0 includes the first eval and warm-up
-    times = [float(m.group(2)) for m in re.finditer(r"^iter (\d+): .* time ([\d.]+)ms",
-                                                    result.stdout, re.M) if int(m.group(1)) > 0]
-    losses = re.findall(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", result.stdout, re.M)
+    times = {int(m.group(1)): float(m.group(2))
+             for m in re.finditer(r"^iter (\d+): .* time ([\d.]+)ms", result.stdout, re.MULTILINE)}
+    losses = re.findall(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", result.stdout,
+                        re.MULTILINE)
     params = re.search(r"number of parameters: ([\d.]+)M", result.stdout)
-    ms = statistics.median(times)
+    ms = statistics.median(window_means(times, steps))
+    # the statistic before 2026-12-06: the median of single iterations, one every 100
+    sampled = statistics.median(t for i, t in times.items() if i > 0 and i % WINDOW == 0)
     return {"side": "nanoGPT", "params": round(float(params.group(1)) * 1e6) if params else None,
-            "ms_per_step": ms, "tokens_per_s": BATCH * BLOCK / ms * 1000,
+            "ms_per_step": ms, "ms_per_step_sampled": sampled,
+            "tokens_per_s": BATCH * BLOCK / ms * 1000,
             "val_loss": float(losses[-1][1]), "wall_s": wall}
 
 
@@ -155,7 +182,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 run = nanogpt_run(nano, args.steps, args.compile, env)
             else:
                 t0 = time.perf_counter()
-                out = subprocess.run(lmpipe_cmd, env=env, capture_output=True, text=True)
+                out = subprocess.run(lmpipe_cmd, env=env, capture_output=True, text=True,
+                                     check=False)
                 if out.returncode != 0:
                     raise SystemExit(f"lmpipe failed:\n{out.stderr[-3000:]}")
                 run = json.loads(out.stdout.strip().splitlines()[-1])
@@ -191,10 +219,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                      f"{statistics.median(r['val_loss'] for r in runs):.3f} |")
     return lines + [
         "",
-        f"lmpipe / nanoGPT tokens/s: **{statistics.median(speed):.2f}x** (range "
+        (f"lmpipe / nanoGPT tokens/s: **{statistics.median(speed):.2f}x** (range "
         f"{min(speed):.2f}-{max(speed):.2f} over {len(speed)} pairs); whole-process speed "
         f"(nanoGPT's wall time / lmpipe's): {statistics.median(wall):.2f}x (range "
-        f"{min(wall):.2f}-{max(wall):.2f})."]
+        f"{min(wall):.2f}-{max(wall):.2f}).")]
 
 
 def vocab(results: dict[str, Any]) -> int:
@@ -210,11 +238,11 @@ def readme_block(results: dict[str, Any]) -> str:
     mode += ("; lmpipe autocasts to bf16, nanoGPT trains fp32 (its only CPU mode)"
              if precision == "bf16" else "; both fp32")
     return "\n".join([
-        f"Measured with `bench/train_throughput.py{flags}` on "
+        (f"Measured with `bench/train_throughput.py{flags}` on "
         f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
         f"{results['steps']} steps, {results['threads']} torch threads, {mode}; lmpipe's "
         f"{results.get('tokenizer', 'byte')} vocabulary of {vocab(results)} ids; medians over "
-        f"{len(ratios(results, 'wall_s'))} alternating pairs):", "",
+        f"{len(ratios(results, 'wall_s'))} alternating pairs):"), "",
         "| side | tokens/s | ms/step | wall s | val loss |", "|---|---:|---:|---:|---:|",
         *summary_lines(results)])
 
