@@ -59,6 +59,7 @@ $(TEST_STAMP): $(STAMP)
 # process.
 run: $(STAMP)
 	python -m lmpipe.core.warm_server -- dvc repro
+	@python -m lmpipe.core.reproduction     # are the eval figures the committed dvc.lock's?
 	@echo "report: $(CURDIR)/reports/index.html"
 
 # One pytest worker a core (at most 4), a test file to a worker (its module fixtures built once);
