@@ -19,7 +19,8 @@ into the same windows, the iterations that ran an evaluation left out as lmpipe'
 its evaluations out), tokens/s = batch x block / that time, the whole process's wall time and the
 final validation loss (nanoGPT: 20 batches at its last eval; lmpipe: the whole validation split).
 It prints each run, then the ratio lmpipe/nanoGPT of tokens/s as the median and range over the
-pairs, and the same for wall time. No figure of either side is typed in here: every ratio is from this run.
+pairs, and the same for wall time. No figure of either side is typed in here: every ratio is from
+this run.
 
     .venv/bin/python bench/train_throughput.py                      # 2 pairs, eager, 2000 steps
     .venv/bin/python bench/train_throughput.py --compile            # torch.compile on both sides

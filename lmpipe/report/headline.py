@@ -55,11 +55,28 @@ def tool_comparison(f: Figures, model: str, baseline: str) -> str:
     first, since answering about people never trained on is what only the tool makes possible."""
     trained = (f"{f.text(model, 'tool_accuracy', 'trained')} against "
                f"{f.text(baseline, 'tool_accuracy', 'trained')}")
-    if not (f.has(model, "tool_accuracy", "heldout") and f.has(baseline, "tool_accuracy", "heldout")):
+    if not all(f.has(m, "tool_accuracy", "heldout") for m in (model, baseline)):
         return f"tool accuracy {trained} on trained people"
     return (f"tool accuracy {f.text(model, 'tool_accuracy', 'heldout')} against "
             f"{f.text(baseline, 'tool_accuracy', 'heldout')} on held-out people (trained people: "
             f"{trained})")
+
+
+def kept_tool_accuracy(f: Figures, model: str) -> str:
+    """'; tool accuracy A on held-out people (N% of the distilled model's), a on trained people'
+    for a quantized `model`: the share is what quantization keeps of its float twin."""
+    parts = []
+    if f.has(model, "tool_accuracy", "heldout"):
+        part = f"{f.text(model, 'tool_accuracy', 'heldout')} on held-out people"
+        twin = (f.mean("distilled", "tool_accuracy", "heldout")
+                if f.has("distilled", "tool_accuracy", "heldout") else 0.0)
+        if twin > 0:
+            kept = f.mean(model, "tool_accuracy", "heldout") / twin
+            part += f" ({kept:.1%} of the distilled model's)"
+        parts.append(part)
+    if f.has(model, "tool_accuracy", "trained"):
+        parts.append(f"{f.text(model, 'tool_accuracy', 'trained')} on trained people")
+    return f"; tool accuracy {', '.join(parts)}" if parts else ""
 
 
 def pipeline_lines(src: Source) -> tuple[str, list[str]]:
@@ -113,17 +130,7 @@ def pipeline_lines(src: Source) -> tuple[str, list[str]]:
                      / f.mean("distilled", "weight_bytes", "model"))
             text += (f", weights in {f.mean(model, 'weight_bytes', 'model'):,.0f} bytes "
                      f"({share:.1%} of the distilled model's)")
-        if f.has(model, "tool_accuracy", "heldout"):
-            text += f"; tool accuracy {f.text(model, 'tool_accuracy', 'heldout')} on held-out people"
-            if f.has("distilled", "tool_accuracy", "heldout") and \
-                    f.mean("distilled", "tool_accuracy", "heldout") > 0:
-                kept = (f.mean(model, "tool_accuracy", "heldout")
-                        / f.mean("distilled", "tool_accuracy", "heldout"))
-                text += f" ({kept:.1%} of the distilled model's)"
-            if f.has(model, "tool_accuracy", "trained"):
-                text += f", {f.text(model, 'tool_accuracy', 'trained')} on trained people"
-        elif f.has(model, "tool_accuracy", "trained"):
-            text += f"; tool accuracy {f.text(model, 'tool_accuracy', 'trained')} on trained people"
+        text += kept_tool_accuracy(f, model)
         if model in apart:
             text += " — <b>destroyed</b> by quantization"
         lines.append(text + ".")

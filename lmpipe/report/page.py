@@ -63,7 +63,8 @@ def bundle_cache_path() -> Path:
     import vl_convert
 
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "lmpipe" / f"vega-bundle-vl-convert-{vl_convert.__version__}-vega-lite-{VL_VERSION}.js"
+    name = f"vega-bundle-vl-convert-{vl_convert.__version__}-vega-lite-{VL_VERSION}.js"
+    return root / "lmpipe" / name
 
 
 @lru_cache(maxsize=1)
