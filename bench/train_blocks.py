@@ -64,9 +64,17 @@ def causal_math_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
 
 def block_models() -> dict[str, Callable[[], torch.nn.Module]]:
     """Name -> a fresh transformers model at nanoGPT's configuration."""
-    from transformers import (AttentionInterface, FalconConfig, FalconForCausalLM, GPT2Config,
-                              GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig,
-                              GPTNeoXForCausalLM)
+    from transformers import (
+        AttentionInterface,
+        FalconConfig,
+        FalconForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTJConfig,
+        GPTJForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+    )
 
     AttentionInterface.register("causal_math", causal_math_attention)
 
