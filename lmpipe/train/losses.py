@@ -44,6 +44,11 @@ def cross_entropy_objective(model: torch.nn.Module, batch: Batch):
     return masked_cross_entropy(logits, batch), {}
 
 
+# plain tensor math over the logits: with `train.compile` the loop compiles it together with the
+# model's forward, one graph from ids to loss (as nanoGPT compiles the loss inside its model)
+cross_entropy_objective.compiles_with_model = True
+
+
 @dataclass(frozen=True)
 class SplitLoss:
     """Cross-entropy summed over the evaluated targets, their count and (if measured) bytes."""

@@ -92,6 +92,25 @@ def test_compiled_training_matches_eager(tiny_tokens, tokenizer):
     assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
 
 
+def test_compiled_training_traces_the_loss_in_the_forwards_graph(tiny_tokens, tokenizer,
+                                                                 monkeypatch):
+    """With train.compile the plain objective is one graph from token ids to the loss: the
+    cross-entropy is traced with the embedding, not run eagerly after a compiled forward."""
+    graphs: list[set[str]] = []
+    real_compile = torch.compile
+
+    def spy(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append({getattr(node.target, "__name__", str(node.target)) for node in gm.graph.nodes})
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=spy, **kw))
+    tp = TrainParams(steps=2, batch_size=4, warmup_steps=1, log_every=2, eval_every=2,
+                     compile=True)
+    train(build_model(TINY_MODEL, 0), TokenSplit.open(tiny_tokens, "train"),
+          TokenSplit.open(tiny_tokens, "val"), tp, None, tokenizer.pad_token_id)
+    assert any({"embedding", "cross_entropy"} <= names for names in graphs), graphs
+
+
 def test_eval_runs_on_its_own_schedule_whatever_log_every_is(tiny_tokens, tokenizer, tmp_path):
     """eval_every = 2 with log_every = 3 over 7 steps: val_loss at 0, 2, 4, 6 and 7 (the end),
     training records at 3, 6 and 7; an eval-only step logs val_loss without training figures,
