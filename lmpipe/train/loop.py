@@ -131,7 +131,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # on a mesh each block is compiled on its own (parallelize); on one process an objective
         # that is plain tensor math is compiled with the forward, so the loss fuses into the
-        # graph (~10% a step at nanoGPT's configuration, bench/train_throughput.py --compile);
+        # graph (~4% a step at nanoGPT's configuration, bench/compile_step.py);
         # under DDP the documented form, the wrapped module compiled, stays
         self.step_loss: Callable[[Batch], tuple] = functools.partial(objective, self.wrapped)
         if tp.compile and self.mesh is None:
