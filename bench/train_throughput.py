@@ -12,12 +12,14 @@ in parameters).
 nanoGPT runs from a scratch copy of `../shared/anchors/nanoGPT` (commit 3adf61e, MIT; its command
 is in ../shared/anchors/README.md; nothing of it is copied into lmpipe). The two run as whole
 processes, alternating (nanoGPT first in even pairs, lmpipe first in odd ones), each with the same
-torch threads. Per run it takes the same statistic from each side's own log: the median over
-100-step windows of the window's mean step time, the first window skipped (lmpipe logs each
-window's mean; nanoGPT, run with `--log_interval=1`, prints every iteration's time, grouped here
-into the same windows, the iterations that ran an evaluation left out as lmpipe's windows leave
-its evaluations out), tokens/s = batch x block / that time, the whole process's wall time and the
-final validation loss (nanoGPT: 20 batches at its last eval; lmpipe: the whole validation split).
+torch threads. Per run it takes the same statistic from each side: the median over 100-step
+windows of the window's mean wall-clock step time, the first window skipped (nanoGPT, run with
+`--log_interval=1`, prints every iteration's time, the iterations that ran an evaluation left
+out; lmpipe's steps are stamped at their start, so each step's time holds all of the loop's work
+until the next, where lmpipe's own `step_time_s` sums only its timed phases, kept in the JSON as
+`ms_per_step_phases`), tokens/s = batch x block / that time, the whole process's wall time and
+the final validation loss (nanoGPT: 20 batches at its last eval; lmpipe: the whole validation
+split).
 It prints each run, then the ratio lmpipe/nanoGPT of tokens/s as the median and range over the
 pairs, and the same for wall time. No figure of either side is typed in here: every ratio is from
 this run.
@@ -70,7 +72,7 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     from lmpipe.data.tokens import TokenSplit, write_meta, write_split
     from lmpipe.model.build import build_model, count_parameters
     from lmpipe.model.params import ModelParams
-    from lmpipe.train.loop import train
+    from lmpipe.train.loop import Trainer, train
     from lmpipe.train.params import TrainParams
 
     t0 = time.perf_counter()
@@ -90,29 +92,48 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
                      threads=threads, compile=compile, precision=precision, seed=1337)
     model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=d_ff,
                                     max_seq_len=BLOCK + 1), seed=1337, tokenizer=tokenizer)
-    with RunLog(work / "run", "bench", "throughput", {"train": tp.model_dump()}) as run:
-        summary = train(model, TokenSplit.open(work, "train"), TokenSplit.open(work, "val"), tp,
-                        run, tokenizer.pad_token_id, desc="throughput")
-        run.finish(**summary)
+    # the wall clock at the start of every optimizer step, as nanoGPT's log gives the wall time
+    # between its iterations: lmpipe's own step_time_s sums its timed phases (data, forward and
+    # backward, optimizer, logging) and leaves out the loop's work between them
+    started: dict[int, float] = {}
+    step_once = Trainer._train_and_accumulate
+
+    def stamped(self, step: int, window):
+        started[step] = time.perf_counter()
+        return step_once(self, step, window)
+
+    Trainer._train_and_accumulate = stamped
+    try:
+        with RunLog(work / "run", "bench", "throughput", {"train": tp.model_dump()}) as run:
+            summary = train(model, TokenSplit.open(work, "train"), TokenSplit.open(work, "val"),
+                            tp, run, tokenizer.pad_token_id, desc="throughput")
+            run.finish(**summary)
+    finally:
+        Trainer._train_and_accumulate = step_once
     records = [json.loads(line) for line in (work / "run/metrics.jsonl").open()]
     steady = [r for r in records if "step_time_s" in r][1:]  # the first window warms up
-    ms = statistics.median(r["step_time_s"] for r in steady) * 1000
+    phases = statistics.median(r["step_time_s"] for r in steady) * 1000
+    # step i's time: from its start to step i+1's (the last step, which evaluates, has none);
+    # 1-based like nanoGPT's iteration numbers, so the same windows and the same statistic
+    times = {i + 1: (started[i + 1] - started[i]) * 1000 for i in range(steps - 1)}
+    ms = statistics.median(window_means(times, steps, skip_evals=False))
     shutil.rmtree(work)
     return {"side": "lmpipe", "params": count_parameters(model), "ms_per_step": ms,
+            "ms_per_step_phases": phases,
             "tokens_per_s": BATCH * BLOCK / ms * 1000, "val_loss": summary["final_val_loss"],
             "vocab": len(tokenizer), "wall_s": time.perf_counter() - t0}
 
 
-def window_means(times: dict[int, float], steps: int) -> list[float]:
-    """nanoGPT's iteration times (ms) as lmpipe logs its own: the mean of each window of
-    `WINDOW` iterations, the first window skipped (warm-up). Iteration i's time runs from the
-    end of iteration i-1 to the end of i, so iteration 0 (warm-up) and every iteration that
-    began with an evaluation (a multiple of EVAL_INTERVAL) are left out, as lmpipe's windows
-    leave its evaluations out."""
+def window_means(times: dict[int, float], steps: int, skip_evals: bool = True) -> list[float]:
+    """Iteration times (ms, keyed 1..steps) as the mean of each window of `WINDOW` iterations,
+    the first window skipped (warm-up). nanoGPT's iteration i runs from the end of iteration i-1
+    to the end of i, so iteration 0 (warm-up) and, with `skip_evals`, every iteration that began
+    with an evaluation (a multiple of EVAL_INTERVAL) are left out; lmpipe evaluates only at its
+    last step, which has no time."""
     means = []
     for first in range(WINDOW + 1, steps + 1, WINDOW):
         window = [times[i] for i in range(first, first + WINDOW)
-                  if i in times and i % EVAL_INTERVAL != 0]
+                  if i in times and not (skip_evals and i % EVAL_INTERVAL == 0)]
         if window:
             means.append(statistics.fmean(window))
     if not means:
