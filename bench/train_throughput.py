@@ -114,8 +114,11 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     steady = [r for r in records if "step_time_s" in r][1:]  # the first window warms up
     phases = statistics.median(r["step_time_s"] for r in steady) * 1000
     # step i's time: from its start to step i+1's (the last step, which evaluates, has none);
-    # 1-based like nanoGPT's iteration numbers, so the same windows and the same statistic
-    times = {i + 1: (started[i + 1] - started[i]) * 1000 for i in range(steps - 1)}
+    # 1-based like nanoGPT's iteration numbers, so the same windows and the same statistic. The
+    # steps that end in a checkpoint are left out, as nanoGPT's iterations that evaluate (and
+    # then save) are
+    times = {i + 1: (started[i + 1] - started[i]) * 1000 for i in range(steps - 1)
+             if (i + 1) % tp.checkpoint_every != 0}
     ms = statistics.median(window_means(times, steps, skip_evals=False))
     shutil.rmtree(work)
     return {"side": "lmpipe", "params": count_parameters(model), "ms_per_step": ms,
