@@ -22,14 +22,11 @@ tokenizer); nanoGPT steps on one fixed random batch. No figure is typed in.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from readme_block import write_block
+from train_profile import speed_table
 
 BATCH, BLOCK = 12, 64
 
@@ -130,16 +128,8 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
     ms = {name: statistics.median(v) for name, v in times.items()}
     fastest = {name: min(v) for name, v in times.items()}
-    ref = "nanoGPT (compiled)"
-    lines = [(f"Measured with `bench/compile_step.py` on {date.today().isoformat()} "
-              f"({os.cpu_count()} CPU cores, {platform.machine()}, Python "
-              f"{platform.python_version()}; {args.threads} torch threads, torch.compile; "
-              f"median of {args.repeats} interleaved repeats of {args.steps} steps):"), "",
-             ("| side | ms/step (range) | speed vs nanoGPT (its ms / this ms) | the same, "
-              "fastest repeats |"), "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {ms[name]:.1f} ({min(v):.1f}–{max(v):.1f}) | "
-              f"{ms[ref] / ms[name]:.2f}x | {fastest[ref] / fastest[name]:.2f}x |"
-              for name, v in times.items()]
+    lines = speed_table("compile_step.py", f"{args.threads} torch threads, torch.compile",
+                        args.repeats, args.steps, times, "nanoGPT (compiled)")
     gain = ms["lmpipe-forward-only"] / ms["lmpipe"]
     lines += ["", (f"Compiling the loss with the forward: {gain:.2f}x the forward-only step "
                    f"(fastest repeats {fastest['lmpipe-forward-only'] / fastest['lmpipe']:.2f}x).")]

@@ -25,12 +25,9 @@ Nothing here changes lmpipe: it prices the architecture choices issue 18's decis
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -41,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from readme_block import write_block
-from train_profile import BATCH, BLOCK, finish, steppers, time_steps
+from train_profile import BATCH, BLOCK, finish, speed_table, steppers, time_steps
 
 README = ROOT / "bench" / "README.md"
 VOCAB = 65
@@ -146,17 +143,9 @@ def main() -> None:
         for name, make in sides.items():
             times[name].append(time_steps(make(), args.steps))
     ms = {name: statistics.median(values) for name, values in times.items()}
-    fastest = {name: min(values) for name, values in times.items()}
     best = max((name for name in sides if name != "nanoGPT"), key=lambda n: ms["nanoGPT"] / ms[n])
-    lines = [(f"Measured with `bench/train_blocks.py` on {date.today().isoformat()} "
-              f"({os.cpu_count()} CPU cores, {platform.machine()}, Python "
-              f"{platform.python_version()}; {args.threads} torch threads, eager; median of "
-              f"{args.repeats} interleaved repeats of {args.steps} steps):"), "",
-             ("| side | ms/step (range) | speed vs nanoGPT (its ms / this ms) | the same, fastest "
-              "repeats |"), "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {ms[name]:.1f} ({min(v):.1f}–{max(v):.1f}) | "
-              f"{ms['nanoGPT'] / ms[name]:.2f}x | {fastest['nanoGPT'] / fastest[name]:.2f}x |"
-              for name, v in times.items()]
+    lines = speed_table("train_blocks.py", f"{args.threads} torch threads, eager", args.repeats,
+                        args.steps, times, "nanoGPT")
     lines += ["", (f"The fastest block here is {best} at {ms['nanoGPT'] / ms[best]:.2f}x nanoGPT "
                    f"(issue 18 asks ≥ 1.1x).")]
     print("\n".join(lines))

@@ -240,6 +240,26 @@ def time_steps(step: Callable[[], None], steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1000
 
 
+def speed_table(bench: str, setting: str, repeats: int, steps: int,
+                times: dict[str, list[float]], ref: str) -> list[str]:
+    """The Markdown lines of an interleaved bench's table: each side's median ms/step and range,
+    its speed against `ref` from the medians and from the fastest repeats. `setting` says how
+    the steps ran (threads, eager or compiled)."""
+    ms = {name: statistics.median(values) for name, values in times.items()}
+    # the fastest repeat beside the median: on a shared machine a neighbour only ever slows a
+    # repeat down, so the minimum is the steadier figure when the ranges are wide
+    fastest = {name: min(values) for name, values in times.items()}
+    lines = [(f"Measured with `bench/{bench}` on {date.today().isoformat()} "
+              f"({os.cpu_count()} CPU cores, {platform.machine()}, Python "
+              f"{platform.python_version()}; {setting}; median of {repeats} interleaved repeats "
+              f"of {steps} steps):"), "",
+             (f"| side | ms/step (range) | speed vs {ref} (its ms / this ms) | the same, fastest "
+              "repeats |"), "|---|---:|---:|---:|"]
+    return lines + [f"| {name} | {ms[name]:.1f} ({min(v):.1f}–{max(v):.1f}) | "
+                    f"{ms[ref] / ms[name]:.2f}x | {fastest[ref] / fastest[name]:.2f}x |"
+                    for name, v in times.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -254,18 +274,8 @@ def main() -> None:
         for name, make in sides.items():
             times[name].append(time_steps(make(), args.steps))
     ms = {name: statistics.median(values) for name, values in times.items()}
-    lines = [(f"Measured with `bench/train_profile.py` on {date.today().isoformat()} "
-             f"({os.cpu_count()} CPU cores, {platform.machine()}, Python "
-             f"{platform.python_version()}; {args.threads} torch threads, eager; median of "
-             f"{args.repeats} interleaved repeats of {args.steps} steps):"), "",
-             ("| side | ms/step (range) | speed vs nanoGPT (its ms / this ms) | the same, fastest "
-             "repeats |"), "|---|---:|---:|---:|"]
-    # the fastest repeat beside the median: on a shared machine a neighbour only ever slows a
-    # repeat down, so the minimum is the steadier figure when the ranges are wide
-    fastest = {name: min(values) for name, values in times.items()}
-    lines += [f"| {name} | {ms[name]:.1f} ({min(v):.1f}–{max(v):.1f}) | "
-              f"{ms['nanoGPT'] / ms[name]:.2f}x | {fastest['nanoGPT'] / fastest[name]:.2f}x |"
-              for name, v in times.items()]
+    lines = speed_table("train_profile.py", f"{args.threads} torch threads, eager", args.repeats,
+                        args.steps, times, "nanoGPT")
     lines += ["", ("lmpipe's gap to nanoGPT, split: "
               f"framework (transformers' modules, masks, cache plumbing) "
               f"{ms['lmpipe'] - ms['llama-functional']:+.1f} ms; vocabulary (265 byte ids vs 65 "
