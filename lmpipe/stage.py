@@ -51,7 +51,7 @@ def stage(fn: StageBody | None = None, *, environment: bool = False,
         except (ConfigError, FileNotFoundError, SourceError) as exc:
             fail(fn.__name__, exc)
         except RuntimeError as exc:
-            # lmpipe.train.loop.Diverged (not imported here: it would pull in torch before
+            # lmpipe.train.divergence.Diverged (not imported here: it would pull in torch before
             # validation)
             if getattr(exc, "status", None) != "diverged":
                 raise

@@ -34,9 +34,11 @@ from lmpipe.params.config import Params
 from lmpipe.params.identity import data_identity, model_identity, run_identity
 from lmpipe.train.checkpoint import fingerprint, latest_checkpoint, list_checkpoints
 from lmpipe.train.distributed import init_distributed, shutdown
-from lmpipe.train.loop import Diverged, Objective, train
+from lmpipe.train.divergence import Diverged
+from lmpipe.train.loop import train
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.mesh import consolidated_state_dict
+from lmpipe.train.model_call import Objective
 from lmpipe.train.params import TrainParams
 
 

@@ -1,8 +1,10 @@
 """The training loop shared by the `train` and `distill` stages.
 
 One loop, a pluggable objective: `train` minimises cross-entropy on target tokens, `distill` a
-weighted sum of divergences from the teacher (lmpipe/distill/). The loop resumes from the run's last checkpoint, runs data-
-parallel under `torchrun`, accumulates gradients, and logs every `log_every` steps to the run
+weighted sum of divergences from the teacher (lmpipe/distill/). The loop resumes from the run's
+last checkpoint (lmpipe/train/run_checkpoints.py), runs data-parallel under `torchrun` or on a
+device mesh (lmpipe/train/model_call.py wraps and compiles the model), accumulates gradients, stops
+on a non-finite loss (lmpipe/train/divergence.py), and logs every `log_every` steps to the run
 folder's metrics.jsonl: loss, lr, grad norm, tokens/s, time per phase, MFU and memory.
 
 Validation runs on its own schedule, every `eval_every` steps and after the last, whatever
@@ -14,7 +16,6 @@ and leaves the training window running, so the log records are the same with or 
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import math
 from collections.abc import Callable
@@ -27,48 +28,29 @@ from lmpipe.core import profiler
 from lmpipe.core.progress import progress
 from lmpipe.core.run_folder import RunLog
 from lmpipe.core.section import ConfigError
-from lmpipe.data.batching import Batch, make_batches
+from lmpipe.data.batching import make_batches
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.mamba import parallel_scans
 from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
-from lmpipe.train.checkpoint import (
-    TrainerState,
-    fingerprint,
-    is_sharded,
-    latest_checkpoint,
-    load_checkpoint,
-    remove_checkpoints,
-    save_checkpoint,
-    save_sharded_checkpoint,
-)
-from lmpipe.train.distributed import (
-    init_distributed,
-    mesh_replicas,
-    micro_batches,
-    resolve_device,
-)
+from lmpipe.train.checkpoint import fingerprint
+from lmpipe.train.distributed import init_distributed, micro_batches, resolve_device
+from lmpipe.train.divergence import check_finite
 from lmpipe.train.log_window import LogWindow
 from lmpipe.train.losses import cross_entropy_objective, evaluate_loss
 from lmpipe.train.mesh import build_mesh, clip_grad_norm, parallelize
+from lmpipe.train.model_call import (
+    Objective,
+    gradient_sync,
+    step_loss_function,
+    wrap_for_data_parallel,
+)
 from lmpipe.train.optim import build_optimizer, set_learning_rate, state_bytes
 from lmpipe.train.params import TrainParams
 from lmpipe.train.precision import autocast, loss_scaler
 from lmpipe.train.probes import ProbeRecorder
+from lmpipe.train.run_checkpoints import RunCheckpoints
 from lmpipe.train.schedule import lr_at
 from lmpipe.train.tracking import make_tracker
-
-Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-class Diverged(RuntimeError):
-    """A non-finite loss or gradient: the run stops at that step, before the optimizer applies
-    it, and nothing from it is saved (the run log records status `diverged`)."""
-
-    status = "diverged"
-
-    def __init__(self, step: int, what: str) -> None:
-        super().__init__(f"diverged at step {step}: {what}")
-        self.step = step
 
 
 class Trainer:
@@ -123,22 +105,14 @@ class Trainer:
         self.scaler = loss_scaler(self.device, tp.precision)
         self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
         self.run_params = run_params or {}
+        self.checkpoints = RunCheckpoints(
+            None if self.folder is None else self.folder / "checkpoints", self.fingerprint,
+            self.run_params, tp.keep_checkpoints, self.mesh is not None, self.dist)
         self.step, self.tokens_seen = 0, 0
         self.initial_val = float("nan")
-        self.wrapped = model
-        if self.dist.enabled and self.mesh is None:
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        # on a mesh each block is compiled on its own (parallelize); on one process an objective
-        # that is plain tensor math is compiled with the forward, so the loss fuses into the
-        # graph (~4% a step at nanoGPT's configuration, bench/compile_step.py);
-        # under DDP the documented form, the wrapped module compiled, stays
-        self.step_loss: Callable[[Batch], tuple] = functools.partial(objective, self.wrapped)
-        if tp.compile and self.mesh is None:
-            if getattr(objective, "compiles_with_model", False) and not self.dist.enabled:
-                self.step_loss = torch.compile(self.step_loss)
-            else:
-                self.step_loss = functools.partial(objective, torch.compile(self.wrapped))
+        on_mesh = self.mesh is not None
+        self.wrapped = wrap_for_data_parallel(model, self.dist, self.device, on_mesh)
+        self.step_loss = step_loss_function(self.wrapped, objective, tp, self.dist, on_mesh)
         # no recorder at all when probes are off: the loop then runs exactly as without them
         self.probes = (ProbeRecorder(model, tp.probes, self.folder if self.dist.is_main else None)
                        if tp.probes.enabled else None)
@@ -147,38 +121,19 @@ class Trainer:
                                     self.run_params)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    @property
-    def checkpoint_dir(self) -> Path | None:
-        return None if self.folder is None else self.folder / "checkpoints"
-
     def resume(self) -> bool:
         """Continue from this run's newest matching checkpoint; False when starting fresh."""
-        path = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir,
-                                                                           self.fingerprint)
-        if path is None:
+        state = self.checkpoints.resume(self.model, self.optimizer)
+        if state is None:
             return False
-        if self.mesh is not None and not is_sharded(path):
-            raise ConfigError(f"{path}: a whole-model checkpoint (written without train.mesh) "
-                              "does not load onto a mesh; resume it without train.mesh, or "
-                              "remove it to start over")
-        state = load_checkpoint(path, self.model, self.optimizer)
         self.step, self.tokens_seen = state.step, state.tokens_seen
         self.initial_val = state.initial_val_loss
         return True
 
     def save(self) -> None:
-        if self.mesh is not None and self.checkpoint_dir is not None:  # every process writes
-            save_sharded_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
-                                    TrainerState(self.step, self.tokens_seen, self.fingerprint,
-                                                 self.initial_val),
-                                    self.run_params, self.tp.keep_checkpoints, self.dist.is_main)
-            return
-        if self.dist.is_main and self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
-                            TrainerState(self.step, self.tokens_seen, self.fingerprint,
-                                         self.initial_val),
-                            self.run_params, self.tp.keep_checkpoints)
-        self.dist.barrier()
+        """Checkpoint the current step (lmpipe/train/run_checkpoints.py decides who writes)."""
+        self.checkpoints.save(self.model, self.optimizer, self.step, self.tokens_seen,
+                              self.initial_val)
 
     # -- evaluation ----------------------------------------------------------------------------
     def validation_loss(self) -> tuple[float, dict[str, float]]:
@@ -209,13 +164,15 @@ class Trainer:
         with timer.phase("forward_backward"):
             for i, batch in enumerate(micro):
                 sync = not self.dist.enabled or i == len(micro) - 1
-                with self._no_sync(sync), autocast(self.device, tp.precision):
+                with (gradient_sync(sync, self.model, self.wrapped, tp, self.dist,
+                                    self.mesh is not None),
+                      autocast(self.device, tp.precision)):
                     loss_sum, parts = self.step_loss(batch)
                 # DDP and FSDP average gradients over replicas; scaling by their number / global
                 # targets makes the result the gradient of the global per-target mean.
                 scaled = loss_sum * (self.dist.data_world / global_targets)
                 if fused:  # a non-finite loss must stop the run before it touches the weights
-                    self._check_finite(step + 1, loss_sum.detach(), torch.zeros(()))
+                    check_finite(step + 1, loss_sum.detach(), torch.zeros(()), self.dist)
                     grad_norm = self.optimizer.fused_step(scaled, lr, tp.grad_clip)
                 else:
                     self.scaler.scale(scaled).backward()
@@ -225,7 +182,7 @@ class Trainer:
                     share = len(micro) if key in self.per_step_metrics else 1
                     extras[key] = extras.get(key, 0) + value.detach() / share
         if fused:
-            self._check_finite(step + 1, total, grad_norm)
+            check_finite(step + 1, total, grad_norm, self.dist)
             return total, global_targets, extras, n_tokens, lr, grad_norm
         with timer.phase("optimizer"):
             self.scaler.unscale_(self.optimizer)
@@ -233,32 +190,11 @@ class Trainer:
             grad_norm = clip(list(self.model.parameters()),
                              tp.grad_clip if tp.grad_clip > 0 else math.inf)
             if not self.scaler.is_enabled():  # fp16 loss scaling skips non-finite steps itself
-                self._check_finite(step + 1, total, grad_norm)
+                check_finite(step + 1, total, grad_norm, self.dist)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         return total, global_targets, extras, n_tokens, lr, grad_norm
-
-    def _no_sync(self, sync: bool):
-        """Gradients of a micro-batch before the last stay local: DDP's no_sync, FSDP2's
-        requires_gradient_sync (reduce-scattered with the last)."""
-        if sync or not self.dist.enabled:
-            if self.mesh is not None and mesh_replicas(self.tp) > 1:
-                self.model.set_requires_gradient_sync(True)
-            return contextlib.nullcontext()
-        if self.mesh is None:
-            return self.wrapped.no_sync()
-        if mesh_replicas(self.tp) > 1:
-            self.model.set_requires_gradient_sync(False)
-        return contextlib.nullcontext()
-
-    def _check_finite(self, step: int, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Raise Diverged (on every process alike) when the loss or the gradient is not finite."""
-        bad = torch.stack([(~torch.isfinite(loss_sum)).float(), (~torch.isfinite(grad_norm)).float()])
-        bad = self.dist.all_sum(bad)
-        if bad.any():
-            what = " and ".join(name for name, flag in zip(("loss", "gradient norm"), bad) if flag)
-            raise Diverged(step, f"non-finite {what}")
 
     def fit(self) -> dict[str, float]:
         """Resume or start, then train to `steps`; each step trains, then logs, evaluates and
@@ -321,7 +257,7 @@ class Trainer:
             if self.probes is not None:
                 self.probes.rewind(self.step)
             if not resumed:
-                remove_checkpoints(self.checkpoint_dir)
+                self.checkpoints.clear()
         return resumed, resumed_from
 
     def _instrument(self) -> tuple[float, float, Any]:
