@@ -33,6 +33,7 @@ from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.mamba import parallel_scans
 from lmpipe.quant.bitlinear import convert_to_bitlinear, qat_lambda, set_lambda
 from lmpipe.train.checkpoint import fingerprint
+from lmpipe.train.cpu_linear import available, use_onednn_linears, use_torch_linears
 from lmpipe.train.distributed import init_distributed, micro_batches, resolve_device
 from lmpipe.train.divergence import check_finite
 from lmpipe.train.log_window import LogWindow
@@ -101,6 +102,12 @@ class Trainer:
                               "one process or use another optimizer")
         if self.mesh is not None:  # split and shard before the optimizer sees the parameters
             parallelize(model, self.mesh, tp.mesh, compile_blocks=tp.compile)
+        # oneDNN's fp32 GEMM for the plain linears (lmpipe/train/cpu_linear.py); undone when
+        # fit() ends, so the model leaves as it came
+        self.onednn_linears = (
+            tp.cpu_linear == "onednn" and self.device.type == "cpu" and tp.precision == "fp32"
+            and not tp.compile and self.mesh is None and available()
+            and use_onednn_linears(model) > 0)
         self.optimizer = build_optimizer(model, tp)
         self.scaler = loss_scaler(self.device, tp.precision)
         self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
@@ -199,6 +206,13 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Resume or start, then train to `steps`; each step trains, then logs, evaluates and
         checkpoints when they are due. Returns the run's summary figures."""
+        try:
+            return self._fit()
+        finally:
+            if self.onednn_linears:
+                use_torch_linears(self.model)
+
+    def _fit(self) -> dict[str, float]:
         tp = self.tp
         resumed, resumed_from = self._begin()
         flops_token, peak, trace = self._instrument()

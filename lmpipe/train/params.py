@@ -111,6 +111,10 @@ class TrainParams(Section):
         "fp32", description="autocast dtype: bf16 on GPU or CPU (weights and optimizer stay fp32); "
         "fp16 on GPU only (CPU trains fp32)")
     compile: bool = False
+    cpu_linear: Literal["onednn", "torch"] = Field(
+        "onednn", description="fp32 linear layers on CPU: onednn runs them through oneDNN's GEMM "
+        "(2.2x MKL's on AMD CPUs, bench/linear_kernels.py; lmpipe/train/cpu_linear.py); torch "
+        "keeps torch's default (MKL). Ignored with bf16/fp16, train.compile, a mesh or a GPU")
     grad_checkpointing: bool = False
     profile_steps: list[int] = Field(
         default_factory=list, description="[start, end): write a torch.profiler trace for these steps")
