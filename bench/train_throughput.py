@@ -27,6 +27,7 @@ this run.
     .venv/bin/python bench/train_throughput.py                      # 2 pairs, eager, 2000 steps
     .venv/bin/python bench/train_throughput.py --compile            # torch.compile on both sides
     .venv/bin/python bench/train_throughput.py --precision bf16     # lmpipe autocasts to bf16
+    .venv/bin/python bench/train_throughput.py --cpu-linear torch   # lmpipe's linears on MKL
     .venv/bin/python bench/train_throughput.py --pairs 3 --out tp.json --write-readme
     .venv/bin/python bench/train_throughput.py --from tp.json --write-readme   # no rerun
     .venv/bin/python bench/train_throughput.py --lmpipe-only        # one lmpipe run, JSON line
@@ -63,7 +64,8 @@ README = ROOT / "bench" / "README.md"
 
 
 def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
-               precision: str = "fp32", tokenizer_kind: str = "char") -> dict[str, Any]:
+               precision: str = "fp32", tokenizer_kind: str = "char",
+               cpu_linear: str = "onednn") -> dict[str, Any]:
     """One lmpipe training run in this process (the `--lmpipe-only` body)."""
     import numpy as np
 
@@ -89,7 +91,8 @@ def lmpipe_run(data: Path, steps: int, threads: int, compile: bool, d_ff: int,
     tp = TrainParams(steps=steps, batch_size=BATCH, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, sampling="windows",
                      block_size=BLOCK, loss_on="all", log_every=WINDOW, eval_every=steps,
-                     threads=threads, compile=compile, precision=precision, seed=1337)
+                     threads=threads, compile=compile, precision=precision, seed=1337,
+                     cpu_linear=cpu_linear)
     model = build_model(ModelParams(d_model=128, n_layers=4, n_heads=4, d_ff=d_ff,
                                     max_seq_len=BLOCK + 1), seed=1337, tokenizer=tokenizer)
     # the wall clock at the start of every optimizer step, as nanoGPT's log gives the wall time
@@ -198,7 +201,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     lmpipe_cmd = [sys.executable, str(Path(__file__).resolve()), "--lmpipe-only",
                   "--data", args.data, "--steps", str(args.steps), "--threads", str(args.threads),
                   "--d-ff", str(args.d_ff), "--precision", args.precision,
-                  "--tokenizer", args.tokenizer] + (
+                  "--tokenizer", args.tokenizer, "--cpu-linear", args.cpu_linear] + (
                       ["--compile"] if args.compile else [])
     runs = []
     for pair in range(args.pairs):
@@ -221,7 +224,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(nano.parent)
     return {"date": date.today().isoformat(), "machine": machine(), "steps": args.steps,
             "threads": args.threads, "compile": args.compile, "precision": args.precision,
-            "tokenizer": args.tokenizer, "runs": runs}
+            "tokenizer": args.tokenizer, "cpu_linear": args.cpu_linear, "runs": runs}
 
 
 def ratios(results: dict[str, Any], key: str, invert: bool = False) -> list[float]:
@@ -262,6 +265,12 @@ def readme_block(results: dict[str, Any]) -> str:
         f" --precision {precision}" if precision != "fp32" else "")
     mode += ("; lmpipe autocasts to bf16, nanoGPT trains fp32 (its only CPU mode)"
              if precision == "bf16" else "; both fp32")
+    # runs before 2026-12-06's oneDNN linears recorded no cpu_linear: they ran torch's
+    cpu_linear = results.get("cpu_linear", "torch")
+    flags += " --cpu-linear torch" if cpu_linear == "torch" and "cpu_linear" in results else ""
+    if not results["compile"] and precision == "fp32":  # where train.cpu_linear applies
+        mode += (f"; lmpipe's linears on {'oneDNN' if cpu_linear == 'onednn' else 'torch (MKL)'}"
+                 f" (train.cpu_linear: {cpu_linear}), nanoGPT's on torch's")
     return "\n".join([
         (f"Measured with `bench/train_throughput.py{flags}` on "
         f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
@@ -283,6 +292,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="lmpipe's train.precision (nanoGPT trains fp32 on CPU whatever its "
                              "dtype: it autocasts only on GPU)")
+    parser.add_argument("--cpu-linear", choices=["onednn", "torch"], default="onednn",
+                        help="lmpipe's train.cpu_linear (nanoGPT's nn.Linear runs torch's)")
     parser.add_argument("--tokenizer", choices=["char", "byte"], default="char",
                         help="lmpipe's vocabulary: the corpus' characters, as nanoGPT's "
                              "shakespeare_char (default), or lmpipe's 265 byte ids")
@@ -296,7 +307,8 @@ def main() -> None:
         raise SystemExit(f"{args.data}: tiny-shakespeare text not found (pass --data PATH)")
     if args.lmpipe_only:
         print(json.dumps(lmpipe_run(Path(args.data), args.steps, args.threads, args.compile,
-                                    args.d_ff, args.precision, args.tokenizer)))
+                                    args.d_ff, args.precision, args.tokenizer,
+                                    args.cpu_linear)))
         return
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
@@ -308,6 +320,8 @@ def main() -> None:
         name = "train-throughput" + ("-compiled" if results["compile"] else "")
         if results.get("precision", "fp32") != "fp32":
             name += "-" + results["precision"]
+        if results.get("cpu_linear") == "torch":
+            name += "-torch-linears"
         write_block(README, name, readme_block(results))
 
 

@@ -27,10 +27,24 @@ import torch.nn.functional as F
 from lmpipe.data.batching import Batch
 
 
+def predicting_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """The logits of the positions that predict a token of the row: every position but the last,
+    whose next token lies past the row. The model runs on those T-1 tokens only: a causal
+    position's logits depend on the tokens up to it, and under a prefix-LM mask no position that
+    predicts a target sees the last token (it would be a given token in a span that ends the
+    row), so the values are those of the whole row's forward without its wasted last position."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    if ids.shape[1] < 2:  # no position predicts anything: the whole row, for the shapes
+        return model(input_ids=ids, attention_mask=mask).logits
+    return model(input_ids=ids[:, :-1],
+                 attention_mask=None if mask is None else mask[..., :-1, :-1]).logits
+
+
 def masked_cross_entropy(logits: torch.Tensor, batch: Batch, reduction: str = "sum") -> torch.Tensor:
-    """Cross-entropy of next-token predictions on target positions only."""
+    """Cross-entropy of next-token predictions on target positions only; `logits` of the whole
+    row (T positions) or of its predicting positions (T-1, `predicting_logits`)."""
     per_token = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        logits[:, :batch.target_mask.shape[1]].reshape(-1, logits.size(-1)).float(),
         batch.input_ids[:, 1:].reshape(-1),
         reduction="none",
     ).view_as(batch.target_mask)
@@ -40,8 +54,7 @@ def masked_cross_entropy(logits: torch.Tensor, batch: Batch, reduction: str = "s
 
 def cross_entropy_objective(model: torch.nn.Module, batch: Batch):
     """The plain language-modelling objective: (summed CE over targets, no extra terms)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return masked_cross_entropy(logits, batch), {}
+    return masked_cross_entropy(predicting_logits(model, batch), batch), {}
 
 
 # plain tensor math over the logits: with `train.compile` the loop compiles it together with the
@@ -108,8 +121,7 @@ def evaluate_split(model: torch.nn.Module, batches, batch_size: int = 64, max_ba
         if tokenizer is not None:
             n_bytes += target_bytes(tokenizer, batch)
         batch = batch.to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        total += masked_cross_entropy(logits, batch).item()
+        total += masked_cross_entropy(predicting_logits(model, batch), batch).item()
         count += batch.n_targets
     model.train(was_training)
     return SplitLoss(total, count, n_bytes if tokenizer is not None else None)
