@@ -23,7 +23,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -77,16 +76,6 @@ def products(d_in: int, d_out: int) -> dict[str, tuple[Callable, Callable]]:
     return pairs
 
 
-def time_call(call: Callable, calls: int) -> float:
-    """Microseconds per call, after a warm-up."""
-    for _ in range(10):
-        call()
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def kernel_table(repeats: int, calls: int) -> list[str]:
     lines = ["| linear (in -> out) | product | torch (MKL) µs | oneDNN µs | oneDNN speed-up |",
              "|---|---|---:|---:|---:|"]
@@ -94,8 +83,8 @@ def kernel_table(repeats: int, calls: int) -> list[str]:
         for product, (reference, candidate) in products(d_in, d_out).items():
             torch_us, onednn_us = [], []
             for _ in range(repeats):  # interleaved, so drift hits both alike
-                torch_us.append(time_call(reference, calls))
-                onednn_us.append(time_call(candidate, calls))
+                torch_us.append(time_steps(reference, calls) * 1000)  # µs
+                onednn_us.append(time_steps(candidate, calls) * 1000)
             a, b = statistics.median(torch_us), statistics.median(onednn_us)
             lines.append(f"| {label} ({d_in} -> {d_out}) | {product} | {a:.0f} | {b:.0f} | "
                          f"{a / b:.2f}x |")
