@@ -39,7 +39,7 @@ README = ROOT / "bench" / "README.md"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from readme_block import write_block
+from readme_block import report
 from train_profile import speed_table
 
 BATCH, BLOCK = 12, 64
@@ -133,9 +133,7 @@ def main() -> None:
     gain = ms["lmpipe-forward-only"] / ms["lmpipe"]
     lines += ["", (f"Compiling the loss with the forward: {gain:.2f}x the forward-only step "
                    f"(fastest repeats {fastest['lmpipe-forward-only'] / fastest['lmpipe']:.2f}x).")]
-    print("\n".join(lines))
-    if args.write_readme:
-        write_block(README, "compile-step", "\n".join(lines))
+    report(lines, README, "compile-step", args.write_readme)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from readme_block import write_block
+from readme_block import report
 from train_profile import speed_table, steppers, time_steps
 
 from lmpipe.train.cpu_linear import (
@@ -132,9 +132,7 @@ def main() -> None:
     lines += speed_table("linear_kernels.py", f"{args.threads} torch threads, eager, one "
                          "optimizer step on a fixed batch", args.repeats, args.steps, times,
                          "nanoGPT")
-    print("\n".join(lines))
-    if args.write_readme:
-        write_block(README, "linear-kernels", "\n".join(lines))
+    report(lines, README, "linear-kernels", args.write_readme)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@ def write_block(path: Path, name: str, block: str) -> None:
     print(f"wrote the figures into {path}")
 
 
+def report(lines: list[str], path: Path, name: str, write: bool) -> None:
+    """Print a bench's Markdown lines and, with `write`, put them into block `name` of `path`."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_block(path, name, text)
+
+
 def upsert_row(path: Path, name: str, header: str, row: list[str]) -> None:
     """Put `row` (its cells) into the Markdown table of block `name` in `path`, replacing the row
     whose first cell is the same (one run of a bench updates its own row), else appending it;

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from readme_block import write_block
+from readme_block import report
 from train_profile import BATCH, BLOCK, finish, speed_table, steppers, time_steps
 
 README = ROOT / "bench" / "README.md"
@@ -148,9 +148,7 @@ def main() -> None:
                         args.steps, times, "nanoGPT")
     lines += ["", (f"The fastest block here is {best} at {ms['nanoGPT'] / ms[best]:.2f}x nanoGPT "
                    f"(issue 18 asks ≥ 1.1x).")]
-    print("\n".join(lines))
-    if args.write_readme:
-        write_block(README, "train-blocks", "\n".join(lines))
+    report(lines, README, "train-blocks", args.write_readme)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
 README = ROOT / "bench" / "README.md"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from readme_block import write_block
+from readme_block import report
 
 BATCH, BLOCK = 12, 64
 
@@ -286,9 +286,7 @@ def main() -> None:
               f"{ms['nanoGPT'] / ms['llama-fused-v65']:.2f}x nanoGPT; nanoGPT's own block in "
               f"transformers (gpt2-transformers) runs at "
               f"{ms['nanoGPT'] / ms['gpt2-transformers']:.2f}x.")]
-    print("\n".join(lines))
-    if args.write_readme:
-        write_block(README, "train-profile", "\n".join(lines))
+    report(lines, README, "train-profile", args.write_readme)
     if args.table:
         from torch.profiler import ProfilerActivity, profile
 

@@ -3,7 +3,7 @@ the gradient-sync switch that lets micro-batches before the last accumulate loca
 
 On one process an objective that is plain tensor math (`compiles_with_model`) is compiled
 together with the forward, so the loss fuses into the graph, as nanoGPT's loss sits inside its
-compiled model (~4% a step at its configuration, bench/compile_step.py). Under DDP the documented
+compiled model (1.01-1.04x a step at its configuration, bench/compile_step.py). Under DDP the documented
 form, the wrapped module compiled, stays; on a mesh each block is compiled on its own
 (lmpipe/train/mesh.py `parallelize`), so nothing is compiled here.
 """
