@@ -28,6 +28,7 @@ this run.
     .venv/bin/python bench/train_throughput.py --compile            # torch.compile on both sides
     .venv/bin/python bench/train_throughput.py --precision bf16     # lmpipe autocasts to bf16
     .venv/bin/python bench/train_throughput.py --cpu-linear torch   # lmpipe's linears on MKL
+    .venv/bin/python bench/train_throughput.py --allocator system   # glibc's default thresholds
     .venv/bin/python bench/train_throughput.py --pairs 3 --out tp.json --write-readme
     .venv/bin/python bench/train_throughput.py --from tp.json --write-readme   # no rerun
     .venv/bin/python bench/train_throughput.py --lmpipe-only        # one lmpipe run, JSON line
@@ -197,6 +198,10 @@ def machine() -> dict[str, Any]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    # lmpipe's process keeps its freed memory unless told not to (lmpipe/core/allocator.py);
+    # nanoGPT's runs on glibc's defaults, as it ships
+    env.pop("LMPIPE_CPU_ALLOCATOR", None)
+    lmpipe_env = dict(env, LMPIPE_CPU_ALLOCATOR=args.allocator)
     nano = nanogpt_workspace(Path(args.data))
     lmpipe_cmd = [sys.executable, str(Path(__file__).resolve()), "--lmpipe-only",
                   "--data", args.data, "--steps", str(args.steps), "--threads", str(args.threads),
@@ -210,7 +215,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 run = nanogpt_run(nano, args.steps, args.compile, env)
             else:
                 t0 = time.perf_counter()
-                out = subprocess.run(lmpipe_cmd, env=env, capture_output=True, text=True,
+                out = subprocess.run(lmpipe_cmd, env=lmpipe_env, capture_output=True, text=True,
                                      check=False)
                 if out.returncode != 0:
                     raise SystemExit(f"lmpipe failed:\n{out.stderr[-3000:]}")
@@ -224,7 +229,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(nano.parent)
     return {"date": date.today().isoformat(), "machine": machine(), "steps": args.steps,
             "threads": args.threads, "compile": args.compile, "precision": args.precision,
-            "tokenizer": args.tokenizer, "cpu_linear": args.cpu_linear, "runs": runs}
+            "tokenizer": args.tokenizer, "cpu_linear": args.cpu_linear, "allocator": args.allocator,
+            "runs": runs}
 
 
 def ratios(results: dict[str, Any], key: str, invert: bool = False) -> list[float]:
@@ -271,6 +277,11 @@ def readme_block(results: dict[str, Any]) -> str:
     if not results["compile"] and precision == "fp32":  # where train.cpu_linear applies
         mode += (f"; lmpipe's linears on {'oneDNN' if cpu_linear == 'onednn' else 'torch (MKL)'}"
                  f" (train.cpu_linear: {cpu_linear}), nanoGPT's on torch's")
+    # runs before the allocator setting (2026-12-06, seventh session) ran glibc's defaults
+    allocator = results.get("allocator", "system")
+    flags += " --allocator system" if allocator == "system" and "allocator" in results else ""
+    mode += ("; lmpipe keeps its freed memory (LMPIPE_CPU_ALLOCATOR=keep), nanoGPT runs glibc's "
+             "defaults" if allocator == "keep" else "; both on glibc's default allocator")
     return "\n".join([
         (f"Measured with `bench/train_throughput.py{flags}` on "
         f"{results['date']} ({m['cores']} CPU cores, {m['arch']}, Python {m['python']}; "
@@ -294,6 +305,8 @@ def main() -> None:
                              "dtype: it autocasts only on GPU)")
     parser.add_argument("--cpu-linear", choices=["onednn", "torch"], default="onednn",
                         help="lmpipe's train.cpu_linear (nanoGPT's nn.Linear runs torch's)")
+    parser.add_argument("--allocator", choices=["keep", "system"], default="keep",
+                        help="lmpipe's LMPIPE_CPU_ALLOCATOR (nanoGPT runs glibc's defaults)")
     parser.add_argument("--tokenizer", choices=["char", "byte"], default="char",
                         help="lmpipe's vocabulary: the corpus' characters, as nanoGPT's "
                              "shakespeare_char (default), or lmpipe's 265 byte ids")
@@ -322,6 +335,8 @@ def main() -> None:
             name += "-" + results["precision"]
         if results.get("cpu_linear") == "torch":
             name += "-torch-linears"
+        if results.get("allocator") == "system":
+            name += "-system-allocator"
         write_block(README, name, readme_block(results))
 
 

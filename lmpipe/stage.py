@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from lmpipe.core.allocator import keep_freed_memory
 from lmpipe.core.paths import PARAMS
 from lmpipe.core.section import ConfigError
 from lmpipe.data.sources import SourceError
@@ -47,6 +48,7 @@ def stage(fn: StageBody | None = None, *, environment: bool = False,
         overrides = [a for a in sys.argv[1:] if "=" in a]
         rest = [a for a in sys.argv[1:] if "=" not in a]
         try:
+            keep_freed_memory()  # no page faults for memory a step frees (lmpipe/core/allocator.py)
             fn(load_params(PARAMS, overrides, environment=environment), rest)
         except (ConfigError, FileNotFoundError, SourceError) as exc:
             fail(fn.__name__, exc)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from lmpipe.core import profiler
+from lmpipe.core.allocator import keep_freed_memory
 from lmpipe.core.progress import progress
 from lmpipe.core.run_folder import RunLog
 from lmpipe.core.section import ConfigError
@@ -102,6 +103,8 @@ class Trainer:
                               "one process or use another optimizer")
         if self.mesh is not None:  # split and shard before the optimizer sees the parameters
             parallelize(model, self.mesh, tp.mesh, compile_blocks=tp.compile)
+        if self.device.type == "cpu":  # the stages do this too; here for library use and benches
+            keep_freed_memory()
         # oneDNN's fp32 GEMM for the plain linears (lmpipe/train/cpu_linear.py); undone when
         # fit() ends, so the model leaves as it came
         self.onednn_linears = (
