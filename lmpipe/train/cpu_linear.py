@@ -9,7 +9,9 @@ op torch's own compiler emits for CPU linears, with its gradients through the sa
 
 - forward: `y = x W^T (+ b)`, one oneDNN matmul;
 - input gradient: `g W`, the same op with `W^T` (a view) as its weight;
-- weight gradient: `g^T x`, the same op on a transposed copy of the narrower of `g` and `x`.
+- weight gradient: `g^T x`, the same op on a transposed copy of the narrower of `g` and `x`
+  (of `x` when they are as wide). Linears that read the same input (q, k and v; gate and up)
+  share one transposed copy of it (`TransposedInputs`): 12 of the student's 29 copies a step.
 
 The arithmetic is IEEE fp32 on both paths (no reduced-precision mode), so results differ from
 MKL's only by the order of summation (~1e-6 relative); on a given machine they are the same run
@@ -18,6 +20,8 @@ BitLinear) keeps torch's own path, and `train.cpu_linear: torch` turns this off.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -39,13 +43,42 @@ def input_grad(grad_rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _matmul_wt(grad_rows, weight.t())
 
 
+class TransposedInputs(threading.local):
+    """The last transposed copy of a linear's saved input, handed to the next linear whose saved
+    input is the same tensor: q, k and v read one normed hidden state, gate and up another, and
+    each would copy it again. The entry holds its source, so while it lives no other tensor can
+    take the source's address; with the address, shape, strides and version counter equal, the
+    input is the same values. Per thread, so an eval in another thread never sees the entry."""
+
+    def __init__(self) -> None:
+        self.source: torch.Tensor | None = None
+        self.key: tuple | None = None
+        self.copy: torch.Tensor | None = None
+
+    def of(self, rows: torch.Tensor) -> torch.Tensor:
+        """`rows.t().contiguous()`, shared with the previous call's when `rows` is the same."""
+        key = (rows.data_ptr(), rows.shape, rows.stride(), rows._version)
+        if self.source is None or self.key != key:
+            self.source, self.key, self.copy = rows, key, rows.t().contiguous()
+        return self.copy
+
+    def clear(self) -> None:
+        """Drop the entry (each forward does: a backward's copy is no use to the next step)."""
+        self.source = self.key = self.copy = None
+
+
+TRANSPOSED_INPUTS = TransposedInputs()
+
+
 def weight_grad(grad_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """`g^T x` (out x in) through oneDNN. Both operands are summed over their rows, so one of
     them has to be laid out transposed, a copy; the op's first operand must be that copy, so it
-    is the narrower of `g` (rows x out) and `x` (rows x in). Either way the product is the same
-    fp32 sum; the narrower copy is 1.2x as fast for a widening layer (bench/linear_kernels.py)."""
-    if grad_rows.shape[1] > rows.shape[1]:  # g wider than x: copy x^T, transpose the result
-        return _matmul_wt(rows.t().contiguous(), grad_rows.t()).t().contiguous()
+    is the narrower of `g` (rows x out) and `x` (rows x in), and `x` when they are as wide, whose
+    copy the other linears reading it share (`TransposedInputs`). Either way the product is the
+    same fp32 sum; the narrower copy is 1.2x as fast for a widening layer
+    (bench/linear_kernels.py)."""
+    if grad_rows.shape[1] >= rows.shape[1]:  # copy x^T, transpose the (out x in) result
+        return _matmul_wt(TRANSPOSED_INPUTS.of(rows), grad_rows.t()).t().contiguous()
     return _matmul_wt(grad_rows.t(), rows.t())
 
 
@@ -55,6 +88,7 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
+        TRANSPOSED_INPUTS.clear()
         rows = x.reshape(-1, x.shape[-1])
         ctx.save_for_backward(rows, weight)
         ctx.input_shape, ctx.has_bias = x.shape, bias is not None
@@ -103,3 +137,4 @@ def use_torch_linears(model: torch.nn.Module) -> None:
     for module in model.modules():
         if type(module) is OneDNNLinear:
             module.__class__ = torch.nn.Linear
+    TRANSPOSED_INPUTS.clear()

@@ -9,6 +9,7 @@ from lmpipe.data.tokens import TokenSplit
 from lmpipe.model.build import build_model
 from lmpipe.train.cpu_linear import (
     OneDNNLinear,
+    TransposedInputs,
     available,
     use_onednn_linears,
     use_torch_linears,
@@ -20,9 +21,10 @@ from tests.conftest import TINY_MODEL
 pytestmark = pytest.mark.skipif(not available(), reason="this torch has no oneDNN")
 
 
-# narrowing and widening layers: the weight gradient copies a different operand for each
+# narrowing, widening and square layers: the weight gradient copies a different operand
 @pytest.mark.parametrize(("d_in", "d_out", "bias"), [(48, 40, True), (48, 40, False),
-                                                     (40, 48, True), (40, 48, False)])
+                                                     (40, 48, True), (40, 48, False),
+                                                     (48, 48, True)])
 def test_values_and_gradients_equal_torchs_linear(d_in, d_out, bias):
     torch.manual_seed(0)
     layer = torch.nn.Linear(d_in, d_out, bias=bias)
@@ -46,6 +48,38 @@ def test_values_and_gradients_equal_torchs_linear(d_in, d_out, bias):
     by_definition = upstream.reshape(-1, d_out).t() @ x_ref.detach().reshape(-1, d_in)
     torch.testing.assert_close(layer.weight.grad, by_definition, rtol=1e-4, atol=1e-4)
     assert layer.weight.grad.is_contiguous()
+
+
+def test_linears_reading_one_input_share_its_transposed_copy_and_get_their_own_gradients():
+    # q, k and v (and gate and up) read one tensor: their weight gradients reuse one copy of it
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(48, d_out, bias=False) for d_out in (48, 56, 64)]
+    for layer in layers:
+        use_onednn_linears(layer)
+    x = torch.randn(3, 7, 48)
+    upstream = [torch.randn(3, 7, layer.out_features) for layer in layers]
+    outputs = [layer(x) for layer in layers]
+    torch.autograd.backward(outputs, upstream)
+    for layer, g in zip(layers, upstream):
+        by_definition = g.reshape(-1, layer.out_features).t() @ x.reshape(-1, 48)
+        torch.testing.assert_close(layer.weight.grad, by_definition, rtol=1e-4, atol=1e-4)
+
+
+def test_the_shared_copy_is_reused_only_for_the_same_values():
+    cache = TransposedInputs()
+    rows = torch.randn(12, 5)
+    first = cache.of(rows)
+    assert cache.of(rows.view(12, 5)) is first  # another view of the same memory
+    torch.testing.assert_close(first, rows.t())
+    rows.add_(1.0)  # changed in place: the version counter moved, so a fresh copy
+    fresh = cache.of(rows)
+    assert fresh is not first
+    torch.testing.assert_close(fresh, rows.t())
+    twin = rows.clone()  # the same values elsewhere: its own copy, equal
+    assert cache.of(twin) is not fresh
+    torch.testing.assert_close(cache.of(twin), rows.t())
+    cache.clear()
+    assert cache.source is None and cache.copy is None
 
 
 def test_autocast_and_other_dtypes_keep_torchs_path():
