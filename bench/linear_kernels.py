@@ -6,7 +6,8 @@ For each linear of the student at nanoGPT's configuration (768 rows = batch 12 x
 
 - forward `x W^T`: `F.linear` (MKL) against `torch.ops.mkldnn._linear_pointwise` (oneDNN);
 - input gradient `g W` and weight gradient `g^T x`: `torch.mm` against OneDNNLinear's backward
-  (lmpipe/train/cpu_linear.py `input_grad`, `weight_grad`);
+  (lmpipe/train/cpu_linear.py `input_grad`, `weight_grad`), the weight gradient with its
+  transposed copy made each call, as for a linear whose input no other linear shares;
 
 and then one optimizer step of nanoGPT's GPT, lmpipe's model with torch's linears and lmpipe's
 model with oneDNN's (bench/train_profile.py's steps), interleaved. Every product is checked equal
@@ -38,6 +39,7 @@ from readme_block import report
 from train_profile import speed_table, steppers, time_steps
 
 from lmpipe.train.cpu_linear import (
+    TRANSPOSED_INPUTS,
     available,
     input_grad,
     use_onednn_linears,
@@ -64,12 +66,19 @@ def onednn(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
 
 
+def unshared_weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`weight_grad` with its transposed copy made every call, as for a linear whose input no
+    other linear reads (the same `x` call after call would otherwise reuse the first copy)."""
+    TRANSPOSED_INPUTS.clear()
+    return weight_grad(g, x)
+
+
 def products(d_in: int, d_out: int) -> dict[str, tuple[Callable, Callable]]:
     """Product name -> (torch's call, oneDNN's call), on fixed random operands."""
     x, w, g = torch.randn(ROWS, d_in), torch.randn(d_out, d_in), torch.randn(ROWS, d_out)
     pairs = {"forward": (lambda: F.linear(x, w), lambda: onednn(x, w)),
              "input grad": (lambda: g @ w, lambda: input_grad(g, w)),
-             "weight grad": (lambda: g.t() @ x, lambda: weight_grad(g, x))}
+             "weight grad": (lambda: g.t() @ x, lambda: unshared_weight_grad(g, x))}
     for name, (reference, candidate) in pairs.items():
         torch.testing.assert_close(candidate(), reference(), rtol=1e-4, atol=1e-4,
                                    msg=lambda m, name=name: f"{name}: {m}")

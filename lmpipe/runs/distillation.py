@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from lmpipe.core.artifacts import tokenizer_identity
+from lmpipe.core.section import ConfigError
 from lmpipe.data.tokens import TokenSplit
 from lmpipe.distill.cache.format import model_fingerprint
 from lmpipe.distill.cache.read import TeacherCache
@@ -14,11 +16,9 @@ from lmpipe.distill.objective import build_objective
 from lmpipe.distill.student_init import init_student_from_teacher
 from lmpipe.distill.teacher import CachedTeacher, LiveTeacher, TeacherSource
 from lmpipe.model.build import load_model
-from lmpipe.core.artifacts import tokenizer_identity
-from lmpipe.core.section import ConfigError
 from lmpipe.params.config import Params
-from lmpipe.train.params import TrainParams
 from lmpipe.runs.training import run_training
+from lmpipe.train.params import TrainParams
 
 
 def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,
@@ -41,8 +41,7 @@ def open_teacher(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_di
     if cache.manifest["positions"] != TokenSplit.open(tokens_dir, "train").n_tokens:
         raise ConfigError(f"{cache_dir}: cache covers {cache.manifest['positions']} positions, "
                           "the train split has a different count; rebuild the cache")
-    return CachedTeacher(cache), {k: v for k, v in cache.manifest.items()
-                                  if k not in ("seconds", "tokens_per_s")}
+    return CachedTeacher(cache), dict(cache.manifest)
 
 
 def distill(params: Params, tokens_dir: Path, tokenizer_dir: Path, cache_dir: Path,

@@ -132,3 +132,19 @@ def test_manifest_mismatch_bad_k_and_missing_shards_are_refused(tiny_model, tiny
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="format_version 1, expected 3; rebuild the cache"):
         TeacherCache.open(tmp_path)
+
+
+def test_rebuilding_an_unchanged_cache_writes_the_same_bytes(tiny_model, tiny_tokens, tmp_path,
+                                                             tokenizer):
+    # DVC hashes the folder: timings in it would make every rebuild look like a new cache and
+    # rerun distill and quantize on the same teacher outputs
+    split = TokenSplit.open(tiny_tokens, "train")
+    returned = [write_cache(tiny_model, split, CacheSpec(top_k=4, shard_positions=500),
+                            tokenizer.pad_token_id, tmp_path / name, 7, FINGERPRINT)
+                for name in ("a", "b")]
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) > 3 and "manifest.json" in {f.name for f in files}
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert returned[0]["tokens_per_s"] > 0  # the run's speed is returned, not written
+    assert "tokens_per_s" not in json.loads((tmp_path / "a" / "manifest.json").read_text())

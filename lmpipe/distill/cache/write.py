@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from lmpipe.core.artifacts import file_sha256
 from lmpipe.core.progress import progress
 from lmpipe.data.attention_masks import model_attention_mask
 from lmpipe.data.batching import LengthGroupedBatches
@@ -32,7 +33,6 @@ from lmpipe.distill.cache.format import (
     shard_files,
     top_k_with_missing,
 )
-from lmpipe.core.artifacts import file_sha256
 from lmpipe.model.hidden_states import layer_states
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
@@ -124,6 +124,10 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
     `attention` and `loss_on` are the teacher's `train.attention` and `train.loss_on`: a prefix-LM
     teacher reads each batch with the prefix-LM mask it trained with
     (lmpipe/data/attention_masks.py).
+
+    Returns the manifest as written, plus this run's `seconds` and `tokens_per_s`, which stay
+    out of the file: the folder is a function of the teacher, the tokens and the spec alone, so
+    rebuilding an unchanged cache leaves its DVC hash, and the stages after it, as they were.
     """
     vocab = model.config.vocab_size
     if not 1 <= spec.top_k <= vocab:
@@ -207,8 +211,8 @@ def write_cache(model: torch.nn.Module, split: TokenSplit, spec: CacheSpec, pad_
                 "shard_positions": spec.shard_positions, "shards": writer.files, "sha256": hashes,
                 "embeddings": {"file": EMBEDDINGS_FILE,
                                "sha256": file_sha256(out / EMBEDDINGS_FILE)},
-                "seconds": round(seconds, 3), "tokens_per_s": round(written / max(seconds, 1e-9), 1),
                 **fingerprint}
     manifest["bytes_per_token"] = round(cache_bytes(out, manifest) / max(n, 1), 2)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return {**manifest, "seconds": round(seconds, 3),
+            "tokens_per_s": round(written / max(seconds, 1e-9), 1)}
