@@ -105,12 +105,6 @@ class Trainer:
             parallelize(model, self.mesh, tp.mesh, compile_blocks=tp.compile)
         if self.device.type == "cpu":  # the stages do this too; here for library use and benches
             keep_freed_memory()
-        # oneDNN's fp32 GEMM for the plain linears (lmpipe/train/cpu_linear.py); undone when
-        # fit() ends, so the model leaves as it came
-        self.onednn_linears = (
-            tp.cpu_linear == "onednn" and self.device.type == "cpu" and tp.precision == "fp32"
-            and not tp.compile and self.mesh is None and available()
-            and use_onednn_linears(model) > 0)
         self.optimizer = build_optimizer(model, tp)
         self.scaler = loss_scaler(self.device, tp.precision)
         self.fingerprint = fingerprint(run_params or tp.model_dump(mode="json"))
@@ -129,6 +123,13 @@ class Trainer:
         self.tracker = make_tracker(tp.wandb, tp.wandb_project, desc,
                                     run.folder if run is not None and self.dist.is_main else None,
                                     self.run_params)
+        # oneDNN's fp32 GEMM for the plain linears (lmpipe/train/cpu_linear.py), last, so a
+        # constructor that raises leaves the model as it came; fit() undoes it when it ends. The
+        # class swap keeps every module, parameter and hook the lines above took hold of
+        self.onednn_linears = (
+            tp.cpu_linear == "onednn" and self.device.type == "cpu" and tp.precision == "fp32"
+            and not tp.compile and self.mesh is None and available()
+            and use_onednn_linears(model) > 0)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def resume(self) -> bool:
