@@ -5,7 +5,7 @@ unmapped when freed, and free space above its trim threshold at the top of the h
 Both thresholds adapt upwards only to the largest single block freed, while a training step frees
 its whole backward's activations at once. So every step of CPU training got its pages anew from
 the kernel, which zero-fills them on first touch: ~3,000-4,000 page faults a step at the nanoGPT
-Shakespeare shape, a sixth of the step's time (bench/allocator.py). PyTorch's CPU tuning guide
+Shakespeare shape, ~15% of the step's time (bench/allocator.py). PyTorch's CPU tuning guide
 points at the same cost when it recommends preloading jemalloc or tcmalloc; this is that effect
 without a preload: mmap only above glibc's largest threshold (32 MiB) and release the heap's free
 top only above 1 GiB. Peak memory is unchanged; the resident size stays at the peak instead of
