@@ -36,18 +36,13 @@ SIDES, MODES = ("nanoGPT", "lmpipe"), ("system", "keep")
 
 def child(side: str, steps: int, threads: int) -> None:
     """One side's steps in this process under LMPIPE_CPU_ALLOCATOR; prints ms/step and faults."""
-    import torch
-    from train_profile import steppers, time_steps
+    from linear_kernels import step_sides
+    from train_profile import time_steps
 
     from lmpipe.core.allocator import keep_freed_memory
-    from lmpipe.train.cpu_linear import use_onednn_linears
 
     applied = keep_freed_memory()
-    step = steppers(threads)[side]()
-    if side == "lmpipe":
-        models = [cell.cell_contents for cell in step.__closure__ or ()
-                  if isinstance(cell.cell_contents, torch.nn.Module)]
-        use_onednn_linears(models[0])
+    step = step_sides(threads)["nanoGPT" if side == "nanoGPT" else "lmpipe (oneDNN linears)"]()
     time_steps(step, 10)  # warm: the first steps fault in the pages either way
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     ms = time_steps(step, steps)  # runs 5 more untimed steps first
